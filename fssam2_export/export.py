@@ -1,0 +1,195 @@
+"""Export a loaded SAM2 model to the four ONNX graphs + manifest.json, atomically.
+
+Everything is written into a temporary sibling directory and renamed onto `out_dir` only when every
+graph exported and validated; a failed export leaves no partial artifacts behind.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import onnx
+import torch
+from tqdm import tqdm
+
+from runtime.manifest import (
+    GRAPH_NAMES,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    Episode,
+    GraphSpec,
+    Manifest,
+    ModelInfo,
+    Preprocess,
+    TensorSpec,
+    file_sha256,
+)
+
+from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
+from .models import LoadedModel
+from .onnx_passes import simplify_and_validate
+from .reference import IMAGENET_MEAN, IMAGENET_STD
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_OPSET = 17
+MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # FS-SAM2: support mask {0,1} -> logits {-10, 10}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    out_dir: Path
+    manifest: Manifest
+    seconds: dict[str, float]  # per graph export + validation time
+
+
+def _tensor_specs(values) -> list[TensorSpec]:
+    return [
+        TensorSpec(
+            v.name,
+            [d.dim_param if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim],
+            onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+        )
+        for v in values
+    ]
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def tool_versions(opset: int) -> dict[str, str]:
+    versions = {d: _version(d) for d in ("fssam2", "torch", "sam2", "onnx", "onnxruntime")}
+    return versions | {"python": platform.python_version(), "opset": str(opset), "exporter": "torch.onnx (TorchScript)"}
+
+
+@torch.no_grad()
+def _example_inputs(loaded: LoadedModel, graphs: dict[str, torch.nn.Module]) -> dict[str, tuple]:
+    """Real-shaped example inputs per graph, made by running the wrappers on a fixed random image.
+    The memory holds two supports so the exporter cannot specialise its length."""
+    s = loaded.image_size
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, s, s, generator=g)
+    f0, f1, embed, pos = graphs["image_encoder"](image)
+    mask_logits = torch.where(torch.rand(1, 1, s, s, generator=g) > 0.5, MASK_LOGIT_SCALE + MASK_LOGIT_BIAS, MASK_LOGIT_BIAS)
+    memory, memory_pos = graphs["memory_encoder"](embed, mask_logits)
+    memory, memory_pos = torch.cat([memory, -memory], 1), torch.cat([memory_pos, memory_pos], 1)
+    conditioned = graphs["memory_attention"](embed, pos, memory, memory_pos)
+    return {
+        "image_encoder": (image,),
+        "memory_encoder": (embed, mask_logits),
+        "memory_attention": (embed, pos, memory, memory_pos),
+        "mask_decoder": (conditioned, f0, f1),
+    }
+
+
+def build_graphs(loaded: LoadedModel) -> dict[str, torch.nn.Module]:
+    sam = loaded.model
+    graphs = {
+        "image_encoder": ImageEncoderGraph(sam),
+        "memory_encoder": MemoryEncoderGraph(sam),
+        "memory_attention": MemoryAttentionGraph(sam, loaded.embed_size),
+        "mask_decoder": MaskDecoderGraph(sam),
+    }
+    return {k: v.eval() for k, v in graphs.items()}
+
+
+DYNAMIC_AXES = {"memory_attention": {"memory": {1: "num_memory_tokens"}, "memory_pos": {1: "num_memory_tokens"}}}
+
+
+def export_artifacts(
+    loaded: LoadedModel,
+    out_dir: str | Path,
+    *,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportReport:
+    """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
+    directory unless `overwrite`; the replacement happens only after a complete, valid export."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "fp32":
+        raise NotImplementedError(f"precision {precision!r} is not available yet (FP16/INT8 come with the calibration stage); export fp32")
+    if not 9 <= opset <= 20:
+        raise ValueError(f"opset {opset} is outside TensorRT 10's range 9-20")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
+    try:
+        manifest, seconds = _export_into(loaded, tmp, precision, opset, progress)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportReport(out, manifest, seconds)
+
+
+def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, progress: bool):
+    graphs = build_graphs(loaded)
+    examples = _example_inputs(loaded, graphs)
+    specs, seconds = {}, {}
+    for name in tqdm(GRAPH_NAMES, desc="export", unit="graph", disable=not progress):
+        t0 = time.perf_counter()
+        module, path = graphs[name], tmp / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python-side shape arithmetic
+            torch.onnx.export(
+                module,
+                examples[name],
+                str(path),
+                input_names=module.input_names,
+                output_names=module.output_names,
+                opset_version=opset,
+                dynamic_axes=DYNAMIC_AXES.get(name),
+                dynamo=False,
+            )
+        model = simplify_and_validate(path)
+        specs[name] = GraphSpec(path.name, file_sha256(path), _tensor_specs(model.graph.input), _tensor_specs(model.graph.output))
+        seconds[name] = time.perf_counter() - t0
+    src = loaded.source
+    s, e = loaded.image_size, loaded.embed_size
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        precision=precision,
+        model=ModelInfo(
+            name=src.name,
+            config=src.config,
+            random_init=src.random_init,
+            seed=src.seed,
+            checkpoint=str(src.checkpoint) if src.checkpoint else None,
+            checkpoint_sha256=src.checkpoint_sha256,
+        ),
+        preprocess=Preprocess(s, list(IMAGENET_MEAN), list(IMAGENET_STD), "bicubic", "nearest"),
+        episode=Episode(MASK_LOGIT_SCALE, MASK_LOGIT_BIAS, tokens_per_support=e * e, low_res_size=s // 4),
+        graphs=specs,
+        tools=tool_versions(opset),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        notes=["random-init weights: numerically valid, masks are not meaningful"] if src.random_init else [],
+    )
+    (tmp / MANIFEST_NAME).write_text(manifest.to_json())
+    return manifest, seconds
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,151 @@
+"""Build SAM2 / SAM2.1 (all sizes) from the hydra configs the sam2 package ships, at any image size.
+
+Weights come from exactly one explicit source: an official-format checkpoint (`{"model": state_dict}`,
+loaded strictly) or `random_init=True` with a seed. There is no fallback from one to the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from runtime.manifest import file_sha256
+
+MODEL_CONFIGS = {
+    f"{family}_hiera_{size}": f"configs/{family}/{family}_hiera_{size}.yaml"
+    for family in ("sam2", "sam2.1")
+    for size in ("t", "s", "b+", "l")
+}
+DEFAULT_IMAGE_SIZE = 1024
+# build_sam2's own defaults (apply_postprocessing=True): the decoder's stability-based multimask fallback.
+POSTPROCESSING_OVERRIDES = [
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the requested model."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights came from; recorded in the manifest."""
+
+    name: str
+    config: str
+    image_size: int
+    random_init: bool
+    seed: int | None
+    checkpoint: Path | None
+    checkpoint_sha256: str | None
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # sam2.modeling.sam2_base.SAM2Base, eval mode, CPU
+    source: ModelSource
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    @property
+    def embed_size(self) -> int:
+        return self.source.image_size // 16
+
+
+def check_image_size(image_size: int) -> None:
+    if image_size % 32 or image_size < 64:
+        raise ValueError(f"image size must be a multiple of 32 and >= 64, got {image_size}")
+
+
+def hydra_overrides(image_size: int) -> list[str]:
+    """Overrides that make every size-dependent table match `image_size` (RoPE feat_sizes included)."""
+    check_image_size(image_size)
+    e = image_size // 16
+    return [
+        f"++model.image_size={image_size}",
+        f"++model.memory_attention.layer.self_attention.feat_sizes=[{e},{e}]",
+        f"++model.memory_attention.layer.cross_attention.feat_sizes=[{e},{e}]",
+    ]
+
+
+def _require_sam2():
+    try:
+        from sam2.build_sam import build_sam2
+    except ImportError as e:
+        raise ImportError(
+            "fssam2_export needs the sam2 package: SAM2_BUILD_CUDA=0 pip install --no-deps "
+            "--no-build-isolation sam2==1.1.0 (after torch; see README)"
+        ) from e
+    return build_sam2
+
+
+def build_model(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    random_init: bool = False,
+    seed: int | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+) -> LoadedModel:
+    """Build `name` (a key of MODEL_CONFIGS) with weights from `checkpoint` xor `random_init`."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+    if (checkpoint is None) == (not random_init):
+        raise ValueError("give exactly one weight source: a checkpoint path, or random_init=True (with a seed)")
+    if random_init and seed is None:
+        raise ValueError("random_init needs an explicit seed so the weights are reproducible")
+    build_sam2 = _require_sam2()
+    config = MODEL_CONFIGS[name]
+    overrides = hydra_overrides(image_size) + POSTPROCESSING_OVERRIDES
+    if random_init:
+        torch.manual_seed(seed)
+    model = build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=overrides, apply_postprocessing=False)
+    ckpt_path, sha = None, None
+    if checkpoint is not None:
+        ckpt_path = Path(checkpoint)
+        load_checkpoint(model, ckpt_path, name)
+        sha = file_sha256(ckpt_path)
+    model.eval()
+    source = ModelSource(name, config, image_size, random_init, seed if random_init else None, ckpt_path, sha)
+    return LoadedModel(model, source)
+
+
+def load_checkpoint(model: torch.nn.Module, path: Path, name: str = "the model") -> None:
+    """Load an official-format checkpoint strictly, with errors that list what does not fit."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
+        raise CheckpointError(f"{path} is not in sam2's checkpoint format {{'model': state_dict}}")
+    sd = blob["model"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    mismatched = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {path} does not fit {name}:"]
+        if mismatched:
+            lines.append(
+                f"  {len(mismatched)} shape mismatches (a checkpoint of another model size?): "
+                + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:8])
+            )
+        if missing:
+            lines.append(f"  {len(missing)} missing keys: " + ", ".join(missing[:12]))
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected keys: " + ", ".join(unexpected[:12]))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(sd, strict=True)
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Write `model` in sam2's official checkpoint format."""
+    torch.save({"model": model.state_dict()}, path)

@@ -1,0 +1,60 @@
+"""Export-friendly rotary attention for sam2's memory attention.
+
+sam2's RoPEAttention rotates queries/keys with complex numbers (view_as_complex, polar), which ONNX
+cannot express. `RealRoPEAttention` wraps an existing RoPEAttention (sharing its projection weights)
+and applies the same rotation with precomputed real cos/sin tables. Memory keys of any length that is
+a multiple of the query length (K supports) are rotated by tiling the tables, as `rope_k_repeat` does.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of x (..., N, D) by angles with cos/sin of shape (N, D/2)."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
+
+
+class RealRoPEAttention(nn.Module):
+    """Same math as sam2's RoPEAttention for a fixed feature-map size, without complex tensors."""
+
+    def __init__(self, attn: nn.Module, feat_size: tuple[int, int]):
+        super().__init__()
+        self.attn = attn
+        freqs = attn.compute_cis(end_x=feat_size[0], end_y=feat_size[1])  # complex (N, D/2)
+        self.register_buffer("cos", freqs.real.float().contiguous(), persistent=False)
+        self.register_buffer("sin", freqs.imag.float().contiguous(), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
+        if num_k_exclude_rope:
+            raise ValueError("object-pointer tokens are not part of the FS-SAM2 memory")
+        a = self.attn
+        q = a._separate_heads(a.q_proj(q), a.num_heads)
+        k = a._separate_heads(a.k_proj(k), a.num_heads)
+        v = a._separate_heads(a.v_proj(v), a.num_heads)
+        n = self.cos.shape[0]
+        q = rotate(q, self.cos, self.sin)
+        # (B, h, r*N, D) -> (B, h, r, N, D): every block of N memory tokens gets the same rotation.
+        k = rotate(k.unflatten(2, (-1, n)), self.cos, self.sin).flatten(2, 3)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return a.out_proj(a._recombine_heads(out))
+
+
+def real_rope_memory_attention(memory_attention: nn.Module, feat_size: tuple[int, int]) -> nn.Module:
+    """A copy of sam2's MemoryAttention whose RoPE attentions use real cos/sin tables."""
+    from sam2.modeling.sam.transformer import RoPEAttention
+
+    ma = copy.deepcopy(memory_attention)
+    for layer in ma.layers:
+        for attr in ("self_attn", "cross_attn_image"):
+            mod = getattr(layer, attr)
+            if isinstance(mod, RoPEAttention):
+                setattr(layer, attr, RealRoPEAttention(mod, feat_size))
+    return ma

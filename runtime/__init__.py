@@ -1,0 +1,20 @@
+"""fssam2 runtime: torch-free K-shot FS-SAM2 inference over exported ONNX graphs (numpy + onnxruntime)."""
+
+from .backends import Backend, Graph, OrtBackend, ProviderUnavailableError
+from .image import InputError
+from .manifest import Manifest, ManifestError, load_manifest
+from .segmenter import FewShotSegmenter, ModuleTiming, Segmentation
+
+__all__ = [
+    "Backend",
+    "FewShotSegmenter",
+    "Graph",
+    "InputError",
+    "Manifest",
+    "ManifestError",
+    "ModuleTiming",
+    "OrtBackend",
+    "ProviderUnavailableError",
+    "Segmentation",
+    "load_manifest",
+]

@@ -1,0 +1,159 @@
+"""K-shot segmentation: the FS-SAM2 memory-bank loop over the four exported graphs.
+
+Each support is encoded once (image encoder -> memory encoder on its mask as logits) and its memory
+tokens are cached; a query runs the image encoder, memory attention over all cached supports'
+tokens concatenated, and the mask decoder.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .backends import Backend, Graph, OrtBackend
+from .image import ImageLike, InputError, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
+from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    mask: np.ndarray  # (H, W) bool, in the query's own size
+    logits: np.ndarray  # (H, W) float32 mask logits; mask = logits > 0
+    score: float  # the decoder's predicted IoU of the mask
+    object_score: float  # object-presence logit (> 0: object predicted present)
+    low_res_logits: np.ndarray  # (h, w) float32 decoder output before upsampling
+
+
+@dataclass(frozen=True)
+class ModuleTiming:
+    calls: int
+    total_ms: float
+
+    @property
+    def mean_ms(self) -> float:
+        return self.total_ms / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class _Support:
+    memory: np.ndarray  # (1, tokens_per_support, mem_dim)
+    memory_pos: np.ndarray
+
+
+class FewShotSegmenter:
+    """Few-shot segmenter over an fssam2 artifacts directory.
+
+    >>> seg = FewShotSegmenter("artifacts/")          # provider="cpu" | "cuda" | "tensorrt"
+    >>> seg.add_support(image, mask)                    # K times, any K >= 1
+    >>> result = seg.segment(query)                     # Segmentation in the query's own size
+    """
+
+    def __init__(self, artifacts_dir: str | Path, provider: str = "cpu", backend: Backend | None = None):
+        self.artifacts_dir = Path(artifacts_dir)
+        self.manifest: Manifest = load_manifest(self.artifacts_dir)
+        self.backend = backend if backend is not None else OrtBackend(provider)
+        self._graphs: dict[str, Graph] = {
+            name: self.backend.load(self.artifacts_dir / self.manifest.graphs[name].file, self.manifest.graphs[name])
+            for name in GRAPH_NAMES
+        }
+        self._supports: list[_Support] = []
+        self._timings: dict[str, list[float]] = defaultdict(list)
+
+    @property
+    def num_supports(self) -> int:
+        return len(self._supports)
+
+    def add_support(self, image: ImageLike, mask: ImageLike) -> None:
+        """Encode one annotated support image into the memory bank (once; reused by every query)."""
+        rgb, m = load_image(image), load_mask(mask)
+        if m.shape != rgb.shape[:2]:
+            raise InputError(f"support mask is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {rgb.shape[1]}x{rgb.shape[0]}")
+        pre, ep = self.manifest.preprocess, self.manifest.episode
+        if not m.any():
+            raise InputError("support mask is empty: a support must show at least one foreground pixel")
+        small = resize_mask(m, pre.image_size)
+        if not small.any():
+            raise InputError(f"support mask vanishes when resized to {pre.image_size}x{pre.image_size}: object too small")
+        if m.all():
+            warnings.warn("support mask covers the whole image; the support carries no background", stacklevel=2)
+        feats = self._encode_image(rgb)
+        logits = small.astype(np.float32) * np.float32(ep.mask_logit_scale) + np.float32(ep.mask_logit_bias)
+        out = self._run("memory_encoder", {"image_embed": feats["image_embed"], "mask_logits": logits[None, None]})
+        self._supports.append(_Support(out["memory"], out["memory_pos"]))
+
+    def segment(self, query: ImageLike) -> Segmentation:
+        """Predict the query's mask from all supports added so far."""
+        if not self._supports:
+            raise RuntimeError("segment() called before any add_support(): add at least one annotated support")
+        rgb = load_image(query)
+        feats = self._encode_image(rgb)
+        cond = self._run(
+            "memory_attention",
+            {
+                "image_embed": feats["image_embed"],
+                "image_pos": feats["image_pos"],
+                "memory": np.concatenate([s.memory for s in self._supports], axis=1),
+                "memory_pos": np.concatenate([s.memory_pos for s in self._supports], axis=1),
+            },
+        )
+        dec = self._run(
+            "mask_decoder",
+            {
+                "conditioned_embed": cond["conditioned_embed"],
+                "high_res_feat0": feats["high_res_feat0"],
+                "high_res_feat1": feats["high_res_feat1"],
+            },
+        )
+        t0 = time.perf_counter()
+        low = dec["low_res_logits"][0, 0]
+        logits = postprocess_logits(low, self.manifest.preprocess.image_size, rgb.shape[:2])
+        self._timings["postprocess"].append((time.perf_counter() - t0) * 1e3)
+        return Segmentation(
+            mask=logits > 0,
+            logits=logits,
+            score=float(dec["iou_score"].reshape(-1)[0]),
+            object_score=float(dec["object_score_logits"].reshape(-1)[0]),
+            low_res_logits=low,
+        )
+
+    def reset(self) -> None:
+        """Forget all supports (the graphs stay loaded)."""
+        self._supports.clear()
+
+    def timings(self) -> dict[str, ModuleTiming]:
+        """Per-module latency since construction (or `clear_timings`), in milliseconds."""
+        return {k: ModuleTiming(len(v), float(sum(v))) for k, v in self._timings.items()}
+
+    def clear_timings(self) -> None:
+        self._timings.clear()
+
+    def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        pre = self.manifest.preprocess
+        t0 = time.perf_counter()
+        x = preprocess_image(rgb, pre.image_size, pre.mean, pre.std)
+        self._timings["preprocess"].append((time.perf_counter() - t0) * 1e3)
+        return self._run("image_encoder", {"image": x})
+
+    def _run(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _check_feeds(name, self.manifest.graphs[name], feeds)
+        t0 = time.perf_counter()
+        out = self._graphs[name].run(feeds)
+        self._timings[name].append((time.perf_counter() - t0) * 1e3)
+        return out
+
+
+def _check_feeds(graph: str, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -> None:
+    for t in spec.inputs:
+        a = feeds.get(t.name)
+        if a is None:
+            raise RuntimeError(f"{graph}: no value for input '{t.name}'")
+        if a.dtype != np.dtype(t.dtype) or a.ndim != len(t.shape) or any(
+            isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape)
+        ):
+            raise RuntimeError(f"{graph}: input '{t.name}' is {a.dtype}{list(a.shape)}, manifest says {t.dtype}{t.shape}")
