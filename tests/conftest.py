@@ -1,0 +1,58 @@
+"""Shared fixtures: a random-init tiny model at a small image size, its exported artifacts (made
+through the real CLI) and synthetic episodes written to disk. Parity figures are collected with
+`record_metric` and printed at the end of the run (and written to $FSSAM2_METRICS if set)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SMALL = 256  # image size for most tests (multiple of 32); the slow test runs 1024
+SEED = 0
+_METRICS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from fssam2_export.models import build_model
+
+    return build_model("sam2.1_hiera_t", random_init=True, seed=SEED, image_size=SMALL)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    from fssam2_export.cli import main
+
+    out = tmp_path_factory.mktemp("export") / "artifacts"
+    rc = main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", str(SMALL),
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def episode(tmp_path_factory):
+    from fssam2_export.synthetic import write_episode
+
+    return write_episode(tmp_path_factory.mktemp("episode"), shots=5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def record_metric():
+    def record(name: str, value: float) -> None:
+        _METRICS[name] = float(value)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _METRICS:
+        return
+    terminalreporter.section("fssam2 parity figures")
+    for name, value in sorted(_METRICS.items()):
+        terminalreporter.write_line(f"{name:<48} {value:.3e}")
+    if path := os.environ.get("FSSAM2_METRICS"):
+        Path(path).write_text(json.dumps(_METRICS, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,119 @@
+"""Bad input gets a clear error that names the problem, and leaves nothing half-written."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, ProviderUnavailableError
+from runtime.image import load_image, nearest_indices
+
+
+@pytest.fixture(scope="module")
+def seg(artifacts):
+    return FewShotSegmenter(artifacts)
+
+
+@pytest.fixture
+def copied(artifacts, tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(artifacts, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def rgb(episode):
+    return load_image(episode.query)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((32, 32, 3), np.float32), "uint8"),
+    (np.zeros((32, 32), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((32, 32, 4), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((1, 32, 32, 3), np.uint8), r"\(H, W, 3\)"),
+    ("no/such/image.png", "cannot read image"),
+    (12, "path, PIL image or numpy array"),
+])
+def test_bad_images(seg, bad, match):
+    with pytest.raises(InputError, match=match):
+        seg.segment(bad) if seg.num_supports else seg.add_support(bad, np.ones((32, 32), bool))
+
+
+def test_segment_before_any_support(seg, rgb):
+    seg.reset()
+    with pytest.raises(RuntimeError, match="before any add_support"):
+        seg.segment(rgb)
+
+
+def test_mask_must_match_its_image(seg, rgb):
+    with pytest.raises(InputError, match="mask is"):
+        seg.add_support(rgb, np.ones((rgb.shape[0] + 1, rgb.shape[1]), bool))
+    with pytest.raises(InputError, match="2-D"):
+        seg.add_support(rgb, np.ones(rgb.shape, bool))
+    with pytest.raises(InputError, match="bool or integer"):
+        seg.add_support(rgb, np.ones(rgb.shape[:2], np.float32))
+    assert seg.num_supports == 0
+
+
+def test_empty_mask_is_an_error_and_full_mask_a_warning(seg, rgb):
+    seg.reset()
+    with pytest.raises(InputError, match="empty"):
+        seg.add_support(rgb, np.zeros(rgb.shape[:2], bool))
+    tiny = np.zeros(rgb.shape[:2], bool)
+    row = min(set(range(rgb.shape[0])) - set(nearest_indices(rgb.shape[0], 256)))
+    tiny[row, :] = True  # a row that nearest resizing to the model size skips
+    with pytest.raises(InputError, match="vanishes"):
+        seg.add_support(rgb, tiny)
+    assert seg.num_supports == 0
+    with pytest.warns(UserWarning, match="whole image"):
+        seg.add_support(rgb, np.ones(rgb.shape[:2], bool))
+    assert seg.num_supports == 1
+    seg.reset()
+
+
+def test_missing_graph_file(copied):
+    (copied / "mask_decoder.onnx").unlink()
+    with pytest.raises(ManifestError, match="mask_decoder.*missing"):
+        FewShotSegmenter(copied)
+
+
+def test_corrupt_graph_file(copied):
+    with open(copied / "memory_encoder.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00garbage\x00")
+    with pytest.raises(ManifestError, match="memory_encoder.*sha256"):
+        FewShotSegmenter(copied)
+
+
+def test_other_schema_version(copied):
+    path = copied / "manifest.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="schema version 99"):
+        FewShotSegmenter(copied)
+
+
+def test_malformed_and_missing_manifest(copied, tmp_path):
+    (copied / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        FewShotSegmenter(copied)
+    (copied / "manifest.json").write_text(json.dumps({"schema_version": 1, "graphs": {}}))
+    with pytest.raises(ManifestError, match="malformed"):
+        FewShotSegmenter(copied)
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        FewShotSegmenter(tmp_path / "nowhere")
+
+
+def test_providers_never_fall_back_silently():
+    import onnxruntime as ort
+
+    with pytest.raises(ValueError, match="unknown provider"):
+        OrtBackend("gpu0")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the refusal path needs a CPU-only build")
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
+        OrtBackend("cuda")
+    with pytest.raises(ProviderUnavailableError, match="TensorrtExecutionProvider"):
+        OrtBackend("tensorrt")

@@ -1,0 +1,60 @@
+"""The torch-free runtime against the PyTorch reference episode (sam2's modules in FS-SAM2 order)."""
+
+import numpy as np
+import pytest
+
+from fssam2_export.reference import reference_episode
+from runtime import FewShotSegmenter
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.fixture(scope="module")
+def segmenter(artifacts):
+    return FewShotSegmenter(artifacts, provider="cpu")
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_runtime_matches_reference_episode(segmenter, tiny_model, episode, record_metric, k):
+    segmenter.reset()
+    for image, mask in episode.supports[:k]:
+        segmenter.add_support(image, mask)
+    got = segmenter.segment(episode.query)
+    ref = reference_episode(tiny_model.model, episode.supports[:k], episode.query)
+    assert got.mask.shape == ref.mask.shape == got.logits.shape
+    iou, err = _iou(got.mask, ref.mask), float(np.abs(got.logits - ref.logits).max())
+    record_metric(f"episode IoU K={k}", iou)
+    record_metric(f"episode logits max-abs K={k}", err)
+    assert iou >= 0.999
+    assert err <= 1e-3
+    assert abs(got.score - ref.iou_score) <= 1e-4 and abs(got.object_score - ref.object_score) <= 1e-4
+    assert 0 < got.mask.sum() < got.mask.size, "a degenerate mask would make the IoU check vacuous"
+
+
+def test_supports_are_encoded_once_and_reused(segmenter, episode):
+    segmenter.reset()
+    segmenter.clear_timings()
+    for image, mask in episode.supports[:3]:
+        segmenter.add_support(image, mask)
+    first = segmenter.segment(episode.query)
+    second = segmenter.segment(episode.query)
+    t = segmenter.timings()
+    assert t["memory_encoder"].calls == 3  # not re-run per query
+    assert t["image_encoder"].calls == 3 + 2
+    assert t["memory_attention"].calls == t["mask_decoder"].calls == 2
+    np.testing.assert_array_equal(first.logits, second.logits)
+
+
+def test_more_supports_change_the_prediction(segmenter, episode):
+    segmenter.reset()
+    segmenter.add_support(*episode.supports[0])
+    one = segmenter.segment(episode.query).logits
+    segmenter.add_support(*episode.supports[1])
+    two = segmenter.segment(episode.query).logits
+    assert segmenter.num_supports == 2
+    assert not np.allclose(one, two)
+    segmenter.reset()
+    assert segmenter.num_supports == 0
