@@ -74,23 +74,22 @@ def tool_versions(opset: int) -> dict[str, str]:
 
 
 @torch.no_grad()
-def _example_inputs(loaded: LoadedModel, graphs: dict[str, torch.nn.Module]) -> dict[str, tuple]:
-    """Real-shaped example inputs per graph, made by running the wrappers on a fixed random image.
-    The memory holds two supports so the exporter cannot specialise its length."""
+def _examples(loaded: LoadedModel, graphs: dict[str, torch.nn.Module]) -> dict[str, tuple[tuple, tuple]]:
+    """(inputs, outputs) per graph, from running the wrappers on a fixed random image. The memory
+    holds two supports so the exporter cannot specialise its length."""
     s = loaded.image_size
     g = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, s, s, generator=g)
-    f0, f1, embed, pos = graphs["image_encoder"](image)
     mask_logits = torch.where(torch.rand(1, 1, s, s, generator=g) > 0.5, MASK_LOGIT_SCALE + MASK_LOGIT_BIAS, MASK_LOGIT_BIAS)
-    memory, memory_pos = graphs["memory_encoder"](embed, mask_logits)
-    memory, memory_pos = torch.cat([memory, -memory], 1), torch.cat([memory_pos, memory_pos], 1)
-    conditioned = graphs["memory_attention"](embed, pos, memory, memory_pos)
-    return {
-        "image_encoder": (image,),
-        "memory_encoder": (embed, mask_logits),
-        "memory_attention": (embed, pos, memory, memory_pos),
-        "mask_decoder": (conditioned, f0, f1),
-    }
+    ex = {"image_encoder": ((image,), graphs["image_encoder"](image))}
+    f0, f1, embed, pos = ex["image_encoder"][1]
+    ex["memory_encoder"] = ((embed, mask_logits), graphs["memory_encoder"](embed, mask_logits))
+    memory, memory_pos = ex["memory_encoder"][1]
+    args = (embed, pos, torch.cat([memory, -memory], 1), torch.cat([memory_pos, memory_pos], 1))
+    ex["memory_attention"] = (args, (graphs["memory_attention"](*args),))
+    args = (ex["memory_attention"][1][0], f0, f1)
+    ex["mask_decoder"] = (args, graphs["mask_decoder"](*args))
+    return ex
 
 
 def build_graphs(loaded: LoadedModel) -> dict[str, torch.nn.Module]:
@@ -141,7 +140,7 @@ def export_artifacts(
 
 def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, progress: bool):
     graphs = build_graphs(loaded)
-    examples = _example_inputs(loaded, graphs)
+    examples = _examples(loaded, graphs)
     specs, seconds = {}, {}
     for name in tqdm(GRAPH_NAMES, desc="export", unit="graph", disable=not progress):
         t0 = time.perf_counter()
@@ -150,7 +149,7 @@ def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, pro
             warnings.simplefilter("ignore")  # tracer warnings about python-side shape arithmetic
             torch.onnx.export(
                 module,
-                examples[name],
+                examples[name][0],
                 str(path),
                 input_names=module.input_names,
                 output_names=module.output_names,
@@ -158,7 +157,8 @@ def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, pro
                 dynamic_axes=DYNAMIC_AXES.get(name),
                 dynamo=False,
             )
-        model = simplify_and_validate(path)
+        shapes = {n: list(t.shape) for n, t in zip(module.output_names, examples[name][1])}
+        model = simplify_and_validate(path, shapes)
         specs[name] = GraphSpec(path.name, file_sha256(path), _tensor_specs(model.graph.input), _tensor_specs(model.graph.output))
         seconds[name] = time.perf_counter() - t0
     src = loaded.source

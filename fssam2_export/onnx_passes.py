@@ -3,12 +3,13 @@ inference, and TensorRT 10's operator table."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from importlib import resources
 
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 # Element types TensorRT 10 can hold in a network (DOUBLE, strings, 16-bit ints etc. are not among them).
 TRT_DTYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT32,
@@ -56,23 +57,41 @@ def check_tensorrt_compat(model: onnx.ModelProto) -> None:
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold the tracer's shape arithmetic (If/Shape chains around static sizes) into constants and
-    drop initializers nothing reads any more."""
+    """Fold the tracer's shape arithmetic (If/Shape chains around static sizes) into constants, merge
+    initializers with identical contents (the tracer copies a buffer per use: RoPE tables would be
+    stored 8x) and drop initializers nothing reads any more."""
     from onnxscript import optimizer
 
     model = optimizer.optimize(model)
-    used = {name for node in _all_nodes(model.graph) for name in node.input}
-    used |= {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for t in model.graph.initializer:
+        key = (t.data_type, tuple(t.dims), hashlib.sha256(numpy_helper.to_array(t).tobytes()).digest())
+        rename[t.name] = first.setdefault(key, t.name)
+    for node in _all_nodes(model.graph):
+        node.input[:] = [rename.get(i, i) for i in node.input]
+    used = {name for node in _all_nodes(model.graph) for name in node.input} | {o.name for o in model.graph.output}
+    kept = [t for t in model.graph.initializer if t.name in used and rename[t.name] == t.name]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return model
 
 
-def simplify_and_validate(path) -> onnx.ModelProto:
-    """Simplify a graph file in place, re-run shape inference, run the full checker and the
-    TensorRT table check; the file is rewritten with the inferred shapes."""
+def set_output_shapes(model: onnx.ModelProto, shapes: dict[str, list[int | str]]) -> None:
+    """Declare the graph outputs' shapes (ints static, strings dynamic axis names); the tracer leaves
+    some as anonymous symbols. Shape inference then checks the declaration against the graph."""
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[out.name]:
+            dims.add().CopyFrom(onnx.TensorShapeProto.Dimension(**({"dim_param": d} if isinstance(d, str) else {"dim_value": d})))
+
+
+def simplify_and_validate(path, output_shapes: dict[str, list[int | str]]) -> onnx.ModelProto:
+    """Simplify a graph file in place, declare its output shapes, re-run shape inference, run the full
+    checker and the TensorRT table check; the file is rewritten with the inferred shapes."""
     model = simplify(onnx.load(str(path)))
+    set_output_shapes(model, output_shapes)
     del model.graph.value_info[:]  # the tracer's guesses; recompute them
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
