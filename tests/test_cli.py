@@ -69,7 +69,7 @@ def test_failed_export_leaves_old_artifacts_untouched(artifacts, tmp_path, monke
     shutil.copytree(artifacts, out)
     before = load_manifest(out).created
 
-    def boom(path):
+    def boom(path, shapes):
         raise RuntimeError("simulated failure while validating")
 
     monkeypatch.setattr(export_mod, "simplify_and_validate", boom)
