@@ -58,3 +58,22 @@ def test_more_supports_change_the_prediction(segmenter, episode):
     assert not np.allclose(one, two)
     segmenter.reset()
     assert segmenter.num_supports == 0
+
+
+def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episode, tmp_path):
+    """A checkpoint in sam2's format drives both sides: CLI export from it, reference built from it."""
+    from fssam2_export.cli import main
+    from fssam2_export.models import build_model, save_checkpoint
+
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(tiny_model.model, ckpt)
+    out = tmp_path / "art"
+    assert main(["--checkpoint", str(ckpt), "--image-size", "128", "--out", str(out), "--quiet"]) == 0
+    seg = FewShotSegmenter(out)
+    m = seg.manifest
+    assert not m.model.random_init and m.model.seed is None and m.model.checkpoint_sha256
+    assert m.preprocess.image_size == 128 and m.episode.tokens_per_support == 64
+    seg.add_support(*episode.supports[0])
+    got = seg.segment(episode.query)
+    ref = reference_episode(build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=128).model, episode.supports[:1], episode.query)
+    assert _iou(got.mask, ref.mask) >= 0.999 and np.abs(got.logits - ref.logits).max() <= 1e-3
