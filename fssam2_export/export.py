@@ -192,4 +192,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old-{time.time_ns()}")
     out.rename(old)
     tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()

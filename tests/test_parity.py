@@ -77,3 +77,32 @@ def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episod
     got = seg.segment(episode.query)
     ref = reference_episode(build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=128).model, episode.supports[:1], episode.query)
     assert _iou(got.mask, ref.mask) >= 0.999 and np.abs(got.logits - ref.logits).max() <= 1e-3
+
+
+def test_injected_backend_is_used(artifacts, episode):
+    from runtime import OrtBackend
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self):
+            self.inner, self.loaded, self.runs = OrtBackend("cpu"), [], []
+
+        def load(self, path, spec):
+            graph = self.inner.load(path, spec)
+            self.loaded.append(path.name)
+            runs = self.runs
+
+            class G:
+                def run(self, feeds):
+                    runs.append(path.stem)
+                    return graph.run(feeds)
+
+            return G()
+
+    backend = Recording()
+    seg = FewShotSegmenter(artifacts, backend=backend)
+    seg.add_support(*episode.supports[0])
+    seg.segment(episode.query)
+    assert sorted(backend.loaded) == sorted(f"{n}.onnx" for n in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder"))
+    assert backend.runs == ["image_encoder", "memory_encoder", "image_encoder", "memory_attention", "mask_decoder"]
