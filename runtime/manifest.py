@@ -112,6 +112,9 @@ class Manifest:
         missing = [n for n in GRAPH_NAMES if n not in manifest.graphs]
         if missing:
             raise ManifestError(f"manifest lacks graphs: {', '.join(missing)}")
+        pre = manifest.preprocess
+        if (pre.image_resample, pre.mask_resample) != ("bicubic", "nearest"):
+            raise ManifestError(f"resampling {pre.image_resample}/{pre.mask_resample} is not implemented by this runtime (bicubic/nearest)")
         return manifest
 
 

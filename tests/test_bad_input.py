@@ -95,6 +95,15 @@ def test_other_schema_version(copied):
         FewShotSegmenter(copied)
 
 
+def test_unknown_resampling_is_refused(copied):
+    path = copied / "manifest.json"
+    data = json.loads(path.read_text())
+    data["preprocess"]["image_resample"] = "lanczos"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="lanczos"):
+        FewShotSegmenter(copied)
+
+
 def test_malformed_and_missing_manifest(copied, tmp_path):
     (copied / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
