@@ -41,16 +41,20 @@ def load_image(src: ImageLike) -> np.ndarray:
     return src
 
 
+def _mask_array(im: Image.Image) -> np.ndarray:
+    return np.asarray(im if im.mode in ("1", "L", "P", "I") else im.convert("L"))
+
+
 def load_mask(src: ImageLike) -> np.ndarray:
     """Return a bool (H, W) mask; nonzero = foreground. Accepts a path, a PIL image or a 2-D array."""
     if isinstance(src, (str, Path)):
         try:
             with Image.open(src) as im:
-                arr = np.asarray(im.convert("L") if im.mode not in ("1", "L", "P", "I") else im)
+                arr = _mask_array(im)
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read mask {src}: {e}") from e
     elif isinstance(src, Image.Image):
-        arr = np.asarray(src.convert("L") if src.mode not in ("1", "L", "P", "I") else src)
+        arr = _mask_array(src)
     elif isinstance(src, np.ndarray):
         arr = src
     else:

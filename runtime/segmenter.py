@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -110,10 +111,9 @@ class FewShotSegmenter:
                 "high_res_feat1": feats["high_res_feat1"],
             },
         )
-        t0 = time.perf_counter()
         low = dec["low_res_logits"][0, 0]
-        logits = postprocess_logits(low, self.manifest.preprocess.image_size, rgb.shape[:2])
-        self._timings["postprocess"].append((time.perf_counter() - t0) * 1e3)
+        with self._timed("postprocess"):
+            logits = postprocess_logits(low, self.manifest.preprocess.image_size, rgb.shape[:2])
         return Segmentation(
             mask=logits > 0,
             logits=logits,
@@ -135,17 +135,20 @@ class FewShotSegmenter:
 
     def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         pre = self.manifest.preprocess
-        t0 = time.perf_counter()
-        x = preprocess_image(rgb, pre.image_size, pre.mean, pre.std)
-        self._timings["preprocess"].append((time.perf_counter() - t0) * 1e3)
+        with self._timed("preprocess"):
+            x = preprocess_image(rgb, pre.image_size, pre.mean, pre.std)
         return self._run("image_encoder", {"image": x})
 
     def _run(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         _check_feeds(name, self.manifest.graphs[name], feeds)
+        with self._timed(name):
+            return self._graphs[name].run(feeds)
+
+    @contextmanager
+    def _timed(self, name: str):
         t0 = time.perf_counter()
-        out = self._graphs[name].run(feeds)
+        yield
         self._timings[name].append((time.perf_counter() - t0) * 1e3)
-        return out
 
 
 def _check_feeds(graph: str, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -> None:
