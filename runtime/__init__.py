@@ -2,13 +2,15 @@
 
 from .backends import Backend, Graph, OrtBackend, ProviderUnavailableError
 from .image import InputError
-from .manifest import Manifest, ManifestError, load_manifest
+from .manifest import Flavour, GraphSpec, Manifest, ManifestError, load_manifest
 from .segmenter import FewShotSegmenter, ModuleTiming, Segmentation
 
 __all__ = [
     "Backend",
     "FewShotSegmenter",
+    "Flavour",
     "Graph",
+    "GraphSpec",
     "InputError",
     "Manifest",
     "ManifestError",

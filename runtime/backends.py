@@ -1,7 +1,8 @@
 """Inference backends behind one small interface.
 
 A backend turns a graph file + its manifest spec into a `Graph` whose `run(feeds)` maps input names
-to arrays and returns output names to arrays. The ONNX Runtime backend is the default; any object with
+to arrays and returns output names to arrays; its `provider` names which of the graph's flavours
+(manifest schema 2) the segmenter hands it. The ONNX Runtime backend is the default; any object with
 the same `load` method (TensorRT engines, a remote server, a mock) can be injected instead.
 """
 
@@ -32,6 +33,7 @@ class Graph(Protocol):
 
 class Backend(Protocol):
     name: str
+    provider: str  # picks each graph's flavour in the manifest (GraphSpec.artifact_for)
 
     def load(self, path: Path, spec: GraphSpec) -> Graph: ...
 

@@ -3,6 +3,12 @@
 `manifest.json` sits beside the four graphs and says everything the runtime may know about the model:
 graph files (with sha256), I/O names/shapes/dtypes, precision, image size, normalisation, episode
 constants, model config, source checkpoint and tool versions. Dynamic dimensions are strings.
+
+Schema 2 adds, per graph, its `precision` and `flavours`: alternative files of the same graph for
+particular providers (an ORT-fused or CPU-quantised ONNX copy, a TensorRT engine). Precision variants,
+ORT-optimised copies and engines are all flavours; the runtime picks one per graph and provider with
+`GraphSpec.artifact_for` and runs it through the same backend interface. Schema 1 manifests still load
+(all graphs fp32, no flavours).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 
@@ -29,11 +36,40 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
-class GraphSpec:
+class Flavour:
+    """One file that implements a graph, and the providers it is meant for.
+
+    `kind` is "onnx" or "tensorrt-engine"; `providers` lists runtime provider names ("cpu", "cuda",
+    "tensorrt", "tensorrt-native") or "*" for any; `source_sha256` is the sha256 of the graph's standard
+    ONNX it was derived from (a flavour whose source changed is stale and refused); `meta` holds what is
+    specific to the kind (ORT version and fusions, TensorRT version, GPU, profiles, builder settings)."""
+
+    kind: str
     file: str
+    sha256: str
+    providers: list[str]
+    precision: str
+    source_sha256: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str  # the standard ONNX graph: TensorRT-parsable, runs on every ORT provider
     sha256: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    precision: str = "fp32"  # of the standard graph: fp32 | fp16 | int8 (QDQ)
+    flavours: list[Flavour] = field(default_factory=list)  # provider-specific alternatives, preferred in order
+
+    @property
+    def standard(self) -> Flavour:
+        """The standard graph, as a flavour for any provider."""
+        return Flavour("onnx", self.file, self.sha256, ["*"], self.precision, self.sha256)
+
+    def artifact_for(self, provider: str) -> Flavour:
+        """The file to run on `provider`: the first flavour made for it, else the standard graph."""
+        return next((f for f in self.flavours if provider in f.providers or "*" in f.providers), self.standard)
 
 
 @dataclass(frozen=True)
@@ -74,6 +110,8 @@ class Manifest:
     tools: dict[str, str]
     created: str
     notes: list[str] = field(default_factory=list)
+    calibration: dict | None = None  # schema 2: how reduced-precision graphs were calibrated
+    fidelity: dict | None = None  # schema 2: the accuracy gate's figures against FP32
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -81,10 +119,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in SUPPORTED_SCHEMAS:
             raise ManifestError(
                 f"manifest schema version {version!r} is not supported by this runtime "
-                f"(expects {SCHEMA_VERSION}); re-export the artifacts with a matching fssam2"
+                f"(reads {', '.join(map(str, SUPPORTED_SCHEMAS))}); re-export the artifacts with a matching fssam2"
             )
         try:
             graphs = {
@@ -93,6 +131,8 @@ class Manifest:
                     sha256=g["sha256"],
                     inputs=[TensorSpec(**t) for t in g["inputs"]],
                     outputs=[TensorSpec(**t) for t in g["outputs"]],
+                    precision=g.get("precision", d["precision"]),
+                    flavours=[Flavour(**f) for f in g.get("flavours", [])],
                 )
                 for name, g in d["graphs"].items()
             }
@@ -106,6 +146,8 @@ class Manifest:
                 tools=dict(d["tools"]),
                 created=d["created"],
                 notes=list(d.get("notes", [])),
+                calibration=d.get("calibration"),
+                fidelity=d.get("fidelity"),
             )
         except (KeyError, TypeError) as e:
             raise ManifestError(f"manifest is malformed: {e!r}") from e
@@ -137,11 +179,20 @@ def load_manifest(artifacts_dir: str | Path, verify_files: bool = True) -> Manif
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from e
     manifest = Manifest.from_dict(data)
-    if verify_files:
-        for name, g in manifest.graphs.items():
-            gp = root / g.file
-            if not gp.is_file():
-                raise ManifestError(f"graph '{name}' is missing: {gp}")
-            if file_sha256(gp) != g.sha256:
-                raise ManifestError(f"graph '{name}' ({gp}) does not match its sha256 in the manifest: corrupt or replaced")
+    for name, g in manifest.graphs.items():
+        for f in g.flavours:
+            if f.source_sha256 != g.sha256:
+                raise ManifestError(f"graph '{name}': flavour {f.file} was made from another version of {g.file} (stale); re-export")
+        if verify_files:
+            for f in [g.standard, *g.flavours]:
+                verify_file(root, name, f.file, f.sha256)
     return manifest
+
+
+def verify_file(root: Path, graph: str, file: str, sha256: str) -> None:
+    """Raise ManifestError if `root/file` is missing or its contents are not `sha256`."""
+    path = root / file
+    if not path.is_file():
+        raise ManifestError(f"graph '{graph}' is missing: {path}")
+    if file_sha256(path) != sha256:
+        raise ManifestError(f"graph '{graph}' ({path}) does not match its sha256 in the manifest: corrupt or replaced")

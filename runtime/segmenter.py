@@ -59,10 +59,7 @@ class FewShotSegmenter:
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest: Manifest = load_manifest(self.artifacts_dir)
         self.backend = backend if backend is not None else OrtBackend(provider)
-        self._graphs: dict[str, Graph] = {
-            name: self.backend.load(self.artifacts_dir / self.manifest.graphs[name].file, self.manifest.graphs[name])
-            for name in GRAPH_NAMES
-        }
+        self._graphs: dict[str, Graph] = {name: self._load(name) for name in GRAPH_NAMES}
         self._supports: list[_Support] = []
         self._timings: dict[str, list[float]] = defaultdict(list)
 
@@ -132,6 +129,11 @@ class FewShotSegmenter:
 
     def clear_timings(self) -> None:
         self._timings.clear()
+
+    def _load(self, name: str) -> Graph:
+        """Load the graph's flavour for the backend's provider (the standard ONNX unless the manifest has one)."""
+        spec = self.manifest.graphs[name]
+        return self.backend.load(self.artifacts_dir / spec.artifact_for(self.backend.provider).file, spec)
 
     def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         pre = self.manifest.preprocess

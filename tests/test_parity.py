@@ -83,7 +83,7 @@ def test_injected_backend_is_used(artifacts, episode):
     from runtime import OrtBackend
 
     class Recording:
-        name = "recording"
+        name, provider = "recording", "cpu"
 
         def __init__(self):
             self.inner, self.loaded, self.runs = OrtBackend("cpu"), [], []
