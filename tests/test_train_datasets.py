@@ -199,3 +199,18 @@ def test_unknown_dataset_and_fold():
         build_dataset("ade20k", "x", 0, "test", 1)
     with pytest.raises(ValueError, match="fold"):
         build_dataset("synthetic", None, 7, "test", 1)
+
+
+@pytest.mark.parametrize("command,dataset,expected", [
+    (["eval", "--base"], "pascal", "VOC2012/SegmentationClassAug/<name>.png"),
+    (["fit"], "coco", "COCO2014/annotations/train2014/<name>.png"),
+])
+def test_cli_bad_data_root_is_a_clear_error(tmp_path, capsys, command, dataset, expected):
+    from training.cli import main
+
+    missing = tmp_path / "no_data_here"
+    rc = main(command + ["--model", "sam2.1_hiera_t", "--random-init", "--image-size", "64", "--dataset", dataset,
+                         "--data-root", str(missing), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(missing) in err and expected in err, err
+    assert not (tmp_path / "out").exists()

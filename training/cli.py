@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
     fit.add_argument("--stop-after", type=int, help="end this session after N steps (continue with --resume)")
     fit.add_argument("--val-every", type=int, help="steps between validations (default: once per epoch)")
-    fit.add_argument("--val-episodes", type=int, default=1000)
+    fit.add_argument("--val-episodes", type=int, help="default 1000 (PASCAL, COCO), every val image (FSS-1000), 100 (synthetic)")
     fit.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on a GPU that has it")
     fit.add_argument("--no-augment", action="store_true")
     fit.add_argument("--lora", action="append", default=[], metavar="MODULE:k=v,...",
@@ -117,12 +117,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .fit import use_amp
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    run_root = None
-    if args.run:
+    config = read_config(Path(args.run)) if args.run else None
+    root = _data_root(args, fallback=(config.data_root if config else None) or DEFAULT_DATA_ROOT)
+    dataset = build_dataset(args.dataset, root, args.fold, args.split, args.shots, args.seed, num_episodes=args.episodes)
+    if config is not None:
         from .run import load_run_model
 
-        config = read_config(Path(args.run))
-        run_root = config.data_root
         model = load_run_model(Path(args.run), args.which).to(device)
         predict = torch_predictor(model, use_amp(args.amp, device))
         source = {"kind": "torch", "run": str(Path(args.run).resolve()), "which": args.which, "base": asdict(config.base)}
@@ -134,8 +134,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                        args.checkpoint, args.random_init, args.init_seed)
         predict = torch_predictor(base.build().model.to(device), use_amp(args.amp, device))
         source = {"kind": "torch", "base": asdict(base)}
-    root = _data_root(args, fallback=run_root or DEFAULT_DATA_ROOT)
-    dataset = build_dataset(args.dataset, root, args.fold, args.split, args.shots, args.seed, num_episodes=args.episodes)
     report = evaluate(predict, dataset, source, args.fold, progress=not args.quiet, workers=args.workers or 0)
     name = f"{args.dataset}-f{args.fold}-{args.shots}shot-{args.split}.json"
     out = Path(args.out) if args.out else (Path(args.run) / "eval" / name if args.run else Path(f"fssam2-eval-{source['kind']}-{name}"))

@@ -173,6 +173,8 @@ class _ListedDataset(FewShotDataset):
             classwise = {c: [n for n in v if not held_out(n)] for c, v in classwise.items()}
         elif split == "val":
             names = [n for n in names if held_out(n)]
+        if not names:
+            raise ValueError(f"{self.benchmark} fold {fold}: the {split} split has no images")
         self.names, self.classwise = names, classwise
         self.val_queries = {c: [n for n in v if held_out(n)] for c, v in classwise.items()} if split == "val" else {}
         self.check_layout(names[:1])

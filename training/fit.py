@@ -135,6 +135,9 @@ def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | No
         raise ValueError("fit needs a RunConfig unless resuming")
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"run directory {out} is not empty; use --resume to continue it, or another --out")
+    trn = build_dataset(config.dataset, config.data_root, config.fold, "trn", config.shots, config.seed)
+    val = build_dataset(config.dataset, config.data_root, config.fold, "val", config.shots, config.seed,
+                        num_episodes=config.val_episodes)
     if dd.main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_NAME).write_text(config.to_json())
@@ -154,11 +157,7 @@ def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | No
     if dd.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    s = config.base.image_size
-    trn = build_dataset(config.dataset, config.data_root, config.fold, "trn", config.shots, config.seed)
-    val = build_dataset(config.dataset, config.data_root, config.fold, "val", config.shots, config.seed,
-                        num_episodes=config.val_episodes)
-    episodes = TrainEpisodes(trn, s)
+    episodes = TrainEpisodes(trn, config.base.image_size)
     sampler = DistributedSampler(episodes, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=config.seed)
     per_epoch = len(sampler) // config.batch_size
     if per_epoch == 0:

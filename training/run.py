@@ -71,7 +71,7 @@ class RunConfig:
     epochs: int = 50
     steps: int | None = None  # total optimiser steps; overrides epochs
     val_every: int | None = None  # steps; default once per epoch
-    val_episodes: int = 1000
+    val_episodes: int | None = None  # default: the dataset's (1000 PASCAL/COCO, all FSS-1000 val, 100 synthetic)
     workers: int = 4
     seed: int = 42
     amp: str = "auto"  # auto (bf16 on a GPU that supports it) | bf16 | off
