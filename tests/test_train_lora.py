@@ -74,29 +74,29 @@ def test_augmentation_keeps_mask_labels(fixed_batch):
 
 
 def test_few_steps_lower_the_loss_and_change_only_lora(fixed_batch):
-    torch.manual_seed(0)
+    """AdamW on one fixed batch, dropout off so the objective is deterministic: the loss falls step by step."""
     sam = _model()
     add_lora(sam, DEFAULT_LORA)
-    si, sm, qi, qm = prepare(fixed_batch, torch.device("cpu"), None)
-
-    def eval_loss() -> float:
-        sam.eval()
-        with torch.no_grad():
-            return float(episode_loss(episode_forward(sam, si, sm, qi).logits, qm)[0])
-
-    before = {k: v.clone() for k, v in sam.state_dict().items()}
-    first = eval_loss()
-    optimizer = torch.optim.AdamW([p for p in sam.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-6)
+    for m in sam.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     sam.train()
-    for _ in range(4):
+    si, sm, qi, qm = prepare(fixed_batch, torch.device("cpu"), None)
+    before = {k: v.clone() for k, v in sam.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in sam.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-6)
+    losses = []
+    for _ in range(5):
         loss = episode_loss(episode_forward(sam, si, sm, qi).logits, qm)[0]
+        losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    last = eval_loss()
+    with torch.no_grad():
+        losses.append(episode_loss(episode_forward(sam, si, sm, qi).logits, qm)[0].item())
     after = sam.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert last < first - 1e-3, (first, last)
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0] - 0.03, losses  # 1.671 -> 1.585 here
     assert changed and all("lora_" in k for k in changed)
     assert any("lora_B" in k for k in changed)
 
