@@ -138,6 +138,8 @@ def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | No
     trn = build_dataset(config.dataset, config.data_root, config.fold, "trn", config.shots, config.seed)
     val = build_dataset(config.dataset, config.data_root, config.fold, "val", config.shots, config.seed,
                         num_episodes=config.val_episodes)
+    if dd.world > 1:
+        dist.barrier()  # every rank has checked `out` before rank 0 writes into it
     if dd.main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_NAME).write_text(config.to_json())
