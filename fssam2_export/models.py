@@ -6,6 +6,7 @@ loaded strictly) or `random_init=True` with a seed. There is no fallback from on
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,10 @@ POSTPROCESSING_OVERRIDES = [
 ]
 
 
+# `fssam2-train merge` writes <checkpoint>.fssam2.json beside a merged checkpoint (adapters, source hashes).
+TRAINING_RECORD_SUFFIX = ".fssam2.json"
+
+
 class CheckpointError(ValueError):
     """A checkpoint does not fit the requested model."""
 
@@ -42,6 +47,7 @@ class ModelSource:
     seed: int | None
     checkpoint: Path | None
     checkpoint_sha256: str | None
+    training_record: dict | None = None  # the checkpoint's TRAINING_RECORD_SUFFIX file, if there is one
 
 
 @dataclass
@@ -106,13 +112,15 @@ def build_model(
     if random_init:
         torch.manual_seed(seed)
     model = build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=overrides, apply_postprocessing=False)
-    ckpt_path, sha = None, None
+    ckpt_path, sha, record = None, None, None
     if checkpoint is not None:
         ckpt_path = Path(checkpoint)
         load_checkpoint(model, ckpt_path, name)
         sha = file_sha256(ckpt_path)
+        record_path = ckpt_path.with_name(ckpt_path.name + TRAINING_RECORD_SUFFIX)
+        record = json.loads(record_path.read_text()) if record_path.is_file() else None
     model.eval()
-    source = ModelSource(name, config, image_size, random_init, seed if random_init else None, ckpt_path, sha)
+    source = ModelSource(name, config, image_size, random_init, seed if random_init else None, ckpt_path, sha, record)
     return LoadedModel(model, source)
 
 

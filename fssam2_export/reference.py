@@ -5,6 +5,9 @@ sigmoid skipped); their memories are concatenated (no temporal encoding, no obje
 Query: `forward_image`, memory attention over that memory, prompt encoder with one padding point
 (label -1), mask decoder with multimask_output=False; low-res logits upsampled bilinearly to the model
 size, then to the query's size (align_corners=True, as FS-SAM2's test with original image size).
+
+`episode_forward` is that episode batched over episodes and differentiable; meta-training (`training/`)
+and `reference_episode` (the export parity reference, one episode from image files) both call it.
 """
 
 from __future__ import annotations
@@ -47,35 +50,53 @@ def mask_tensor(mask: ImageLike, size: int) -> torch.Tensor:
     return F.interpolate(m, (size, size), mode="nearest")
 
 
-@torch.no_grad()
-def reference_episode(model: torch.nn.Module, supports: Sequence[tuple[ImageLike, ImageLike]], query: ImageLike) -> ReferenceResult:
-    """Run one K-shot episode (K = len(supports) >= 1) through sam2's modules."""
-    if not supports:
-        raise ValueError("an episode needs at least one support")
+@dataclass
+class EpisodeOutput:
+    """Batched episode output (B episodes), tensors on the model's device."""
+
+    low_res_logits: torch.Tensor  # (B, 1, S/4, S/4)
+    logits: torch.Tensor  # (B, 1, S, S): low-res logits upsampled bilinearly (align_corners=False)
+    iou_score: torch.Tensor  # (B, 1)
+    object_score: torch.Tensor  # (B, 1)
+
+
+def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, support_masks: torch.Tensor,
+                    query_images: torch.Tensor) -> EpisodeOutput:
+    """FS-SAM2's episode for B episodes of K supports, differentiable (the training forward).
+
+    support_images (B, K, 3, S, S) and query_images (B, 3, S, S) are normalised; support_masks (B, K, S, S)
+    are {0, 1}. The B*K supports go through `forward_image` and the memory encoder as one batch; each
+    episode's K memories are concatenated support by support, with the first support's position
+    encoding repeated K times.
+    """
+    b, k = support_images.shape[:2]
     size = model.image_size
     n = model.num_feature_levels
-    memories, memory_pos = [], None
-    for image, mask in supports:
-        backbone = model.forward_image(image_tensor(image, size))
-        pix_feat = backbone["backbone_fpn"][-n:][-1]
-        mem = model.memory_encoder(pix_feat, mask_tensor(mask, size) * 20.0 - 10.0, skip_mask_sigmoid=True)
-        memories.append(mem["vision_features"].flatten(2).permute(2, 0, 1))
-        if memory_pos is None:  # FS-SAM2 reuses the first support's encoding for all
-            memory_pos = mem["vision_pos_enc"][0].flatten(2).permute(2, 0, 1)
+    support = model.forward_image(support_images.flatten(0, 1))
+    masks = support_masks.flatten(0, 1)[:, None].float()
+    mem = model.memory_encoder(support["backbone_fpn"][-n:][-1], masks * 20.0 - 10.0, skip_mask_sigmoid=True)
+    feats = mem["vision_features"]  # (B*K, C, h, w)
+    c = feats.shape[1]
+    memory = feats.reshape(b, k, c, -1).permute(1, 3, 0, 2).reshape(-1, b, c)  # (K*h*w, B, C)
+    memory_pos = mem["vision_pos_enc"][0].reshape(b, k, c, -1)[:, 0].permute(2, 0, 1).repeat(k, 1, 1)
 
-    rgb = load_image(query)
-    backbone = model.forward_image(image_tensor(rgb, size))
-    feats, pos = backbone["backbone_fpn"][-n:], backbone["vision_pos_enc"][-n:]
+    query = model.forward_image(query_images)
+    feats, pos = query["backbone_fpn"][-n:], query["vision_pos_enc"][-n:]
     pix_feat = feats[-1]
     conditioned = model.memory_attention(
         curr=pix_feat.flatten(2).permute(2, 0, 1),
         curr_pos=pos[-1].flatten(2).permute(2, 0, 1),
-        memory=torch.cat(memories, dim=0),
-        memory_pos=torch.cat([memory_pos] * len(memories), dim=0),
+        memory=memory,
+        memory_pos=memory_pos,
         num_obj_ptr_tokens=0,
     )
-    conditioned = conditioned.permute(1, 2, 0).view(*pix_feat.shape)
-    sparse, dense = model.sam_prompt_encoder(points=padding_point(), boxes=None, masks=None)
+    conditioned = conditioned.permute(1, 2, 0).reshape(pix_feat.shape)
+    points, labels = padding_point()
+    sparse, dense = model.sam_prompt_encoder(
+        points=(points.to(pix_feat.device).expand(b, -1, -1), labels.to(pix_feat.device).expand(b, -1)),
+        boxes=None,
+        masks=None,
+    )
     low, ious, _, obj = model.sam_mask_decoder(
         image_embeddings=conditioned,
         image_pe=model.sam_prompt_encoder.get_dense_pe(),
@@ -85,6 +106,22 @@ def reference_episode(model: torch.nn.Module, supports: Sequence[tuple[ImageLike
         repeat_image=False,
         high_res_features=feats[:-1],
     )
+    low = low.float()
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
-    logits = F.interpolate(full, rgb.shape[:2], mode="bilinear", align_corners=True)[0, 0].numpy()
-    return ReferenceResult(logits, logits > 0, low[0, 0].numpy(), float(ious.reshape(-1)[0]), float(obj.reshape(-1)[0]))
+    return EpisodeOutput(low, full, ious.float(), obj.float())
+
+
+@torch.no_grad()
+def reference_episode(model: torch.nn.Module, supports: Sequence[tuple[ImageLike, ImageLike]], query: ImageLike) -> ReferenceResult:
+    """Run one K-shot episode (K = len(supports) >= 1) through sam2's modules, on the model's device."""
+    if not supports:
+        raise ValueError("an episode needs at least one support")
+    size = model.image_size
+    device = next(model.parameters()).device
+    images = torch.cat([image_tensor(image, size) for image, _ in supports])[None].to(device)
+    masks = torch.cat([mask_tensor(mask, size)[:, 0] for _, mask in supports])[None].to(device)
+    rgb = load_image(query)
+    out = episode_forward(model, images, masks, image_tensor(rgb, size).to(device))
+    logits = F.interpolate(out.logits, rgb.shape[:2], mode="bilinear", align_corners=True)[0, 0].cpu().numpy()
+    return ReferenceResult(logits, logits > 0, out.low_res_logits[0, 0].cpu().numpy(),
+                           float(out.iou_score.reshape(-1)[0]), float(out.object_score.reshape(-1)[0]))

@@ -1,7 +1,9 @@
-"""Synthetic few-shot episodes: one object class (a textured shape) on textured backgrounds.
+"""Synthetic few-shot data: object classes (textured shapes) on textured backgrounds.
 
 Images differ in size and aspect ratio so resizing paths are exercised. numpy + Pillow only.
-`python -m fssam2_export.synthetic --out example/ --shots 2` writes an episode to disk.
+`write_episode` writes one single-class episode to disk (`python -m fssam2_export.synthetic --out example/
+--shots 2`); `class_image` draws image `index` of class `class_id` (with an optional object of another
+class) as a label map, deterministically, for the episodic dataset that `training/` meta-trains on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,29 @@ def make_sample(rng: np.random.Generator, h: int, w: int, color: np.ndarray, sid
     texture = color + 25 * np.sin(xx / 4.0)[..., None] * np.cos(yy / 4.0)[..., None]
     image[mask] = np.clip(texture[mask], 0, 255).astype(np.uint8)
     return image, mask
+
+
+def class_style(class_id: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """A class's appearance: RGB colour and polygon sides (< 3 = ellipse-like), fixed by (seed, class_id)."""
+    rng = np.random.default_rng((seed, class_id, 7919))
+    return rng.uniform(40, 215, 3), int(rng.integers(0, 7))
+
+
+def class_image(class_id: int, index: int, num_classes: int, seed: int = 0,
+                size_range: tuple[int, int] = (96, 192)) -> tuple[np.ndarray, np.ndarray]:
+    """Image `index` of class `class_id`: (H, W, 3) uint8 and an (H, W) uint8 label map (0 = background,
+    c + 1 = class c). Half of the images also show an object of another class, drawn underneath."""
+    rng = np.random.default_rng((seed, class_id, index))
+    h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+    label = np.zeros((h, w), np.uint8)
+    others = [c for c in range(num_classes) if c != class_id]
+    layers = ([int(rng.choice(others))] if others and rng.random() < 0.5 else []) + [class_id]
+    image = _background(rng, h, w)
+    for c in layers:
+        color, sides = class_style(c, seed)
+        obj, mask = make_sample(rng, h, w, color, sides)
+        image[mask], label[mask] = obj[mask], c + 1
+    return image, label
 
 
 def write_episode(out_dir: str | Path, shots: int, seed: int = 0, sizes=((240, 320), (300, 260), (256, 256), (200, 360))) -> EpisodeFiles:

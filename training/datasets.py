@@ -1,0 +1,393 @@
+"""Episodic few-shot datasets with FS-SAM2's on-disk layouts, class folds, split lists and sampling.
+
+Splits: `trn` (meta-training), `val` (model selection) and `test` (the benchmark episodes). Test episodes are
+FS-SAM2's: episode i draws from `numpy.random.default_rng((seed, i, 0))` with the same calls in the same
+order as its loaders, so with seed 42 they are the episodes its `test.py` evaluates. Its `val` is the same
+set of episodes; here it is not: for PASCAL-5i, COCO-20i and the synthetic set, `val` queries are a fixed
+~5 % of the *training* images (by a hash of their name), never used in `trn`, on the training classes;
+FSS-1000 has its own validation categories. So model selection never sees a test class.
+
+An `Episode` keeps every image at its own size: images (H, W, 3) uint8, support masks {0, 1}, the query
+mask {0, 1} with `IGNORE` (255) where a pixel is excluded (PASCAL's object boundaries).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from fssam2_export.synthetic import class_image
+
+from .splits import read_classwise, read_names
+
+Split = Literal["trn", "val", "test"]
+SPLITS = ("trn", "val", "test")
+IGNORE = 255
+VAL_PERCENT = 5  # share of training images held out as validation queries
+DEFAULT_TEST_EPISODES = 1000  # PASCAL-5i and COCO-20i, per fold
+BENCHMARKS = ("pascal", "coco", "fss", "synthetic")
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A data root that does not have the layout a benchmark expects."""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    index: int
+    class_id: int  # 0-based, within the benchmark's classes
+    query: str
+    supports: tuple[str, ...]
+
+
+@dataclass
+class Episode:
+    spec: EpisodeSpec
+    support_images: list[np.ndarray]  # (H, W, 3) uint8, each its own size
+    support_masks: list[np.ndarray]  # (H, W) uint8 {0, 1}
+    query_image: np.ndarray
+    query_mask: np.ndarray  # (H, W) uint8 {0, 1, IGNORE}
+
+
+def held_out(name: str) -> bool:
+    """Whether a training image is a validation query (stable across machines and list orders)."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) % 100 < VAL_PERCENT
+
+
+def _read_rgb(path: Path, layout: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise DatasetLayoutError(f"cannot read image {path}: {e}\nexpected layout:\n{layout}") from e
+
+
+def _read_label(path: Path, layout: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            label = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise DatasetLayoutError(f"cannot read mask {path}: {e}\nexpected layout:\n{layout}") from e
+    if label.ndim != 2:
+        raise DatasetLayoutError(f"mask {path} has shape {label.shape}; expected a single-channel class-index PNG\n"
+                                 f"expected layout:\n{layout}")
+    return label
+
+
+class FewShotDataset(ABC):
+    """Episodes of one benchmark, fold and split. `episode(i, epoch)` is deterministic in (seed, i, epoch)."""
+
+    benchmark: str
+    num_classes: int
+    layout: str = ""
+
+    def __init__(self, split: Split, shots: int, seed: int, num_episodes: int | None):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if shots < 1:
+            raise ValueError("an episode needs at least one support")
+        self.split, self.shots, self.seed = split, shots, seed
+        self.num_episodes = num_episodes
+        self.class_ids: list[int] = []
+
+    def __len__(self) -> int:
+        return self.num_episodes if self.num_episodes is not None else self.default_length()
+
+    @abstractmethod
+    def default_length(self) -> int: ...
+
+    @abstractmethod
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec: ...
+
+    @abstractmethod
+    def read_image(self, name: str) -> np.ndarray: ...
+
+    @abstractmethod
+    def read_label(self, name: str) -> np.ndarray:
+        """The raw per-pixel label map of an image."""
+
+    def binary(self, label: np.ndarray, class_id: int, ignore: bool) -> np.ndarray:
+        """{0, 1} mask of `class_id` (+ IGNORE where the benchmark excludes pixels and `ignore`)."""
+        return (label == class_id + 1).astype(np.uint8)
+
+    def spec(self, index: int, epoch: int = -1) -> EpisodeSpec:
+        return self.sample(index, np.random.default_rng((self.seed, index, epoch + 1)))
+
+    def load(self, spec: EpisodeSpec) -> Episode:
+        labels = [self.read_label(n) for n in spec.supports]
+        return Episode(
+            spec,
+            [self.read_image(n) for n in spec.supports],
+            [self.binary(label, spec.class_id, ignore=False) for label in labels],
+            self.read_image(spec.query),
+            self.binary(self.read_label(spec.query), spec.class_id, ignore=True),
+        )
+
+    def episode(self, index: int, epoch: int = -1) -> Episode:
+        return self.load(self.spec(index, epoch))
+
+    def _supports(self, rng: np.random.Generator, pool: list[str], query: str, class_id: int) -> tuple[str, ...]:
+        candidates = [n for n in pool if n != query]
+        if len(candidates) < self.shots:
+            raise ValueError(f"{self.benchmark}: class {class_id} has {len(candidates)} support candidates "
+                             f"besides {query}, fewer than {self.shots} shots")
+        return tuple(str(n) for n in rng.choice(candidates, self.shots, replace=False).tolist())
+
+
+def _require_dirs(root: Path, dirs: list[str], benchmark: str, layout: str) -> None:
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{benchmark}: data root {root} does not exist\nexpected layout under it:\n{layout}")
+    for d in dirs:
+        if not (root / d).is_dir():
+            raise DatasetLayoutError(f"{benchmark}: {root / d} is missing\nexpected layout under {root}:\n{layout}")
+
+
+class _ListedDataset(FewShotDataset):
+    """PASCAL-5i / COCO-20i: split lists of image names per fold, per-class name lists."""
+
+    list_prefix: str
+    folds: tuple[int, ...] = (0, 1, 2, 3)
+
+    def __init__(self, root: str | Path, fold: int, split: Split, shots: int, seed: int = 42,
+                 num_episodes: int | None = None, lists_dir: Path | None = None):
+        super().__init__(split, shots, seed, num_episodes)
+        if fold not in self.folds:
+            raise ValueError(f"{self.benchmark}: fold must be one of {self.folds}, got {fold}")
+        if split != "test" and fold >= 10:
+            raise ValueError(f"{self.benchmark}: fold {fold} is a test-only (cross-domain) fold")
+        self.root, self.fold = Path(root), fold
+        test_ids = self.test_classes(fold)
+        self.class_ids = test_ids if split == "test" else [c for c in range(self.num_classes) if c not in test_ids]
+        which = "val" if split == "test" else "train"
+        names = read_names(f"{self.list_prefix}/{which}/data_list_{fold}.txt", lists_dir)
+        classwise = read_classwise(f"{self.list_prefix}/{which}/sub_class_file_list_{fold}.txt", lists_dir)
+        if split == "trn":
+            names = [n for n in names if not held_out(n)]
+            classwise = {c: [n for n in v if not held_out(n)] for c, v in classwise.items()}
+        elif split == "val":
+            names = [n for n in names if held_out(n)]
+        if not names:
+            raise ValueError(f"{self.benchmark} fold {fold}: the {split} split has no images")
+        self.names, self.classwise = names, classwise
+        self.val_queries = {c: [n for n in v if held_out(n)] for c, v in classwise.items()} if split == "val" else {}
+        self.check_layout(names[:1])
+
+    @staticmethod
+    @abstractmethod
+    def test_classes(fold: int) -> list[int]: ...
+
+    @abstractmethod
+    def check_layout(self, sample_names: list[str]) -> None: ...
+
+    def default_length(self) -> int:
+        return len(self.names) if self.split == "trn" else DEFAULT_TEST_EPISODES
+
+
+PASCAL_LAYOUT = """  VOC2012/JPEGImages/<name>.jpg
+  VOC2012/SegmentationClassAug/<name>.png   (class index per pixel: 0 background, 1..20 classes, 255 ignore)"""
+
+
+class PascalDataset(_ListedDataset):
+    """PASCAL-5i: 20 classes, fold i tests labels 5i+1..5i+5; folds 10-13 are COCO->PASCAL test groups."""
+
+    benchmark, num_classes, layout, list_prefix = "pascal", 20, PASCAL_LAYOUT, "pascal/fss_list"
+    folds = (0, 1, 2, 3, 10, 11, 12, 13)
+    CROSS_DOMAIN = {10: [0, 3, 8, 10, 11, 14], 11: [12, 17, 1, 5], 12: [2, 6, 15, 16, 18, 19], 13: [4, 7, 9, 13]}
+
+    @staticmethod
+    def test_classes(fold: int) -> list[int]:
+        return PascalDataset.CROSS_DOMAIN[fold] if fold >= 10 else [5 * fold + i for i in range(5)]
+
+    def check_layout(self, sample_names: list[str]) -> None:
+        _require_dirs(self.root, ["VOC2012/JPEGImages", "VOC2012/SegmentationClassAug"], self.benchmark, self.layout)
+        for n in sample_names:
+            for path in (self._image_path(n), self._label_path(n)):
+                if not path.is_file():
+                    raise DatasetLayoutError(f"pascal: {path} (listed in the fold-{self.fold} split) is missing\n"
+                                             f"expected layout under {self.root}:\n{self.layout}")
+
+    def _image_path(self, name: str) -> Path:
+        return self.root / "VOC2012" / "JPEGImages" / f"{name}.jpg"
+
+    def _label_path(self, name: str) -> Path:
+        return self.root / "VOC2012" / "SegmentationClassAug" / f"{name}.png"
+
+    def read_image(self, name: str) -> np.ndarray:
+        return _read_rgb(self._image_path(name), self.layout)
+
+    def read_label(self, name: str) -> np.ndarray:
+        return _read_label(self._label_path(name), self.layout)
+
+    def binary(self, label: np.ndarray, class_id: int, ignore: bool) -> np.ndarray:
+        mask = (label == class_id + 1).astype(np.uint8)
+        if ignore:
+            mask[label == IGNORE] = IGNORE
+        return mask
+
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
+        query = self.names[index % len(self.names)]
+        present = [int(v) - 1 for v in np.unique(self.read_label(query)) if v not in (0, IGNORE)]
+        candidates = [c for c in present if c in self.class_ids]
+        if not candidates:
+            raise DatasetLayoutError(f"pascal: {self._label_path(query)} shows none of the split's classes "
+                                     f"{[c + 1 for c in self.class_ids]}; does SegmentationClassAug match the lists?")
+        class_id = int(rng.choice(candidates))
+        return EpisodeSpec(index, class_id, query, self._supports(rng, self.classwise[class_id], query, class_id))
+
+
+COCO_LAYOUT = """  COCO2014/train2014/<name>.jpg, COCO2014/val2014/<name>.jpg
+  COCO2014/annotations/train2014/<name>.png, COCO2014/annotations/val2014/<name>.png
+      (class index per pixel: 0 background, 1..80 classes)"""
+
+
+class CocoDataset(_ListedDataset):
+    """COCO-20i: 80 classes, fold i tests labels {4k + i + 1}; episodes sample a class uniformly, then a query."""
+
+    benchmark, num_classes, layout, list_prefix = "coco", 80, COCO_LAYOUT, "coco/fss_list"
+
+    @staticmethod
+    def test_classes(fold: int) -> list[int]:
+        return [fold + 4 * k for k in range(20)]
+
+    @staticmethod
+    def _subset(name: str) -> str:
+        return "val2014" if "val2014" in name else "train2014"
+
+    def check_layout(self, sample_names: list[str]) -> None:
+        subsets = sorted({self._subset(n) for n in sample_names}) or ["train2014", "val2014"]
+        dirs = [f"COCO2014/{s}" for s in subsets] + [f"COCO2014/annotations/{s}" for s in subsets]
+        _require_dirs(self.root, dirs, self.benchmark, self.layout)
+
+    def read_image(self, name: str) -> np.ndarray:
+        return _read_rgb(self.root / "COCO2014" / self._subset(name) / f"{name}.jpg", self.layout)
+
+    def read_label(self, name: str) -> np.ndarray:
+        return _read_label(self.root / "COCO2014" / "annotations" / self._subset(name) / f"{name}.png", self.layout)
+
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
+        if self.split == "val":  # held-out queries of the training classes
+            class_id = int(rng.choice([c for c in self.class_ids if self.val_queries.get(c)]))
+            query = str(rng.choice(self.val_queries[class_id]))
+        else:
+            class_id = int(rng.choice(self.class_ids))
+            query = str(rng.choice(self.classwise[class_id]))
+        return EpisodeSpec(index, class_id, query, self._supports(rng, self.classwise[class_id], query, class_id))
+
+
+FSS_LAYOUT = """  FSS-1000/<category>/<n>.jpg and <n>.png, n = 1..10   (mask: object >= 128 on a dark background)"""
+
+
+class FssDataset(FewShotDataset):
+    """FSS-1000: 520 / 240 / 240 categories for trn / val / test (class ids offset 0 / 520 / 760); every image
+    of the split is a query (test: all 2400), supports are other images of its category."""
+
+    benchmark, num_classes, layout = "fss", 1000, FSS_LAYOUT
+    OFFSETS = {"trn": 0, "val": 520, "test": 760}
+
+    def __init__(self, root: str | Path, fold: int, split: Split, shots: int, seed: int = 42,
+                 num_episodes: int | None = None, lists_dir: Path | None = None):
+        super().__init__(split, shots, seed, num_episodes)
+        if fold != 0:
+            raise ValueError("fss: FSS-1000 has a single fold (0)")
+        self.root = Path(root)
+        _require_dirs(self.root, ["FSS-1000"], self.benchmark, self.layout)
+        self.categories = sorted(read_names(f"fss/{split}.txt", lists_dir))
+        offset = self.OFFSETS[split]
+        self.class_ids = list(range(offset, offset + len(self.categories)))
+        self.images: list[str] = []
+        for cat in self.categories:
+            folder = self.root / "FSS-1000" / cat
+            if not folder.is_dir():
+                raise DatasetLayoutError(f"fss: category folder {folder} is missing\n"
+                                         f"expected layout under {self.root}:\n{self.layout}")
+            paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith("."))
+            self.images += [f"{cat}/{Path(p).stem}" for p in paths if Path(p).suffix == ".jpg"]
+        if not self.images:
+            raise DatasetLayoutError(f"fss: no <n>.jpg images under {self.root / 'FSS-1000'}\nexpected layout:\n{self.layout}")
+
+    def default_length(self) -> int:
+        return len(self.images)
+
+    def read_image(self, name: str) -> np.ndarray:
+        return _read_rgb(self.root / "FSS-1000" / f"{name}.jpg", self.layout)
+
+    def read_label(self, name: str) -> np.ndarray:
+        path = self.root / "FSS-1000" / f"{name}.png"
+        try:
+            with Image.open(path) as im:
+                return (np.asarray(im.convert("L")) >= 128).astype(np.uint8)
+        except (OSError, ValueError) as e:
+            raise DatasetLayoutError(f"cannot read mask {path}: {e}\nexpected layout:\n{self.layout}") from e
+
+    def binary(self, label: np.ndarray, class_id: int, ignore: bool) -> np.ndarray:
+        return label  # one object per image
+
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
+        query = self.images[index * len(self.images) // len(self)]  # all images, or evenly spread
+        cat, qid = query.split("/")
+        class_id = self.OFFSETS[self.split] + self.categories.index(cat)
+        ids = rng.choice([i for i in range(1, 11) if i != int(qid)], self.shots, replace=False).tolist()
+        return EpisodeSpec(index, class_id, query, tuple(f"{cat}/{i}" for i in ids))
+
+
+class SyntheticDataset(FewShotDataset):
+    """Generated in memory (fssam2_export.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
+    40 images per class, half of them with a second object of another class. `val` queries are images 36-39
+    of the training classes (never used in `trn`); 100 test episodes by default."""
+
+    benchmark, num_classes = "synthetic", 20
+    IMAGES_PER_CLASS, VAL_IMAGES, TEST_EPISODES = 40, 4, 100
+
+    def __init__(self, root: str | Path | None, fold: int, split: Split, shots: int, seed: int = 42,
+                 num_episodes: int | None = None, lists_dir: Path | None = None):
+        super().__init__(split, shots, seed, num_episodes)
+        if fold not in (0, 1, 2, 3):
+            raise ValueError(f"synthetic: fold must be 0..3, got {fold}")
+        self.fold = fold
+        test_ids = [5 * fold + i for i in range(5)]
+        self.class_ids = test_ids if split == "test" else [c for c in range(self.num_classes) if c not in test_ids]
+        n_trn = self.IMAGES_PER_CLASS - self.VAL_IMAGES
+        ids = range(self.IMAGES_PER_CLASS) if split == "test" else range(n_trn)
+        self.pool = {c: [f"{c}/{i}" for i in ids] for c in self.class_ids}
+        self.queries = {c: [f"{c}/{i}" for i in range(n_trn, self.IMAGES_PER_CLASS)] for c in self.class_ids} \
+            if split == "val" else self.pool
+
+    def default_length(self) -> int:
+        return sum(len(v) for v in self.pool.values()) if self.split == "trn" else self.TEST_EPISODES
+
+    def _draw(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        c, i = (int(v) for v in name.split("/"))
+        return class_image(c, i, self.num_classes)
+
+    def read_image(self, name: str) -> np.ndarray:
+        return self._draw(name)[0]
+
+    def read_label(self, name: str) -> np.ndarray:
+        return self._draw(name)[1]
+
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
+        class_id = int(rng.choice(self.class_ids))
+        query = str(rng.choice(self.queries[class_id]))
+        return EpisodeSpec(index, class_id, query, self._supports(rng, self.pool[class_id], query, class_id))
+
+
+DATASETS: dict[str, type[FewShotDataset]] = {
+    "pascal": PascalDataset, "coco": CocoDataset, "fss": FssDataset, "synthetic": SyntheticDataset,
+}
+
+
+def build_dataset(benchmark: str, root: str | Path | None, fold: int, split: Split, shots: int, seed: int = 42,
+                  num_episodes: int | None = None, lists_dir: Path | None = None) -> FewShotDataset:
+    """The `split` episodes of `benchmark` (one of BENCHMARKS); `root` is unused for `synthetic`."""
+    if benchmark not in DATASETS:
+        raise ValueError(f"unknown dataset {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    if benchmark != "synthetic" and root is None:
+        raise ValueError(f"{benchmark} needs a data root (--data-root)")
+    return DATASETS[benchmark](root, fold, split, shots, seed=seed, num_episodes=num_episodes, lists_dir=lists_dir)
