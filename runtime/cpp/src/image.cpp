@@ -64,59 +64,42 @@ Coeffs precompute_coeffs(int in_size, int out_size) {
 
 }  // namespace
 
-std::vector<uint8_t> resize_bicubic_rgb(const ImageView &rgb, int64_t out_w64, int64_t out_h64) {
-    const int in_w = static_cast<int>(rgb.width), in_h = static_cast<int>(rgb.height);
-    const int out_w = static_cast<int>(out_w64), out_h = static_cast<int>(out_h64);
-    std::vector<uint8_t> out(static_cast<size_t>(out_w) * out_h * 3);
-    if (in_w == out_w && in_h == out_h) {  // Image.resize returns a copy
-        for (int y = 0; y < in_h; ++y) std::copy(rgb.row(y), rgb.row(y) + 3 * in_w, out.begin() + size_t(y) * out_w * 3);
-        return out;
-    }
-    const bool need_horizontal = out_w != in_w, need_vertical = out_h != in_h;
-    Coeffs vert = precompute_coeffs(in_h, out_h);
-    const int ybox_first = vert.bounds[0];
-    const int ybox_last = vert.bounds[2 * out_h - 2] + vert.bounds[2 * out_h - 1];
+namespace {
 
-    // Horizontal pass over the rows the vertical pass uses (or the input itself), 8-bit result.
-    std::vector<uint8_t> temp;
-    const uint8_t *src = rgb.data;
-    int64_t src_stride = rgb.stride;
-    int src_w = in_w;
-    if (need_horizontal) {
-        Coeffs hor = precompute_coeffs(in_w, out_w);
-        for (int i = 0; i < out_h; ++i) vert.bounds[2 * i] -= ybox_first;
-        const int rows = ybox_last - ybox_first;
-        temp.resize(static_cast<size_t>(rows) * out_w * 3);
-        for (int yy = 0; yy < rows; ++yy) {
-            const uint8_t *in_row = rgb.row(yy + ybox_first);
-            uint8_t *out_row = temp.data() + static_cast<size_t>(yy) * out_w * 3;
-            for (int xx = 0; xx < out_w; ++xx) {
-                const int xmin = hor.bounds[2 * xx], xmax = hor.bounds[2 * xx + 1];
-                const int32_t *k = &hor.kk[static_cast<size_t>(xx) * hor.ksize];
-                int ss0 = 1 << (PRECISION_BITS - 1), ss1 = ss0, ss2 = ss0;
-                for (int x = 0; x < xmax; ++x) {
-                    const uint8_t *p = in_row + 3 * (x + xmin);
-                    ss0 += p[0] * k[x];
-                    ss1 += p[1] * k[x];
-                    ss2 += p[2] * k[x];
-                }
-                out_row[3 * xx] = clip8(ss0), out_row[3 * xx + 1] = clip8(ss1), out_row[3 * xx + 2] = clip8(ss2);
-            }
-        }
-        src = temp.data(), src_stride = int64_t{out_w} * 3, src_w = out_w;
-    }
-    if (!need_vertical) {  // then need_horizontal and ybox covers all rows: the temp image is the result
-        std::copy(temp.begin(), temp.end(), out.begin());
-        return out;
-    }
-    for (int yy = 0; yy < out_h; ++yy) {
-        const int ymin = vert.bounds[2 * yy], ymax = vert.bounds[2 * yy + 1];
-        const int32_t *k = &vert.kk[static_cast<size_t>(yy) * vert.ksize];
+// One horizontal pass: rows [row0, row0 + rows) of `in` (width in_w) -> rows x out_w.
+std::vector<uint8_t> horizontal_pass(const uint8_t *in, int64_t in_stride, int row0, int rows, const Coeffs &c,
+                                     int out_w) {
+    std::vector<uint8_t> out(static_cast<size_t>(rows) * out_w * 3);
+    for (int yy = 0; yy < rows; ++yy) {
+        const uint8_t *in_row = in + (yy + row0) * in_stride;
         uint8_t *out_row = out.data() + static_cast<size_t>(yy) * out_w * 3;
-        for (int xx = 0; xx < src_w; ++xx) {
+        for (int xx = 0; xx < out_w; ++xx) {
+            const int xmin = c.bounds[2 * xx], xmax = c.bounds[2 * xx + 1];
+            const int32_t *k = &c.kk[static_cast<size_t>(xx) * c.ksize];
+            int ss0 = 1 << (PRECISION_BITS - 1), ss1 = ss0, ss2 = ss0;
+            for (int x = 0; x < xmax; ++x) {
+                const uint8_t *p = in_row + 3 * (x + xmin);
+                ss0 += p[0] * k[x];
+                ss1 += p[1] * k[x];
+                ss2 += p[2] * k[x];
+            }
+            out_row[3 * xx] = clip8(ss0), out_row[3 * xx + 1] = clip8(ss1), out_row[3 * xx + 2] = clip8(ss2);
+        }
+    }
+    return out;
+}
+
+// One vertical pass: `in` (width w, rows addressed by the coefficients' bounds) -> out_h x w.
+std::vector<uint8_t> vertical_pass(const uint8_t *in, int64_t in_stride, int w, const Coeffs &c, int out_h) {
+    std::vector<uint8_t> out(static_cast<size_t>(out_h) * w * 3);
+    for (int yy = 0; yy < out_h; ++yy) {
+        const int ymin = c.bounds[2 * yy], ymax = c.bounds[2 * yy + 1];
+        const int32_t *k = &c.kk[static_cast<size_t>(yy) * c.ksize];
+        uint8_t *out_row = out.data() + static_cast<size_t>(yy) * w * 3;
+        for (int xx = 0; xx < w; ++xx) {
             int ss0 = 1 << (PRECISION_BITS - 1), ss1 = ss0, ss2 = ss0;
             for (int y = 0; y < ymax; ++y) {
-                const uint8_t *p = src + (y + ymin) * src_stride + 3 * xx;
+                const uint8_t *p = in + (y + ymin) * in_stride + 3 * xx;
                 ss0 += p[0] * k[y];
                 ss1 += p[1] * k[y];
                 ss2 += p[2] * k[y];
@@ -125,6 +108,37 @@ std::vector<uint8_t> resize_bicubic_rgb(const ImageView &rgb, int64_t out_w64, i
         }
     }
     return out;
+}
+
+}  // namespace
+
+std::vector<uint8_t> resize_bicubic_rgb(const ImageView &rgb, int64_t out_w64, int64_t out_h64) {
+    const int in_w = static_cast<int>(rgb.width), in_h = static_cast<int>(rgb.height);
+    const int out_w = static_cast<int>(out_w64), out_h = static_cast<int>(out_h64);
+    if (in_w == out_w && in_h == out_h) {  // Image.resize returns a copy
+        std::vector<uint8_t> out(static_cast<size_t>(out_w) * out_h * 3);
+        for (int y = 0; y < in_h; ++y) std::copy(rgb.row(y), rgb.row(y) + 3 * in_w, out.begin() + size_t(y) * out_w * 3);
+        return out;
+    }
+    const bool need_horizontal = out_w != in_w, need_vertical = out_h != in_h;
+    // Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many
+    // pixels as the width (Pillow <= 12 always went horizontal first; see the README).
+    const bool horizontal_first = !((in_h - out_h) > 0 && (in_h - out_h) > (in_w - out_w) * 2);
+    if (horizontal_first) {
+        Coeffs vert = precompute_coeffs(in_h, out_h);
+        if (!need_horizontal) return vertical_pass(rgb.data, rgb.stride, in_w, vert, out_h);
+        // The horizontal pass covers only the rows the vertical pass reads.
+        const int ybox_first = vert.bounds[0];
+        const int ybox_last = vert.bounds[2 * out_h - 2] + vert.bounds[2 * out_h - 1];
+        for (int i = 0; i < out_h; ++i) vert.bounds[2 * i] -= ybox_first;
+        std::vector<uint8_t> temp =
+            horizontal_pass(rgb.data, rgb.stride, ybox_first, ybox_last - ybox_first, precompute_coeffs(in_w, out_w), out_w);
+        if (!need_vertical) return temp;
+        return vertical_pass(temp.data(), int64_t{out_w} * 3, out_w, vert, out_h);
+    }
+    std::vector<uint8_t> temp = vertical_pass(rgb.data, rgb.stride, in_w, precompute_coeffs(in_h, out_h), out_h);
+    if (!need_horizontal) return temp;
+    return horizontal_pass(temp.data(), int64_t{in_w} * 3, 0, out_h, precompute_coeffs(in_w, out_w), out_w);
 }
 
 void preprocess_image(const ImageView &rgb, int64_t size, const float mean[3], const float std[3], float *out) {

@@ -1,7 +1,8 @@
 // Pre- and postprocessing, equal to runtime/image.py (numpy + Pillow) bit for bit:
 //  - resize_bicubic_rgb: Pillow's Image.resize(BICUBIC) for 8-bit RGB (libImaging/Resample.c: antialiased
 //    separable filter, support scaled by the downscale factor, coefficients in 22-bit fixed point,
-//    horizontal pass first (into 8 bits, only the rows the vertical pass reads), then vertical).
+//    two passes into 8 bits; horizontal first unless the height shrinks by more than twice as many pixels
+//    as the width: Pillow >= 13's rule, Pillow <= 12 always went horizontal first).
 //  - normalise: float32 (v / 255 - mean) / std, as numpy evaluates it in float32.
 //  - nearest_indices / resize_mask: torch's F.interpolate(mode='nearest') in float32 index arithmetic.
 //  - resize_bilinear: separable float32 bilinear (rows, then columns), torch's source-index rule.
