@@ -356,5 +356,7 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
                           "--query", "q", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "error" in bad.stderr
 
-    proc = subprocess.run([str(cpp_build / "fssam2_example_c"), str(artifacts)], capture_output=True, text=True)
-    assert proc.returncode == 0 and "px foreground" in proc.stdout, proc.stderr
+    for example in ("fssam2_example", "fssam2_example_c"):
+        proc = subprocess.run([str(cpp_build / example), str(artifacts)], capture_output=True, text=True)
+        assert proc.returncode == 0 and "px foreground" in proc.stdout, proc.stderr
+    assert (SOURCE / "examples" / "minimal.cpp").read_text() in (ROOT / "README.md").read_text(), "README example is stale"
