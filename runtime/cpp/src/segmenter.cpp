@@ -84,7 +84,11 @@ Segmenter::Segmenter(const std::string &artifacts_dir, const std::string &provid
                                std::any_of(spec->outputs.begin(), spec->outputs.end(), [&](auto &t) { return t.name == n; });
             if (!found) throw Error(FSSAM2_ERR_MANIFEST, "graph " + spec->file + " lacks tensor '" + n + "' in the manifest");
         }
-    memory_dim_ = manifest_.memory_encoder.output("memory").shape.back();
+    const std::vector<int64_t> &memory_shape = manifest_.memory_encoder.output("memory").shape;
+    if (memory_shape.size() != 3 || memory_shape[2] <= 0)
+        throw Error(FSSAM2_ERR_MANIFEST, "memory_encoder output 'memory' is " + shape_str(memory_shape) +
+                                             "; expected [1, tokens, channels] with a fixed channel count");
+    memory_dim_ = memory_shape[2];
     const TensorSpec &image = manifest_.image_encoder.input("image");
     if (image.shape.size() != 4 || image.shape[2] != manifest_.image_size || image.shape[3] != manifest_.image_size)
         throw Error(FSSAM2_ERR_MANIFEST, "image_encoder input 'image' is " + shape_str(image.shape) +

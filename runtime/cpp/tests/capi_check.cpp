@@ -174,6 +174,11 @@ int main(int argc, char **argv) {
     expect(fssam2_preprocess(seg, &image, a.data(), a.size()), FSSAM2_OK, "preprocess");
     expect(fssam2_preprocess(seg, &strided, b.data(), b.size()), FSSAM2_OK, "preprocess(strided)");
     expect_true(a == b, "strided view preprocesses like the packed one");
+    for (const auto &[w, h] : {std::pair{300, 700}, std::pair{700, 300}, std::pair{size + 1, size}}) {  // both pass orders
+        const Picture big = picture(w, h, 3);
+        const fssam2_view big_view = big.image();
+        expect(fssam2_preprocess(seg, &big_view, a.data(), a.size()), FSSAM2_OK, "preprocess(downscale)");
+    }
     const std::vector<float> serial = episode(seg);
     expect(fssam2_reset(seg), FSSAM2_OK, "reset");
     expect(fssam2_segment(seg, &image, out.data(), out.size(), nullptr, 0, nullptr), FSSAM2_ERR_STATE, "segment after reset");

@@ -4,8 +4,8 @@
  *
  * Thread safety: handles are independent (each owns its ONNX Runtime sessions and memory bank), so
  * different handles may be used from different threads at the same time. Calls on one handle are
- * serialised by a mutex inside it (safe, but they do not run in parallel). fssam2_last_error() is
- * per thread.
+ * serialised by a mutex inside it (safe, but they do not run in parallel); fssam2_destroy must not
+ * overlap another call on the same handle. fssam2_last_error() is per thread.
  *
  * Images are 8-bit RGB, interleaved, row-major; masks are one byte per pixel, nonzero = object.
  * A view's stride is the number of bytes between the starts of two rows (0 = tightly packed).
@@ -20,8 +20,10 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+#if defined(_WIN32) && defined(FSSAM2_BUILDING)
 #define FSSAM2_API __declspec(dllexport)
+#elif defined(_WIN32)
+#define FSSAM2_API __declspec(dllimport)
 #else
 #define FSSAM2_API __attribute__((visibility("default")))
 #endif
