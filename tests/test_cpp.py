@@ -1,0 +1,362 @@
+"""libfssam2 (runtime/cpp): built once per session with CMake, driven through its C API with ctypes.
+
+The C++ runtime must equal the Python runtime on the same artifacts and pixels (images decoded by Pillow
+here and passed as raw RGB): preprocessing, mask resizing and logit upsampling bit for bit, episodes
+within float tolerance. Bad input gives status codes + messages (fssam2_capi_check, also under
+ASan/UBSan). Needs cmake, a C++17 compiler, nlohmann-json3-dev, libstb-dev and third_party/onnxruntime
+(scripts/setup.sh installs them); without them these tests skip, or fail when FSSAM2_REQUIRE_CPP=1 (CI).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import PIL
+import pytest
+from PIL import Image
+
+from runtime import FewShotSegmenter
+from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "runtime" / "cpp"
+ORT_ROOT = Path(os.environ.get("FSSAM2_ONNXRUNTIME_ROOT", ROOT / "third_party" / "onnxruntime"))
+BUILD = ROOT / "build" / "cpp"
+BUILD_ASAN = ROOT / "build" / "cpp-asan"
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+OK, INVALID, MANIFEST, PROVIDER, STATE, RUNTIME = 0, 1, 2, 3, 4, 5
+
+
+def _unavailable(reason: str):
+    if os.environ.get("FSSAM2_REQUIRE_CPP"):
+        pytest.fail(f"C++ runtime required (FSSAM2_REQUIRE_CPP) but {reason}")
+    pytest.skip(reason)
+
+
+def _cmake_build(build_dir: Path, *options: str, target: str | None = None) -> None:
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    steps = [["cmake", "-S", str(SOURCE), "-B", str(build_dir), *generator, f"-DONNXRUNTIME_ROOT={ORT_ROOT}", *options],
+             ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), *(["--target", target] if target else [])]]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    missing = [tool for tool in ("cmake", "c++") if not shutil.which(tool)]
+    if missing:
+        _unavailable(f"{', '.join(missing)} not found (scripts/setup.sh installs the toolchain)")
+    if not (ORT_ROOT / "include" / "onnxruntime_cxx_api.h").is_file():
+        _unavailable(f"no ONNX Runtime in {ORT_ROOT}: run bash scripts/get_onnxruntime.sh")
+    for header in ("/usr/include/nlohmann/json.hpp", "/usr/include/stb/stb_image.h"):
+        if not Path(header).is_file():
+            _unavailable(f"{header} missing: apt-get install nlohmann-json3-dev libstb-dev")
+    _cmake_build(BUILD)
+    return BUILD
+
+
+class View(C.Structure):
+    _fields_ = [("data", C.c_void_p), ("width", C.c_int32), ("height", C.c_int32), ("stride", C.c_int32)]
+
+
+class Options(C.Structure):
+    _fields_ = [("struct_size", C.c_uint32), ("provider", C.c_char_p), ("intra_op_threads", C.c_int32),
+                ("verify_sha256", C.c_int32)]
+
+
+class Result(C.Structure):
+    _fields_ = [("score", C.c_float), ("object_score", C.c_float), ("num_supports", C.c_int32)]
+
+
+@pytest.fixture(scope="session")
+def lib(cpp_build) -> C.CDLL:
+    so = C.CDLL(str(cpp_build / "libfssam2.so"))
+    P = C.POINTER
+    sigs = {
+        "fssam2_last_error": ([], C.c_char_p),
+        "fssam2_options_init": ([P(Options)], None),
+        "fssam2_create": ([C.c_char_p, P(Options), P(C.c_void_p)], C.c_int),
+        "fssam2_destroy": ([C.c_void_p], None),
+        "fssam2_add_support": ([C.c_void_p, P(View), P(View)], C.c_int),
+        "fssam2_segment": ([C.c_void_p, P(View), C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t, P(Result)], C.c_int),
+        "fssam2_reset": ([C.c_void_p], C.c_int),
+        "fssam2_num_supports": ([C.c_void_p, P(C.c_int32)], C.c_int),
+        "fssam2_preprocess": ([C.c_void_p, P(View), C.c_void_p, C.c_size_t], C.c_int),
+        "fssam2_resize_mask": ([P(View), C.c_int32, C.c_void_p, C.c_size_t], C.c_int),
+        "fssam2_postprocess_logits": ([C.c_void_p, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_void_p,
+                                       C.c_size_t], C.c_int),
+    }
+    for name, (args, res) in sigs.items():
+        getattr(so, name).argtypes, getattr(so, name).restype = args, res
+    return so
+
+
+def view(a: np.ndarray) -> View:
+    """A view of a C-contiguous (H, W, 3) or (H, W) uint8 array (keep `a` alive while it is used)."""
+    assert a.dtype == np.uint8 and a.flags.c_contiguous
+    return View(a.ctypes.data, a.shape[1], a.shape[0], a.strides[0])
+
+
+class CppError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"status {status}: {message}")
+        self.status, self.message = status, message
+
+
+class CppSegmenter:
+    """FewShotSegmenter's interface over the C API."""
+
+    def __init__(self, lib: C.CDLL, artifacts: Path, provider: str = "cpu", verify_sha256: bool = True):
+        self.lib, self.handle = lib, C.c_void_p()
+        opts = Options()
+        lib.fssam2_options_init(C.byref(opts))
+        opts.provider, opts.verify_sha256 = provider.encode(), int(verify_sha256)
+        self._check(lib.fssam2_create(str(artifacts).encode(), C.byref(opts), C.byref(self.handle)))
+
+    def _check(self, status: int) -> None:
+        if status != OK:
+            raise CppError(status, self.lib.fssam2_last_error().decode())
+
+    def add_support(self, rgb: np.ndarray, mask: np.ndarray) -> None:
+        rgb, m = np.ascontiguousarray(rgb), np.ascontiguousarray(mask, dtype=np.uint8)
+        self._check(self.lib.fssam2_add_support(self.handle, view(rgb), view(m)))
+
+    def segment(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Result]:
+        rgb = np.ascontiguousarray(rgb)
+        mask = np.zeros(rgb.shape[:2], np.uint8)
+        logits = np.zeros(rgb.shape[:2], np.float32)
+        res = Result()
+        self._check(self.lib.fssam2_segment(self.handle, view(rgb), mask.ctypes.data, mask.size, logits.ctypes.data,
+                                            logits.size, C.byref(res)))
+        return mask.astype(bool), logits, res
+
+    def preprocess(self, rgb: np.ndarray, size: int) -> np.ndarray:
+        rgb = np.ascontiguousarray(rgb)
+        out = np.zeros((1, 3, size, size), np.float32)
+        self._check(self.lib.fssam2_preprocess(self.handle, view(rgb), out.ctypes.data, out.size))
+        return out
+
+    def close(self) -> None:
+        self.lib.fssam2_destroy(self.handle)
+        self.handle = C.c_void_p()
+
+
+@pytest.fixture(scope="session")
+def cpp_seg(lib, artifacts):
+    seg = CppSegmenter(lib, artifacts)
+    yield seg
+    seg.close()
+
+
+def _test_images(episode) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    images = {p.name: load_image(p) for p, _ in episode.supports}
+    images["query"] = load_image(episode.query)
+    for h, w in [(37, 53), (1000, 300), (300, 1000), (300, 260), (300, 280), (768, 512), (256, 256), (256, 400),
+                 (120, 256), (400, 256), (1, 1), (600, 257)]:
+        images[f"random{h}x{w}"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return images
+
+
+def test_preprocess_equals_pillow_numpy(cpp_seg, episode):
+    """Pillow BICUBIC (up- and antialiased downscaling, one pass or two, either pass order) + normalisation:
+    bit-exact with Pillow >= 13. Pillow <= 12 always resamples horizontally first, so where Pillow 13 goes
+    vertical first (the height shrinks by more than twice as many pixels as the width) a pixel may differ
+    by one 8-bit level."""
+    pillow13 = int(PIL.__version__.split(".")[0]) >= 13
+    for name, rgb in _test_images(episode).items():
+        expected = preprocess_image(rgb, 256, MEAN, STD)
+        h, w = rgb.shape[:2]
+        if pillow13 or not (h - 256 > 0 and h - 256 > (w - 256) * 2):
+            np.testing.assert_array_equal(cpp_seg.preprocess(rgb, 256), expected, err_msg=name)
+        else:
+            np.testing.assert_allclose(cpp_seg.preprocess(rgb, 256), expected, rtol=0, atol=1.01 / 255 / min(STD))
+
+
+def test_mask_resize_equals_python(lib):
+    rng = np.random.default_rng(4)
+    for h, w in [(240, 320), (333, 97), (1000, 1000), (256, 256), (31, 64), (1, 1)]:
+        m = (rng.random((h, w)) > 0.5).astype(np.uint8) * 255
+        out = np.zeros((256, 256), np.uint8)
+        assert lib.fssam2_resize_mask(view(m), 256, out.ctypes.data, out.size) == OK
+        np.testing.assert_array_equal(out.astype(bool), resize_mask(m != 0, 256), err_msg=f"{h}x{w}")
+
+
+def test_postprocess_equals_python(lib):
+    """Two-step bilinear upsampling (align_corners False, then True), float32 separable: bit-exact."""
+    low = np.random.default_rng(5).normal(0, 4, (64, 64)).astype(np.float32)
+    for h, w in [(240, 320), (333, 97), (1000, 1000), (256, 256), (1, 7)]:
+        out = np.zeros((h, w), np.float32)
+        assert lib.fssam2_postprocess_logits(low.ctypes.data, 64, 64, 256, h, w, out.ctypes.data, out.size) == OK
+        np.testing.assert_array_equal(out, postprocess_logits(low, 256, (h, w)), err_msg=f"{h}x{w}")
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_episode_matches_python_runtime(cpp_seg, artifacts, episode, shots, record_metric):
+    py = FewShotSegmenter(artifacts)
+    cpp_seg.lib.fssam2_reset(cpp_seg.handle)
+    for image, mask in episode.supports[:shots]:
+        py.add_support(image, mask)
+        cpp_seg.add_support(load_image(image), load_mask(mask))
+    expected = py.segment(episode.query)
+    mask, logits, res = cpp_seg.segment(load_image(episode.query))
+    assert res.num_supports == shots
+    iou = (mask & expected.mask).sum() / max((mask | expected.mask).sum(), 1)
+    max_abs = float(np.abs(logits - expected.logits).max())
+    record_metric(f"cpp vs python K={shots} mask IoU", iou)
+    record_metric(f"cpp vs python K={shots} logits max-abs", max_abs)
+    assert iou >= 0.999 and max_abs <= 1e-4, (iou, max_abs)
+    assert abs(res.score - expected.score) <= 1e-4 and abs(res.object_score - expected.object_score) <= 1e-4
+    np.testing.assert_array_equal(mask, logits > 0)
+
+
+def _variant(artifacts: Path, dest: Path, edit) -> Path:
+    """A copy of the artifacts directory (graphs symlinked) whose manifest dict goes through `edit`."""
+    dest.mkdir(parents=True)
+    for f in artifacts.glob("*.onnx"):
+        (dest / f.name).symlink_to(f)
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    edit(manifest, dest)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_schema_1_manifest_loads(lib, artifacts, episode, tmp_path):
+    def to_v1(m, _):
+        m["schema_version"] = 1
+        for key in ("calibration", "fidelity"):
+            m.pop(key, None)
+        for g in m["graphs"].values():
+            g.pop("precision", None), g.pop("flavours", None)
+
+    seg = CppSegmenter(lib, _variant(artifacts, tmp_path / "v1", to_v1))
+    seg.add_support(load_image(episode.supports[0][0]), load_mask(episode.supports[0][1]))
+    seg.segment(load_image(episode.query))
+    seg.close()
+
+
+def test_flavour_selection(lib, artifacts, tmp_path):
+    """The first ONNX flavour for the provider (or "*") is loaded; engines and other providers' flavours are not."""
+    def with_flavours(providers: list[str], kind: str = "onnx", stale: bool = False):
+        def edit(m, dest):
+            (dest / "decoder_flavour.onnx").write_bytes(b"not a graph")  # loading it fails: proves it was picked
+            g = m["graphs"]["mask_decoder"]
+            flavour = dict(kind=kind, file="decoder_flavour.onnx", sha256="0" * 64, providers=providers,
+                           precision="fp32", source_sha256="f" * 64 if stale else g["sha256"], meta={})
+            g["flavours"] = [flavour]
+        return edit
+
+    def create(name, edit):
+        try:
+            CppSegmenter(lib, _variant(artifacts, tmp_path / name, edit), verify_sha256=False).close()
+        except CppError as e:
+            return e
+        return None
+
+    picked = create("cpu", with_flavours(["cpu"]))
+    assert picked and picked.status == RUNTIME and "decoder_flavour.onnx" in picked.message
+    picked = create("star", with_flavours(["*"]))
+    assert picked and picked.status == RUNTIME and "decoder_flavour.onnx" in picked.message
+    assert create("cuda_only", with_flavours(["cuda"])) is None
+    assert create("engine", with_flavours(["*"], kind="tensorrt-engine")) is None
+    stale = create("stale", with_flavours(["cpu"], stale=True))
+    assert stale and stale.status == MANIFEST and "stale" in stale.message
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt", "gpu"])
+def test_absent_provider_is_an_error(lib, artifacts, provider):
+    with pytest.raises(CppError) as e:
+        CppSegmenter(lib, artifacts, provider=provider)
+    assert e.value.status == PROVIDER and provider in e.value.message
+
+
+def test_support_mask_that_vanishes(cpp_seg):
+    rgb = np.zeros((1024, 1024, 3), np.uint8)
+    mask = np.zeros((1024, 1024), np.uint8)
+    mask[1, 1] = 1  # nearest-resizing 1024 -> 256 samples rows/columns 0, 4, 8, ...
+    with pytest.raises(CppError) as e:
+        cpp_seg.add_support(rgb, mask)
+    assert e.value.status == INVALID and "vanishes" in e.value.message
+
+
+@pytest.fixture(scope="session")
+def bad_artifacts(artifacts, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad_artifacts")
+    (root / "no_manifest").mkdir()
+    _variant(artifacts, root / "not_json", lambda m, d: None)
+    (root / "not_json" / "manifest.json").write_text("{oops")
+    _variant(artifacts, root / "schema99", lambda m, d: m.update(schema_version=99))
+    _variant(artifacts, root / "missing_graph", lambda m, d: (d / "mask_decoder.onnx").unlink())
+
+    def corrupt(m, d):
+        (d / "memory_encoder.onnx").unlink()
+        (d / "memory_encoder.onnx").write_bytes(b"not an onnx file" * 8)
+
+    _variant(artifacts, root / "corrupt_graph", corrupt)
+    return root
+
+
+def _run_check(binary: Path, artifacts: Path, bad: Path, env=None) -> str:
+    proc = subprocess.run([str(binary), str(artifacts), str(bad)], capture_output=True, text=True, env=env, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "passed:" in out, out[-6000:]
+    return out
+
+
+def test_c_api_contract(cpp_build, artifacts, bad_artifacts):
+    """Null pointers, zero sizes, mask size mismatch, segment before support, broken artifacts, unknown
+    provider: status + message, no crash; two handles in two threads equal serial runs (bitwise)."""
+    out = _run_check(cpp_build / "fssam2_capi_check", artifacts, bad_artifacts)
+    for case in ("segment before support", "mask size mismatch", "schema99", "corrupt_graph", "provider quantum"):
+        assert case in out
+
+
+def test_c_api_contract_under_asan_ubsan(cpp_build, artifacts, bad_artifacts):
+    if not shutil.which("c++") or subprocess.run(["c++", "-fsanitize=address", "-x", "c++", "-", "-o", os.devnull],
+                                                input="int main(){}", text=True, capture_output=True).returncode:
+        _unavailable("the C++ compiler cannot build with -fsanitize=address")
+    _cmake_build(BUILD_ASAN, "-DFSSAM2_SANITIZE=ON", "-DFSSAM2_BUILD_TOOLS=OFF", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 target="fssam2_capi_check")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1",
+               LSAN_OPTIONS=f"suppressions={SOURCE / 'tests' / 'lsan.supp'}")
+    out = _run_check(BUILD_ASAN / "fssam2_capi_check", artifacts, bad_artifacts, env=env)
+    assert "ERROR: AddressSanitizer" not in out and "runtime error" not in out
+
+
+def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
+    out = tmp_path / "pred.png"
+    supports = [a for image, mask in episode.supports[:2] for a in ("--support", str(image), str(mask))]
+    proc = subprocess.run([str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), *supports,
+                           "--query", str(episode.query), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    py = FewShotSegmenter(artifacts)
+    for image, mask in episode.supports[:2]:
+        py.add_support(image, mask)
+    expected = py.segment(episode.query).mask
+    got = np.asarray(Image.open(out)) > 0
+    assert got.shape == expected.shape
+    assert (got & expected).sum() / max((got | expected).sum(), 1) >= 0.999
+
+    proc = subprocess.run([str(cpp_build / "fssam2_bench"), "--artifacts", str(artifacts), "--shots", "1", "2",
+                           "--queries", "2", "--warmup", "0", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["shots"] for r in rows] == [1, 2] and all(r["query_ms_mean"] > 0 for r in rows)
+
+    bad = subprocess.run([str(cpp_build / "fssam2_segment"), "--artifacts", str(tmp_path), "--support", "a", "b",
+                          "--query", "q", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error" in bad.stderr
+
+    for example in ("fssam2_example", "fssam2_example_c"):
+        proc = subprocess.run([str(cpp_build / example), str(artifacts)], capture_output=True, text=True)
+        assert proc.returncode == 0 and "px foreground" in proc.stdout, proc.stderr
+    assert (SOURCE / "examples" / "minimal.cpp").read_text() in (ROOT / "README.md").read_text(), "README example is stale"
