@@ -62,7 +62,7 @@ class CalibrationData:
 
     def reader(self, graph: str) -> CalibrationDataReader:
         """An onnxruntime.quantization data reader over one graph's stored calls (as float32)."""
-        return _Reader([{k: v.astype(np.float32) for k, v in feeds.items()} for feeds in self.feeds[graph]])
+        return _Reader(self.feeds[graph])
 
 
 class _Reader(CalibrationDataReader):
@@ -70,7 +70,8 @@ class _Reader(CalibrationDataReader):
         self._feeds, self._it = feeds, iter(feeds)
 
     def get_next(self):
-        return next(self._it, None)
+        feeds = next(self._it, None)
+        return None if feeds is None else {k: v.astype(np.float32) for k, v in feeds.items()}
 
     def rewind(self):
         self._it = iter(self._feeds)

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Man
 from .capture import CalibrationData, capture
 from .diagnose import first_diverging_node
 from .fp16 import FP32_OPS, activation_ranges, convert_fp16, fp16_range_report
-from .int8 import FLOAT_OPS, QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
+from .int8 import FLOAT_OPS, METHODS, QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
 
 GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 REPORT_JSON, REPORT_TEXT = "fidelity.json", "fidelity.txt"
@@ -67,6 +68,18 @@ class PrecisionOptions:
     gate: bool = True
     gate_episodes: int = 16
     thresholds: GateThresholds | None = None  # default: GateThresholds.for_precision
+
+    def __post_init__(self):
+        lo, hi = self.calib_shots
+        problems = [msg for bad, msg in [
+            (self.precision not in ("fp16", "int8", "mixed"), f"precision {self.precision!r} is not fp16 / int8 / mixed"),
+            (self.calib_episodes < 1 or self.gate_episodes < 1, "calibration and gate need at least one episode each"),
+            (not 1 <= lo <= hi, f"shots range must satisfy 1 <= MIN <= MAX, got {lo} {hi}"),
+            (self.calib_method not in METHODS, f"calibration method must be one of {sorted(METHODS)}"),
+            (self.int8_rest not in ("fp16", "fp32"), "--int8-rest must be fp16 or fp32"),
+        ] if bad]
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ def _quiet_root_logger():
 
 
 def _calibration(fp32_dir: Path, opts: PrecisionOptions, progress: bool) -> tuple[CalibrationData, str]:
+    """Load `calib_file` if it exists, else capture (and save to `calib_file`, or only hash a temp copy)."""
     if opts.calib_file and Path(opts.calib_file).is_file():
         data = CalibrationData.load(opts.calib_file)
         size = load_manifest(fp32_dir, verify_files=False).preprocess.image_size
@@ -112,8 +126,10 @@ def _calibration(fp32_dir: Path, opts: PrecisionOptions, progress: bool) -> tupl
             raise ValueError(f"calibration file {opts.calib_file} was captured at {data.info.image_size}px, the model runs at {size}px")
         return data, file_sha256(Path(opts.calib_file))
     data = capture(fp32_dir, opts.calib_episodes, opts.calib_seed, opts.calib_shots, opts.calib_max_samples, progress)
-    target = Path(opts.calib_file) if opts.calib_file else fp32_dir / "calibration.npz"
-    return data, data.save(target)
+    if opts.calib_file:
+        return data, data.save(opts.calib_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        return data, data.save(Path(tmp) / "calibration.npz")
 
 
 def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, progress: bool = True) -> ConversionResult:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from calibration.int8 import METHODS
-from calibration.pipeline import PrecisionOptions
+from calibration.pipeline import PrecisionOptions, graph_precisions
 from runtime.fidelity import GateThresholds
 
 from .export import DEFAULT_OPSET, PRECISIONS, export_artifacts
@@ -57,8 +57,9 @@ def _module_precision(text: str) -> dict[str, str]:
 def _precision_options(args) -> PrecisionOptions | None:
     if args.precision == "fp32":
         if args.module_precision:
-            parser().error("--module-precision needs --precision mixed (or fp16/int8 as the default for other graphs)")
+            raise ValueError("--module-precision needs --precision mixed (or fp16/int8 as the default for the other graphs)")
         return None
+    graph_precisions(args.precision, args.module_precision)  # fail before the export, not after
     lowest = "int8" if "int8" in {args.precision, *args.module_precision.values()} else "fp16"
     default = GateThresholds.for_precision(lowest)
     thresholds = GateThresholds(args.gate_iou if args.gate_iou is not None else default.mask_iou,
@@ -73,13 +74,13 @@ def _precision_options(args) -> PrecisionOptions | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    options = _precision_options(args)
     if args.random_init and args.seed is None:
         parser().error("--random-init needs --seed N")
     if args.checkpoint and args.seed is not None:
         parser().error("--seed only applies to --random-init")
     t0 = time.perf_counter()
     try:
+        options = _precision_options(args)
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
         report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
