@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -190,7 +191,14 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
                  "per_channel_weights": True, "quantised_ops": QUANTISED_OPS, "float_ops": FLOAT_OPS,
                  "rest": opts.int8_rest, "heads_quantised": opts.int8_heads, "graphs": int8_info},
     }
-    manifest = dataclasses.replace(base, precision=overall_precision(plan), graphs=specs, calibration=calibration)
+    notes = list(base.notes)
+    if fp16_info:
+        notes.append("FP16 parts: native on CUDA / TensorRT; ONNX Runtime CPU has few FP16 kernels and inserts Casts, "
+                     "so on CPU they are partly emulated in FP32")
+    if int8_info:
+        notes.append("INT8 standard graphs are QDQ for TensorRT / CUDA; provider 'cpu' runs the int8-dynamic flavours "
+                     "(ORT's QDQ kernels on CPU are not faster than FP32)")
+    manifest = dataclasses.replace(base, precision=overall_precision(plan), graphs=specs, calibration=calibration, notes=notes)
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
 
     t0 = time.perf_counter()
@@ -217,7 +225,7 @@ def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOpti
         if not report.passed:
             report.diagnosis = _diagnose(fp32_dir, out_dir, manifest, report, episodes[0], thresholds)
         reports[key] = report
-    (out_dir / REPORT_JSON).write_text("{" + ",".join(f'"{k}": {r.to_json()}' for k, r in reports.items()) + "}\n")
+    (out_dir / REPORT_JSON).write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
     text = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in reports.items())
     (out_dir / REPORT_TEXT).write_text(text + "\n")
     failed = [k for k, r in reports.items() if not r.passed]

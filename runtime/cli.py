@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -96,6 +97,8 @@ def _check(args) -> int:
     if args.episodes < 1:
         raise FidelityError("--episodes must be at least 1")
     manifest = load_manifest(args.artifacts)
+    if load_manifest(args.reference).precision != "fp32":
+        raise FidelityError(f"--reference {args.reference} is not an FP32 export; the fidelity gate measures against FP32")
     default = GateThresholds.for_precision("int8" if "int8" in {g.precision for g in manifest.graphs.values()} else manifest.precision)
     thresholds = GateThresholds(default.mask_iou if args.min_iou is None else args.min_iou,
                                 default.logits_pearson if args.min_correlation is None else args.min_correlation)
@@ -104,7 +107,7 @@ def _check(args) -> int:
                                thresholds=thresholds, progress=True)
     print(report.table())
     if args.json:
-        Path(args.json).write_text(report.to_json())
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.passed else 1
 
 

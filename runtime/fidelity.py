@@ -17,7 +17,6 @@ minimum logits Pearson correlation over all episodes. `synthetic_episodes` makes
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -139,10 +138,10 @@ def recording_segmenter(artifacts: str | Path, backend: Backend | None = None) -
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    na, nb = np.sqrt(np.sum(a * a)), np.sqrt(np.sum(b * b))  # elementwise sums: no BLAS threads competing with ORT
     if na == 0 or nb == 0:
         return 1.0 if na == nb else 0.0
-    return float(a @ b / (na * nb))
+    return float(np.sum(a * b) / (na * nb))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -254,9 +253,10 @@ class FidelityReport:
             "passed": self.passed if self.thresholds else None,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.summary() | {"candidate": self.candidate, "reference": self.reference,
-                                            "per_episode": [asdict(e) for e in self.episodes]}, indent=2) + "\n"
+    def to_dict(self) -> dict:
+        """The summary plus the per-episode figures: what `fidelity.json` / `fssam2 check --json` hold."""
+        return self.summary() | {"candidate": self.candidate, "reference": self.reference,
+                                 "per_episode": [asdict(e) for e in self.episodes]}
 
     def table(self) -> str:
         lines = [f"fidelity of {self.candidate} vs {self.reference} (provider {self.provider}, {len(self.episodes)} episodes)",

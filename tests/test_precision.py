@@ -119,7 +119,7 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
     assert seg.segment(episode.query).mask.any()
 
 
-def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(tmp_path, monkeypatch):
+def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_path, monkeypatch):
     """A conversion that corrupts one weight of the memory attention must not get through."""
     import calibration.pipeline as pipeline
     from fssam2_export.export import export_artifacts
@@ -131,27 +131,28 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(tmp_path, mo
         model = real(src, dst, *args, **kwargs)
         if "memory_attention" in str(src):
             w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16 and len(t.dims) == 2)
-            arr = -onnx.numpy_helper.to_array(w) * 8
-            w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+            w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
             onnx.save(model, str(dst))
         return model
 
     monkeypatch.setattr(pipeline, "convert_fp16", broken)
-    loaded = build_model("sam2.1_hiera_t", random_init=True, seed=0, image_size=SIZE)
     options = pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1, gate_episodes=2)
     out = tmp_path / "art"
+    loaded = build_model("sam2.1_hiera_t", random_init=True, seed=0, image_size=SIZE)
     with pytest.raises(pipeline.GateError, match="worst graph memory_attention") as err:
         export_artifacts(loaded, out, precision="mixed", progress=False, precision_options=options)
     assert "first diverging node /memory_attention/" in str(err.value)
-    assert not out.exists() and not list(tmp_path.iterdir()), "a failed gate must leave nothing behind"
-    kept = export_artifacts(loaded, out, precision="mixed", progress=False,
-                            precision_options=pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1,
-                                                                        gate_episodes=2, gate=False))
-    f = kept.manifest.fidelity
+    assert not list(tmp_path.iterdir()), "a failed gate must leave nothing behind"
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    result = pipeline.convert_artifacts(fp32, kept, pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1,
+                                                                             gate_episodes=2, gate=False), progress=False)
+    f = result.manifest.fidelity
     assert f["gate"].startswith("off") and f["standard"]["passed"] is False
-    assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"]
-    assert load_manifest(out).graphs["memory_attention"].precision == "fp16"
-    assert load_manifest(out).graphs["image_encoder"].precision == "fp32" and load_manifest(out).precision == "mixed"
+    assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"].startswith("/memory_attention/")
+    m = load_manifest(kept)
+    assert m.precision == "mixed" and m.graphs["memory_attention"].precision == "fp16" and m.graphs["image_encoder"].precision == "fp32"
 
 
 def test_check_command_passes_and_refuses_a_mismatched_pair(fp16, fp32, artifacts, capsys):
