@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+
+from calibration.int8 import METHODS
+from calibration.pipeline import PrecisionOptions, graph_precisions
+from runtime.fidelity import GateThresholds
 
 from .export import DEFAULT_OPSET, PRECISIONS, export_artifacts
 from .models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
@@ -18,12 +23,53 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--random-init", action="store_true", help="random weights (needs --seed); for testing the pipeline only")
     p.add_argument("--seed", type=int, help="seed for --random-init")
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size, a multiple of 32")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp16: FP16 with FP32 islands; int8: INT8 QDQ where safe (+ --int8-rest elsewhere); mixed: per --module-precision")
+    q = p.add_argument_group("reduced precision (fp16 / int8 / mixed)")
+    q.add_argument("--module-precision", type=_module_precision, default={}, metavar="GRAPH=PREC[,...]",
+                   help="per-graph precision (fp32|fp16|int8), e.g. image_encoder=int8,memory_attention=fp16")
+    q.add_argument("--calib-episodes", type=int, default=32, help="synthetic K-shot episodes run for calibration")
+    q.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration episodes (the gate uses another stream of it)")
+    q.add_argument("--calib-shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range of the episodes")
+    q.add_argument("--calib-method", default="minmax", choices=sorted(METHODS), help="INT8 activation range calibration")
+    q.add_argument("--calib-file", type=Path, help="calibration .npz: loaded if it exists, else captured and saved there")
+    q.add_argument("--int8-rest", default="fp16", choices=("fp16", "fp32"), help="precision of what INT8 leaves unquantised")
+    q.add_argument("--int8-heads", action=argparse.BooleanOptionalAction, default=True, help="quantise the mask decoder's MLP heads")
+    q.add_argument("--no-cpu-int8", action="store_true", help="no ORT-CPU dynamic INT8 flavour next to INT8 graphs")
+    q.add_argument("--no-gate", action="store_true", help="keep the export even if the fidelity gate fails (recorded in the manifest)")
+    q.add_argument("--gate-episodes", type=int, default=16, help="held-out episodes of the fidelity gate")
+    q.add_argument("--gate-iou", type=float, help="min mean mask IoU (default 0.99 fp16, 0.97 int8)")
+    q.add_argument("--gate-correlation", type=float, help="min logits correlation (default 0.999 fp16, 0.99 int8)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--out", required=True, help="artifacts directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only after a complete export)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _module_precision(text: str) -> dict[str, str]:
+    try:
+        return dict(item.split("=", 1) for item in text.split(",") if item)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GRAPH=PRECISION[,...], got {text!r}") from None
+
+
+def _precision_options(args) -> PrecisionOptions | None:
+    if args.precision == "fp32":
+        if args.module_precision:
+            raise ValueError("--module-precision needs --precision mixed (or fp16/int8 as the default for the other graphs)")
+        return None
+    graph_precisions(args.precision, args.module_precision)  # fail before the export, not after
+    lowest = "int8" if "int8" in {args.precision, *args.module_precision.values()} else "fp16"
+    default = GateThresholds.for_precision(lowest)
+    thresholds = GateThresholds(args.gate_iou if args.gate_iou is not None else default.mask_iou,
+                                args.gate_correlation if args.gate_correlation is not None else default.logits_pearson)
+    return PrecisionOptions(
+        precision=args.precision, module_precision=args.module_precision, calib_episodes=args.calib_episodes,
+        calib_seed=args.calib_seed, calib_shots=tuple(args.calib_shots), calib_method=args.calib_method,
+        calib_file=args.calib_file, int8_rest=args.int8_rest, int8_heads=args.int8_heads,
+        cpu_int8_flavour=not args.no_cpu_int8, gate=not args.no_gate, gate_episodes=args.gate_episodes, thresholds=thresholds,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--seed only applies to --random-init")
     t0 = time.perf_counter()
     try:
+        options = _precision_options(args)
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
-        report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite, progress=not args.quiet)
+        report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
+                                  progress=not args.quiet, precision_options=options)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 2
@@ -44,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = f"random-init seed {args.seed}" if args.random_init else f"checkpoint {args.checkpoint}"
     print(f"exported {args.model} @ {args.image_size}px ({weights}, {args.precision}) to {report.out_dir}")
     print(f"build {t1 - t0:.1f}s; export {sum(report.seconds.values()):.1f}s ({per_graph})")
+    if report.fidelity_table:
+        print(report.fidelity_table)
     return 0
 
 

@@ -38,7 +38,8 @@ from .models import LoadedModel
 from .onnx_passes import simplify_and_validate
 from .reference import IMAGENET_MEAN, IMAGENET_STD
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+FP32_REFERENCE_DIR = "fp32-reference"  # inside the temp dir: the gate's reference, not kept
 DEFAULT_OPSET = 17
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # FS-SAM2: support mask {0,1} -> logits {-10, 10}
 
@@ -47,7 +48,8 @@ MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # FS-SAM2: support mask {0,1} -
 class ExportReport:
     out_dir: Path
     manifest: Manifest
-    seconds: dict[str, float]  # per graph export + validation time
+    seconds: dict[str, float]  # per graph export + validation time (+ calibration, conversion, gate)
+    fidelity_table: str | None = None  # the gate's printed report, for reduced precision
 
 
 def _tensor_specs(values) -> list[TensorSpec]:
@@ -114,13 +116,16 @@ def export_artifacts(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: bool = True,
+    precision_options=None,
 ) -> ExportReport:
     """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
-    directory unless `overwrite`; the replacement happens only after a complete, valid export."""
+    directory unless `overwrite`; the replacement happens only after a complete, valid export.
+
+    For fp16 / int8 / mixed, the FP32 graphs are exported into the temp dir first, converted by
+    `calibration.pipeline.convert_artifacts` (a `PrecisionOptions`, default from `precision`) and gated
+    against them; the FP32 reference is not kept. A failing gate raises and writes nothing."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "fp32":
-        raise NotImplementedError(f"precision {precision!r} is not available yet (FP16/INT8 come with the calibration stage); export fp32")
     if not 9 <= opset <= 20:
         raise ValueError(f"opset {opset} is outside TensorRT 10's range 9-20")
     out = Path(out_dir)
@@ -129,13 +134,28 @@ def export_artifacts(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
+    table = None
     try:
-        manifest, seconds = _export_into(loaded, tmp, precision, opset, progress)
+        if precision == "fp32":
+            manifest, seconds = _export_into(loaded, tmp, precision, opset, progress)
+        else:
+            from calibration.pipeline import PrecisionOptions, convert_artifacts
+
+            options = precision_options or PrecisionOptions(precision)
+            if options.precision != precision:
+                raise ValueError(f"precision {precision!r} but precision options for {options.precision!r}")
+            reference = tmp / FP32_REFERENCE_DIR
+            reference.mkdir()
+            _, seconds = _export_into(loaded, reference, "fp32", opset, progress)
+            result = convert_artifacts(reference, tmp, options, progress)
+            shutil.rmtree(reference)
+            manifest, seconds = result.manifest, seconds | result.seconds
+            table = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in result.reports.items())
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportReport(out, manifest, seconds)
+    return ExportReport(out, manifest, seconds, table)
 
 
 def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, progress: bool):

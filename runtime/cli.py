@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import ORT_PROVIDERS, ProviderUnavailableError
+from .backends import ORT_PROVIDERS, OrtBackend, ProviderUnavailableError
+from .fidelity import FidelityError, GateThresholds, compare_artifacts, synthetic_episodes
 from .image import InputError, load_image, overlay
 from .manifest import ManifestError, load_manifest
 from .segmenter import FewShotSegmenter
@@ -31,6 +33,16 @@ def parser() -> argparse.ArgumentParser:
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
     info = sub.add_parser("info", help="print an artifacts directory's manifest summary and graph I/O")
     info.add_argument("--artifacts", required=True)
+    chk = sub.add_parser("check", help="fidelity of (reduced-precision) artifacts against FP32 artifacts of the same model")
+    chk.add_argument("--artifacts", required=True, help="artifacts to check, e.g. an int8 export")
+    chk.add_argument("--reference", required=True, help="FP32 artifacts of the same model and image size")
+    chk.add_argument("--episodes", type=int, default=16, help="synthetic K-shot episodes")
+    chk.add_argument("--seed", type=int, default=0)
+    chk.add_argument("--shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range")
+    chk.add_argument("--provider", default="cpu", choices=sorted(ORT_PROVIDERS), help="runs the provider's flavours of --artifacts")
+    chk.add_argument("--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.97 int8)")
+    chk.add_argument("--min-correlation", type=float, help="gate: min logits correlation (default 0.999 fp16, 0.99 int8)")
+    chk.add_argument("--json", help="also write the report as JSON here")
     return p
 
 
@@ -81,11 +93,30 @@ def _info(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    if args.episodes < 1:
+        raise FidelityError("--episodes must be at least 1")
+    manifest = load_manifest(args.artifacts)
+    if load_manifest(args.reference).precision != "fp32":
+        raise FidelityError(f"--reference {args.reference} is not an FP32 export; the fidelity gate measures against FP32")
+    default = GateThresholds.for_precision("int8" if "int8" in {g.precision for g in manifest.graphs.values()} else manifest.precision)
+    thresholds = GateThresholds(default.mask_iou if args.min_iou is None else args.min_iou,
+                                default.logits_pearson if args.min_correlation is None else args.min_correlation)
+    episodes = synthetic_episodes(args.episodes, args.seed, tuple(args.shots), manifest.preprocess.image_size)
+    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=OrtBackend(args.provider),
+                               thresholds=thresholds, progress=True)
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    commands = {"segment": _segment, "info": _info, "check": _check}
     try:
-        return _segment(args) if args.command == "segment" else _info(args)
-    except (InputError, ManifestError, ProviderUnavailableError, RuntimeError) as e:
+        return commands[args.command](args)
+    except (InputError, ManifestError, ProviderUnavailableError, FidelityError, RuntimeError, ValueError) as e:
         print(f"fssam2: error: {e}", file=sys.stderr)
         return 2
 

@@ -57,8 +57,12 @@ def test_export_refuses_nonempty_dir_and_bad_flags(tmp_path, capsys):
         export_cli.main(["--seed", "0", "--out", str(tmp_path / "x")])  # no weight source
     assert export_cli.main(["--random-init", "--seed", "0", "--image-size", "100", "--out", str(tmp_path / "x")]) == 2
     assert "multiple of 32" in capsys.readouterr().err
-    assert export_cli.main(["--random-init", "--seed", "0", "--precision", "int8", "--image-size", "128",
+    assert export_cli.main(["--random-init", "--seed", "0", "--precision", "mixed", "--image-size", "128",
                             "--out", str(tmp_path / "x")]) == 2
+    assert "--precision mixed needs --module-precision" in capsys.readouterr().err
+    assert export_cli.main(["--random-init", "--seed", "0", "--precision", "int8", "--module-precision", "image_encoder=int4",
+                            "--image-size", "128", "--out", str(tmp_path / "x")]) == 2
+    assert "int4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

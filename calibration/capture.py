@@ -1,0 +1,107 @@
+"""Calibration data from few-shot episodes: every graph's real inputs, captured through the runtime.
+
+The FP32 artifacts run over seeded synthetic K-shot episodes (K drawn from a range) inside the
+runtime's own `FewShotSegmenter`, with a recording backend injected; so memory attention sees the
+concatenated memories of K real supports, exactly as at inference. Feeds are stored as float16 in a
+compressed `.npz` (plenty for calibration ranges; a feed that would overflow float16 is kept float32),
+at most `max_samples` calls per graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+from tqdm import tqdm
+
+from runtime.fidelity import CALIBRATION_STREAM, recording_segmenter, run_episode, synthetic_episodes
+from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
+
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    episodes: int
+    seed: int
+    shots: tuple[int, int]  # K range, inclusive
+    dataset: str
+    image_size: int
+    samples: dict[str, int]  # stored calls per graph
+    memory_tokens: list[int]  # memory length of each stored memory_attention call
+
+
+@dataclass
+class CalibrationData:
+    info: CalibrationInfo
+    feeds: dict[str, list[dict[str, np.ndarray]]]  # graph -> calls -> input name -> array
+
+    def save(self, path: str | Path) -> str:
+        """Write a compressed .npz; returns its sha256."""
+        arrays = {f"{g}/{i:05d}/{k}": v for g, calls in self.feeds.items() for i, feeds in enumerate(calls) for k, v in feeds.items()}
+        arrays["__info__"] = np.frombuffer(json.dumps(asdict(self.info)).encode(), np.uint8)
+        np.savez_compressed(path, **arrays)
+        return file_sha256(Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CalibrationData":
+        with np.load(path) as z:
+            d = json.loads(z["__info__"].tobytes())
+            info = CalibrationInfo(**(d | {"shots": tuple(d["shots"])}))
+            feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in GRAPH_NAMES}
+            for key in sorted(k for k in z.files if k != "__info__"):
+                graph, idx, name = key.split("/")
+                calls = feeds[graph]
+                if len(calls) <= int(idx):
+                    calls.append({})
+                calls[int(idx)][name] = z[key]
+        return cls(info, feeds)
+
+    def reader(self, graph: str) -> CalibrationDataReader:
+        """An onnxruntime.quantization data reader over one graph's stored calls (as float32)."""
+        return _Reader(self.feeds[graph])
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds, self._it = feeds, iter(feeds)
+
+    def get_next(self):
+        feeds = next(self._it, None)
+        return None if feeds is None else {k: v.astype(np.float32) for k, v in feeds.items()}
+
+    def rewind(self):
+        self._it = iter(self._feeds)
+
+    def __len__(self):
+        return len(self._feeds)
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16) if a.dtype == np.float32 and np.abs(a).max(initial=0.0) < FP16_MAX else a
+
+
+def capture(fp32_artifacts: str | Path, episodes: int, seed: int, shots: tuple[int, int] = (1, 4),
+            max_samples: int = 64, progress: bool = True) -> CalibrationData:
+    """Run `episodes` synthetic episodes through the FP32 artifacts and keep each graph's feeds."""
+    if episodes < 1:
+        raise ValueError("calibration needs at least one episode")
+    size = load_manifest(fp32_artifacts).preprocess.image_size
+    seg, rec = recording_segmenter(fp32_artifacts)
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in GRAPH_NAMES}
+    for ep in tqdm(synthetic_episodes(episodes, seed, shots, size, stream=CALIBRATION_STREAM),
+                   desc="calibration", unit="episode", disable=not progress):
+        rec.clear()
+        run_episode(seg, ep)
+        for graph, calls in rec.calls.items():
+            room = max_samples - len(feeds[graph])
+            feeds[graph] += [{k: _compact(v) for k, v in call.items()} for call in calls[:room]]
+    info = CalibrationInfo(
+        episodes=episodes, seed=seed, shots=tuple(shots), dataset="synthetic", image_size=size,
+        samples={g: len(c) for g, c in feeds.items()},
+        memory_tokens=[int(c["memory"].shape[1]) for c in feeds["memory_attention"]],
+    )
+    return CalibrationData(info, feeds)

@@ -1,0 +1,243 @@
+"""FP32 artifacts -> reduced-precision artifacts, gated on fidelity. Called by fssam2_export.
+
+1. capture calibration feeds from K-shot episodes (or load them from `calib_file`);
+2. per graph: activation ranges -> FP16 range report (nodes overflowing FP16 join the FP32 block
+   list); convert to FP16, or quantise to INT8 QDQ (+ the ORT-CPU dynamic INT8 flavour), or copy FP32;
+   check every result against TensorRT 10's table (and QDQ rules);
+3. write the manifest, run the fidelity gate on held-out episodes (another seed stream) against the
+   FP32 artifacts — the standard graphs, and the CPU flavours where there are any — and write
+   `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError` naming the worst graph and the
+   first node whose output drifts, unless the gate is off (recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from fssam2_export.onnx_passes import check_tensorrt_compat
+from runtime.backends import OrtBackend
+from runtime.fidelity import (
+    CHECK_STREAM,
+    FidelityReport,
+    GateThresholds,
+    StandardGraphs,
+    compare_artifacts,
+    recording_segmenter,
+    run_episode,
+    synthetic_episodes,
+)
+from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
+
+from .capture import CalibrationData, capture
+from .diagnose import first_diverging_node
+from .fp16 import FP32_OPS, activation_ranges, convert_fp16, fp16_range_report
+from .int8 import FLOAT_OPS, METHODS, QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
+
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
+REPORT_JSON, REPORT_TEXT = "fidelity.json", "fidelity.txt"
+CPU_INT8_PRECISION = "int8-dynamic"
+
+
+class GateError(ValueError):
+    """The converted artifacts are not faithful enough to the FP32 ones; nothing was written."""
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    precision: str  # fp16 | int8 | mixed
+    module_precision: dict[str, str] = field(default_factory=dict)  # per-graph override
+    calib_episodes: int = 32
+    calib_seed: int = 0
+    calib_shots: tuple[int, int] = (1, 4)
+    calib_method: str = "minmax"  # minmax | entropy | percentile
+    calib_max_samples: int = 64  # stored calls per graph
+    calib_file: Path | None = None  # load calibration feeds from here if it exists, else save them here
+    int8_rest: str = "fp16"  # precision of what INT8 does not quantise
+    int8_heads: bool = True  # quantise the mask decoder's MLP heads (Gemm)
+    int8_exclusions: bool = True  # False quantises every node: only for demonstrating a failing gate
+    cpu_int8_flavour: bool = True  # add the ORT-CPU dynamic INT8 flavour to INT8 graphs
+    gate: bool = True
+    gate_episodes: int = 16
+    thresholds: GateThresholds | None = None  # default: GateThresholds.for_precision
+
+    def __post_init__(self):
+        lo, hi = self.calib_shots
+        problems = [msg for bad, msg in [
+            (self.precision not in ("fp16", "int8", "mixed"), f"precision {self.precision!r} is not fp16 / int8 / mixed"),
+            (self.calib_episodes < 1 or self.gate_episodes < 1, "calibration and gate need at least one episode each"),
+            (not 1 <= lo <= hi, f"shots range must satisfy 1 <= MIN <= MAX, got {lo} {hi}"),
+            (self.calib_method not in METHODS, f"calibration method must be one of {sorted(METHODS)}"),
+            (self.int8_rest not in ("fp16", "fp32"), "--int8-rest must be fp16 or fp32"),
+        ] if bad]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    manifest: Manifest
+    reports: dict[str, FidelityReport]  # "standard" and, with CPU flavours, "cpu"
+    seconds: dict[str, float]
+
+
+def graph_precisions(precision: str, module_precision: dict[str, str]) -> dict[str, str]:
+    """Per-graph precision: `precision` for all graphs (fp32 for `mixed`), then the overrides."""
+    bad = {g: p for g, p in module_precision.items() if g not in GRAPH_NAMES or p not in GRAPH_PRECISIONS}
+    if bad:
+        raise ValueError(f"--module-precision: unknown graph or precision in {bad}; graphs {GRAPH_NAMES}, precisions {GRAPH_PRECISIONS}")
+    if precision == "mixed" and not module_precision:
+        raise ValueError("--precision mixed needs --module-precision graph=precision[,...]")
+    base = "fp32" if precision == "mixed" else precision
+    return {g: module_precision.get(g, base) for g in GRAPH_NAMES}
+
+
+def overall_precision(per_graph: dict[str, str]) -> str:
+    kinds = set(per_graph.values())
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization logs a pre-processing hint through the root logger on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _calibration(fp32_dir: Path, opts: PrecisionOptions, progress: bool) -> tuple[CalibrationData, str]:
+    """Load `calib_file` if it exists, else capture (and save to `calib_file`, or only hash a temp copy)."""
+    if opts.calib_file and Path(opts.calib_file).is_file():
+        data = CalibrationData.load(opts.calib_file)
+        size = load_manifest(fp32_dir, verify_files=False).preprocess.image_size
+        if data.info.image_size != size:
+            raise ValueError(f"calibration file {opts.calib_file} was captured at {data.info.image_size}px, the model runs at {size}px")
+        return data, file_sha256(Path(opts.calib_file))
+    data = capture(fp32_dir, opts.calib_episodes, opts.calib_seed, opts.calib_shots, opts.calib_max_samples, progress)
+    if opts.calib_file:
+        return data, data.save(opts.calib_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        return data, data.save(Path(tmp) / "calibration.npz")
+
+
+def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, progress: bool = True) -> ConversionResult:
+    """Write reduced-precision graphs + manifest (+ fidelity report) into `out_dir` from the FP32 artifacts in `fp32_dir`."""
+    plan = graph_precisions(opts.precision, opts.module_precision)
+    base = load_manifest(fp32_dir)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    calib, calib_sha = _calibration(fp32_dir, opts, progress)
+    seconds["calibration"] = time.perf_counter() - t0
+
+    specs: dict[str, GraphSpec] = {}
+    fp16_info: dict[str, dict] = {}
+    int8_info: dict[str, dict] = {}
+    for name in GRAPH_NAMES:
+        t0 = time.perf_counter()
+        src, spec, prec = fp32_dir / base.graphs[name].file, base.graphs[name], plan[name]
+        dst = out_dir / spec.file
+        flavours: list[Flavour] = []
+        if prec == "fp32":
+            shutil.copyfile(src, dst)
+        else:
+            with _quiet_root_logger():
+                hits = fp16_range_report(onnx.load(str(src)), activation_ranges(src, calib.reader(name)))
+            blocked = sorted({h.node for h in hits})
+            if prec == "fp16" or opts.int8_rest == "fp16":
+                fp16_info[name] = {"blocked_nodes": blocked, "range_hits": [dataclasses.asdict(h) for h in hits]}
+            if prec == "fp16":
+                convert_fp16(src, dst, blocked)
+                check_tensorrt_compat(onnx.load(str(dst)))
+            else:
+                with _quiet_root_logger():
+                    q = quantize_qdq(src, dst, calib.reader(name), opts.calib_method, opts.int8_rest, opts.int8_heads,
+                                     opts.int8_exclusions, extra_blocked_nodes=blocked)
+                check_qdq(onnx.load(str(dst)))
+                int8_info[name] = {"excluded_nodes": q.excluded_nodes, "quantised_nodes": q.quantised_nodes}
+        sha = file_sha256(dst)
+        if prec == "int8" and opts.cpu_int8_flavour:
+            cpu_file = f"{name}.cpu-int8.onnx"
+            with _quiet_root_logger():
+                quantised = quantize_dynamic_cpu(src, out_dir / cpu_file)
+            flavours.append(Flavour("onnx", cpu_file, file_sha256(out_dir / cpu_file), ["cpu"], CPU_INT8_PRECISION, sha,
+                                    {"quantizer": "onnxruntime.quantization.quantize_dynamic", "ops": ["MatMul", "Gemm"],
+                                     "weights": "int8 per-tensor symmetric", "activations": "dynamic uint8 per call",
+                                     "quantised_nodes": len(quantised), "made_from": "fp32"}))
+        specs[name] = dataclasses.replace(spec, sha256=sha, precision=prec, flavours=flavours)
+        seconds[f"convert {name}"] = time.perf_counter() - t0
+
+    info = calib.info
+    calibration = {
+        "dataset": info.dataset, "episodes": info.episodes, "seed": info.seed, "shots": list(info.shots),
+        "method": opts.calib_method, "samples": info.samples,
+        "memory_tokens": sorted(set(info.memory_tokens)), "sha256": calib_sha,
+        "file": str(opts.calib_file) if opts.calib_file else None,
+        "graph_precision": plan,
+        "fp16": {"converter": "onnxruntime.transformers.float16", "io": "float32", "blocked_ops": FP32_OPS, "graphs": fp16_info},
+        "int8": {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ", "symmetric": True,
+                 "per_channel_weights": True, "quantised_ops": QUANTISED_OPS, "float_ops": FLOAT_OPS,
+                 "rest": opts.int8_rest, "heads_quantised": opts.int8_heads, "graphs": int8_info},
+    }
+    notes = list(base.notes)
+    if fp16_info:
+        notes.append("FP16 parts: native on CUDA / TensorRT; ONNX Runtime CPU has few FP16 kernels and inserts Casts, "
+                     "so on CPU they are partly emulated in FP32")
+    if int8_info:
+        notes.append("INT8 standard graphs are QDQ for TensorRT / CUDA; provider 'cpu' runs the int8-dynamic flavours "
+                     "(ORT's QDQ kernels on CPU are not faster than FP32)")
+    manifest = dataclasses.replace(base, precision=overall_precision(plan), graphs=specs, calibration=calibration, notes=notes)
+    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+
+    t0 = time.perf_counter()
+    reports = _gate(fp32_dir, out_dir, manifest, opts, progress)
+    seconds["gate"] = time.perf_counter() - t0
+    manifest = dataclasses.replace(manifest, fidelity={"gate": "on" if opts.gate else "off (--no-gate)"}
+                                   | {k: r.summary() for k, r in reports.items()})
+    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    return ConversionResult(manifest, reports, seconds)
+
+
+def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOptions, progress: bool) -> dict[str, FidelityReport]:
+    lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
+    thresholds = opts.thresholds or GateThresholds.for_precision(lowest)
+    episodes = synthetic_episodes(opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM)
+    cpu = OrtBackend("cpu")
+    backends = {"standard": StandardGraphs(cpu)}
+    if any(g.flavours for g in manifest.graphs.values()):
+        backends["cpu"] = cpu
+    reports = {}
+    for key, backend in backends.items():
+        report = compare_artifacts(out_dir, fp32_dir, episodes, backend=backend, thresholds=thresholds, progress=progress)
+        report.candidate, report.reference = "converted", "fp32"
+        if not report.passed:
+            report.diagnosis = _diagnose(fp32_dir, out_dir, manifest, report, episodes[0], thresholds)
+        reports[key] = report
+    (out_dir / REPORT_JSON).write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
+    text = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in reports.items())
+    (out_dir / REPORT_TEXT).write_text(text + "\n")
+    failed = [k for k, r in reports.items() if not r.passed]
+    if failed and opts.gate:
+        raise GateError(f"fidelity gate failed ({', '.join(failed)}); nothing written:\n{text}")
+    return reports
+
+
+def _diagnose(fp32_dir: Path, out_dir: Path, manifest: Manifest, report: FidelityReport, episode, thresholds: GateThresholds) -> dict:
+    graph, _, _ = report.worst_graph
+    seg, rec = recording_segmenter(fp32_dir)
+    run_episode(seg, episode)
+    candidate = out_dir / report.graph_files[graph]
+    drift = first_diverging_node(fp32_dir / manifest.graphs[graph].file, candidate, rec.calls[graph][-1], thresholds.logits_pearson)
+    return drift.to_dict() if drift else {}

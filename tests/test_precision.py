@@ -1,0 +1,174 @@
+"""FP16 / INT8 export, calibration capture, the fidelity gate, `fssam2 check` and the speed command.
+
+Random-init tiny at 128x128 with few episodes; every gate figure comes from real runs, and the
+reference masks are checked to be neither empty nor full so the IoU checks are not vacuous."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from calibration.capture import capture
+from calibration.int8 import check_qdq
+from runtime import FewShotSegmenter, load_manifest
+from runtime import cli as runtime_cli
+
+SIZE = 128
+ARGS = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE), "--quiet",
+        "--calib-episodes", "3", "--calib-shots", "1", "3", "--gate-episodes", "2"]
+NOT_TRT = ("QLinear", "Integer", "DynamicQuantizeLinear")
+
+
+def _export(tmp_path_factory, name, *extra):
+    from fssam2_export.cli import main
+
+    out = tmp_path_factory.mktemp(name) / "art"
+    assert main(ARGS + ["--out", str(out), *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    return _export(tmp_path_factory, "fp32")
+
+
+@pytest.fixture(scope="module")
+def fp16(tmp_path_factory):
+    return _export(tmp_path_factory, "fp16", "--precision", "fp16")
+
+
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory):
+    return _export(tmp_path_factory, "int8", "--precision", "int8")
+
+
+def _assert_gate_passed_on_real_masks(art, keys):
+    m = load_manifest(art)
+    assert m.fidelity["gate"] == "on"
+    report = json.loads((art / "fidelity.json").read_text())
+    for key in keys:
+        f = m.fidelity[key]
+        assert f["passed"] and f["episodes"] == 2
+        assert f["degenerate_episodes"] == 0, "reference masks empty or full: the IoU would be vacuous"
+        assert all(0.02 < e["reference_foreground"] < 0.98 for e in report[key]["per_episode"])
+        assert f["mean_mask_iou"] >= f["thresholds"]["mask_iou"] and f["min_logits_pearson"] >= f["thresholds"]["logits_pearson"]
+    assert "gate (IoU >=" in (art / "fidelity.txt").read_text()
+    assert not list(art.glob("fp32-reference*")) and not list(art.glob("*.npz"))
+
+
+def test_calibration_captures_k_shot_memories(fp32):
+    data = capture(fp32, episodes=4, seed=3, shots=(1, 3), progress=False)
+    tokens = load_manifest(fp32).episode.tokens_per_support
+    lengths = [c["memory"].shape[1] for c in data.feeds["memory_attention"]]
+    assert data.info.memory_tokens == lengths and len(lengths) == 4
+    assert all(n % tokens == 0 and 1 <= n // tokens <= 3 for n in lengths)
+    assert data.info.samples["memory_encoder"] == sum(n // tokens for n in lengths)  # one call per support
+    assert data.info.samples["image_encoder"] == data.info.samples["memory_encoder"] + 4  # supports + queries
+    again = capture(fp32, episodes=4, seed=3, shots=(1, 3), progress=False)
+    np.testing.assert_array_equal(again.feeds["memory_attention"][2]["memory"], data.feeds["memory_attention"][2]["memory"])
+
+
+def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
+    m = load_manifest(fp16)
+    assert m.precision == "fp16" and {g.precision for g in m.graphs.values()} == {"fp16"}
+    assert m.calibration["episodes"] == 3 and len(m.calibration["sha256"]) == 64
+    assert "LayerNormalization" in m.calibration["fp16"]["blocked_ops"]
+    for name, spec in m.graphs.items():
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16 / spec.file)))
+        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+        types |= {t.name: t.data_type for t in model.graph.initializer}
+        assert {i.type.tensor_type.elem_type for i in [*model.graph.input, *model.graph.output]} == {onnx.TensorProto.FLOAT}
+        for node in model.graph.node:
+            if node.op_type in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
+                assert all(types.get(i, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for i in node.input if i), node.name
+        weights = [t for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= 16]
+        assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
+    _assert_gate_passed_on_real_masks(fp16, ["standard"])
+    seg = FewShotSegmenter(fp16)
+    seg.add_support(*episode.supports[0])
+    result = seg.segment(episode.query)
+    assert result.mask.shape == result.logits.shape and np.isfinite(result.logits).all()
+
+
+def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
+    m = load_manifest(int8)
+    assert m.precision == "int8" and m.calibration["method"] == "minmax"
+    for name, spec in m.graphs.items():
+        model = onnx.load(str(int8 / spec.file))
+        check_qdq(model)  # TensorRT table ops, INT8 Q/DQ, zero points 0
+        ops = {n.op_type for n in model.graph.node}
+        assert "DequantizeLinear" in ops and not any(k in op for op in ops for k in NOT_TRT)
+        dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        for node in model.graph.node:
+            if node.name in m.calibration["int8"]["graphs"][name]["excluded_nodes"]:
+                assert not dq_out & set(node.input), f"{node.name} should not be quantised"
+            if node.op_type in ("LayerNormalization", "Softmax", "Add", "Erf"):
+                assert not dq_out & set(node.input), f"{node.name} ({node.op_type}) should not be quantised"
+        [flavour] = spec.flavours
+        assert flavour.providers == ["cpu"] and flavour.precision == "int8-dynamic" and flavour.source_sha256 == spec.sha256
+        assert spec.artifact_for("tensorrt").file == spec.file and spec.artifact_for("cpu").file == flavour.file
+    excluded = m.calibration["int8"]["graphs"]["memory_attention"]["excluded_nodes"]
+    assert len(excluded) == 2 * 8  # QK^T and AV of 4 layers x (self + cross attention), found by pattern
+    flavour_ops = {n.op_type for n in onnx.load(str(int8 / m.graphs["image_encoder"].flavours[0].file)).graph.node}
+    assert "MatMulInteger" in flavour_ops or "DynamicQuantizeMatMul" in flavour_ops
+    _assert_gate_passed_on_real_masks(int8, ["standard", "cpu"])
+    seg = FewShotSegmenter(int8)
+    for s in episode.supports[:2]:
+        seg.add_support(*s)
+    assert seg.segment(episode.query).mask.any()
+
+
+def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_path, monkeypatch):
+    """A conversion that corrupts one weight of the memory attention must not get through."""
+    import calibration.pipeline as pipeline
+    from fssam2_export.export import export_artifacts
+    from fssam2_export.models import build_model
+
+    real = pipeline.convert_fp16
+
+    def broken(src, dst, *args, **kwargs):
+        model = real(src, dst, *args, **kwargs)
+        if "memory_attention" in str(src):
+            w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16 and len(t.dims) == 2)
+            w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
+            onnx.save(model, str(dst))
+        return model
+
+    monkeypatch.setattr(pipeline, "convert_fp16", broken)
+    options = pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1, gate_episodes=2)
+    out = tmp_path / "art"
+    loaded = build_model("sam2.1_hiera_t", random_init=True, seed=0, image_size=SIZE)
+    with pytest.raises(pipeline.GateError, match="worst graph memory_attention") as err:
+        export_artifacts(loaded, out, precision="mixed", progress=False, precision_options=options)
+    assert "first diverging node /memory_attention/" in str(err.value)
+    assert not list(tmp_path.iterdir()), "a failed gate must leave nothing behind"
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    result = pipeline.convert_artifacts(fp32, kept, pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1,
+                                                                             gate_episodes=2, gate=False), progress=False)
+    f = result.manifest.fidelity
+    assert f["gate"].startswith("off") and f["standard"]["passed"] is False
+    assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"].startswith("/memory_attention/")
+    m = load_manifest(kept)
+    assert m.precision == "mixed" and m.graphs["memory_attention"].precision == "fp16" and m.graphs["image_encoder"].precision == "fp32"
+
+
+def test_check_command_passes_and_refuses_a_mismatched_pair(fp16, fp32, artifacts, capsys):
+    assert runtime_cli.main(["check", "--artifacts", str(fp16), "--reference", str(fp32), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "memory_attention" in out
+    assert runtime_cli.main(["check", "--artifacts", str(fp16), "--reference", str(artifacts), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not the same model" in err and "image size 128 vs 256" in err
+
+
+def test_speed_command_prints_ratios_and_sizes(fp32, int8, capsys):
+    from calibration.speed import main
+
+    assert main(["--artifacts", str(fp32), str(int8), "--repeats", "1", "--shots", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu flavours" in out and "int8, standard" in out and "MB" in out
+    rows = [line for line in out.splitlines() if line.startswith(("image_encoder", "query (segment)"))]
+    assert len(rows) == 3 and all(line.count(" x") == 3 and "x 1.00" in line for line in rows)  # 2 timing rows + 1 size row
