@@ -36,6 +36,7 @@ from runtime.manifest import (
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
 from .models import LoadedModel
 from .onnx_passes import simplify_and_validate
+from .ort_fusion import add_ort_flavours
 from .reference import IMAGENET_MEAN, IMAGENET_STD
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -114,9 +115,11 @@ def export_artifacts(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: bool = True,
+    ort_optimize: bool = True,
 ) -> ExportReport:
     """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
-    directory unless `overwrite`; the replacement happens only after a complete, valid export."""
+    directory unless `overwrite`; the replacement happens only after a complete, valid export.
+    `ort_optimize` adds fused-attention flavours for ONNX Runtime (`ort_fusion`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "fp32":
@@ -130,7 +133,7 @@ def export_artifacts(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
     try:
-        manifest, seconds = _export_into(loaded, tmp, precision, opset, progress)
+        manifest, seconds = _export_into(loaded, tmp, precision, opset, progress, ort_optimize)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,7 +141,7 @@ def export_artifacts(
     return ExportReport(out, manifest, seconds)
 
 
-def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, progress: bool):
+def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, progress: bool, ort_optimize: bool):
     graphs = build_graphs(loaded)
     examples = _examples(loaded, graphs)
     specs, seconds = {}, {}
@@ -161,6 +164,10 @@ def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, pro
         model = simplify_and_validate(path, shapes)
         specs[name] = GraphSpec(path.name, file_sha256(path), _tensor_specs(model.graph.input), _tensor_specs(model.graph.output))
         seconds[name] = time.perf_counter() - t0
+    if ort_optimize:
+        t0 = time.perf_counter()
+        specs = add_ort_flavours(tmp, specs, {"num_memory_tokens": loaded.embed_size**2}, progress)
+        seconds["ort_flavours"] = time.perf_counter() - t0
     src = loaded.source
     s, e = loaded.image_size, loaded.embed_size
     manifest = Manifest(

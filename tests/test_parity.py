@@ -14,7 +14,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def segmenter(artifacts):
-    return FewShotSegmenter(artifacts, provider="cpu")
+    return FewShotSegmenter(artifacts, provider="cpu", profile=True)
 
 
 @pytest.mark.parametrize("k", [1, 5])
