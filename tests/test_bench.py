@@ -70,7 +70,8 @@ def test_bench_cli_writes_versioned_report_and_plot(artifacts, tmp_path, capsys)
 
 def test_bench_reports_failing_configuration_and_bad_arguments(artifacts, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert fssam2(["bench", "--artifacts", str(artifacts), str(tmp_path / "missing"), "--out", str(out), *BENCH]) == 1
+    quick = ["--shots", "1", "--queries", "1", "--warmup", "0", "--supports", "1", "--input-size", "96x64", "--quiet"]
+    assert fssam2(["bench", "--artifacts", str(artifacts), str(tmp_path / "missing"), "--out", str(out), *quick]) == 1
     runs = json.loads(out.read_text())["runs"]
     assert runs[0]["error"] is None and "ManifestError" in runs[1]["error"]
     assert fssam2(["bench", "--artifacts", str(artifacts), "--input-size", "big", "--quiet"]) == 2
