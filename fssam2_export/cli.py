@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--out", required=True, help="artifacts directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only after a complete export)")
+    p.add_argument("--ort-optimize", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write fused-attention copies of the graphs for ONNX Runtime's cpu/cuda providers (manifest flavours)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
         report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
-                                  progress=not args.quiet, precision_options=options)
+                                  progress=not args.quiet, precision_options=options, ort_optimize=args.ort_optimize)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ graph exported and validated; a failed export leaves no partial artifacts behind
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ from runtime.manifest import (
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
 from .models import LoadedModel
 from .onnx_passes import simplify_and_validate
+from .ort_fusion import add_ort_flavours
 from .reference import IMAGENET_MEAN, IMAGENET_STD
 
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
@@ -117,13 +119,15 @@ def export_artifacts(
     overwrite: bool = False,
     progress: bool = True,
     precision_options=None,
+    ort_optimize: bool = True,
 ) -> ExportReport:
     """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
     directory unless `overwrite`; the replacement happens only after a complete, valid export.
 
     For fp16 / int8 / mixed, the FP32 graphs are exported into the temp dir first, converted by
     `calibration.pipeline.convert_artifacts` (a `PrecisionOptions`, default from `precision`) and gated
-    against them; the FP32 reference is not kept. A failing gate raises and writes nothing."""
+    against them; the FP32 reference is not kept. A failing gate raises and writes nothing.
+    `ort_optimize` then adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to the final graphs."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 9 <= opset <= 20:
@@ -151,6 +155,12 @@ def export_artifacts(
             shutil.rmtree(reference)
             manifest, seconds = result.manifest, seconds | result.seconds
             table = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in result.reports.items())
+        if ort_optimize:
+            t0 = time.perf_counter()
+            graphs = add_ort_flavours(tmp, manifest.graphs, {"num_memory_tokens": manifest.episode.tokens_per_support}, progress)
+            manifest = dataclasses.replace(manifest, graphs=graphs)
+            (tmp / MANIFEST_NAME).write_text(manifest.to_json())
+            seconds["ort_flavours"] = time.perf_counter() - t0
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

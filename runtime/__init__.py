@@ -3,6 +3,7 @@
 from .backends import Backend, Graph, OrtBackend, ProviderUnavailableError
 from .image import InputError
 from .manifest import Flavour, GraphSpec, Manifest, ManifestError, load_manifest
+from .memory_bank import MemoryBank
 from .segmenter import FewShotSegmenter, ModuleTiming, Segmentation
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "InputError",
     "Manifest",
     "ManifestError",
+    "MemoryBank",
     "ModuleTiming",
     "OrtBackend",
     "ProviderUnavailableError",

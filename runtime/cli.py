@@ -43,6 +43,19 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.97 int8)")
     chk.add_argument("--min-correlation", type=float, help="gate: min logits correlation (default 0.999 fp16, 0.99 int8)")
     chk.add_argument("--json", help="also write the report as JSON here")
+    b = sub.add_parser("bench", help="per-module latency of the support and query paths (sweeps K, artifacts, providers)")
+    b.add_argument("--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)")
+    b.add_argument("--providers", nargs="+", default=["cpu"], choices=sorted(ORT_PROVIDERS))
+    b.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="K values to sweep")
+    b.add_argument("--queries", type=int, default=20, help="timed queries per K")
+    b.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed series")
+    b.add_argument("--supports", type=int, default=5, help="timed add_support calls")
+    b.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
+    b.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    b.add_argument("--no-cache", action="store_true", help="do not use the pre-optimised ORT model cache")
+    b.add_argument("--out", help="write the report as JSON")
+    b.add_argument("--plot", help="write a PNG chart (needs matplotlib: pip install 'fssam2[bench]')")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -61,7 +74,7 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def _segment(args) -> int:
-    seg = FewShotSegmenter(args.artifacts, provider=args.provider)
+    seg = FewShotSegmenter(args.artifacts, provider=args.provider, profile=args.profile)
     for image, mask in args.support:
         seg.add_support(image, mask)
     result = seg.segment(args.query)
@@ -109,11 +122,33 @@ def _check(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.passed else 1
+def _bench(args) -> int:
+    from . import bench
+
+    try:
+        w, h = (int(v) for v in args.input_size.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--input-size must be WxH, e.g. 1024x768, got {args.input_size!r}") from None
+    if min(args.shots) < 1 or args.queries < 1 or args.supports < 1 or args.warmup < 0 or min(w, h) < 1:
+        raise InputError("--shots, --queries, --supports and the input size must be >= 1, --warmup >= 0")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'fssam2[bench]'") from None
+    settings = bench.BenchSettings(sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), args.threads, not args.no_cache)
+    report = bench.run_bench([Path(a) for a in args.artifacts], args.providers, settings, show_progress=not args.quiet)
+    print(bench.format_table(report))
+    if args.out:
+        bench.write_json(report, Path(args.out))
+    if args.plot:
+        bench.plot(report, Path(args.plot))
+    return 1 if any(r["error"] for r in report["runs"]) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"segment": _segment, "info": _info, "check": _check}
+    commands = {"segment": _segment, "info": _info, "check": _check, "bench": _bench}
     try:
         return commands[args.command](args)
     except (InputError, ManifestError, ProviderUnavailableError, FidelityError, RuntimeError, ValueError) as e:

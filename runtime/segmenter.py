@@ -1,25 +1,33 @@
 """K-shot segmentation: the FS-SAM2 memory-bank loop over the four exported graphs.
 
 Each support is encoded once (image encoder -> memory encoder on its mask as logits) and its memory
-tokens are cached; a query runs the image encoder, memory attention over all cached supports'
-tokens concatenated, and the mask decoder.
+tokens are appended to a contiguous memory bank; a query runs the image encoder, memory attention over
+the bank's filled rows (a view, no copy) and the mask decoder.
+
+Timing is off unless asked for: `profile=True` keeps per-module totals (`timings()`), `on_timing`
+receives every measurement as (name, milliseconds). Names: the graphs, "preprocess", "postprocess",
+"load:<graph>" (session creation), and the phases "support" (one `add_support`) and "query" (one
+`segment`), which contain the module times measured inside them.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .backends import Backend, Graph, OrtBackend
 from .image import ImageLike, InputError, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+from .memory_bank import MemoryBank
+
+TimingListener = Callable[[str, float], None]
+_UNTIMED = nullcontext()
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,6 @@ class ModuleTiming:
         return self.total_ms / self.calls if self.calls else 0.0
 
 
-@dataclass(frozen=True)
-class _Support:
-    memory: np.ndarray  # (1, tokens_per_support, mem_dim)
-    memory_pos: np.ndarray
-
-
 class FewShotSegmenter:
     """Few-shot segmenter over an fssam2 artifacts directory.
 
@@ -55,20 +57,38 @@ class FewShotSegmenter:
     >>> result = seg.segment(query)                     # Segmentation in the query's own size
     """
 
-    def __init__(self, artifacts_dir: str | Path, provider: str = "cpu", backend: Backend | None = None):
+    def __init__(
+        self,
+        artifacts_dir: str | Path,
+        provider: str = "cpu",
+        backend: Backend | None = None,
+        *,
+        profile: bool = False,
+        on_timing: TimingListener | None = None,
+    ):
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest: Manifest = load_manifest(self.artifacts_dir)
         self.backend = backend if backend is not None else OrtBackend(provider)
+        self._profile, self._listener = profile, on_timing
+        self._timings: dict[str, list[float]] = {}  # name -> [calls, total_ms]
         self._graphs: dict[str, Graph] = {name: self._load(name) for name in GRAPH_NAMES}
-        self._supports: list[_Support] = []
-        self._timings: dict[str, list[float]] = defaultdict(list)
+        self.memory_bank = MemoryBank(initial_tokens=self.manifest.episode.tokens_per_support)
+
+    @property
+    def graphs(self) -> Mapping[str, Graph]:
+        """The loaded graphs by name (what the backend returned)."""
+        return dict(self._graphs)
 
     @property
     def num_supports(self) -> int:
-        return len(self._supports)
+        return self.memory_bank.supports
 
     def add_support(self, image: ImageLike, mask: ImageLike) -> None:
         """Encode one annotated support image into the memory bank (once; reused by every query)."""
+        with self._timed("support"):
+            self._add_support(image, mask)
+
+    def _add_support(self, image: ImageLike, mask: ImageLike) -> None:
         rgb, m = load_image(image), load_mask(mask)
         if m.shape != rgb.shape[:2]:
             raise InputError(f"support mask is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {rgb.shape[1]}x{rgb.shape[0]}")
@@ -83,12 +103,16 @@ class FewShotSegmenter:
         feats = self._encode_image(rgb)
         logits = small.astype(np.float32) * np.float32(ep.mask_logit_scale) + np.float32(ep.mask_logit_bias)
         out = self._run("memory_encoder", {"image_embed": feats["image_embed"], "mask_logits": logits[None, None]})
-        self._supports.append(_Support(out["memory"], out["memory_pos"]))
+        self.memory_bank.append(out["memory"], out["memory_pos"])
 
     def segment(self, query: ImageLike) -> Segmentation:
         """Predict the query's mask from all supports added so far."""
-        if not self._supports:
+        if not self.memory_bank.supports:
             raise RuntimeError("segment() called before any add_support(): add at least one annotated support")
+        with self._timed("query"):
+            return self._segment(query)
+
+    def _segment(self, query: ImageLike) -> Segmentation:
         rgb = load_image(query)
         feats = self._encode_image(rgb)
         cond = self._run(
@@ -96,8 +120,8 @@ class FewShotSegmenter:
             {
                 "image_embed": feats["image_embed"],
                 "image_pos": feats["image_pos"],
-                "memory": np.concatenate([s.memory for s in self._supports], axis=1),
-                "memory_pos": np.concatenate([s.memory_pos for s in self._supports], axis=1),
+                "memory": self.memory_bank.memory,
+                "memory_pos": self.memory_bank.memory_pos,
             },
         )
         dec = self._run(
@@ -121,11 +145,11 @@ class FewShotSegmenter:
 
     def reset(self) -> None:
         """Forget all supports (the graphs stay loaded)."""
-        self._supports.clear()
+        self.memory_bank.reset()
 
     def timings(self) -> dict[str, ModuleTiming]:
-        """Per-module latency since construction (or `clear_timings`), in milliseconds."""
-        return {k: ModuleTiming(len(v), float(sum(v))) for k, v in self._timings.items()}
+        """Per-module latency since construction (or `clear_timings`), in milliseconds; needs `profile=True`."""
+        return {k: ModuleTiming(int(n), total) for k, (n, total) in self._timings.items()}
 
     def clear_timings(self) -> None:
         self._timings.clear()
@@ -133,7 +157,8 @@ class FewShotSegmenter:
     def _load(self, name: str) -> Graph:
         """Load the graph's flavour for the backend's provider (the standard ONNX unless the manifest has one)."""
         spec = self.manifest.graphs[name]
-        return self.backend.load(self.artifacts_dir / spec.artifact_for(self.backend.provider).file, spec)
+        with self._timed(f"load:{name}"):
+            return self.backend.load(self.artifacts_dir / spec.artifact_for(self.backend.provider).file, spec)
 
     def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         pre = self.manifest.preprocess
@@ -146,11 +171,20 @@ class FewShotSegmenter:
         with self._timed(name):
             return self._graphs[name].run(feeds)
 
-    @contextmanager
     def _timed(self, name: str):
+        return self._measure(name) if self._profile or self._listener else _UNTIMED
+
+    @contextmanager
+    def _measure(self, name: str):
         t0 = time.perf_counter()
         yield
-        self._timings[name].append((time.perf_counter() - t0) * 1e3)
+        ms = (time.perf_counter() - t0) * 1e3
+        if self._profile:
+            agg = self._timings.setdefault(name, [0, 0.0])
+            agg[0] += 1
+            agg[1] += ms
+        if self._listener:
+            self._listener(name, ms)
 
 
 def _check_feeds(graph: str, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -> None:

@@ -1,0 +1,104 @@
+"""`fssam2 bench` (runtime, torch-free) and the PyTorch comparison, at a small size."""
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime import FewShotSegmenter
+from runtime.bench import PhaseRecorder, Stats, memory_attention_gflop
+from runtime.cli import main as fssam2
+
+BENCH = ["--shots", "1", "2", "--queries", "2", "--warmup", "1", "--supports", "2", "--input-size", "96x64", "--quiet"]
+MODULES = {"preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "total", "glue"}
+
+
+def test_stats_and_flop_count():
+    s = Stats.of([4.0, 1.0, 3.0, 2.0])
+    assert (s.n, s.min, s.p50, s.mean) == (4, 1.0, 2.5, 2.5) and s.p50 <= s.p90 <= s.p99 <= 4.0
+    # SAM2 @1024, K=1: attention matmuls alone are 4 layers x 2 x (2 x 2 x 4096^2 x 256) = 137 GFLOP
+    assert 137 < memory_attention_gflop(64, 256, 64, 4096) < 200
+    assert memory_attention_gflop(64, 256, 64, 5 * 4096) - memory_attention_gflop(64, 256, 64, 4096) == pytest.approx(4 * 4 * 4096 * 4 * 4096 * 256 / 1e9, rel=0.05)
+
+
+def test_timing_hook_sees_every_module_and_phase(artifacts, episode):
+    seen = []
+    seg = FewShotSegmenter(artifacts, on_timing=lambda name, ms: seen.append(name))
+    seg.add_support(*episode.supports[0])
+    seg.segment(episode.query)
+    assert seen[:4] == [f"load:{g}" for g in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")]
+    assert seen[4:] == ["preprocess", "image_encoder", "memory_encoder", "support",
+                        "preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "query"]
+    assert seg.timings() == {}  # aggregates only with profile=True
+
+
+def test_recorder_computes_glue_per_call():
+    rec = PhaseRecorder()
+    rec.phase = "query"
+    for name, ms in [("image_encoder", 5.0), ("mask_decoder", 3.0), ("query", 8.5)]:
+        rec(name, ms)
+    q = rec.take("query")
+    assert q["glue"] == [pytest.approx(0.5)] and q["total"] == [8.5] and q["image_encoder"] == [5.0]
+
+
+def test_bench_cli_writes_versioned_report_and_plot(artifacts, tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    plot = ["--plot", str(png)] if _has_matplotlib() else []
+    assert fssam2(["bench", "--artifacts", str(artifacts), "--out", str(out), *plot, *BENCH]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "fssam2-bench/1"
+    env = report["environment"]
+    assert env["cpu"]["model"] and env["cpu"]["logical_cores"] >= 1 and env["onnxruntime"]
+    (run,) = report["runs"]
+    assert run["error"] is None and run["precision"] == "fp32" and run["image_size"] == 256
+    assert set(run["providers_used"]["memory_attention"]) == {"CPUExecutionProvider"}
+    assert run["files"]["memory_attention"] == "memory_attention.mha.onnx"  # the fused flavour ran
+    assert set(run["cache"].values()) == {"hit"}  # warm load after the first
+    assert set(run["load_ms"]) == {"first", "warm"} and run["load_ms"]["warm"]["total"] > 0
+    assert {"preprocess", "image_encoder", "memory_encoder", "total", "glue"} <= set(run["support"])
+    assert [k["shots"] for k in run["shots"]] == [1, 2]
+    for k in run["shots"]:
+        assert set(k["query"]) == MODULES and k["query"]["total"]["n"] == 2
+        assert k["queries_per_s"] > 0 and 0 <= k["glue_fraction"] < 1 and k["memory_attention_gflops"] > 0 and k["peak_rss_mb"] > 0
+        q = k["query"]
+        assert q["total"]["min"] >= q["image_encoder"]["min"]
+    table = capsys.readouterr().out
+    assert "queries/s" in table and "memory_attention" in table
+    if plot:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_reports_failing_configuration_and_bad_arguments(artifacts, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    quick = ["--shots", "1", "--queries", "1", "--warmup", "0", "--supports", "1", "--input-size", "96x64", "--quiet"]
+    assert fssam2(["bench", "--artifacts", str(artifacts), str(tmp_path / "missing"), "--out", str(out), *quick]) == 1
+    runs = json.loads(out.read_text())["runs"]
+    assert runs[0]["error"] is None and "ManifestError" in runs[1]["error"]
+    assert fssam2(["bench", "--artifacts", str(artifacts), "--input-size", "big", "--quiet"]) == 2
+    assert "WxH" in capsys.readouterr().err
+
+
+def test_compare_pytorch_smoke(artifacts, tmp_path):
+    from bench.compare_pytorch import main
+
+    out = tmp_path / "cmp.json"
+    assert main(["--artifacts", str(artifacts), "--shots", "1", "2", "--episodes", "1", "--warmup", "0",
+                 "--input-size", "96x64", "--out", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "fssam2-compare-pytorch/1"
+    (run,) = report["runs"]
+    for k in run["by_shots"]:
+        r = k["ratios"]
+        assert {"query_cached_vs_forward", "support_phase", "query_phase", "module:memory_attention", "module:mask_decoder"} <= set(r)
+        assert all(np.isfinite(v) and v > 0 for v in r.values())
+        assert k["support_cache_speedup"] > 1  # re-encoding supports costs time
+        assert k["mask_iou_runtime_vs_pytorch"] >= 0.99  # the same model on both sides
+        assert k["pytorch_ms"]["support_phase"] > 0 and k["pytorch_ms"]["query_phase"] > 0
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
