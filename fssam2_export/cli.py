@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from .engines import add_engine_arguments, require_tensorrt, settings_from
 from .export import DEFAULT_OPSET, PRECISIONS, export_artifacts
 from .models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
 
@@ -23,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artifacts directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only after a complete export)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=("none", "tensorrt"), default="none",
+                   help="also build TensorRT engines (needs TensorRT and a GPU: build on the target machine)")
+    add_engine_arguments(p)
     return p
 
 
@@ -34,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--seed only applies to --random-init")
     t0 = time.perf_counter()
     try:
+        engines = settings_from(args) if args.engine == "tensorrt" else None
+        if engines is not None:
+            require_tensorrt()
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
-        report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
+        report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
+                                  progress=not args.quiet, engines=engines)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError, RuntimeError) as e:
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 2
     per_graph = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())

@@ -33,6 +33,7 @@ from runtime.manifest import (
     file_sha256,
 )
 
+from .engines import EngineSettings, build_engines
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
 from .models import LoadedModel
 from .onnx_passes import simplify_and_validate
@@ -114,9 +115,11 @@ def export_artifacts(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: bool = True,
+    engines: EngineSettings | None = None,
 ) -> ExportReport:
-    """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
-    directory unless `overwrite`; the replacement happens only after a complete, valid export."""
+    """Export `loaded` to `out_dir` (graphs + manifest.json; with `engines`, TensorRT engines too). Refuses
+    to replace a non-empty directory unless `overwrite`; the replacement happens only after a complete,
+    valid export."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "fp32":
@@ -131,6 +134,8 @@ def export_artifacts(
     tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
     try:
         manifest, seconds = _export_into(loaded, tmp, precision, opset, progress)
+        if engines is not None:
+            manifest = build_engines(tmp, engines, progress=progress).manifest
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import ORT_PROVIDERS, ProviderUnavailableError
+from .backends import PROVIDERS, ProviderUnavailableError
 from .image import InputError, load_image, overlay
 from .manifest import ManifestError, load_manifest
+from .profiles import DEFAULT_MAX_SHOTS
 from .segmenter import FewShotSegmenter
 
 
@@ -27,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     seg.add_argument("--query", required=True, help="image to segment")
     seg.add_argument("--out", required=True, help="predicted mask PNG (0/255), in the query's size")
     seg.add_argument("--overlay", help="also write the query with the mask blended in")
-    seg.add_argument("--provider", default="cpu", choices=sorted(ORT_PROVIDERS))
+    seg.add_argument("--provider", default="cpu", choices=PROVIDERS,
+                     help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines")
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
     info = sub.add_parser("info", help="print an artifacts directory's manifest summary and graph I/O")
     info.add_argument("--artifacts", required=True)
@@ -49,7 +51,7 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def _segment(args) -> int:
-    seg = FewShotSegmenter(args.artifacts, provider=args.provider)
+    seg = FewShotSegmenter(args.artifacts, provider=args.provider, max_shots=max(DEFAULT_MAX_SHOTS, len(args.support)))
     for image, mask in args.support:
         seg.add_support(image, mask)
     result = seg.segment(args.query)
@@ -78,6 +80,9 @@ def _info(args) -> int:
         for kind, tensors in (("in ", g.inputs), ("out", g.outputs)):
             for t in tensors:
                 print(f"  {kind} {t.name:<20} {t.dtype:<8} {t.shape}")
+        for f in g.flavours:
+            built = f", TensorRT {f.meta.get('tensorrt')} on {f.meta.get('gpu')} (cc {f.meta.get('compute_capability')})" if f.kind == "tensorrt-engine" else ""
+            print(f"  flavour {f.kind} {f.file} for {', '.join(f.providers)} ({f.precision}{built})")
     return 0
 
 
