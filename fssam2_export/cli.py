@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from .engines import add_engine_arguments, require_tensorrt, settings_from
+from .engines import EngineBuildError, add_engine_arguments, current_device, require_tensorrt, settings_from
 from .export import DEFAULT_OPSET, PRECISIONS, export_artifacts
 from .models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
 
@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         engines = settings_from(args) if args.engine == "tensorrt" else None
-        if engines is not None:
+        if engines is not None:  # fail before exporting when engines cannot be built here
             require_tensorrt()
+            current_device()
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
         report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
                                   progress=not args.quiet, engines=engines)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError, EngineBuildError) as e:
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 2
     per_graph = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())

@@ -84,9 +84,15 @@ def require_tensorrt():
 
 
 def current_device(device_id: int = 0) -> DeviceInfo:
-    from runtime.trt_backend import CudaRuntime
+    """The GPU engines are built for (cuda-python); EngineBuildError if there is none."""
+    from runtime.trt_backend import CudaError, CudaRuntime
 
-    return CudaRuntime(device_id).device()
+    try:
+        return CudaRuntime(device_id).device()
+    except ImportError as e:
+        raise ImportError(f"building engines needs cuda-python ({e}): pip install cuda-python") from e
+    except CudaError as e:
+        raise EngineBuildError(f"no usable CUDA device {device_id} to build engines on: {e}") from e
 
 
 def strongly_typed_flag(trt) -> bool | None:
@@ -115,14 +121,17 @@ def build_engine(onnx_path: Path, profiles: dict[str, InputProfile], timing_cach
 
 def compare_engine(blob: bytes, onnx_path: Path, feeds: list[dict[str, np.ndarray]], precision: str) -> tuple[bool, dict]:
     """Run the engine (TrtRunner) and the ONNX graph (OnnxrtRunner, CPU) on `feeds`; (passed, figures)."""
+    from polygraphy import comparator
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
 
     tol = TOLERANCES[precision]
+    simple = getattr(comparator, "SimpleCompareFunc", None) or comparator.CompareFunc.simple  # the former since 0.53
     runners = [TrtRunner(EngineFromBytes(blob)), OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]))]
-    results = Comparator.run(runners, data_loader=feeds)
-    verdict = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=tol, rtol=tol, check_error_stat="mean"))
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        results = comparator.Comparator.run(runners, data_loader=feeds)
+        verdict = comparator.Comparator.compare_accuracy(results, compare_func=simple(atol=tol, rtol=tol, check_error_stat="mean"))
     (_, engine_runs), (_, onnx_runs) = list(results)
     max_abs: dict[str, float] = defaultdict(float)
     mean_abs: dict[str, float] = defaultdict(float)
@@ -144,7 +153,7 @@ class _Recorder:
         self.feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
 
     def load(self, path: Path, spec: GraphSpec):
-        name = next(n for n, s in self.manifest.graphs.items() if s is spec)
+        name = next(n for n, s in self.manifest.graphs.items() if s == spec)
         graph = self.inner.load(path, spec)
 
         class Recording:
@@ -156,8 +165,8 @@ class _Recorder:
 
 
 def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Inputs for every graph from a synthetic 2-shot episode run on CPU (K = 1 and 2), plus memory
-    attention at the profile's largest K (the K = 1 memory repeated)."""
+    """Inputs for every graph from a synthetic 2-shot episode run on CPU; memory attention at K = 1, 2 and
+    the profile's largest K (the supports repeated), as far as the profile reaches."""
     manifest = load_manifest(root)
     recorder = _Recorder(OrtBackend("cpu"), manifest)
     seg = FewShotSegmenter(root, backend=recorder)
@@ -165,13 +174,15 @@ def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> di
         episode = write_episode(tmp, shots=2, seed=seed)
         for image, mask in episode.supports:
             seg.add_support(image, mask)
-            seg.segment(episode.query)
+        seg.segment(episode.query)
     feeds = recorder.feeds
-    k1 = feeds["memory_attention"][0]
-    shots = dims[MEMORY_AXIS].max // dims[MEMORY_AXIS].min
+    k2, memory = feeds["memory_attention"][0], dims[MEMORY_AXIS]
     dynamic = [t.name for t in manifest.graphs["memory_attention"].inputs if MEMORY_AXIS in t.shape]
-    feeds["memory_attention"].append(k1 | {n: np.tile(k1[n], (1, shots, 1)) for n in dynamic})
-    feeds["memory_attention"] = [f for f in feeds["memory_attention"] if all(f[n].shape[1] <= dims[MEMORY_AXIS].max for n in dynamic)]
+    feeds["memory_attention"] = [
+        k2 | {n: np.resize(k2[n], (1, k * memory.min, k2[n].shape[2])) for n in dynamic}
+        for k in sorted({1, 2, memory.max // memory.min})
+        if k * memory.min <= memory.max
+    ]
     return dict(feeds)
 
 

@@ -153,6 +153,7 @@ class OrtGraph:
         if self._banks[name].start(feed) < feed.shape[1] or name not in self._bank_values:
             import onnxruntime as ort
 
+            # a copy: on device "cpu" the OrtValue would alias the bank's buffer, which is refilled after a reset
             self._bank_values[name] = ort.OrtValue.ortvalue_from_numpy(np.array(feed, copy=True), self._device, self._device_id)
         return self._bank_values[name]
 

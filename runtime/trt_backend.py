@@ -31,6 +31,10 @@ ENGINE_KIND = "tensorrt-engine"
 REBUILD_HINT = "rebuild the engines on this machine: python -m fssam2_export.engines --artifacts DIR"
 
 
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed."""
+
+
 class EngineMismatchError(RuntimeError):
     """An engine built for another TensorRT version or GPU architecture than this machine's."""
 
@@ -104,6 +108,8 @@ class TensorRTBackend:
                     f"provider 'tensorrt-native' needs the tensorrt and cuda-python packages ({e}); desktop: "
                     "pip install 'fssam2[trt]' (NVIDIA's wheels), Jetson: JetPack's python3-libnvinfer + pip install cuda-python"
                 ) from e
+            except CudaError as e:
+                raise ProviderUnavailableError(f"provider 'tensorrt-native' found no usable CUDA device {device_id}: {e}") from e
         self.runtime, self.cuda = runtime, cuda
         self.device = cuda.device()
         self.stream = cuda.stream()
@@ -141,10 +147,10 @@ class TrtGraph:
         sizes |= {t.name: engine.output_shape(t.name) for t in self._outputs}
         dtypes = {t.name: t.dtype for t in engine.tensors}
         self.buffers = {n: cuda.malloc(int(np.prod(s)) * dtypes[n].itemsize) for n, s in sizes.items()}
-        weakref.finalize(self, _free_all, cuda, list(self.buffers.values()))
         memory_inputs = {t.name for t in spec.inputs if MEMORY_AXIS in t.shape}
         self._banks = {t.name: BankTracker() for t in self._inputs if t.name in memory_inputs}
         self._handed: list[weakref.ref] = []  # DeviceTensors pointing into our output buffers
+        weakref.finalize(self, _release, cuda, list(self.buffers.values()), self._handed)
 
     def forget_memory(self) -> None:
         for tracker in self._banks.values():
@@ -154,10 +160,7 @@ class TrtGraph:
         check_memory_length(self._label, feeds, self.profiles, "the profile built into the engine",
                             "rebuild the engines with a larger --max-shots")
         b, cuda, stream, engine = self._b, self._b.cuda, self._b.stream, self._engine
-        for ref in self._handed:  # our outputs are about to be overwritten: whoever still holds one gets a host copy
-            if (t := ref()) is not None:
-                t.spill()
-        self._handed.clear()
+        _spill(self._handed)  # our outputs are about to be overwritten: whoever still holds one gets a host copy
         for t in self._inputs:
             value = feeds[t.name]
             ptr = self.buffers[t.name]
@@ -172,7 +175,7 @@ class TrtGraph:
         for t in self._outputs:
             engine.set_address(t.name, self.buffers[t.name])
         engine.execute(stream)
-        out, on_host = {}, False
+        out = {}
         for t in self._outputs:
             shape, ptr = engine.output_shape(t.name), self.buffers[t.name]
             if t.name in b.consumed:
@@ -181,9 +184,7 @@ class TrtGraph:
             else:
                 out[t.name] = np.empty(shape, t.dtype)
                 cuda.dtoh(out[t.name], ptr, stream)
-                on_host = True
-        if on_host:
-            cuda.sync(stream)
+        cuda.sync(stream)  # one sync per graph: host copies are complete and per-module timings are true
         return out
 
     def _upload_bank(self, t: TensorInfo, feed: np.ndarray) -> None:
@@ -194,7 +195,16 @@ class TrtGraph:
             self._b.cuda.htod(self.buffers[t.name] + first * row_bytes, np.ascontiguousarray(feed[:, first:]), self._b.stream)
 
 
-def _free_all(cuda: Cuda, ptrs: list[int]) -> None:
+def _spill(handed: list[weakref.ref]) -> None:
+    for ref in handed:
+        if (t := ref()) is not None:
+            t.spill()
+    handed.clear()
+
+
+def _release(cuda: Cuda, ptrs: list[int], handed: list[weakref.ref]) -> None:
+    """Free a graph's buffers, after copying out any output still held."""
+    _spill(handed)
     for p in ptrs:
         cuda.free(p)
 
@@ -213,7 +223,7 @@ class CudaRuntime:
     def _call(self, result):
         err, rest = result[0], result[1:]  # every call returns (cudaError_t, *values)
         if err != self._rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA runtime error {err}: {self._rt.cudaGetErrorString(err)[1]}")
+            raise CudaError(f"{err.name}: {self._rt.cudaGetErrorString(err)[1].decode()}")
         return rest[0] if len(rest) == 1 else None
 
     def malloc(self, nbytes: int) -> int:

@@ -141,8 +141,7 @@ def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
     feats = backend.graphs["image_encoder"].run({"image": np.zeros((1, 3, size, size), np.float32)})
     assert isinstance(feats["image_embed"], DeviceTensor) and isinstance(feats["high_res_feat0"], DeviceTensor)
     for seg in (plain, bound):
-        for image, mask in episode.supports[:2]:
-            seg.add_support(image, mask)
+        seg.add_support(*episode.supports[0])
     a, b = plain.segment(episode.query), bound.segment(episode.query)
     assert isinstance(b.low_res_logits, np.ndarray)  # outputs no graph consumes come back as host arrays
     np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-5)
@@ -176,3 +175,19 @@ def test_ort_bank_is_uploaded_only_when_it_changes(artifacts, monkeypatch):
     graph.forget_memory()
     attend(2)
     assert uploads[4:] == [2 * per, 2 * per]
+
+
+def test_gpu_check_reports_parity_latency_and_failures(artifacts, capsys):
+    from fssam2_export import gpu_check
+
+    assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "cpu", "--shots", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("cpu "))
+    assert row.split()[1:4] == ["1", "1.0000", "0.00e+00"] and len(row.split()) == 4 + len(gpu_check.MODULES)
+    assert "all checks passed" in out
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "tensorrt-native", "--shots", "1", "--repeats", "1"]) == 1
+        out = capsys.readouterr().out
+        assert "tensorrt-native   1  FAILED: ProviderUnavailableError" in out and "gpu check: FAILED" in out
