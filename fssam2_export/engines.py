@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from runtime.backends import OrtBackend
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
-from runtime.profiles import DEFAULT_MAX_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
+from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
 from runtime.segmenter import FewShotSegmenter
 from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
 
@@ -55,7 +55,7 @@ class EngineSettings:
     workspace_gb: float = DEFAULT_WORKSPACE_GB
 
     def __post_init__(self):
-        opt = min(5, self.max_shots) if self.opt_shots is None else self.opt_shots
+        opt = min(DEFAULT_OPT_SHOTS, self.max_shots) if self.opt_shots is None else self.opt_shots
         if self.max_shots < 1 or not 1 <= opt <= self.max_shots:
             raise ValueError(f"need 1 <= opt shots <= max shots, got opt {opt}, max {self.max_shots}")
         if self.workspace_gb <= 0:
