@@ -37,6 +37,10 @@ class ProviderUnavailableError(RuntimeError):
 
 
 class Graph(Protocol):
+    """`run` maps input names to arrays (or this backend's DeviceTensors) and returns output names to arrays.
+    Optional: `forget_memory()`, for graphs keeping a device copy of the memory bank; the segmenter calls it
+    whenever it drops its supports."""
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 

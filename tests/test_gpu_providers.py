@@ -105,7 +105,7 @@ def test_device_tensor_is_array_like_and_spills():
     assert t.handle is None and "host" in repr(t)
 
 
-def test_create_backend_names_every_provider():
+def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsys):
     assert create_backend("cpu").provider == "cpu"
     with pytest.raises(ValueError, match="unknown provider"):
         create_backend("gpu0")
@@ -113,9 +113,13 @@ def test_create_backend_names_every_provider():
         import tensorrt  # noqa: F401
     except ImportError:
         from runtime import ProviderUnavailableError
+        from runtime import cli
 
         with pytest.raises(ProviderUnavailableError, match="tensorrt-native.*tensorrt"):
             create_backend("tensorrt-native")
+        rc = cli.main(["segment", "--artifacts", str(artifacts), "--support", *map(str, episode.supports[0]), "--query",
+                       str(episode.query), "--out", str(tmp_path / "m.png"), "--provider", "tensorrt-native"])
+        assert rc == 2 and "provider 'tensorrt-native' needs the tensorrt and cuda-python packages" in capsys.readouterr().err
 
 
 class BoundCpuBackend:

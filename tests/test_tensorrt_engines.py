@@ -52,7 +52,7 @@ def native_graphs(root, *names):
     return graphs, manifest, cuda
 
 
-def test_build_records_engines_as_flavours(engine_dir, artifacts):
+def test_build_records_engines_as_flavours(engine_dir, artifacts, capsys):
     out, log, report = engine_dir
     manifest = load_manifest(out)  # verifies every engine's sha256
     tokens = manifest.episode.tokens_per_support
@@ -77,6 +77,10 @@ def test_build_records_engines_as_flavours(engine_dir, artifacts):
     assert [n for n, _ in attention_config.profiles[0].items()] == ["memory", "memory_pos"]
     assert not list(out.glob(".*partial*")) and (out / TIMING_CACHE).is_file()
     assert load_manifest(artifacts).graphs["image_encoder"].flavours == []  # the source directory is untouched
+    from runtime import cli
+
+    assert cli.main(["info", "--artifacts", str(out)]) == 0
+    assert f"flavour tensorrt-engine memory_attention.engine for tensorrt-native (fp32, TensorRT {TRT_VERSION} on {DEVICE.name}" in capsys.readouterr().out
 
 
 def test_failed_comparison_fails_the_build_and_changes_nothing(artifacts, tmp_path, monkeypatch):
@@ -230,3 +234,33 @@ def test_outputs_outliving_their_graph_are_copied_out_first(engine_dir):
     gc.collect()
     assert len(cuda.blocks) < blocks and out["image_embed"].handle is None  # buffers freed, value kept on the host
     assert np.isfinite(np.asarray(out["image_embed"])).all()
+
+
+def _gpu_stack_missing() -> str | None:
+    from runtime.trt_backend import CudaRuntime
+
+    try:
+        import tensorrt  # noqa: F401
+
+        CudaRuntime(0)
+    except (ImportError, RuntimeError) as e:
+        return f"needs TensorRT, cuda-python and a GPU ({e}); on a GPU machine scripts/gpu_check.sh checks the rest"
+    return None
+
+
+GPU_MISSING = _gpu_stack_missing()
+
+
+@pytest.mark.skipif(GPU_MISSING is not None, reason=str(GPU_MISSING))
+def test_real_tensorrt_engines_match_cpu(artifacts, episode, tmp_path):
+    """On a GPU machine: real engines, built and compared by polygraphy, run natively as the CPU runtime does."""
+    out = tmp_path / "art"
+    shutil.copytree(artifacts, out)
+    build_engines(out, EngineSettings(max_shots=2), progress=False)
+    cpu, gpu = FewShotSegmenter(out), FewShotSegmenter(out, provider="tensorrt-native")
+    for s in (cpu, gpu):
+        for image, mask in episode.supports[:2]:
+            s.add_support(image, mask)
+    want, got = cpu.segment(episode.query), gpu.segment(episode.query)
+    assert (want.mask == got.mask).mean() > 0.99
+    np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-2)
