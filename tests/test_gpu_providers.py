@@ -1,14 +1,16 @@
 """GPU-provider logic that needs no GPU: profiles from the manifest, ORT provider options, engine
 compatibility checks, the device-bank bookkeeping, and ORT's IO-binding path (run on CPU)."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runtime import FewShotSegmenter, create_backend
-from runtime.backends import OrtGraph, ort_provider_list, tensorrt_ep_options
+from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
+from runtime.backends import ORT_PROVIDERS
+from runtime.ort_gpu import OrtDeviceGraph, ort_provider_list, tensorrt_ep_options
 from runtime.device import BankTracker, DeviceTensor
 from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
 from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
@@ -66,11 +68,11 @@ def test_tensorrt_ep_options(tmp_path):
 
 
 def test_provider_lists_put_tensorrt_before_cuda_and_never_cpu(tmp_path):
-    trt = ort_provider_list("tensorrt", {}, tmp_path)
+    trt = ort_provider_list(ORT_PROVIDERS["tensorrt"], {}, tmp_path)
     assert [p[0] for p in trt] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     assert trt[1][1]["do_copy_in_default_stream"] == "1"
-    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list("cuda", {}, tmp_path)] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert ort_provider_list("cpu", {}, tmp_path) == ["CPUExecutionProvider"]
+    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list(ORT_PROVIDERS["cuda"], {}, tmp_path)] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_provider_list(ORT_PROVIDERS["cpu"], {}, tmp_path) == ["CPUExecutionProvider"]
 
 
 def test_engine_compat_refuses_other_tensorrt_or_gpu():
@@ -112,7 +114,6 @@ def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsy
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        from runtime import ProviderUnavailableError
         from runtime import cli
 
         with pytest.raises(ProviderUnavailableError, match="tensorrt-native.*tensorrt"):
@@ -129,12 +130,12 @@ class BoundCpuBackend:
 
     def __init__(self):
         self.consumed: set[str] = set()
-        self.graphs: dict[str, OrtGraph] = {}
+        self.graphs: dict[str, OrtDeviceGraph] = {}
 
     def load(self, path: Path, spec: GraphSpec):
         self.consumed.update(t.name for t in spec.inputs)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.graphs[Path(path).stem] = OrtGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
+        self.graphs[Path(path).stem] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
         return self.graphs[Path(path).stem]
 
 
@@ -195,3 +196,17 @@ def test_gpu_check_reports_parity_latency_and_failures(artifacts, capsys):
         assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "tensorrt-native", "--shots", "1", "--repeats", "1"]) == 1
         out = capsys.readouterr().out
         assert "tensorrt-native   1  FAILED: ProviderUnavailableError" in out and "gpu check: FAILED" in out
+
+
+def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
+    """The TensorRT EP load path as far as a CPU-only onnxruntime goes: profiles, cache dir, no silent fallback."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    manifest = load_manifest(artifacts)
+    spec = manifest.graphs["memory_attention"]
+    with pytest.raises(ValueError, match="num_memory_tokens.*create_backend"):
+        create_backend("tensorrt").load(artifacts / spec.file, spec)
+    backend = OrtBackend("tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache")
+    with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="requested TensorrtExecutionProvider but the session runs on"):
+        warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
+        backend.load(artifacts / spec.file, spec)
+    assert (tmp_path / "cache").is_dir()
