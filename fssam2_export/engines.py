@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -196,9 +197,11 @@ def build_engines(artifacts_dir: str | Path, settings: EngineSettings = EngineSe
     device = device or current_device()
     dims = memory_dim_ranges(manifest.episode, settings.max_shots, settings.opt_shots)
     feeds = comparison_feeds(root, dims)
-    timing_cache = root / TIMING_CACHE
-    flavours, seconds, partial = {}, {}, []
+    timing_cache = root / f".{TIMING_CACHE}.partial"  # replaces the directory's timing cache on success only
+    flavours, seconds, partial = {}, {}, [timing_cache]
     try:
+        if (root / TIMING_CACHE).is_file():
+            shutil.copyfile(root / TIMING_CACHE, timing_cache)
         for name in tqdm(GRAPH_NAMES, desc="tensorrt", unit="engine", disable=not progress):
             spec, t0 = manifest.graphs[name], time.perf_counter()
             profiles = input_profiles(spec, dims)
@@ -217,8 +220,10 @@ def build_engines(artifacts_dir: str | Path, settings: EngineSettings = EngineSe
             worst = max(figures["max_abs"].values())
             tqdm.write(f"{name}: engine {len(blob) / 2**20:.1f} MiB ({spec.precision}) in {seconds[name]:.1f}s; "
                        f"max |engine - onnx| {worst:.2e} over {figures['inputs']} inputs")
-        for name, path in zip(flavours, partial):
+        for name, path in zip(flavours, partial[1:]):
             os.replace(path, root / flavours[name].file)
+        if timing_cache.is_file():
+            os.replace(timing_cache, root / TIMING_CACHE)
     except BaseException:
         for path in partial:
             path.unlink(missing_ok=True)

@@ -71,7 +71,8 @@ def test_build_records_engines_as_flavours(engine_dir, artifacts, capsys):
     assert manifest.tools["tensorrt"] == TRT_VERSION
     # polygraphy was driven as intended: strongly typed networks, one shared timing cache, workspace limit
     assert [n["strongly_typed"] for n in log.networks] == [True] * 4
-    assert {c.timing_cache_path for c in log.configs} == {str(out / TIMING_CACHE)} == set(log.saved_timing_caches)
+    assert len({c.timing_cache_path for c in log.configs} | set(log.saved_timing_caches)) == 1  # one cache for all graphs
+    assert (out / TIMING_CACHE).read_bytes() == b"tttt"  # kept: each fake build appended a byte
     assert all(c.memory_pool_limits == {"WORKSPACE": 1 << 30} and not c.fp16 and not c.int8 for c in log.configs)
     (attention_config,) = [c for c in log.configs if c.profiles and list(c.profiles[0].items())]
     assert [n for n, _ in attention_config.profiles[0].items()] == ["memory", "memory_pos"]
@@ -91,7 +92,7 @@ def test_failed_comparison_fails_the_build_and_changes_nothing(artifacts, tmp_pa
     with pytest.raises(EngineBuildError, match="image_encoder: the engine differs from image_encoder.onnx beyond the fp32 tolerance"):
         build_engines(out, EngineSettings(max_shots=2), progress=False, device=DEVICE)
     assert (out / "manifest.json").read_bytes() == before
-    assert not list(out.glob("*.engine")) and not list(out.glob(".*partial*"))
+    assert not list(out.glob("*.engine")) and not list(out.glob(".*partial*")) and not (out / TIMING_CACHE).exists()
 
 
 def test_strongly_typed_flag_follows_tensorrt_version():
