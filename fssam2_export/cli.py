@@ -11,6 +11,7 @@ from calibration.int8 import METHODS
 from calibration.pipeline import PrecisionOptions, graph_precisions
 from runtime.fidelity import GateThresholds
 
+from .engines import EngineBuildError, add_engine_arguments, current_device, require_tensorrt, settings_from
 from .export import DEFAULT_OPSET, PRECISIONS, export_artifacts
 from .models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
 
@@ -46,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ort-optimize", action=argparse.BooleanOptionalAction, default=True,
                    help="also write fused-attention copies of the graphs for ONNX Runtime's cpu/cuda providers (manifest flavours)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=("none", "tensorrt"), default="none",
+                   help="also build TensorRT engines (needs TensorRT and a GPU: build on the target machine)")
+    add_engine_arguments(p)
     return p
 
 
@@ -83,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         options = _precision_options(args)
+        engines = settings_from(args) if args.engine == "tensorrt" else None
+        if engines is not None:  # fail before exporting when engines cannot be built here
+            require_tensorrt()
+            current_device()
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
         report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
-                                  progress=not args.quiet, precision_options=options, ort_optimize=args.ort_optimize)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError) as e:
+                                  progress=not args.quiet, precision_options=options, ort_optimize=args.ort_optimize, engines=engines)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError, EngineBuildError) as e:
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 2
     per_graph = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())

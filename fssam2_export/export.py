@@ -34,6 +34,7 @@ from runtime.manifest import (
     file_sha256,
 )
 
+from .engines import EngineSettings, build_engines
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
 from .models import LoadedModel
 from .onnx_passes import simplify_and_validate
@@ -120,6 +121,7 @@ def export_artifacts(
     progress: bool = True,
     precision_options=None,
     ort_optimize: bool = True,
+    engines: EngineSettings | None = None,
 ) -> ExportReport:
     """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
     directory unless `overwrite`; the replacement happens only after a complete, valid export.
@@ -127,7 +129,8 @@ def export_artifacts(
     For fp16 / int8 / mixed, the FP32 graphs are exported into the temp dir first, converted by
     `calibration.pipeline.convert_artifacts` (a `PrecisionOptions`, default from `precision`) and gated
     against them; the FP32 reference is not kept. A failing gate raises and writes nothing.
-    `ort_optimize` then adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to the final graphs."""
+    `ort_optimize` then adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to the final graphs,
+    and `engines` builds TensorRT engines from them (`engines.build_engines`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 9 <= opset <= 20:
@@ -161,6 +164,8 @@ def export_artifacts(
             manifest = dataclasses.replace(manifest, graphs=graphs)
             (tmp / MANIFEST_NAME).write_text(manifest.to_json())
             seconds["ort_flavours"] = time.perf_counter() - t0
+        if engines is not None:
+            manifest = build_engines(tmp, engines, progress=progress).manifest
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

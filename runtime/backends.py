@@ -2,11 +2,14 @@
 
 A backend turns a graph file + its manifest spec into a `Graph` whose `run(feeds)` maps input names
 to arrays and returns output names to arrays; its `provider` names which of the graph's flavours
-(manifest schema 2) the segmenter hands it. The ONNX Runtime backend is the default; any object with
-the same `load` method (TensorRT engines, a remote server, a mock) can be injected instead.
+(manifest schema 2) the segmenter hands it. Providers: `cpu`, `cuda`, `tensorrt` (ONNX Runtime and its
+execution providers) and `tensorrt-native` (TensorRT engines, `runtime.trt_backend`); `create_backend`
+makes the right one. Any object with the same `load` method (a remote server, a mock) can be injected.
 
 For the "cpu" and "cuda" providers the ONNX Runtime backend loads a pre-optimised copy of each graph
-from a cache (`runtime.ort_cache`), made on first use.
+from a cache (`runtime.ort_cache`), made on first use. On GPU providers, an output that another loaded
+graph consumes stays on the device (`runtime.device.DeviceTensor`) and the memory bank is kept there
+between queries (IO binding, `runtime.ort_gpu`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from .manifest import GraphSpec, file_sha256
+from .manifest import GraphSpec, Manifest, file_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
+from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
+from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -29,6 +34,7 @@ ORT_PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
 }
 CACHED_PROVIDERS = ("cpu", "cuda")  # the TensorRT EP builds engines instead (its own engine cache)
+PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native")
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -46,6 +52,18 @@ class Backend(Protocol):
     def load(self, path: Path, spec: GraphSpec) -> Graph: ...
 
 
+def create_backend(provider: str, manifest: Manifest | None = None, *, max_shots: int = DEFAULT_MAX_SHOTS,
+                   intra_op_threads: int | None = None, device_id: int = 0, cache: bool = True) -> Backend:
+    """The backend for `provider`. ORT's TensorRT EP gets profiles for K = 1..max_shots from the manifest;
+    `tensorrt-native` takes its profiles from the engines themselves; `cache` as in `OrtBackend`."""
+    if provider == "tensorrt-native":
+        from .trt_backend import TensorRTBackend
+
+        return TensorRTBackend(device_id=device_id)
+    dims = memory_dim_ranges(manifest.episode, max_shots) if manifest is not None and provider == "tensorrt" else None
+    return OrtBackend(provider, intra_op_threads, dims=dims, device_id=device_id, cache=cache)
+
+
 class OrtGraph:
     def __init__(self, session, output_names: list[str], cache: str = "off"):
         self._session = session
@@ -61,9 +79,14 @@ class OrtBackend:
     """ONNX Runtime with provider `cpu`, `cuda` or `tensorrt`; refuses to run elsewhere than asked.
 
     `cache` (default on) keeps ORT-optimised copies of the graphs for `cpu`/`cuda` (see `runtime.ort_cache`);
-    `cache_dir` overrides where (default `<artifacts>/.ort_cache`, else the user cache)."""
+    `cache_dir` overrides where (default `<artifacts>/.ort_cache`, else the user cache).
+    GPU providers run through IO binding (`runtime.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
+    ranges (`profiles.memory_dim_ranges`); the TensorRT EP needs them for its profiles. Its engine and timing
+    caches go to `trt_cache_dir` (default: `ort_trt_cache/` beside the graphs)."""
 
-    def __init__(self, provider: str = "cpu", intra_op_threads: int | None = None, *, cache: bool = True, cache_dir: str | Path | None = None):
+    def __init__(self, provider: str = "cpu", intra_op_threads: int | None = None, *, cache: bool = True,
+                 cache_dir: str | Path | None = None, dims: Mapping[str, DimRange] | None = None, device_id: int = 0,
+                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, trt_cache_dir: Path | None = None):
         if provider not in ORT_PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {sorted(ORT_PROVIDERS)}")
         import onnxruntime as ort
@@ -83,6 +106,9 @@ class OrtBackend:
         self._threads = intra_op_threads
         self._cache = cache and provider in CACHED_PROVIDERS
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._dims = dict(dims or {})
+        self._device_id, self._workspace, self._trt_cache_dir = device_id, workspace_bytes, trt_cache_dir
+        self._consumed: set[str] = set()  # input names of all graphs loaded so far: outputs feeding them stay on the device
 
     def _options(self, optimized_model: Path | None = None, optimize: bool = True):
         options = self._ort.SessionOptions()
@@ -95,9 +121,9 @@ class OrtBackend:
             options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return options
 
-    def _session(self, path: Path, options):
+    def _session(self, path: Path, options, providers: list):
         try:
-            return self._ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+            return self._ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # ORT raises its own exception types for corrupt files / bad graphs
             raise RuntimeError(f"onnxruntime could not load {path}: {e}") from e
 
@@ -106,35 +132,57 @@ class OrtBackend:
         key = CacheKey(sha, self.provider, self._ort.__version__, machine_fingerprint())
         return cache_entry(path, key, self._cache_dir)
 
-    def _cached_session(self, path: Path, entry: CacheEntry):
+    def _cached_session(self, path: Path, entry: CacheEntry, providers: list):
         """(session, "hit") from a valid entry, else (session, "built") after saving a fresh one."""
         if entry.valid():
             try:
-                return self._session(entry.model, self._options(optimize=False)), "hit"
+                return self._session(entry.model, self._options(optimize=False), providers), "hit"
             except RuntimeError as e:  # complete but unreadable (disk corruption): rebuild it
                 warnings.warn(f"rebuilding unreadable ORT cache entry {entry.model}: {e}", stacklevel=3)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{entry.model.name}.", suffix=".onnx", dir=entry.model.parent)
         except OSError as e:  # a read-only directory that held a valid entry
             warnings.warn(f"cannot rewrite ORT cache entry {entry.model} ({e}); optimising in memory", stacklevel=3)
-            return self._session(path, self._options()), "off"
+            return self._session(path, self._options(), providers), "off"
         os.close(fd)
         try:
-            session = self._session(path, self._options(optimized_model=Path(tmp)))
+            session = self._session(path, self._options(optimized_model=Path(tmp)), providers)
             entry.commit(Path(tmp))
         finally:
             Path(tmp).unlink(missing_ok=True)
         return session, "built"
 
+    def _provider_list(self, path: Path, spec: GraphSpec) -> tuple[list, dict]:
+        """ORT's providers with their options, and the TensorRT EP's input profiles (empty otherwise)."""
+        profiles, cache_dir = {}, self._trt_cache_dir or Path(path).parent / ORT_TRT_CACHE_DIR
+        if self.provider == "tensorrt":
+            try:
+                profiles = input_profiles(spec, self._dims)
+            except ValueError as e:
+                raise ValueError(f"{path.name}: the TensorRT EP needs a range for every dynamic axis ({e}); "
+                                 "make the backend with create_backend('tensorrt', manifest, max_shots=K)") from e
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RuntimeError(f"cannot create the TensorRT EP cache {cache_dir} ({e}); pass OrtBackend(trt_cache_dir=...)") from e
+        providers = ort_provider_list(self._providers, profiles, cache_dir, device_id=self._device_id,
+                                      workspace_bytes=self._workspace)
+        return providers, profiles
+
     def load(self, path: Path, spec: GraphSpec) -> Graph:
+        providers, profiles = self._provider_list(path, spec)
         entry = self._entry(path, spec) if self._cache else None
         if entry is not None:
-            session, status = self._cached_session(path, entry)
+            session, status = self._cached_session(path, entry, providers)
         else:
-            session, status = self._session(path, self._options()), "off"
+            session, status = self._session(path, self._options(), providers), "off"
         active = session.get_providers()
         if self._providers[0] not in active:
             raise ProviderUnavailableError(
                 f"{path.name}: requested {self._providers[0]} but the session runs on {active}"
             )
-        return OrtGraph(session, [o.name for o in spec.outputs], status)
+        self._consumed.update(t.name for t in spec.inputs)
+        if self.provider == "cpu":
+            return OrtGraph(session, [o.name for o in spec.outputs], status)
+        return OrtDeviceGraph(session, spec, owner=self, device="cuda", device_id=self._device_id, consumed=self._consumed,
+                              profiles=profiles, label=Path(path).stem)

@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .backends import OrtBackend
+from .backends import create_backend
 from .manifest import GRAPH_NAMES, load_manifest
 from .segmenter import FewShotSegmenter
 
@@ -187,7 +187,7 @@ class BenchSettings:
 
 
 def _load(artifacts: Path, provider: str, s: BenchSettings, rec: PhaseRecorder) -> tuple[FewShotSegmenter, dict[str, float]]:
-    backend = OrtBackend(provider, intra_op_threads=s.threads, cache=s.cache)
+    backend = create_backend(provider, load_manifest(artifacts), max_shots=max(s.shots), intra_op_threads=s.threads, cache=s.cache)
     seg = FewShotSegmenter(artifacts, backend=backend, on_timing=rec)
     loads = {g: v[-1] for g, v in rec.take("load").items()}
     return seg, loads | {"total": sum(loads.values())}

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import ORT_PROVIDERS, OrtBackend, ProviderUnavailableError
+from .backends import PROVIDERS, ProviderUnavailableError, create_backend
 from .fidelity import FidelityError, GateThresholds, compare_artifacts, synthetic_episodes
 from .image import InputError, load_image, overlay
 from .manifest import ManifestError, load_manifest
+from .profiles import DEFAULT_MAX_SHOTS
 from .segmenter import FewShotSegmenter
 
 
@@ -29,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     seg.add_argument("--query", required=True, help="image to segment")
     seg.add_argument("--out", required=True, help="predicted mask PNG (0/255), in the query's size")
     seg.add_argument("--overlay", help="also write the query with the mask blended in")
-    seg.add_argument("--provider", default="cpu", choices=sorted(ORT_PROVIDERS))
+    seg.add_argument("--provider", default="cpu", choices=PROVIDERS,
+                     help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines")
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
     info = sub.add_parser("info", help="print an artifacts directory's manifest summary and graph I/O")
     info.add_argument("--artifacts", required=True)
@@ -39,13 +41,13 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--episodes", type=int, default=16, help="synthetic K-shot episodes")
     chk.add_argument("--seed", type=int, default=0)
     chk.add_argument("--shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range")
-    chk.add_argument("--provider", default="cpu", choices=sorted(ORT_PROVIDERS), help="runs the provider's flavours of --artifacts")
+    chk.add_argument("--provider", default="cpu", choices=PROVIDERS, help="runs the provider's flavours of --artifacts")
     chk.add_argument("--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.97 int8)")
     chk.add_argument("--min-correlation", type=float, help="gate: min logits correlation (default 0.999 fp16, 0.99 int8)")
     chk.add_argument("--json", help="also write the report as JSON here")
     b = sub.add_parser("bench", help="per-module latency of the support and query paths (sweeps K, artifacts, providers)")
     b.add_argument("--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)")
-    b.add_argument("--providers", nargs="+", default=["cpu"], choices=sorted(ORT_PROVIDERS))
+    b.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS)
     b.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="K values to sweep")
     b.add_argument("--queries", type=int, default=20, help="timed queries per K")
     b.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed series")
@@ -74,7 +76,8 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def _segment(args) -> int:
-    seg = FewShotSegmenter(args.artifacts, provider=args.provider, profile=args.profile)
+    seg = FewShotSegmenter(args.artifacts, provider=args.provider, max_shots=max(DEFAULT_MAX_SHOTS, len(args.support)),
+                           profile=args.profile)
     for image, mask in args.support:
         seg.add_support(image, mask)
     result = seg.segment(args.query)
@@ -103,6 +106,9 @@ def _info(args) -> int:
         for kind, tensors in (("in ", g.inputs), ("out", g.outputs)):
             for t in tensors:
                 print(f"  {kind} {t.name:<20} {t.dtype:<8} {t.shape}")
+        for f in g.flavours:
+            built = f", TensorRT {f.meta.get('tensorrt')} on {f.meta.get('gpu')} (cc {f.meta.get('compute_capability')})" if f.kind == "tensorrt-engine" else ""
+            print(f"  flavour {f.kind} {f.file} for {', '.join(f.providers)} ({f.precision}{built})")
     return 0
 
 
@@ -116,7 +122,7 @@ def _check(args) -> int:
     thresholds = GateThresholds(default.mask_iou if args.min_iou is None else args.min_iou,
                                 default.logits_pearson if args.min_correlation is None else args.min_correlation)
     episodes = synthetic_episodes(args.episodes, args.seed, tuple(args.shots), manifest.preprocess.image_size)
-    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=OrtBackend(args.provider),
+    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=create_backend(args.provider, manifest),
                                thresholds=thresholds, progress=True)
     print(report.table())
     if args.json:

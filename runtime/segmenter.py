@@ -21,10 +21,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .backends import Backend, Graph, OrtBackend
+from .backends import Backend, Graph, create_backend
 from .image import ImageLike, InputError, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
 from .memory_bank import MemoryBank
+from .profiles import DEFAULT_MAX_SHOTS
 
 TimingListener = Callable[[str, float], None]
 _UNTIMED = nullcontext()
@@ -52,7 +53,7 @@ class ModuleTiming:
 class FewShotSegmenter:
     """Few-shot segmenter over an fssam2 artifacts directory.
 
-    >>> seg = FewShotSegmenter("artifacts/")          # provider="cpu" | "cuda" | "tensorrt"
+    >>> seg = FewShotSegmenter("artifacts/")          # provider="cpu" | "cuda" | "tensorrt" | "tensorrt-native"
     >>> seg.add_support(image, mask)                    # K times, any K >= 1
     >>> result = seg.segment(query)                     # Segmentation in the query's own size
     """
@@ -63,12 +64,14 @@ class FewShotSegmenter:
         provider: str = "cpu",
         backend: Backend | None = None,
         *,
+        max_shots: int = DEFAULT_MAX_SHOTS,
         profile: bool = False,
         on_timing: TimingListener | None = None,
     ):
+        """`max_shots`: the largest K ORT's TensorRT EP builds its profile for (engines carry their own)."""
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest: Manifest = load_manifest(self.artifacts_dir)
-        self.backend = backend if backend is not None else OrtBackend(provider)
+        self.backend = backend if backend is not None else create_backend(provider, self.manifest, max_shots=max_shots)
         self._profile, self._listener = profile, on_timing
         self._timings: dict[str, list[float]] = {}  # name -> [calls, total_ms]
         self._graphs: dict[str, Graph] = {name: self._load(name) for name in GRAPH_NAMES}
@@ -144,8 +147,11 @@ class FewShotSegmenter:
         )
 
     def reset(self) -> None:
-        """Forget all supports (the graphs stay loaded)."""
+        """Forget all supports (the graphs stay loaded; graphs keeping a device copy of the memory drop it)."""
         self.memory_bank.reset()
+        for graph in self._graphs.values():
+            if hasattr(graph, "forget_memory"):
+                graph.forget_memory()
 
     def timings(self) -> dict[str, ModuleTiming]:
         """Per-module latency since construction (or `clear_timings`), in milliseconds; needs `profile=True`."""

@@ -1,0 +1,312 @@
+"""TensorRT engines for an artifacts directory, built with polygraphy and recorded as manifest flavours.
+
+One engine per graph, from the graph's standard ONNX (whatever precision it carries: FP32, FP16 with
+FP32 islands, QDQ INT8), strongly typed, so the engine's precision is the graph's (no builder
+precision flags: TensorRT 11 has none). The memory length gets an optimisation profile for
+K = 1..max_shots supports (opt at opt_shots); every other input is static. The timing cache
+(`timing.cache` in the artifacts directory) is reused across builds. Each engine is compared with
+its ONNX graph (polygraphy: TrtRunner vs OnnxrtRunner on CPU) on the inputs of a synthetic episode
+before anything is written; a failed comparison fails the build and leaves the directory as it was.
+
+Engines are tied to the TensorRT version and GPU architecture: build them on the target machine,
+`python -m fssam2_export.engines --artifacts art/` (or `fssam2-export ... --engine tensorrt`).
+TensorRT and polygraphy are imported only when a build starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.backends import OrtBackend
+from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
+from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
+from runtime.segmenter import FewShotSegmenter
+from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
+
+from .synthetic import write_episode
+
+TIMING_CACHE = "timing.cache"
+DEFAULT_WORKSPACE_GB = 4.0
+# engine vs ONNX (ORT CPU): mean |difference| per output must stay within this (or the mean relative one)
+TOLERANCES = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
+
+
+class EngineBuildError(RuntimeError):
+    """An engine could not be built, or differs from its ONNX graph beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_shots: int = DEFAULT_MAX_SHOTS
+    opt_shots: int | None = None  # default: min(5, max_shots)
+    workspace_gb: float = DEFAULT_WORKSPACE_GB
+
+    def __post_init__(self):
+        opt = min(DEFAULT_OPT_SHOTS, self.max_shots) if self.opt_shots is None else self.opt_shots
+        if self.max_shots < 1 or not 1 <= opt <= self.max_shots:
+            raise ValueError(f"need 1 <= opt shots <= max shots, got opt {opt}, max {self.max_shots}")
+        if self.workspace_gb <= 0:
+            raise ValueError(f"workspace must be > 0 GB, got {self.workspace_gb}")
+
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.workspace_gb * (1 << 30))
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    manifest: Manifest  # as written, engines recorded
+    flavours: dict[str, Flavour]
+    seconds: dict[str, float]  # build + comparison per graph
+
+
+def require_tensorrt():
+    """The tensorrt module, or ImportError saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise ImportError(f"building engines needs TensorRT ({e}): desktop: pip install 'fssam2[trt]' "
+                          "(NVIDIA's wheels) or a TensorRT tarball; Jetson: JetPack's python3-libnvinfer") from e
+    return tensorrt
+
+
+def current_device(device_id: int = 0) -> DeviceInfo:
+    """The GPU engines are built for (cuda-python); EngineBuildError if there is none."""
+    from runtime.trt_backend import CudaError, CudaRuntime
+
+    try:
+        return CudaRuntime(device_id).device()
+    except ImportError as e:
+        raise ImportError(f"building engines needs cuda-python ({e}): pip install cuda-python") from e
+    except CudaError as e:
+        raise EngineBuildError(f"no usable CUDA device {device_id} to build engines on: {e}") from e
+
+
+def strongly_typed_flag(trt) -> bool | None:
+    """polygraphy's `strongly_typed`: True on TensorRT 10 (its STRONGLY_TYPED network flag), None where every
+    network is strongly typed and the flag is gone (TensorRT 11)."""
+    return True if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") else None
+
+
+def build_engine(onnx_path: Path, profiles: dict[str, InputProfile], timing_cache: Path, workspace_bytes: int) -> bytes:
+    """Serialized engine for one ONNX graph (precision from the graph; timing cache loaded and saved)."""
+    trt = require_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path
+
+    profile = Profile()
+    for name, p in profiles.items():
+        profile.add(name, p.min, p.opt, p.max)
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=strongly_typed_flag(trt))
+    config = CreateConfig(
+        profiles=[profile] if profiles else None,
+        load_timing_cache=str(timing_cache),
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_bytes},
+    )
+    engine = engine_from_network(network, config, save_timing_cache=str(timing_cache))
+    return bytes(engine.serialize())
+
+
+def compare_engine(blob: bytes, onnx_path: Path, feeds: list[dict[str, np.ndarray]], precision: str) -> tuple[bool, dict]:
+    """Run the engine (TrtRunner) and the ONNX graph (OnnxrtRunner, CPU) on `feeds`; (passed, figures)."""
+    from polygraphy import comparator
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.logger import G_LOGGER
+
+    tol = TOLERANCES[precision]
+    simple = getattr(comparator, "SimpleCompareFunc", None) or comparator.CompareFunc.simple  # the former since 0.53
+    runners = [TrtRunner(EngineFromBytes(blob)), OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]))]
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        results = comparator.Comparator.run(runners, data_loader=feeds)
+        verdict = comparator.Comparator.compare_accuracy(results, compare_func=simple(atol=tol, rtol=tol, check_error_stat="mean"))
+    (_, engine_runs), (_, onnx_runs) = list(results)
+    max_abs: dict[str, float] = defaultdict(float)
+    mean_abs: dict[str, float] = defaultdict(float)
+    for got, want in zip(engine_runs, onnx_runs):
+        for name in want.keys():
+            diff = np.abs(np.asarray(got[name], np.float64) - np.asarray(want[name], np.float64))
+            max_abs[name] = max(max_abs[name], float(diff.max()))
+            mean_abs[name] = max(mean_abs[name], float(diff.mean()))
+    figures = {"inputs": len(feeds), "tolerance_mean_abs": tol, "max_abs": dict(max_abs), "mean_abs": dict(mean_abs)}
+    return bool(verdict), figures
+
+
+class _Recorder:
+    """A backend wrapper that keeps every feed each graph received."""
+
+    def __init__(self, inner, manifest: Manifest):
+        self.inner, self.manifest = inner, manifest
+        self.name, self.provider = inner.name, inner.provider
+        self.feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+
+    def load(self, path: Path, spec: GraphSpec):
+        name = next(n for n, s in self.manifest.graphs.items() if s == spec)
+        graph = self.inner.load(path, spec)
+
+        class Recording:
+            def run(_, feeds):
+                self.feeds[name].append({k: np.array(v) for k, v in feeds.items()})
+                return graph.run(feeds)
+
+        return Recording()
+
+
+def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Inputs for every graph from a synthetic 2-shot episode run on CPU; memory attention at K = 1, 2 and
+    the profile's largest K (the supports repeated), as far as the profile reaches."""
+    manifest = load_manifest(root)
+    recorder = _Recorder(OrtBackend("cpu"), manifest)
+    seg = FewShotSegmenter(root, backend=recorder)
+    with tempfile.TemporaryDirectory() as tmp:
+        episode = write_episode(tmp, shots=2, seed=seed)
+        for image, mask in episode.supports:
+            seg.add_support(image, mask)
+        seg.segment(episode.query)
+    feeds = recorder.feeds
+    k2, memory = feeds["memory_attention"][0], dims[MEMORY_AXIS]
+    dynamic = [t.name for t in manifest.graphs["memory_attention"].inputs if MEMORY_AXIS in t.shape]
+    feeds["memory_attention"] = [
+        k2 | {n: np.resize(k2[n], (1, k * memory.min, k2[n].shape[2])) for n in dynamic}
+        for k in sorted({1, 2, memory.max // memory.min})
+        if k * memory.min <= memory.max
+    ]
+    return dict(feeds)
+
+
+def build_engines(artifacts_dir: str | Path, settings: EngineSettings = EngineSettings(), *, progress: bool = True,
+                  device: DeviceInfo | None = None) -> EngineReport:
+    """Build, compare and record a TensorRT engine for each graph of `artifacts_dir` (replacing earlier
+    engines). Nothing in the directory changes unless every engine passed its comparison."""
+    root = Path(artifacts_dir)
+    manifest = load_manifest(root)
+    trt = require_tensorrt()
+    device = device or current_device()
+    dims = memory_dim_ranges(manifest.episode, settings.max_shots, settings.opt_shots)
+    feeds = comparison_feeds(root, dims)
+    timing_cache = root / f".{TIMING_CACHE}.partial"  # replaces the directory's timing cache on success only
+    flavours, seconds, partial = {}, {}, [timing_cache]
+    try:
+        if (root / TIMING_CACHE).is_file():
+            shutil.copyfile(root / TIMING_CACHE, timing_cache)
+        for name in tqdm(GRAPH_NAMES, desc="tensorrt", unit="engine", disable=not progress):
+            spec, t0 = manifest.graphs[name], time.perf_counter()
+            profiles = input_profiles(spec, dims)
+            try:
+                blob = build_engine(root / spec.file, profiles, timing_cache, settings.workspace_bytes)
+            except Exception as e:  # polygraphy/TensorRT report failures as their own exception types
+                raise EngineBuildError(f"{name}: TensorRT could not build an engine from {spec.file}: {e}") from e
+            passed, figures = compare_engine(blob, root / spec.file, feeds[name], spec.precision)
+            if not passed:
+                raise EngineBuildError(f"{name}: the engine differs from {spec.file} beyond the {spec.precision} tolerance "
+                                       f"(mean |diff| <= {figures['tolerance_mean_abs']}): {figures}; nothing was written")
+            partial.append(root / f".{name}.engine.partial")
+            partial[-1].write_bytes(blob)
+            flavours[name] = _flavour(name, spec, blob, trt.__version__, device, profiles, settings, dims, figures)
+            seconds[name] = time.perf_counter() - t0
+            worst = max(figures["max_abs"].values())
+            tqdm.write(f"{name}: engine {len(blob) / 2**20:.1f} MiB ({spec.precision}) in {seconds[name]:.1f}s; "
+                       f"max |engine - onnx| {worst:.2e} over {figures['inputs']} inputs")
+        for name, path in zip(flavours, partial[1:]):
+            os.replace(path, root / flavours[name].file)
+        if timing_cache.is_file():
+            os.replace(timing_cache, root / TIMING_CACHE)
+    except BaseException:
+        for path in partial:
+            path.unlink(missing_ok=True)
+        raise
+    manifest = _with_engines(manifest, flavours, trt.__version__)
+    write_manifest(root, manifest)
+    return EngineReport(manifest, flavours, seconds)
+
+
+def _flavour(name: str, spec: GraphSpec, blob: bytes, version: str, device: DeviceInfo, profiles: dict[str, InputProfile],
+             settings: EngineSettings, dims: dict[str, DimRange], figures: dict) -> Flavour:
+    memory = dims[MEMORY_AXIS]
+    return Flavour(
+        kind=ENGINE_KIND,
+        file=f"{name}.engine",
+        sha256=hashlib.sha256(blob).hexdigest(),
+        providers=[PROVIDER],
+        precision=spec.precision,
+        source_sha256=spec.sha256,
+        meta={
+            "tensorrt": version,
+            "gpu": device.name,
+            "compute_capability": device.compute_capability,
+            "profiles": {n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for n, p in profiles.items()},
+            "shots": {"min": 1, "opt": memory.opt // memory.min, "max": memory.max // memory.min, "tokens_per_support": memory.min},
+            "builder": {"strongly_typed": True, "precision_flags": None, "tf32": False, "workspace_bytes": settings.workspace_bytes,
+                        "timing_cache": TIMING_CACHE, "polygraphy": _version("polygraphy")},
+            "comparison": figures,
+        },
+    )
+
+
+def _with_engines(manifest: Manifest, flavours: dict[str, Flavour], version: str) -> Manifest:
+    graphs = {
+        name: dataclasses.replace(g, flavours=[f for f in g.flavours if f.kind != ENGINE_KIND] + [flavours[name]])
+        for name, g in manifest.graphs.items()
+    }
+    tools = manifest.tools | {"tensorrt": version, "polygraphy": _version("polygraphy")}
+    return dataclasses.replace(manifest, graphs=graphs, tools=tools)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Replace `root/manifest.json` atomically."""
+    tmp = root / f".{MANIFEST_NAME}.partial"
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, root / MANIFEST_NAME)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-shots", type=int, default=DEFAULT_MAX_SHOTS, help="largest K the engines' memory profile covers")
+    p.add_argument("--opt-shots", type=int, help="K the profile is tuned for (default: min(5, max shots))")
+    p.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE_GB, help="TensorRT builder workspace limit")
+
+
+def settings_from(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(args.max_shots, args.opt_shots, args.workspace_gb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fssam2-engines", description="Build TensorRT engines for an fssam2 artifacts directory "
+                                "(on the machine that will run them) and record them in its manifest.")
+    p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        report = build_engines(args.artifacts, settings_from(args), progress=not args.quiet)
+    except (ValueError, ImportError, RuntimeError) as e:
+        print(f"fssam2-engines: error: {e}", file=sys.stderr)
+        return 2
+    total = sum(report.seconds.values())
+    some = next(iter(report.flavours.values())).meta
+    print(f"built {len(report.flavours)} engines in {total:.1f}s (TensorRT {some['tensorrt']}, {some['gpu']}, "
+          f"cc {some['compute_capability']}, K 1..{some['shots']['max']}) into {args.artifacts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

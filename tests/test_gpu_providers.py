@@ -1,0 +1,212 @@
+"""GPU-provider logic that needs no GPU: profiles from the manifest, ORT provider options, engine
+compatibility checks, the device-bank bookkeeping, and ORT's IO-binding path (run on CPU)."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
+from runtime.backends import ORT_PROVIDERS
+from runtime.ort_gpu import OrtDeviceGraph, ort_provider_list, tensorrt_ep_options
+from runtime.device import BankTracker, DeviceTensor
+from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
+from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
+from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
+
+EPISODE = Episode(20.0, -10.0, tokens_per_support=256, low_res_size=64)
+ATTENTION = GraphSpec(
+    "memory_attention.onnx", "0" * 64,
+    inputs=[TensorSpec("image_embed", [1, 256, 16, 16], "float32"), TensorSpec("image_pos", [1, 256, 16, 16], "float32"),
+            TensorSpec("memory", [1, MEMORY_AXIS, 64], "float32"), TensorSpec("memory_pos", [1, MEMORY_AXIS, 64], "float32")],
+    outputs=[TensorSpec("conditioned_embed", [1, 256, 16, 16], "float32")],
+)
+
+
+def test_profiles_cover_one_to_max_shots_and_only_dynamic_inputs():
+    dims = memory_dim_ranges(EPISODE, max_shots=8, opt_shots=3)
+    assert (dims[MEMORY_AXIS].min, dims[MEMORY_AXIS].opt, dims[MEMORY_AXIS].max) == (256, 768, 2048)
+    profiles = input_profiles(ATTENTION, dims)
+    assert set(profiles) == {"memory", "memory_pos"}
+    assert profiles["memory"].min == (1, 256, 64) and profiles["memory"].opt == (1, 768, 64) and profiles["memory"].max == (1, 2048, 64)
+    assert memory_dim_ranges(EPISODE, max_shots=2)[MEMORY_AXIS].opt == 512  # default opt: min(5, max)
+    static = GraphSpec("x.onnx", "0" * 64, [TensorSpec("image", [1, 3, 64, 64], "float32")], [])
+    assert input_profiles(static, dims) == {}
+
+
+def test_profile_errors_name_the_problem():
+    with pytest.raises(ValueError, match="opt shots"):
+        memory_dim_ranges(EPISODE, max_shots=4, opt_shots=5)
+    with pytest.raises(ValueError, match="max shots"):
+        memory_dim_ranges(EPISODE, max_shots=0)
+    odd = GraphSpec("x.onnx", "0" * 64, [TensorSpec("x", [1, "batch_len", 3], "float32")], [])
+    with pytest.raises(ValueError, match="batch_len"):
+        input_profiles(odd, memory_dim_ranges(EPISODE))
+
+
+def test_shot_limit_names_both_sides():
+    profiles = input_profiles(ATTENTION, memory_dim_ranges(EPISODE, max_shots=4))
+    check_memory_length("g", {"memory": np.zeros((1, 4 * 256, 64))}, profiles, "the engine", "rebuild")
+    with pytest.raises(ShotLimitError, match=r"5 supports \(1280 memory tokens.*up to 4 supports \(1024 tokens\); rebuild"):
+        check_memory_length("g", {"memory": np.zeros((1, 5 * 256, 64))}, profiles, "the engine", "rebuild")
+
+
+def test_tensorrt_ep_options(tmp_path):
+    profiles = input_profiles(ATTENTION, memory_dim_ranges(EPISODE, max_shots=8))
+    opts = tensorrt_ep_options(profiles, tmp_path, workspace_bytes=1 << 30, device_id=1)
+    assert opts["trt_profile_min_shapes"] == "memory:1x256x64,memory_pos:1x256x64"
+    assert opts["trt_profile_opt_shapes"] == "memory:1x1280x64,memory_pos:1x1280x64"
+    assert opts["trt_profile_max_shapes"] == "memory:1x2048x64,memory_pos:1x2048x64"
+    assert opts["trt_engine_cache_enable"] == "True" and opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["trt_timing_cache_enable"] == "True" and opts["trt_max_workspace_size"] == str(1 << 30)
+    assert opts["device_id"] == "1"
+    assert not any("fp16" in k or "int8" in k for k in opts)  # precision comes from the graph
+    assert all(isinstance(v, str) for v in opts.values())
+    assert not any(k.startswith("trt_profile") for k in tensorrt_ep_options({}, tmp_path))
+
+
+def test_provider_lists_put_tensorrt_before_cuda_and_never_cpu(tmp_path):
+    trt = ort_provider_list(ORT_PROVIDERS["tensorrt"], {}, tmp_path)
+    assert [p[0] for p in trt] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    assert trt[1][1]["do_copy_in_default_stream"] == "1"
+    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list(ORT_PROVIDERS["cuda"], {}, tmp_path)] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_provider_list(ORT_PROVIDERS["cpu"], {}, tmp_path) == ["CPUExecutionProvider"]
+
+
+def test_engine_compat_refuses_other_tensorrt_or_gpu():
+    meta = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
+    check_engine_compat("a.engine", meta, "10.3.0", DeviceInfo("Orin", "8.7"))
+    with pytest.raises(EngineMismatchError, match=r"TensorRT 10\.3\.0 \(this machine has TensorRT 10\.8\.0\)"):
+        check_engine_compat("a.engine", meta, "10.8.0", DeviceInfo("Orin", "8.7"))
+    with pytest.raises(EngineMismatchError, match=r"compute capability 8\.7, Orin \(this GPU: compute capability 9\.0, H100\)"):
+        check_engine_compat("a.engine", meta, "10.3.0", DeviceInfo("H100", "9.0"))
+
+
+def test_bank_tracker_uploads_only_appended_rows():
+    buf = np.zeros((1, 10, 4), np.float32)  # a preallocated bank, fed as growing views
+    t = BankTracker()
+    assert t.start(buf[:, :2]) == 0
+    assert t.start(buf[:, :2]) == 2  # unchanged: nothing to upload
+    assert t.start(buf[:, :5]) == 2  # appended rows 2..4
+    assert t.start(buf[:, :3]) == 0  # fewer rows: a reset happened, upload all
+    assert t.start(np.zeros((1, 6, 4), np.float32)) == 0  # another buffer: upload all
+    t.forget()
+    other = np.zeros((1, 6, 4), np.float32)
+    assert t.start(other) == 0 and t.start(other) == 6
+
+
+def test_device_tensor_is_array_like_and_spills():
+    calls = []
+    t = DeviceTensor((1, 2), "float32", owner=None, handle=123, fetch=lambda: calls.append(1) or np.ones((1, 2), np.float32))
+    assert (t.shape, t.dtype, t.ndim) == ((1, 2), np.float32, 2)
+    assert np.asarray(t).sum() == 2 and np.concatenate([t, t], axis=1).shape == (1, 4)
+    assert len(calls) == 1  # copied to host once
+    t.spill()
+    assert t.handle is None and "host" in repr(t)
+
+
+def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsys):
+    assert create_backend("cpu").provider == "cpu"
+    with pytest.raises(ValueError, match="unknown provider"):
+        create_backend("gpu0")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        from runtime import cli
+
+        with pytest.raises(ProviderUnavailableError, match="tensorrt-native.*tensorrt"):
+            create_backend("tensorrt-native")
+        rc = cli.main(["segment", "--artifacts", str(artifacts), "--support", *map(str, episode.supports[0]), "--query",
+                       str(episode.query), "--out", str(tmp_path / "m.png"), "--provider", "tensorrt-native"])
+        assert rc == 2 and "provider 'tensorrt-native' needs the tensorrt and cuda-python packages" in capsys.readouterr().err
+
+
+class BoundCpuBackend:
+    """OrtBackend's GPU path (IO binding, device-resident outputs and bank) with "cpu" as the device."""
+
+    name, provider = "ort-iobinding-cpu", "cpu"
+
+    def __init__(self):
+        self.consumed: set[str] = set()
+        self.graphs: dict[str, OrtDeviceGraph] = {}
+
+    def load(self, path: Path, spec: GraphSpec):
+        self.consumed.update(t.name for t in spec.inputs)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.graphs[Path(path).stem] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
+        return self.graphs[Path(path).stem]
+
+
+def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
+    backend = BoundCpuBackend()
+    plain, bound = FewShotSegmenter(artifacts), FewShotSegmenter(artifacts, backend=backend)
+    size = bound.manifest.preprocess.image_size
+    feats = backend.graphs["image_encoder"].run({"image": np.zeros((1, 3, size, size), np.float32)})
+    assert isinstance(feats["image_embed"], DeviceTensor) and isinstance(feats["high_res_feat0"], DeviceTensor)
+    for seg in (plain, bound):
+        seg.add_support(*episode.supports[0])
+    a, b = plain.segment(episode.query), bound.segment(episode.query)
+    assert isinstance(b.low_res_logits, np.ndarray)  # outputs no graph consumes come back as host arrays
+    np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-5)
+    assert b.score == pytest.approx(a.score, abs=1e-5)
+
+
+def test_ort_bank_is_uploaded_only_when_it_changes(artifacts, monkeypatch):
+    backend = BoundCpuBackend()
+    seg = FewShotSegmenter(artifacts, backend=backend)
+    size, per = seg.manifest.preprocess.image_size, seg.manifest.episode.tokens_per_support
+    rng = np.random.default_rng(0)
+    feats = backend.graphs["image_encoder"].run({"image": rng.standard_normal((1, 3, size, size), np.float32)})
+    bank = np.zeros((2, 1, 3 * per, 64), np.float32)  # memory, memory_pos: preallocated like a memory bank
+    bank[:, :, :per] = rng.standard_normal((2, 1, per, 64))
+    uploads = []
+    real = ort.OrtValue.ortvalue_from_numpy
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda a, *d: uploads.append(a.shape[1]) or real(a, *d)))
+    graph = backend.graphs["memory_attention"]
+
+    def attend(k):
+        return np.asarray(graph.run({"image_embed": feats["image_embed"], "image_pos": feats["image_pos"],
+                                     "memory": bank[0, :, :k * per], "memory_pos": bank[1, :, :k * per]})["conditioned_embed"])
+
+    first = attend(1)
+    np.testing.assert_array_equal(attend(1), first)
+    assert uploads == [per, per]  # one upload per bank input; the second query reused them
+    bank[0, :, per:2 * per], bank[1, :, per:2 * per] = -bank[0, :, :per], bank[1, :, :per]
+    attend(2)
+    assert uploads[2:] == [2 * per, 2 * per]  # grown: uploaded again (ORT cannot write part of an OrtValue)
+    bank[0, :, :2 * per] *= 0.5  # rows replaced in place after a reset: only forget_memory can tell
+    graph.forget_memory()
+    attend(2)
+    assert uploads[4:] == [2 * per, 2 * per]
+
+
+def test_gpu_check_reports_parity_latency_and_failures(artifacts, capsys):
+    from fssam2_export import gpu_check
+
+    assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "cpu", "--shots", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("cpu "))
+    assert row.split()[1:4] == ["1", "1.0000", "0.00e+00"] and len(row.split()) == 4 + len(gpu_check.MODULES)
+    assert "all checks passed" in out
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "tensorrt-native", "--shots", "1", "--repeats", "1"]) == 1
+        out = capsys.readouterr().out
+        assert "tensorrt-native   1  FAILED: ProviderUnavailableError" in out and "gpu check: FAILED" in out
+
+
+def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
+    """The TensorRT EP load path as far as a CPU-only onnxruntime goes: profiles, cache dir, no silent fallback."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    manifest = load_manifest(artifacts)
+    spec = manifest.graphs["memory_attention"]
+    with pytest.raises(ValueError, match="num_memory_tokens.*create_backend"):
+        create_backend("tensorrt").load(artifacts / spec.file, spec)
+    backend = OrtBackend("tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache")
+    with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="requested TensorrtExecutionProvider but the session runs on"):
+        warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
+        backend.load(artifacts / spec.file, spec)
+    assert (tmp_path / "cache").is_dir()
