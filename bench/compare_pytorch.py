@@ -39,7 +39,8 @@ TORCH_MODULES = {  # sam2 attribute -> runtime module it corresponds to
 
 @dataclass
 class TorchClock:
-    """Forward hooks timing sam2's modules; marks the end of the support phase (K-th memory encoder)."""
+    """Forward hooks timing sam2's modules; marks the end of the support phase (the memory encoder call that
+    completes K supports: the reference encodes them as one batch, a loop would take K calls)."""
 
     shots: int
     calls: dict[str, list[float]] = field(default_factory=dict)  # runtime module name -> ms per call
@@ -51,13 +52,13 @@ class TorchClock:
         for attr, name in TORCH_MODULES.items():
             module = getattr(model, attr)
             module.register_forward_pre_hook(lambda m, a, attr=attr: self._start.__setitem__(attr, time.perf_counter()))
-            module.register_forward_hook(lambda m, a, o, attr=attr, name=name: self._stop(attr, name))
+            module.register_forward_hook(lambda m, a, o, attr=attr, name=name: self._stop(attr, name, a))
 
-    def _stop(self, attr: str, name: str) -> None:
+    def _stop(self, attr: str, name: str, args: tuple) -> None:
         now = time.perf_counter()
         self.calls.setdefault(name, []).append((now - self._start[attr]) * 1e3)
         if attr == "memory_encoder":
-            self._memory_calls += 1
+            self._memory_calls += int(args[0].shape[0])  # supports encoded by this call
             if self._memory_calls == self.shots:
                 self.support_end = now
 
@@ -129,12 +130,12 @@ def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input
                         pt["support"].append((clock.support_end - t0) * 1e3)
                         pt["query"].append((t1 - clock.support_end) * 1e3)
                         for name, v in clock.calls.items():
-                            pt["modules"].setdefault(name, []).append(sum(v[k:]) if name == "image_encoder" else sum(v))
+                            pt["modules"].setdefault(name, []).append(v[-1] if name == "image_encoder" else sum(v))
             iou = _iou(result.mask, ref.mask)
             progress.update()
         r_sup, r_q, p_sup, p_q, p_fwd = (_median(x) for x in (rt["support"], rt["query"], pt["support"], pt["query"], pt["forward"]))
         rt_modules = {m: _median(v) for m, v in rt["modules"].items()}
-        pt_modules = {m: _median(v) for m, v in pt["modules"].items()}  # query phase per module (image encoder: the query's call)
+        pt_modules = {m: _median(v) for m, v in pt["modules"].items()}  # query phase per module (image encoder: the query's call, the last)
         out["by_shots"].append({
             "shots": k,
             "runtime_ms": {"support_phase": r_sup, "query_cached": r_q, "episode": r_sup + r_q, "query_modules": rt_modules},

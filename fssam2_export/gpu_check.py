@@ -77,7 +77,7 @@ def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir:
     result = Check(provider, shots)
     episode = write_episode(episode_dir / f"k{shots}", shots=shots, seed=shots)
     try:
-        seg = FewShotSegmenter(artifacts, provider, max_shots=max(8, shots))
+        seg = FewShotSegmenter(artifacts, provider, max_shots=max(8, shots), profile=True)
         ref = _episode(FewShotSegmenter(artifacts, "cpu"), episode.supports, episode.query)
         _episode(seg, episode.supports[:1], episode.query)  # warm-up (ORT's TensorRT EP builds its engines here)
         seg.reset()
