@@ -135,8 +135,9 @@ class BoundCpuBackend:
     def load(self, path: Path, spec: GraphSpec):
         self.consumed.update(t.name for t in spec.inputs)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.graphs[Path(path).stem] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
-        return self.graphs[Path(path).stem]
+        name = Path(spec.file).stem  # `path` may be a flavour's file
+        self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
+        return self.graphs[name]
 
 
 def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
