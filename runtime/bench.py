@@ -320,7 +320,7 @@ def plot(report: dict, path: Path) -> None:
     groups = [(f"{Path(r['artifacts']).name}/{r['provider']} K={k['shots']}", k["query"])
               for r in report["runs"] if not r["error"] for k in r["shots"]]
     modules = [m for m in QUERY_MODULES + ("glue",) if any(m in q for _, q in groups)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(modules) * max(1, len(groups)) ** 0.5), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.9 * len(modules) + 0.25 * len(modules) * len(groups)), 4.5))
     width = 0.8 / max(1, len(groups))
     for i, (label, q) in enumerate(groups):
         x = np.arange(len(modules)) + i * width
@@ -328,7 +328,8 @@ def plot(report: dict, path: Path) -> None:
         p99 = np.array([q[m]["p99"] if m in q else 0.0 for m in modules])
         ax.bar(x, p50, width, label=label, yerr=[np.zeros_like(p50), p99 - p50], capsize=3)
     ax.set_xticks(np.arange(len(modules)) + 0.4 - width / 2, modules, rotation=20)
-    ax.set_ylabel("ms (bar p50, whisker p99)")
+    ax.set_yscale("log")  # modules span four orders of magnitude
+    ax.set_ylabel("ms, log scale (bar p50, whisker p99)")
     ax.set_title("fssam2 query latency per module")
     ax.legend(fontsize=8)
     fig.tight_layout()
