@@ -18,7 +18,8 @@ import onnxruntime as ort
 
 from runtime.fidelity import pearson
 
-CHUNK = 48  # tensors exposed per session
+CHUNK_ELEMENTS = 1 << 26  # ~256 MB of float32 exposed per session
+DYNAMIC_DIM = 4096  # size assumed for a dynamic axis when budgeting
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,28 @@ def _run_with_outputs(model: onnx.ModelProto, names: list[str], feeds: Mapping[s
     return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
 
 
+def _elements(model: onnx.ModelProto) -> dict[str, int]:
+    sizes = {}
+    for v in model.graph.value_info:
+        dims = [d.dim_value if d.HasField("dim_value") else DYNAMIC_DIM for d in v.type.tensor_type.shape.dim]
+        sizes[v.name] = int(np.prod(dims)) if dims else 1
+    return sizes
+
+
+def _chunks(order: list, sizes: dict[str, int]):
+    """Consecutive runs of (node, tensor) whose tensors hold at most CHUNK_ELEMENTS together (at least one each)."""
+    chunk, total = [], 0
+    for item in order:
+        n = sizes.get(item[1], DYNAMIC_DIM)
+        if chunk and total + n > CHUNK_ELEMENTS:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += n
+    if chunk:
+        yield chunk
+
+
 def first_diverging_node(reference: Path, candidate: Path, feeds: Mapping[str, np.ndarray], threshold: float) -> NodeDrift | None:
     ref, cand = onnx.load(str(reference)), onnx.load(str(candidate))
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -50,8 +73,7 @@ def first_diverging_node(reference: Path, candidate: Path, feeds: Mapping[str, n
     in_cand = {o for n in cand.graph.node for o in n.output}
     order = [(n, o) for n in ref.graph.node for o in n.output if o in typed and o in in_cand]
     worst: NodeDrift | None = None
-    for start in range(0, len(order), CHUNK):
-        chunk = order[start:start + CHUNK]
+    for chunk in _chunks(order, _elements(ref)):
         names = [o for _, o in chunk]
         want, have = _run_with_outputs(ref, names, feeds), _run_with_outputs(cand, names, feeds)
         for node, name in chunk:

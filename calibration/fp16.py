@@ -8,14 +8,15 @@ what a strongly typed TensorRT network needs. Graph inputs and outputs stay floa
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from .ranges import calibrate
 
 FP16_MAX = 65504.0
 
@@ -52,12 +53,8 @@ class RangeHit:
 
 
 def activation_ranges(model_path: Path, reader: CalibrationDataReader) -> dict[str, tuple[float, float]]:
-    """Min/max of every float tensor over the reader's feeds (onnxruntime's MinMax calibrator)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cal = create_calibrator(model_path, None, augmented_model_path=Path(tmp) / "augmented.onnx",
-                                calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": False})
-        cal.collect_data(reader)
-        data = cal.compute_data()
+    """Min/max of every float tensor over the reader's feeds."""
+    data = calibrate(model_path, reader, CalibrationMethod.MinMax, {"symmetric": False})
     return {name: (float(np.min(r.range_value[0])), float(np.max(r.range_value[1]))) for name, r in data.data.items()}
 
 

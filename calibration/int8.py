@@ -30,11 +30,13 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fssam2_export.onnx_passes import GraphCheckError, check_tensorrt_compat
 
 from .fp16 import convert_fp16
+from .ranges import calibrate
 
 QUANTISED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 # Never quantised (not in QUANTISED_OPS), listed with the reason for the manifest and README.
@@ -84,9 +86,11 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
     excluded = int8_exclusions(model, quantise_heads) if exclusions else {}
     op_types = QUANTISED_OPS if exclusions else sorted({n.op_type for n in model.graph.node})
     with tempfile.TemporaryDirectory() as tmp:
-        qdq = Path(tmp) / "qdq.onnx"
+        qdq, cache = Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
+        # ranges from the memory-bounded calibrator, handed to quantize_static as its calibration cache
+        save_tensors_data(calibrate(src, reader, METHODS[method], {"symmetric": True}), cache)
         quantize_static(
-            model, qdq, reader,
+            model, qdq, None,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             per_channel=True,
@@ -94,6 +98,7 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(excluded),
             calibrate_method=METHODS[method],
+            calibration_cache_path=cache,
             extra_options={
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,

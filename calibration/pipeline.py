@@ -153,10 +153,11 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
         if prec == "fp32":
             shutil.copyfile(src, dst)
         else:
-            with _quiet_root_logger():
-                hits = fp16_range_report(onnx.load(str(src)), activation_ranges(src, calib.reader(name)))
-            blocked = sorted({h.node for h in hits})
-            if prec == "fp16" or opts.int8_rest == "fp16":
+            blocked: list[str] = []
+            if prec == "fp16" or opts.int8_rest == "fp16":  # FP16 range report: overflowing nodes stay FP32
+                with _quiet_root_logger():
+                    hits = fp16_range_report(onnx.load(str(src)), activation_ranges(src, calib.reader(name)))
+                blocked = sorted({h.node for h in hits})
                 fp16_info[name] = {"blocked_nodes": blocked, "range_hits": [dataclasses.asdict(h) for h in hits]}
             if prec == "fp16":
                 convert_fp16(src, dst, blocked)

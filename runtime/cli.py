@@ -118,7 +118,7 @@ def _check(args) -> int:
     manifest = load_manifest(args.artifacts)
     if load_manifest(args.reference).precision != "fp32":
         raise FidelityError(f"--reference {args.reference} is not an FP32 export; the fidelity gate measures against FP32")
-    default = GateThresholds.for_precision("int8" if "int8" in {g.precision for g in manifest.graphs.values()} else manifest.precision)
+    default = GateThresholds.for_precision("int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16")
     thresholds = GateThresholds(default.mask_iou if args.min_iou is None else args.min_iou,
                                 default.logits_pearson if args.min_correlation is None else args.min_correlation)
     episodes = synthetic_episodes(args.episodes, args.seed, tuple(args.shots), manifest.preprocess.image_size)

@@ -129,8 +129,9 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_pa
 
     def broken(src, dst, *args, **kwargs):
         model = real(src, dst, *args, **kwargs)
-        if "memory_attention" in str(src):
-            w = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16 and len(t.dims) == 2)
+        if "memory_attention" in str(src):  # the first layer's first projection weight, negated and scaled
+            first = next(n for n in model.graph.node if n.op_type == "MatMul" and "layers.0" in n.name)
+            w = next(t for t in model.graph.initializer if t.name in first.input)
             w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
             onnx.save(model, str(dst))
         return model
@@ -141,7 +142,7 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_pa
     loaded = build_model("sam2.1_hiera_t", random_init=True, seed=0, image_size=SIZE)
     with pytest.raises(pipeline.GateError, match="worst graph memory_attention") as err:
         export_artifacts(loaded, out, precision="mixed", progress=False, precision_options=options)
-    assert "first diverging node /memory_attention/" in str(err.value)
+    assert "first diverging node /memory_attention/layers.0/" in str(err.value)
     assert not list(tmp_path.iterdir()), "a failed gate must leave nothing behind"
 
     kept = tmp_path / "kept"
