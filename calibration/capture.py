@@ -1,7 +1,8 @@
 """Calibration data from few-shot episodes: every graph's real inputs, captured through the runtime.
 
-The FP32 artifacts run over seeded synthetic K-shot episodes (K drawn from a range) inside the
-runtime's own `FewShotSegmenter`, with a recording backend injected; so memory attention sees the
+The FP32 artifacts run over seeded K-shot episodes (K drawn from a range) inside the runtime's own
+`FewShotSegmenter`, with a recording backend injected: synthetic ones by default, or training episodes of a
+real benchmark (PASCAL-5i, COCO-20i, FSS-1000) read by the training package's loaders; so memory attention sees the
 concatenated memories of K real supports, exactly as at inference. Feeds are stored as float16 in a
 compressed `.npz` (plenty for calibration ranges; a feed that would overflow float16 is kept float32),
 at most `max_samples` calls per graph.
@@ -17,7 +18,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
 
-from runtime.fidelity import CALIBRATION_STREAM, recording_segmenter, run_episode, synthetic_episodes
+from runtime.fidelity import CALIBRATION_STREAM, Episode, recording_segmenter, run_episode, synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
 
 FP16_MAX = 65504.0
@@ -84,23 +85,45 @@ def _compact(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16) if a.dtype == np.float32 and np.abs(a).max(initial=0.0) < FP16_MAX else a
 
 
+@dataclass(frozen=True)
+class EpisodeSource:
+    """Where calibration episodes come from: `synthetic`, or a benchmark of `training.datasets` under `root`."""
+
+    dataset: str = "synthetic"
+    root: Path | None = None
+    fold: int = 0
+
+    def episodes(self, count: int, seed: int, shots: tuple[int, int], size: int) -> list[Episode]:
+        if self.dataset == "synthetic":
+            return synthetic_episodes(count, seed, shots, size, stream=CALIBRATION_STREAM)
+        from training.datasets import build_dataset  # numpy + Pillow; the loaders of the training stage
+
+        # training episodes (never the benchmark's test episodes), K drawn per episode from `shots`
+        data = build_dataset(self.dataset, self.root, self.fold, "trn", shots[1], seed=seed, num_episodes=count)
+        rng = np.random.default_rng([CALIBRATION_STREAM, seed])
+        out = []
+        for i in range(count):
+            ep, k = data.episode(i), int(rng.integers(shots[0], shots[1] + 1))
+            out.append(Episode([(im, m == 1) for im, m in zip(ep.support_images[:k], ep.support_masks[:k])], ep.query_image))
+        return out
+
+
 def capture(fp32_artifacts: str | Path, episodes: int, seed: int, shots: tuple[int, int] = (1, 4),
-            max_samples: int = 64, progress: bool = True) -> CalibrationData:
-    """Run `episodes` synthetic episodes through the FP32 artifacts and keep each graph's feeds."""
+            max_samples: int = 64, progress: bool = True, source: EpisodeSource = EpisodeSource()) -> CalibrationData:
+    """Run `episodes` episodes of `source` through the FP32 artifacts and keep each graph's feeds."""
     if episodes < 1:
         raise ValueError("calibration needs at least one episode")
     size = load_manifest(fp32_artifacts).preprocess.image_size
     seg, rec = recording_segmenter(fp32_artifacts)
     feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in GRAPH_NAMES}
-    for ep in tqdm(synthetic_episodes(episodes, seed, shots, size, stream=CALIBRATION_STREAM),
-                   desc="calibration", unit="episode", disable=not progress):
+    for ep in tqdm(source.episodes(episodes, seed, shots, size), desc="calibration", unit="episode", disable=not progress):
         rec.clear()
         run_episode(seg, ep)
         for graph, calls in rec.calls.items():
             room = max_samples - len(feeds[graph])
             feeds[graph] += [{k: _compact(v) for k, v in call.items()} for call in calls[:room]]
     info = CalibrationInfo(
-        episodes=episodes, seed=seed, shots=tuple(shots), dataset="synthetic", image_size=size,
+        episodes=episodes, seed=seed, shots=tuple(shots), dataset=source.dataset, image_size=size,
         samples={g: len(c) for g, c in feeds.items()},
         memory_tokens=[int(c["memory"].shape[1]) for c in feeds["memory_attention"]],
     )

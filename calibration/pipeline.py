@@ -38,7 +38,7 @@ from runtime.fidelity import (
 )
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
 
-from .capture import CalibrationData, capture
+from .capture import CalibrationData, EpisodeSource, capture
 from .diagnose import first_diverging_node
 from .fp16 import FP32_OPS, activation_ranges, convert_fp16, fp16_range_report
 from .int8 import FLOAT_OPS, METHODS, QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
@@ -62,6 +62,7 @@ class PrecisionOptions:
     calib_method: str = "minmax"  # minmax | entropy | percentile
     calib_max_samples: int = 64  # stored calls per graph
     calib_file: Path | None = None  # load calibration feeds from here if it exists, else save them here
+    calib_source: EpisodeSource = EpisodeSource()  # synthetic, or a real benchmark's training episodes
     int8_rest: str = "fp16"  # precision of what INT8 does not quantise
     int8_heads: bool = True  # quantise the mask decoder's MLP heads (Gemm)
     int8_exclusions: bool = True  # False quantises every node: only for demonstrating a failing gate
@@ -126,7 +127,8 @@ def _calibration(fp32_dir: Path, opts: PrecisionOptions, progress: bool) -> tupl
         if data.info.image_size != size:
             raise ValueError(f"calibration file {opts.calib_file} was captured at {data.info.image_size}px, the model runs at {size}px")
         return data, file_sha256(Path(opts.calib_file))
-    data = capture(fp32_dir, opts.calib_episodes, opts.calib_seed, opts.calib_shots, opts.calib_max_samples, progress)
+    data = capture(fp32_dir, opts.calib_episodes, opts.calib_seed, opts.calib_shots, opts.calib_max_samples, progress,
+                   opts.calib_source)
     if opts.calib_file:
         return data, data.save(opts.calib_file)
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from calibration.capture import EpisodeSource
 from calibration.int8 import METHODS
 from calibration.pipeline import PrecisionOptions, graph_precisions
 from runtime.fidelity import GateThresholds
@@ -29,7 +30,11 @@ def parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("reduced precision (fp16 / int8 / mixed)")
     q.add_argument("--module-precision", type=_module_precision, default={}, metavar="GRAPH=PREC[,...]",
                    help="per-graph precision (fp32|fp16|int8), e.g. image_encoder=int8,memory_attention=fp16")
-    q.add_argument("--calib-episodes", type=int, default=32, help="synthetic K-shot episodes run for calibration")
+    q.add_argument("--calib-episodes", type=int, default=32, help="K-shot episodes run for calibration")
+    q.add_argument("--calib-dataset", default="synthetic", choices=("synthetic", "pascal", "coco", "fss"),
+                   help="where calibration episodes come from: synthetic, or a benchmark's training episodes (needs --calib-data)")
+    q.add_argument("--calib-data", type=Path, help="data root of --calib-dataset, in FS-SAM2's layout (see README, Training)")
+    q.add_argument("--calib-fold", type=int, default=0, help="fold of --calib-dataset whose training classes are used")
     q.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration episodes (the gate uses another stream of it)")
     q.add_argument("--calib-shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range of the episodes")
     q.add_argument("--calib-method", default="minmax", choices=sorted(METHODS), help="INT8 activation range calibration")
@@ -73,9 +78,19 @@ def _precision_options(args) -> PrecisionOptions | None:
     return PrecisionOptions(
         precision=args.precision, module_precision=args.module_precision, calib_episodes=args.calib_episodes,
         calib_seed=args.calib_seed, calib_shots=tuple(args.calib_shots), calib_method=args.calib_method,
-        calib_file=args.calib_file, int8_rest=args.int8_rest, int8_heads=args.int8_heads,
+        calib_file=args.calib_file, calib_source=_calib_source(args), int8_rest=args.int8_rest, int8_heads=args.int8_heads,
         cpu_int8_flavour=not args.no_cpu_int8, gate=not args.no_gate, gate_episodes=args.gate_episodes, thresholds=thresholds,
     )
+
+
+def _calib_source(args) -> EpisodeSource:
+    if (args.calib_dataset == "synthetic") != (args.calib_data is None):
+        raise ValueError("--calib-data DIR goes with --calib-dataset pascal|coco|fss (and only with them)")
+    if args.calib_data is not None:
+        from training.datasets import build_dataset
+
+        build_dataset(args.calib_dataset, args.calib_data, args.calib_fold, "trn", 1)  # layout errors before exporting
+    return EpisodeSource(args.calib_dataset, args.calib_data, args.calib_fold)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,6 +208,7 @@ def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, pro
             seed=src.seed,
             checkpoint=str(src.checkpoint) if src.checkpoint else None,
             checkpoint_sha256=src.checkpoint_sha256,
+            training=src.training_record,
         ),
         preprocess=Preprocess(s, list(IMAGENET_MEAN), list(IMAGENET_STD), "bicubic", "nearest"),
         episode=Episode(MASK_LOGIT_SCALE, MASK_LOGIT_BIAS, tokens_per_support=e * e, low_res_size=s // 4),

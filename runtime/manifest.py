@@ -80,6 +80,7 @@ class ModelInfo:
     seed: int | None
     checkpoint: str | None
     checkpoint_sha256: str | None
+    training: dict | None = None  # schema 2: a merged FS-SAM2 checkpoint's record (base model, adapters, run), if any
 
 
 @dataclass(frozen=True)

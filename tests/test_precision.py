@@ -175,3 +175,38 @@ def test_speed_command_prints_ratios_and_sizes(fp32, int8, capsys):
     # a directory with flavours (fused attention, CPU INT8) is measured twice: as the runtime runs it and standard
     columns = sum(2 if any(g.flavours for g in load_manifest(d).graphs.values()) else 1 for d in (fp32, int8))
     assert len(rows) == 3 and all(line.count(" x") == columns and "x 1.00" in line for line in rows)  # 2 timing rows + 1 size row
+
+
+def test_calibration_from_a_real_benchmark_layout(artifacts, tmp_path, monkeypatch, capsys):
+    """--calib-dataset fss: training episodes read by the training package's loaders, K drawn per episode."""
+    import functools
+
+    from PIL import Image
+
+    import training.datasets as datasets
+    from calibration.capture import EpisodeSource, capture
+    from fssam2_export import cli as export_cli
+
+    rng = np.random.default_rng(0)
+    lists = tmp_path / "lists" / "fss"
+    lists.mkdir(parents=True)
+    (lists / "trn.txt").write_text("apple\nzebra\n")
+    for cat in ("apple", "zebra"):
+        for i in range(1, 11):
+            mask = np.zeros((40, 48), np.uint8)
+            mask[5:20 + i, 8:30] = 255
+            (tmp_path / "FSS-1000" / cat).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(tmp_path / "FSS-1000" / cat / f"{i}.jpg")
+            Image.fromarray(mask).save(tmp_path / "FSS-1000" / cat / f"{i}.png")
+    monkeypatch.setattr(datasets, "build_dataset", functools.partial(datasets.build_dataset, lists_dir=tmp_path / "lists"))
+    data = capture(artifacts, episodes=3, seed=0, shots=(1, 3), progress=False, source=EpisodeSource("fss", tmp_path))
+    per = load_manifest(artifacts).episode.tokens_per_support
+    assert data.info.dataset == "fss" and data.info.samples["memory_attention"] == 3
+    assert all(t % per == 0 and 1 <= t // per <= 3 for t in data.info.memory_tokens)
+    assert data.info.samples["memory_encoder"] == sum(t // per for t in data.info.memory_tokens)
+    monkeypatch.undo()  # the shipped split lists again
+    base = ["--random-init", "--seed", "0", "--image-size", "128", "--precision", "int8", "--out", str(tmp_path / "x")]
+    assert export_cli.main(base + ["--calib-data", str(tmp_path)]) == 2  # a root without its benchmark
+    assert "--calib-dataset" in capsys.readouterr().err
+    assert export_cli.main(base + ["--calib-dataset", "pascal", "--calib-data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "x").exists()

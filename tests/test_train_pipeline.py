@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from fssam2_export.models import build_model, hydra_overrides
 from fssam2_export.reference import reference_episode
+from runtime.manifest import load_manifest
 from training.cli import main
 from training.datasets import build_dataset
 from training.evaluate import EvalReport
@@ -92,6 +93,7 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     art = tmp_path / "artifacts"
     assert export_main(["--model", "sam2.1_hiera_t", "--checkpoint", str(ckpt), "--image-size", str(SIZE),
                         "--out", str(art), "--quiet"]) == 0
+    assert load_manifest(art).model.training == record  # the adapters' record travels into the export manifest
     torch_report, runtime_report = tmp_path / "torch.json", tmp_path / "runtime.json"
     assert main(EVAL + ["--run", str(run), "--out", str(torch_report)]) == 0
     assert main(EVAL + ["--artifacts", str(art), "--out", str(runtime_report)]) == 0
