@@ -63,7 +63,7 @@ def test_build_records_engines_as_flavours(engine_dir, artifacts, capsys):
         assert (f.meta["tensorrt"], f.meta["gpu"], f.meta["compute_capability"]) == (TRT_VERSION, DEVICE.name, DEVICE.compute_capability)
         assert f.meta["builder"]["strongly_typed"] and f.meta["builder"]["workspace_bytes"] == 1 << 30
         assert f.meta["comparison"]["inputs"] >= 1 and max(f.meta["comparison"]["max_abs"].values()) < 1e-5
-        assert g.artifact_for("tensorrt-native") is f and g.artifact_for("cpu").file == g.file
+        assert g.artifact_for("tensorrt-native") is f and g.artifact_for("tensorrt").file == g.file
     memory = manifest.graphs["memory_attention"].artifact_for("tensorrt-native").meta
     assert memory["profiles"]["memory"] == {"min": [1, tokens, 64], "opt": [1, 2 * tokens, 64], "max": [1, MAX_SHOTS * tokens, 64]}
     assert memory["shots"] == {"min": 1, "opt": 2, "max": MAX_SHOTS, "tokens_per_support": tokens}
