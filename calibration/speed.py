@@ -81,16 +81,21 @@ def measure(dirs: list[Path], repeats: int, shots: int, seed: int, threads: int 
 def table(variants: list[Variant]) -> str:
     base = variants[0]
     med = statistics.median
-    lines = [f"{'graph':<17} " + " ".join(f"{v.label:>34}" for v in variants)]
+    width = max(len(v.label) for v in variants) + 2
+
+    def row(name: str, cells: list[str]) -> str:
+        return f"{name:<17}" + "".join(c.rjust(width) for c in cells)
+
+    lines = [row("graph", [v.label for v in variants])]
     for name in GRAPH_NAMES:
         b = med(base.graph_ms[name])
-        lines.append(f"{name:<17} " + " ".join(f"{med(v.graph_ms[name]):>10.1f} ms x{med(v.graph_ms[name]) / b:5.2f}{'':>14}" for v in variants))
+        lines.append(row(name, [f"{med(v.graph_ms[name]):.1f} ms x{med(v.graph_ms[name]) / b:5.2f}" for v in variants]))
     b = med(base.query_ms)
-    lines.append(f"{'query (segment)':<17} " + " ".join(f"{med(v.query_ms):>10.1f} ms x{med(v.query_ms) / b:5.2f}{'':>14}" for v in variants))
+    lines.append(row("query (segment)", [f"{med(v.query_ms):.1f} ms x{med(v.query_ms) / b:5.2f}" for v in variants]))
     lines.append("file sizes (MB) of the files each variant runs:")
     for name in GRAPH_NAMES:
         sizes = [(v.root / v.files[name]).stat().st_size / 2**20 for v in variants]
-        lines.append(f"{name:<17} " + " ".join(f"{s:>10.2f} MB x{s / sizes[0]:5.2f}{'':>14}" for s in sizes))
+        lines.append(row(name, [f"{s:.2f} MB x{s / sizes[0]:5.2f}" for s in sizes]))
     return "\n".join(lines)
 
 
