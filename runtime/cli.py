@@ -92,7 +92,7 @@ def _segment(args) -> int:
         print("note: random-init weights; the mask is numerically valid but not meaningful")
     if args.profile:
         for name, t in seg.timings().items():
-            print(f"  {name:<17} {t.calls:>3} calls  {t.mean_ms:9.1f} ms/call  {t.total_ms:9.1f} ms total")
+            print(f"  {name:<22} {t.calls:>3} calls  {t.mean_ms:9.1f} ms/call  {t.total_ms:9.1f} ms total")
     return 0
 
 
