@@ -26,6 +26,7 @@ from fssam2_export.models import build_model
 from fssam2_export.reference import reference_episode
 from runtime import FewShotSegmenter, OrtBackend, load_manifest
 from runtime.bench import PhaseRecorder, environment, synthetic_input
+from runtime.fidelity import iou as mask_iou
 
 SCHEMA = "fssam2-compare-pytorch/1"
 TORCH_MODULES = {  # sam2 attribute -> runtime module it corresponds to
@@ -69,11 +70,6 @@ class TorchClock:
 
 def _median(values) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def torch_model(artifacts: Path):
@@ -131,7 +127,7 @@ def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input
                         pt["query"].append((t1 - clock.support_end) * 1e3)
                         for name, v in clock.calls.items():
                             pt["modules"].setdefault(name, []).append(v[-1] if name == "image_encoder" else sum(v))
-            iou = _iou(result.mask, ref.mask)
+            iou = mask_iou(result.mask, ref.mask)
             progress.update()
         r_sup, r_q, p_sup, p_q, p_fwd = (_median(x) for x in (rt["support"], rt["query"], pt["support"], pt["query"], pt["forward"]))
         rt_modules = {m: _median(v) for m, v in rt["modules"].items()}

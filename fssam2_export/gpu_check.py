@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import FewShotSegmenter, load_manifest
+from runtime.fidelity import iou
 from runtime.segmenter import ModuleTiming
 
 from .synthetic import write_episode
@@ -89,8 +90,7 @@ def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir:
             seg.segment(episode.query)
         timings: dict[str, ModuleTiming] = seg.timings() | {"memory_encoder": memory_encoder}
         result.ms = {m: timings[m].mean_ms for m in MODULES}
-        union = np.logical_or(got.mask, ref.mask).sum()
-        result.iou = float(np.logical_and(got.mask, ref.mask).sum() / union) if union else 1.0
+        result.iou = iou(got.mask, ref.mask)
         result.max_abs_logits = float(np.abs(got.low_res_logits - ref.low_res_logits).max())
     except Exception as e:  # report every provider, whatever failed
         result.error = f"{type(e).__name__}: {e}"

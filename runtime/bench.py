@@ -25,7 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from .backends import create_backend
-from .manifest import GRAPH_NAMES, load_manifest
+from .manifest import GRAPH_NAMES, Manifest, load_manifest
 from .segmenter import FewShotSegmenter
 
 SCHEMA = "fssam2-bench/1"
@@ -186,8 +186,8 @@ class BenchSettings:
     cache: bool
 
 
-def _load(artifacts: Path, provider: str, s: BenchSettings, rec: PhaseRecorder) -> tuple[FewShotSegmenter, dict[str, float]]:
-    backend = create_backend(provider, load_manifest(artifacts), max_shots=max(s.shots), intra_op_threads=s.threads, cache=s.cache)
+def _load(artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder) -> tuple[FewShotSegmenter, dict[str, float]]:
+    backend = create_backend(provider, manifest, max_shots=max(s.shots), intra_op_threads=s.threads, cache=s.cache)
     seg = FewShotSegmenter(artifacts, backend=backend, on_timing=rec)
     loads = {g: v[-1] for g, v in rec.take("load").items()}
     return seg, loads | {"total": sum(loads.values())}
@@ -201,8 +201,8 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
     result.manifest_verify_ms = (time.perf_counter() - t0) * 1e3
     result.model, result.image_size, result.precision = manifest.model.name, manifest.preprocess.image_size, manifest.precision
     rec = PhaseRecorder()
-    _, result.load_ms["first"] = _load(artifacts, provider, s, rec)  # may build the ORT cache
-    seg, result.load_ms["warm"] = _load(artifacts, provider, s, rec)
+    _, result.load_ms["first"] = _load(artifacts, manifest, provider, s, rec)  # may build the ORT cache
+    seg, result.load_ms["warm"] = _load(artifacts, manifest, provider, s, rec)
     result.files = {g: manifest.graphs[g].artifact_for(provider).file for g in GRAPH_NAMES}
     result.providers_used = {g: getattr(seg.graphs[g], "providers", []) for g in GRAPH_NAMES}
     result.cache = {g: getattr(seg.graphs[g], "cache", "off") for g in GRAPH_NAMES}
