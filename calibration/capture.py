@@ -113,7 +113,7 @@ def capture(fp32_artifacts: str | Path, episodes: int, seed: int, shots: tuple[i
     """Run `episodes` episodes of `source` through the FP32 artifacts and keep each graph's feeds."""
     if episodes < 1:
         raise ValueError("calibration needs at least one episode")
-    size = load_manifest(fp32_artifacts).preprocess.image_size
+    size = load_manifest(fp32_artifacts, verify_files=False).preprocess.image_size  # the segmenter below verifies the files
     seg, rec = recording_segmenter(fp32_artifacts)
     feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in GRAPH_NAMES}
     for ep in tqdm(source.episodes(episodes, seed, shots, size), desc="calibration", unit="episode", disable=not progress):
