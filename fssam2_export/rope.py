@@ -4,6 +4,8 @@ sam2's RoPEAttention rotates queries/keys with complex numbers (view_as_complex,
 cannot express. `RealRoPEAttention` wraps an existing RoPEAttention (sharing its projection weights)
 and applies the same rotation with precomputed real cos/sin tables. Memory keys of any length that is
 a multiple of the query length (K supports) are rotated by tiling the tables, as `rope_k_repeat` does.
+Single-head attention whose value projection widens its input (the cross-attention to the 64-channel
+memory) attends over the raw values and projects afterwards: the same function with fewer FLOPs.
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ class RealRoPEAttention(nn.Module):
         a = self.attn
         q = a._separate_heads(a.q_proj(q), a.num_heads)
         k = a._separate_heads(a.k_proj(k), a.num_heads)
-        v = a._separate_heads(a.v_proj(v), a.num_heads)
         n = self.cos.shape[0]
         q = rotate(q, self.cos, self.sin)
         # (B, h, r*N, D) -> (B, h, r, N, D): every block of N memory tokens gets the same rotation.
         k = rotate(k.unflatten(2, (-1, n)), self.cos, self.sin).flatten(2, 3)
+        if a.num_heads == 1 and a.v_proj.in_features < a.v_proj.out_features:
+            # Attend over the narrow memory values, then project: softmax rows sum to one, so
+            # P @ (V W^T + b) == (P @ V) W^T + b, and the score-value product shrinks by out/in (4x for
+            # the 64-channel memory).
+            out = F.scaled_dot_product_attention(q, k, v.unsqueeze(1))
+            return a.out_proj(a.v_proj(out.squeeze(1)))
+        v = a._separate_heads(a.v_proj(v), a.num_heads)
         out = F.scaled_dot_product_attention(q, k, v)
         return a.out_proj(a._recombine_heads(out))
 

@@ -91,10 +91,11 @@ def synthetic_input(width: int, height: int, seed: int) -> tuple[np.ndarray, np.
 
 
 def memory_attention_gflop(embed_size: int, width: int, memory_channels: int, memory_tokens: int) -> float:
-    """FLOPs (multiply-add = 2) of one memory attention run: projections, attention matmuls, MLP."""
+    """FLOPs (multiply-add = 2) of one memory attention run: projections, attention matmuls, MLP. The
+    cross-attention attends over the c-channel memory values and projects afterwards (`fssam2_export.rope`)."""
     n, d, c, m = embed_size * embed_size, width, memory_channels, memory_tokens
     self_attn = 4 * 2 * n * d * d + 2 * 2 * n * n * d
-    cross_attn = 2 * 2 * n * d * d + 2 * 2 * m * c * d + 2 * 2 * n * m * d
+    cross_attn = 2 * 2 * n * d * d + 2 * m * c * d + 2 * n * c * d + 2 * n * m * (d + c)
     mlp = 2 * 2 * n * d * MEMORY_ATTENTION_MLP
     return MEMORY_ATTENTION_LAYERS * (self_attn + cross_attn + mlp) / 1e9
 

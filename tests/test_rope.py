@@ -30,8 +30,19 @@ def test_cross_attention_matches_sam2_for_k_supports(tiny_model, k):
     original, real = _attn_pair(tiny_model, "cross_attn_image")
     n = tiny_model.embed_size**2
     q = torch.randn(1, n, original.embedding_dim)
-    mem = torch.randn(1, k * n, original.kv_in_dim)
-    assert torch.allclose(real(q, mem, mem), original(q, mem, mem), atol=1e-5)
+    mem, mem_pos = torch.randn(1, k * n, original.kv_in_dim), torch.randn(1, k * n, original.kv_in_dim)
+    assert torch.allclose(real(q, mem + mem_pos, mem), original(q, mem + mem_pos, mem), atol=1e-5)
+
+
+@torch.no_grad()
+def test_cross_attention_projects_values_after_attending(tiny_model):
+    """The 64-channel memory values are projected once per query token, not once per memory token."""
+    _, real = _attn_pair(tiny_model, "cross_attn_image")
+    n = tiny_model.embed_size**2
+    rows = []
+    real.attn.v_proj.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[-2]))
+    real(torch.randn(1, n, 256), torch.randn(1, 3 * n, 64), torch.randn(1, 3 * n, 64))
+    assert rows == [n]
 
 
 @torch.no_grad()
