@@ -14,6 +14,7 @@ between queries (IO binding, `runtime.ort_gpu`).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -64,6 +65,15 @@ def create_backend(provider: str, manifest: Manifest | None = None, *, max_shots
     return OrtBackend(provider, intra_op_threads, dims=dims, device_id=device_id, cache=cache)
 
 
+@functools.cache
+def _register_shared_cpu_arena() -> None:
+    """One CPU arena in ORT's process-wide environment, for sessions that opt in (session.use_env_allocators)."""
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, None)
+
+
 class OrtGraph:
     def __init__(self, session, output_names: list[str], cache: str = "off"):
         self._session = session
@@ -80,13 +90,16 @@ class OrtBackend:
 
     `cache` (default on) keeps ORT-optimised copies of the graphs for `cpu`/`cuda` (see `runtime.ort_cache`);
     `cache_dir` overrides where (default `<artifacts>/.ort_cache`, else the user cache).
-    GPU providers run through IO binding (`runtime.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
+    With `shared_arena` (default) every session draws host memory from one CPU arena registered in ORT's
+    environment, so the process peaks at the largest graph's working set instead of the sum of one arena
+    per graph. GPU providers run through IO binding (`runtime.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
     ranges (`profiles.memory_dim_ranges`); the TensorRT EP needs them for its profiles. Its engine and timing
     caches go to `trt_cache_dir` (default: `ort_trt_cache/` beside the graphs)."""
 
     def __init__(self, provider: str = "cpu", intra_op_threads: int | None = None, *, cache: bool = True,
                  cache_dir: str | Path | None = None, dims: Mapping[str, DimRange] | None = None, device_id: int = 0,
-                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, trt_cache_dir: Path | None = None):
+                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, trt_cache_dir: Path | None = None,
+                 shared_arena: bool = True):
         if provider not in ORT_PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {sorted(ORT_PROVIDERS)}")
         import onnxruntime as ort
@@ -104,6 +117,9 @@ class OrtBackend:
                 f"install {hint.get(provider, 'a build that has it')}"
             )
         self._threads = intra_op_threads
+        self._shared_arena = shared_arena
+        if shared_arena:
+            _register_shared_cpu_arena()
         self._cache = cache and provider in CACHED_PROVIDERS
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._dims = dict(dims or {})
@@ -114,6 +130,8 @@ class OrtBackend:
         options = self._ort.SessionOptions()
         if self._threads:
             options.intra_op_num_threads = self._threads
+        if self._shared_arena:
+            options.add_session_config_entry("session.use_env_allocators", "1")
         if optimized_model is not None:
             options.optimized_model_filepath = str(optimized_model)
             options.log_severity_level = 3  # ORT warns that the copy is hardware-specific: the cache key says so

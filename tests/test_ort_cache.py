@@ -84,3 +84,19 @@ def test_unwritable_artifacts_dir_falls_back_to_user_cache_then_memory(art, tmp_
         graph, _ = _load(art)
     assert graph.cache == "off"
 
+
+
+def _uses_env_allocators(graph) -> bool:
+    try:
+        return graph._session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+    except RuntimeError:  # ORT raises for an entry that was never set
+        return False
+
+
+def test_sessions_draw_from_one_shared_cpu_arena_unless_asked_not_to(art):
+    shared, spec = _load(art)
+    private, _ = _load(art, shared_arena=False)
+    assert _uses_env_allocators(shared) and not _uses_env_allocators(private)
+    feeds = _feeds(spec)
+    for name, value in shared.run(feeds).items():
+        np.testing.assert_array_equal(value, private.run(feeds)[name])

@@ -13,6 +13,13 @@ const std::map<std::string, std::string> REQUIRED_EP = {
 
 Ort::Env &env() {
     static Ort::Env instance(ORT_LOGGING_LEVEL_WARNING, "fssam2");
+    // One CPU arena shared by every session that sets session.use_env_allocators, as runtime/backends.py does:
+    // the process peaks at the largest graph's working set, not at the sum of one arena per graph.
+    static const bool shared_arena = [] {
+        instance.CreateAndRegisterAllocator(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault), nullptr);
+        return true;
+    }();
+    (void)shared_arena;
     return instance;
 }
 
@@ -66,6 +73,7 @@ Segmenter::Segmenter(const std::string &artifacts_dir, const std::string &provid
       cpu_memory_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
     Ort::SessionOptions options;
     if (intra_op_threads > 0) options.SetIntraOpNumThreads(intra_op_threads);
+    options.AddConfigEntry("session.use_env_allocators", "1");
     append_provider(options, provider);
     // The I/O names below are the graphs' contract (as in runtime/segmenter.py); load() checks the manifest has them.
     image_encoder_ = load("image_encoder", manifest_.image_encoder, options);
