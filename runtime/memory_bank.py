@@ -4,10 +4,8 @@
 amortised and a query never concatenates); `memory` / `memory_pos` are views of the filled rows,
 shape (1, tokens, channels), C-contiguous, fed to the memory attention as they are.
 
-For consumers that mirror the bank elsewhere (a device buffer): rows are only ever appended, never
-changed, until `reset`. `version` increases on every change; `epoch` increases on every `reset`. Rows
-[0, n) copied while `epoch` was e are still valid as long as `epoch == e`, so only rows [n, tokens)
-need copying after an `append`.
+Rows are only ever appended, never changed, until `reset`: a device-side mirror
+(`runtime.device.BankTracker`) uploads only the rows appended since its last upload.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ class MemoryBank:
         self._pos: np.ndarray | None = None
         self.tokens = 0  # filled rows
         self.supports = 0
-        self.version = 0
-        self.epoch = 0
 
     @property
     def capacity(self) -> int:
@@ -57,13 +53,10 @@ class MemoryBank:
         self._pos[:, self.tokens : needed] = memory_pos
         self.tokens = needed
         self.supports += 1
-        self.version += 1
 
     def reset(self) -> None:
         """Forget all rows (the allocation is kept for the next supports)."""
         self.tokens = self.supports = 0
-        self.version += 1
-        self.epoch += 1
 
     def _grow(self, capacity: int, channels: int, dtype: np.dtype) -> None:
         memory, pos = (np.empty((1, capacity, channels), dtype) for _ in range(2))
