@@ -6,8 +6,9 @@ the bank's filled rows (a view, no copy) and the mask decoder.
 
 Timing is off unless asked for: `profile=True` keeps per-module totals (`timings()`), `on_timing`
 receives every measurement as (name, milliseconds). Names: the graphs, "preprocess", "postprocess",
-"load:<graph>" (session creation), and the phases "support" (one `add_support`) and "query" (one
-`segment`), which contain the module times measured inside them.
+"verify:<graph>" (sha256 of the file it runs), "load:<graph>" (session creation), and the phases
+"support" (one `add_support`) and "query" (one `segment`), which contain the module times measured
+inside them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from .backends import Backend, Graph, create_backend
 from .image import ImageLike, InputError, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
-from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest, verify_file
 from .memory_bank import MemoryBank
 from .profiles import DEFAULT_MAX_SHOTS
 
@@ -70,7 +71,7 @@ class FewShotSegmenter:
     ):
         """`max_shots`: the largest K ORT's TensorRT EP builds its profile for (engines carry their own)."""
         self.artifacts_dir = Path(artifacts_dir)
-        self.manifest: Manifest = load_manifest(self.artifacts_dir)
+        self.manifest: Manifest = load_manifest(self.artifacts_dir, verify_files=False)  # _load verifies what runs
         self.backend = backend if backend is not None else create_backend(provider, self.manifest, max_shots=max_shots)
         self._profile, self._listener = profile, on_timing
         self._timings: dict[str, list[float]] = {}  # name -> [calls, total_ms]
@@ -161,10 +162,14 @@ class FewShotSegmenter:
         self._timings.clear()
 
     def _load(self, name: str) -> Graph:
-        """Load the graph's flavour for the backend's provider (the standard ONNX unless the manifest has one)."""
+        """Load the graph's flavour for the backend's provider (the standard ONNX unless the manifest has one),
+        after checking its sha256: only the files this provider runs are read."""
         spec = self.manifest.graphs[name]
+        artifact = spec.artifact_for(self.backend.provider)
+        with self._timed(f"verify:{name}"):
+            verify_file(self.artifacts_dir, name, artifact.file, artifact.sha256)
         with self._timed(f"load:{name}"):
-            return self.backend.load(self.artifacts_dir / spec.artifact_for(self.backend.provider).file, spec)
+            return self.backend.load(self.artifacts_dir / artifact.file, spec)
 
     def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         pre = self.manifest.preprocess

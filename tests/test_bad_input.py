@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, ProviderUnavailableError
+from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, load_manifest, ProviderUnavailableError
 from runtime.image import load_image, nearest_indices
 
 
@@ -73,7 +73,7 @@ def test_empty_mask_is_an_error_and_full_mask_a_warning(seg, rgb):
 
 
 def test_missing_graph_file(copied):
-    (copied / "mask_decoder.onnx").unlink()
+    (copied / load_manifest(copied, verify_files=False).graphs["mask_decoder"].artifact_for("cpu").file).unlink()
     with pytest.raises(ManifestError, match="mask_decoder.*missing"):
         FewShotSegmenter(copied)
 

@@ -26,8 +26,9 @@ def test_timing_hook_sees_every_module_and_phase(artifacts, episode):
     seg = FewShotSegmenter(artifacts, on_timing=lambda name, ms: seen.append(name))
     seg.add_support(*episode.supports[0])
     seg.segment(episode.query)
-    assert seen[:4] == [f"load:{g}" for g in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")]
-    assert seen[4:] == ["preprocess", "image_encoder", "memory_encoder", "support",
+    assert seen[:8] == [f"{kind}:{g}" for g in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
+                        for kind in ("verify", "load")]
+    assert seen[8:] == ["preprocess", "image_encoder", "memory_encoder", "support",
                         "preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "query"]
     assert seg.timings() == {}  # aggregates only with profile=True
 

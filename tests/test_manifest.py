@@ -87,3 +87,8 @@ def test_stale_or_corrupt_flavour_is_refused(copied):
     _edit(copied, lambda d: d["graphs"]["mask_decoder"].update(flavours=[flavour]))
     with pytest.raises(ManifestError, match="mask_decoder.cpu.onnx.*sha256"):
         load_manifest(copied)
+    with pytest.raises(ManifestError, match="mask_decoder.cpu.onnx.*sha256"):
+        FewShotSegmenter(copied)  # the cpu provider runs this flavour
+    flavour.update(providers=["cuda"])
+    _edit(copied, lambda d: d["graphs"]["mask_decoder"].update(flavours=[flavour]))
+    FewShotSegmenter(copied)  # a segmenter reads only the files its provider runs
