@@ -50,13 +50,17 @@ void verify_file(const std::string &dir, const std::string &graph, const std::st
 
 }  // namespace
 
-const std::string &GraphSpec::file_for(const std::string &provider) const {
+Artifact GraphSpec::artifact_for(const std::string &provider) const {
     for (const Flavour &f : flavours) {
         if (f.kind != "onnx") continue;  // engines are for other backends, not ONNX Runtime
         for (const std::string &p : f.providers)
-            if (p == provider || p == "*") return f.file;
+            if (p == provider || p == "*") return {f.file, f.sha256};
     }
-    return file;
+    return {file, sha256};
+}
+
+void verify_artifact(const std::string &dir, const std::string &graph, const Artifact &artifact) {
+    verify_file(dir, graph, artifact.file, artifact.sha256, true);
 }
 
 const TensorSpec &GraphSpec::input(const std::string &name) const {

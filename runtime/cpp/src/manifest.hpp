@@ -22,6 +22,10 @@ struct Flavour {
     std::string source_sha256;
 };
 
+struct Artifact {
+    std::string file, sha256;
+};
+
 struct GraphSpec {
     std::string file;  // the standard ONNX graph
     std::string sha256;
@@ -31,7 +35,7 @@ struct GraphSpec {
 
     // The file to run on ONNX Runtime with `provider`: the first ONNX flavour made for it (or "*"),
     // else the standard graph (runtime/manifest.py's GraphSpec.artifact_for, limited to what ORT loads).
-    const std::string &file_for(const std::string &provider) const;
+    Artifact artifact_for(const std::string &provider) const;
     const TensorSpec &input(const std::string &name) const;   // throws if absent
     const TensorSpec &output(const std::string &name) const;  // throws if absent
 };
@@ -48,8 +52,11 @@ struct Manifest {
     GraphSpec image_encoder, memory_encoder, memory_attention, mask_decoder;
 };
 
-// Read and validate dir/manifest.json; with verify_files, check every graph file's sha256.
+// Read and validate dir/manifest.json; every graph file must exist, and with verify_files its sha256 must match.
 // Throws Error(FSSAM2_ERR_MANIFEST) naming the problem.
 Manifest load_manifest(const std::string &dir, bool verify_files);
+
+// Throws Error(FSSAM2_ERR_MANIFEST) unless dir/artifact.file exists with artifact.sha256.
+void verify_artifact(const std::string &dir, const std::string &graph, const Artifact &artifact);
 
 }  // namespace fssam2::detail

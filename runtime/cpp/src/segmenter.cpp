@@ -69,7 +69,8 @@ Segmenter::Segmenter(const std::string &artifacts_dir, const std::string &provid
                      bool verify_sha256)
     : dir_(artifacts_dir),
       provider_(provider),
-      manifest_(load_manifest(artifacts_dir, verify_sha256)),
+      verify_sha256_(verify_sha256),
+      manifest_(load_manifest(artifacts_dir, false)),  // load() checks the sha256 of the files this provider runs
       cpu_memory_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
     Ort::SessionOptions options;
     if (intra_op_threads > 0) options.SetIntraOpNumThreads(intra_op_threads);
@@ -110,7 +111,9 @@ Segmenter::Graph Segmenter::load(const char *name, const GraphSpec &spec, const 
             if (t.dtype != "float32")
                 throw Error(FSSAM2_ERR_MANIFEST, std::string("graph '") + name + "' tensor '" + t.name + "' is " + t.dtype +
                                                      "; libfssam2 exchanges float32 tensors only");
-    const std::string path = dir_ + "/" + spec.file_for(provider_);
+    const Artifact artifact = spec.artifact_for(provider_);
+    if (verify_sha256_) verify_artifact(dir_, name, artifact);
+    const std::string path = dir_ + "/" + artifact.file;
     try {
         g.session = std::make_unique<Ort::Session>(env(), path.c_str(), options);
     } catch (const Ort::Exception &e) {

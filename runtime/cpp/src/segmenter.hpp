@@ -49,6 +49,7 @@ private:
     Tensors encode_image(const ImageView &rgb);
 
     std::string dir_, provider_;
+    bool verify_sha256_;
     Manifest manifest_;
     Graph image_encoder_, memory_encoder_, memory_attention_, mask_decoder_;
     Ort::MemoryInfo cpu_memory_;

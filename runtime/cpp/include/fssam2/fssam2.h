@@ -52,7 +52,7 @@ typedef struct fssam2_options {
     uint32_t struct_size;      /* sizeof(fssam2_options), set by fssam2_options_init */
     const char *provider;      /* "cpu" (default), "cuda" or "tensorrt"; never a silent CPU fallback */
     int32_t intra_op_threads;  /* 0 = ONNX Runtime's default */
-    int32_t verify_sha256;     /* 1 (default): check every graph file against the manifest's sha256 */
+    int32_t verify_sha256;     /* 1 (default): check each graph file it runs against the manifest's sha256 */
 } fssam2_options;
 
 typedef struct fssam2_result {
