@@ -34,6 +34,7 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fssam2_export.onnx_passes import GraphCheckError, check_tensorrt_compat
+from fssam2_export.ort_fusion import fuse_attention
 
 from .fp16 import convert_fp16
 from .ranges import calibrate
@@ -129,14 +130,17 @@ def check_qdq(model: onnx.ModelProto) -> None:
                 raise GraphCheckError(f"{n.name}: zero point must be INT8 0 (symmetric) for TensorRT")
 
 
-def quantize_dynamic_cpu(src: Path, dst: Path) -> list[str]:
-    """ORT CPU flavour: pre-processed, dynamic INT8 weights of MatMul/Gemm with constant B. Returns the
-    quantised node names."""
+def quantize_dynamic_cpu(src: Path, dst: Path) -> tuple[list[str], int]:
+    """ORT CPU flavour: attention fused (`ort_fusion`), pre-processed, dynamic INT8 weights of MatMul/Gemm
+    with constant B. Returns the quantised node names and the number of fused attentions."""
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        fused, pre = Path(tmp) / "fused.onnx", Path(tmp) / "pre.onnx"
+        model, attentions = fuse_attention(onnx.load(str(src)))
+        onnx.save(model, str(fused))
+        quant_pre_process(str(fused), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
         quantize_dynamic(model, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
-                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+                         weight_type=QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     out = onnx.load(str(dst))
-    return sorted(n.name for n in out.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
+    return sorted(n.name for n in out.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")), attentions

@@ -174,11 +174,12 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
         if prec == "int8" and opts.cpu_int8_flavour:
             cpu_file = f"{name}.cpu-int8.onnx"
             with _quiet_root_logger():
-                quantised = quantize_dynamic_cpu(src, out_dir / cpu_file)
+                quantised, attentions = quantize_dynamic_cpu(src, out_dir / cpu_file)
             flavours.append(Flavour("onnx", cpu_file, file_sha256(out_dir / cpu_file), ["cpu"], CPU_INT8_PRECISION, sha,
                                     {"quantizer": "onnxruntime.quantization.quantize_dynamic", "ops": ["MatMul", "Gemm"],
                                      "weights": "int8 per-tensor symmetric", "activations": "dynamic uint8 per call",
-                                     "quantised_nodes": len(quantised), "made_from": "fp32"}))
+                                     "quantised_nodes": len(quantised), "made_from": "fp32",
+                                     "fused_attentions": attentions, "fusion": "com.microsoft.MultiHeadAttention"}))
         specs[name] = dataclasses.replace(spec, sha256=sha, precision=prec, flavours=flavours)
         seconds[f"convert {name}"] = time.perf_counter() - t0
 

@@ -112,6 +112,9 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
     assert len(excluded) == 2 * 8  # QK^T and AV of 4 layers x (self + cross attention), found by pattern
     flavour_ops = {n.op_type for n in onnx.load(str(int8 / m.graphs["image_encoder"].flavours[0].file)).graph.node}
     assert "MatMulInteger" in flavour_ops or "DynamicQuantizeMatMul" in flavour_ops
+    cpu_attention = m.graphs["memory_attention"].flavours[0]  # its attention cores are fused, like the FP32 flavours
+    fused = [n for n in onnx.load(str(int8 / cpu_attention.file)).graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(fused) == cpu_attention.meta["fused_attentions"] == 8
     _assert_gate_passed_on_real_masks(int8, ["standard", "cpu"])
     seg = FewShotSegmenter(int8)
     for s in episode.supports[:2]:
