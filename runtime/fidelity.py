@@ -112,6 +112,9 @@ class RecordingBackend:
                     backend.results[name].append(out)
                 return out
 
+            def __getattr__(self, attr):  # the rest is the wrapped graph's: forget_memory (reset), providers, cache
+                return getattr(graph, attr)
+
         return Recorded()
 
 

@@ -12,6 +12,7 @@ from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, crea
 from runtime.backends import ORT_PROVIDERS
 from runtime.ort_gpu import OrtDeviceGraph, ort_provider_list, tensorrt_ep_options
 from runtime.device import BankTracker, DeviceTensor
+from runtime.fidelity import Episode as Episode_, recording_segmenter, run_episode
 from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
 from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
 from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
@@ -181,6 +182,18 @@ def test_ort_bank_is_uploaded_only_when_it_changes(artifacts, monkeypatch):
     graph.forget_memory()
     attend(2)
     assert uploads[4:] == [2 * per, 2 * per]
+
+
+def test_recorded_device_graphs_still_forget_the_bank_on_reset(artifacts, episode):
+    """The fidelity gate's recording wrapper passes reset through: a second episode of the same K on the
+    device path must not run on the first episode's bank (same buffer, same length, new rows)."""
+    seg, rec = recording_segmenter(artifacts, BoundCpuBackend())
+    plain = FewShotSegmenter(artifacts)
+    first = Episode_(episode.supports[:1], episode.query)
+    second = Episode_(episode.supports[1:2], episode.query)
+    run_episode(seg, first)
+    got, want = run_episode(seg, second), run_episode(plain, second)
+    np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-5)
 
 
 def test_gpu_check_reports_parity_latency_and_failures(artifacts, capsys):
