@@ -203,4 +203,4 @@ class OrtBackend:
         if self.provider == "cpu":
             return OrtGraph(session, [o.name for o in spec.outputs], status)
         return OrtDeviceGraph(session, spec, owner=self, device="cuda", device_id=self._device_id, consumed=self._consumed,
-                              profiles=profiles, label=Path(path).stem)
+                              profiles=profiles, label=Path(path).stem, cache=status)

@@ -60,8 +60,11 @@ class OrtDeviceGraph:
     another loaded graph consumes stay on the device. (`device="cpu"` runs the same path on the CPU EP.)"""
 
     def __init__(self, session, spec: GraphSpec, *, owner=None, device: str = "cuda", device_id: int = 0,
-                 consumed: set[str] | None = None, profiles: Mapping[str, InputProfile] | None = None, label: str = ""):
+                 consumed: set[str] | None = None, profiles: Mapping[str, InputProfile] | None = None, label: str = "",
+                 cache: str = "off"):
         self._session = session
+        self.providers: list[str] = session.get_providers()  # what ORT actually runs it on
+        self.cache = cache  # ORT cache status, as OrtGraph.cache
         self._outputs = [o.name for o in spec.outputs]
         self._dtypes = {o.name: o.dtype for o in spec.outputs}
         self._device, self._device_id = device, device_id

@@ -147,6 +147,7 @@ def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
     size = bound.manifest.preprocess.image_size
     feats = backend.graphs["image_encoder"].run({"image": np.zeros((1, 3, size, size), np.float32)})
     assert isinstance(feats["image_embed"], DeviceTensor) and isinstance(feats["high_res_feat0"], DeviceTensor)
+    assert backend.graphs["image_encoder"].providers == ["CPUExecutionProvider"]  # reported as OrtGraph does
     for seg in (plain, bound):
         seg.add_support(*episode.supports[0])
     a, b = plain.segment(episode.query), bound.segment(episode.query)
