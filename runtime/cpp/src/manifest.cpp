@@ -32,23 +32,26 @@ GraphSpec graph_spec(const json &g) {
     return spec;
 }
 
-void verify_file(const std::string &dir, const std::string &graph, const std::string &file, const std::string &sha256,
-                 bool check_hash) {
+std::string require_file(const std::string &dir, const std::string &graph, const std::string &file) {
     std::string path = dir + "/" + file;
     std::ifstream probe(path, std::ios::binary);
     if (!probe) fail("graph '" + graph + "' is missing: " + path);
-    if (!check_hash) return;
+    return path;
+}
+
+}  // namespace
+
+void verify_artifact(const std::string &dir, const std::string &graph, const Artifact &artifact) {
+    const std::string path = require_file(dir, graph, artifact.file);
     std::string got;
     try {
         got = file_sha256(path);
     } catch (const std::runtime_error &e) {
         fail("graph '" + graph + "': " + e.what());
     }
-    if (got != sha256)
+    if (got != artifact.sha256)
         fail("graph '" + graph + "' (" + path + ") does not match its sha256 in the manifest: corrupt or replaced");
 }
-
-}  // namespace
 
 Artifact GraphSpec::artifact_for(const std::string &provider) const {
     for (const Flavour &f : flavours) {
@@ -57,10 +60,6 @@ Artifact GraphSpec::artifact_for(const std::string &provider) const {
             if (p == provider || p == "*") return {f.file, f.sha256};
     }
     return {file, sha256};
-}
-
-void verify_artifact(const std::string &dir, const std::string &graph, const Artifact &artifact) {
-    verify_file(dir, graph, artifact.file, artifact.sha256, true);
 }
 
 const TensorSpec &GraphSpec::input(const std::string &name) const {
@@ -75,7 +74,7 @@ const TensorSpec &GraphSpec::output(const std::string &name) const {
     fail("graph " + file + " has no output '" + name + "' in the manifest");
 }
 
-Manifest load_manifest(const std::string &dir, bool verify_files) {
+Manifest load_manifest(const std::string &dir) {
     const std::string path = dir + "/manifest.json";
     std::ifstream in(path);
     if (!in) fail("no manifest.json in " + dir + " (is this an fssam2-export output directory?)");
@@ -129,8 +128,8 @@ Manifest load_manifest(const std::string &dir, bool verify_files) {
             if (f.source_sha256 != g->sha256)
                 fail(std::string("graph '") + name + "': flavour " + f.file + " was made from another version of " +
                      g->file + " (stale); re-export");
-        verify_file(dir, name, g->file, g->sha256, verify_files);
-        for (const Flavour &f : g->flavours) verify_file(dir, name, f.file, f.sha256, verify_files);
+        require_file(dir, name, g->file);
+        for (const Flavour &f : g->flavours) require_file(dir, name, f.file);
     }
     return m;
 }

@@ -52,9 +52,9 @@ struct Manifest {
     GraphSpec image_encoder, memory_encoder, memory_attention, mask_decoder;
 };
 
-// Read and validate dir/manifest.json; every graph file must exist, and with verify_files its sha256 must match.
+// Read and validate dir/manifest.json; every graph file must exist (verify_artifact checks contents).
 // Throws Error(FSSAM2_ERR_MANIFEST) naming the problem.
-Manifest load_manifest(const std::string &dir, bool verify_files);
+Manifest load_manifest(const std::string &dir);
 
 // Throws Error(FSSAM2_ERR_MANIFEST) unless dir/artifact.file exists with artifact.sha256.
 void verify_artifact(const std::string &dir, const std::string &graph, const Artifact &artifact);

@@ -58,11 +58,6 @@ void append_provider(Ort::SessionOptions &options, const std::string &provider) 
     }
 }
 
-std::vector<float> copy_floats(const Ort::Value &v) {
-    const float *p = v.GetTensorData<float>();
-    return std::vector<float>(p, p + v.GetTensorTypeAndShapeInfo().GetElementCount());
-}
-
 }  // namespace
 
 Segmenter::Segmenter(const std::string &artifacts_dir, const std::string &provider, int intra_op_threads,
@@ -70,17 +65,9 @@ Segmenter::Segmenter(const std::string &artifacts_dir, const std::string &provid
     : dir_(artifacts_dir),
       provider_(provider),
       verify_sha256_(verify_sha256),
-      manifest_(load_manifest(artifacts_dir, false)),  // load() checks the sha256 of the files this provider runs
+      manifest_(load_manifest(artifacts_dir)),  // load() checks the sha256 of the files this provider runs
       cpu_memory_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
-    Ort::SessionOptions options;
-    if (intra_op_threads > 0) options.SetIntraOpNumThreads(intra_op_threads);
-    options.AddConfigEntry("session.use_env_allocators", "1");
-    append_provider(options, provider);
-    // The I/O names below are the graphs' contract (as in runtime/segmenter.py); load() checks the manifest has them.
-    image_encoder_ = load("image_encoder", manifest_.image_encoder, options);
-    memory_encoder_ = load("memory_encoder", manifest_.memory_encoder, options);
-    memory_attention_ = load("memory_attention", manifest_.memory_attention, options);
-    mask_decoder_ = load("mask_decoder", manifest_.mask_decoder, options);
+    // The graphs' contract (as in runtime/segmenter.py), checked on the manifest before any session is built.
     const std::pair<const GraphSpec *, std::vector<const char *>> contract[] = {
         {&manifest_.image_encoder, {"image", "high_res_feat0", "high_res_feat1", "image_embed", "image_pos"}},
         {&manifest_.memory_encoder, {"image_embed", "mask_logits", "memory", "memory_pos"}},
@@ -102,6 +89,14 @@ Segmenter::Segmenter(const std::string &artifacts_dir, const std::string &provid
     if (image.shape.size() != 4 || image.shape[2] != manifest_.image_size || image.shape[3] != manifest_.image_size)
         throw Error(FSSAM2_ERR_MANIFEST, "image_encoder input 'image' is " + shape_str(image.shape) +
                                              ", manifest image_size is " + std::to_string(manifest_.image_size));
+    Ort::SessionOptions options;
+    if (intra_op_threads > 0) options.SetIntraOpNumThreads(intra_op_threads);
+    options.AddConfigEntry("session.use_env_allocators", "1");
+    append_provider(options, provider);
+    image_encoder_ = load("image_encoder", manifest_.image_encoder, options);
+    memory_encoder_ = load("memory_encoder", manifest_.memory_encoder, options);
+    memory_attention_ = load("memory_attention", manifest_.memory_attention, options);
+    mask_decoder_ = load("mask_decoder", manifest_.mask_decoder, options);
 }
 
 Segmenter::Graph Segmenter::load(const char *name, const GraphSpec &spec, const Ort::SessionOptions &options) {
@@ -205,9 +200,12 @@ void Segmenter::add_support(const ImageView &rgb, const ImageView &mask) {
     if (mshape != expected || memory_pos.GetTensorTypeAndShapeInfo().GetShape() != expected)
         throw Error(FSSAM2_ERR_RUNTIME, "memory_encoder returned memory " + shape_str(mshape) + ", expected " +
                                             shape_str(expected) + " (manifest tokens_per_support)");
-    const std::vector<float> m = copy_floats(memory), p = copy_floats(memory_pos);
-    memory_.insert(memory_.end(), m.begin(), m.end());
-    memory_pos_.insert(memory_pos_.end(), p.begin(), p.end());
+    const auto append = [](std::vector<float> &bank, const Ort::Value &value) {  // straight from ORT's buffer
+        const float *data = value.GetTensorData<float>();
+        bank.insert(bank.end(), data, data + value.GetTensorTypeAndShapeInfo().GetElementCount());
+    };
+    append(memory_, memory);
+    append(memory_pos_, memory_pos);
     ++num_supports_;
 }
 
