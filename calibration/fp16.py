@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+from onnxruntime.quantization.calibrate import TensorsData
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-from .ranges import calibrate
 
 FP16_MAX = 65504.0
 
@@ -52,9 +50,8 @@ class RangeHit:
         return max(abs(self.min), abs(self.max)) > FP16_MAX
 
 
-def activation_ranges(model_path: Path, reader: CalibrationDataReader) -> dict[str, tuple[float, float]]:
-    """Min/max of every float tensor over the reader's feeds."""
-    data = calibrate(model_path, reader, CalibrationMethod.MinMax, {"symmetric": False})
+def activation_ranges(data: TensorsData) -> dict[str, tuple[float, float]]:
+    """Min/max per tensor of `ranges.minmax` calibration data."""
     return {name: (float(np.min(r.range_value[0])), float(np.max(r.range_value[1]))) for name, r in data.data.items()}
 
 

@@ -30,14 +30,14 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import save_tensors_data
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fssam2_export.onnx_passes import GraphCheckError, check_tensorrt_compat
 from fssam2_export.ort_fusion import fuse_attention
 
 from .fp16 import convert_fp16
-from .ranges import calibrate
+from .ranges import calibrate, symmetric
 
 QUANTISED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 # Never quantised (not in QUANTISED_OPS), listed with the reason for the manifest and README.
@@ -75,10 +75,12 @@ def int8_exclusions(model: onnx.ModelProto, quantise_heads: bool = True) -> dict
 
 
 def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: str = "minmax", rest: str = "fp16",
-                 quantise_heads: bool = True, exclusions: bool = True, extra_blocked_nodes: list[str] = ()) -> QuantisationResult:
+                 quantise_heads: bool = True, exclusions: bool = True, extra_blocked_nodes: list[str] = (),
+                 minmax_ranges: TensorsData | None = None) -> QuantisationResult:
     """Write the QDQ INT8 version of `src` to `dst`; `rest` = precision of what is not quantised (with
     `extra_blocked_nodes` kept FP32 when it is fp16). `exclusions=False` quantises the inputs of every
-    node, LayerNorm / Softmax / Adds / attention included: only for demonstrating a failing gate."""
+    node, LayerNorm / Softmax / Adds / attention included: only for demonstrating a failing gate.
+    `minmax_ranges` (`ranges.minmax` of the same reader) spares MinMax a second calibration pass."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {sorted(METHODS)}, got {method!r}")
     if rest not in ("fp16", "fp32"):
@@ -89,7 +91,11 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
     with tempfile.TemporaryDirectory() as tmp:
         qdq, cache = Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
         # ranges from the memory-bounded calibrator, handed to quantize_static as its calibration cache
-        save_tensors_data(calibrate(src, reader, METHODS[method], {"symmetric": True}), cache)
+        if method == "minmax" and minmax_ranges is not None:
+            ranges = symmetric(minmax_ranges)
+        else:
+            ranges = calibrate(src, reader, METHODS[method], {"symmetric": True})
+        save_tensors_data(ranges, cache)
         quantize_static(
             model, qdq, None,
             quant_format=QuantFormat.QDQ,

@@ -42,6 +42,7 @@ from .capture import CalibrationData, EpisodeSource, capture
 from .diagnose import first_diverging_node
 from .fp16 import FP32_OPS, activation_ranges, convert_fp16, fp16_range_report
 from .int8 import FLOAT_OPS, METHODS, QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
+from .ranges import minmax
 
 GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 REPORT_JSON, REPORT_TEXT = "fidelity.json", "fidelity.txt"
@@ -156,9 +157,11 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
             shutil.copyfile(src, dst)
         else:
             blocked: list[str] = []
+            ranges = None
             if prec == "fp16" or opts.int8_rest == "fp16":  # FP16 range report: overflowing nodes stay FP32
                 with _quiet_root_logger():
-                    hits = fp16_range_report(onnx.load(str(src)), activation_ranges(src, calib.reader(name)))
+                    ranges = minmax(src, calib.reader(name))
+                    hits = fp16_range_report(onnx.load(str(src)), activation_ranges(ranges))
                 blocked = sorted({h.node for h in hits})
                 fp16_info[name] = {"blocked_nodes": blocked, "range_hits": [dataclasses.asdict(h) for h in hits]}
             if prec == "fp16":
@@ -167,7 +170,7 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
             else:
                 with _quiet_root_logger():
                     q = quantize_qdq(src, dst, calib.reader(name), opts.calib_method, opts.int8_rest, opts.int8_heads,
-                                     opts.int8_exclusions, extra_blocked_nodes=blocked)
+                                     opts.int8_exclusions, extra_blocked_nodes=blocked, minmax_ranges=ranges)
                 check_qdq(onnx.load(str(dst)))
                 int8_info[name] = {"excluded_nodes": q.excluded_nodes, "quantised_nodes": q.quantised_nodes}
         sha = file_sha256(dst)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
@@ -70,3 +71,18 @@ def calibrate(model_path: Path, reader: CalibrationDataReader, method: Calibrati
         return cal.compute_data()
 
 
+
+
+def minmax(model_path: Path, reader: CalibrationDataReader) -> TensorsData:
+    """Min/max of every float tensor over the reader's feeds (one calibration pass)."""
+    return calibrate(model_path, reader, CalibrationMethod.MinMax, {"symmetric": False})
+
+
+def symmetric(data: TensorsData) -> TensorsData:
+    """`minmax` ranges made symmetric, +-max(|min|, |max|): what onnxruntime's symmetric MinMax calibrator
+    computes from the same feeds, without running them again."""
+    pairs = {}
+    for name, r in data.data.items():
+        bound = np.nanmax([np.abs(r.range_value[0]), np.abs(r.range_value[1])], axis=0)
+        pairs[name] = (-bound, bound)
+    return TensorsData(CalibrationMethod.MinMax, pairs)

@@ -8,9 +8,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+from onnxruntime.quantization import CalibrationMethod
 
 from calibration.capture import capture
 from calibration.int8 import check_qdq
+from calibration.ranges import calibrate, minmax, symmetric
 from runtime import FewShotSegmenter, load_manifest
 from runtime import cli as runtime_cli
 
@@ -67,6 +69,19 @@ def test_calibration_captures_k_shot_memories(fp32):
     assert data.info.samples["image_encoder"] == data.info.samples["memory_encoder"] + 4  # supports + queries
     again = capture(fp32, episodes=4, seed=3, shots=(1, 3), progress=False)
     np.testing.assert_array_equal(again.feeds["memory_attention"][2]["memory"], data.feeds["memory_attention"][2]["memory"])
+
+
+def test_one_minmax_pass_gives_the_symmetric_int8_ranges(fp32):
+    """The INT8 ranges are derived from the FP16 range report's calibration pass instead of a second pass."""
+    data = capture(fp32, episodes=2, seed=5, shots=(1, 2), progress=False)
+    src = fp32 / load_manifest(fp32).graphs["memory_encoder"].file
+    once = minmax(src, data.reader("memory_encoder"))
+    direct = calibrate(src, data.reader("memory_encoder"), CalibrationMethod.MinMax, {"symmetric": True})
+    derived = symmetric(once)
+    assert derived.data.keys() == direct.data.keys() and len(direct.data) > 10
+    for name, r in direct.data.items():
+        np.testing.assert_array_equal(np.asarray(derived.data[name].range_value), np.asarray(r.range_value))
+    assert any(not np.array_equal(-np.asarray(r.range_value[0]), np.asarray(r.range_value[1])) for r in once.data.values())
 
 
 def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
