@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.backends import OrtBackend
+from runtime.fidelity import recording_segmenter
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
 from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
-from runtime.segmenter import FewShotSegmenter
 from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
 
 from .synthetic import write_episode
@@ -145,38 +144,17 @@ def compare_engine(blob: bytes, onnx_path: Path, feeds: list[dict[str, np.ndarra
     return bool(verdict), figures
 
 
-class _Recorder:
-    """A backend wrapper that keeps every feed each graph received."""
-
-    def __init__(self, inner, manifest: Manifest):
-        self.inner, self.manifest = inner, manifest
-        self.name, self.provider = inner.name, inner.provider
-        self.feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
-
-    def load(self, path: Path, spec: GraphSpec):
-        name = next(n for n, s in self.manifest.graphs.items() if s == spec)
-        graph = self.inner.load(path, spec)
-
-        class Recording:
-            def run(_, feeds):
-                self.feeds[name].append({k: np.array(v) for k, v in feeds.items()})
-                return graph.run(feeds)
-
-        return Recording()
-
-
 def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
     """Inputs for every graph from a synthetic 2-shot episode run on CPU; memory attention at K = 1, 2 and
     the profile's largest K (the supports repeated), as far as the profile reaches."""
-    manifest = load_manifest(root)
-    recorder = _Recorder(OrtBackend("cpu"), manifest)
-    seg = FewShotSegmenter(root, backend=recorder)
+    manifest = load_manifest(root, verify_files=False)  # the segmenter checks the files it runs
+    seg, recorder = recording_segmenter(root)  # ORT CPU
     with tempfile.TemporaryDirectory() as tmp:
         episode = write_episode(tmp, shots=2, seed=seed)
         for image, mask in episode.supports:
             seg.add_support(image, mask)
         seg.segment(episode.query)
-    feeds = recorder.feeds
+    feeds = recorder.calls
     k2, memory = feeds["memory_attention"][0], dims[MEMORY_AXIS]
     dynamic = [t.name for t in manifest.graphs["memory_attention"].inputs if MEMORY_AXIS in t.shape]
     feeds["memory_attention"] = [
