@@ -251,7 +251,7 @@ class _ListedDataset(FewShotDataset):
         return len(self.names) if self.split == "trn" else DEFAULT_TEST_EPISODES
 
     def support_pool(self, class_id: int) -> list[str]:
-        return self.classwise[class_id]
+        return self.classwise.get(class_id, [])
 
 
 PASCAL_LAYOUT = """  VOC2012/JPEGImages/<name>.jpg
