@@ -122,17 +122,23 @@ def test_coco_layout_and_class_uniform_sampling(tmp_path):
         build_dataset("coco", tmp_path / "nowhere", 0, "test", 1, lists_dir=lists)
 
 
-def test_fss_every_test_image_is_a_query(tmp_path):
+def _fss_tree(root: Path, listed: str) -> Path:
+    """FSS-1000/{apple,zebra}/1..10 (masks of growing height) and a test list naming `listed`; -> lists dir."""
     rng = np.random.default_rng(2)
-    lists = tmp_path / "lists"
+    lists = root / "lists"
     (lists / "fss").mkdir(parents=True)
-    (lists / "fss/test.txt").write_text("zebra\napple\n")
+    (lists / "fss/test.txt").write_text(listed)
     for cat in ("apple", "zebra"):
         for i in range(1, 11):
             mask = np.zeros((20, 20), np.uint8)
             mask[2:10 + i // 2, 4:12] = 255
-            _save(tmp_path / "FSS-1000" / cat / f"{i}.jpg", _rgb(rng, 20, 20))
-            _save(tmp_path / "FSS-1000" / cat / f"{i}.png", mask)
+            _save(root / "FSS-1000" / cat / f"{i}.jpg", _rgb(rng, 20, 20))
+            _save(root / "FSS-1000" / cat / f"{i}.png", mask)
+    return lists
+
+
+def test_fss_every_test_image_is_a_query(tmp_path):
+    lists = _fss_tree(tmp_path, "zebra\napple\n")
     ds = build_dataset("fss", tmp_path, 0, "test", 5, lists_dir=lists)
     assert len(ds) == 20 and ds.class_ids == [760, 761]
     assert ds.spec(0).query == "apple/1" and ds.spec(2).query == "apple/2"  # sorted paths, as FS-SAM2's glob
@@ -291,16 +297,7 @@ def test_synthetic_ways_episodes():
 
 
 def test_fss_ways_supports_come_from_each_category(tmp_path):
-    rng = np.random.default_rng(4)
-    lists = tmp_path / "lists"
-    (lists / "fss").mkdir(parents=True)
-    (lists / "fss/test.txt").write_text("apple\nzebra\n")
-    for cat in ("apple", "zebra"):
-        for i in range(1, 11):
-            mask = np.zeros((20, 20), np.uint8)
-            mask[2:12, 3:9 + i] = 255
-            _save(tmp_path / "FSS-1000" / cat / f"{i}.jpg", _rgb(rng, 20, 20))
-            _save(tmp_path / "FSS-1000" / cat / f"{i}.png", mask)
+    lists = _fss_tree(tmp_path, "apple\nzebra\n")
     ds = build_dataset("fss", tmp_path, 0, "test", 3, lists_dir=lists)
     spec = ds.ways_spec(13, 2)
     assert spec.class_ids == (761, 760) and spec.query.startswith("zebra/")
