@@ -74,3 +74,10 @@ def test_torch_and_artifacts_ways_eval_agree(art, tmp_path, record_metric):
     assert diff <= 5e-3 and abs(t.miou - r.miou) <= 5e-3 and abs(t.fbiou - r.fbiou) <= 5e-3
     assert any(0 < a < 1 for a, _ in pairs), "degenerate predictions would make the comparison vacuous"
     assert set(t.per_class_iou) == {c for e in t.episodes for c in e.class_ids}
+
+
+def test_cli_rejects_more_ways_than_classes(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = EVAL + ["--base", "--model", "sam2.1_hiera_t", "--random-init", "--image-size", str(SIZE), "--out", str(out)]
+    argv[argv.index("--ways") + 1] = "6"  # synthetic fold 0 has 5 test classes
+    assert main(argv) == 2 and "--ways must be 1..5" in capsys.readouterr().err and not out.exists()
