@@ -67,7 +67,8 @@ def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, suppor
     support_images (B, K, 3, S, S) and query_images (B, 3, S, S) are normalised; support_masks (B, K, S, S)
     are {0, 1}. The B*K supports go through `forward_image` and the memory encoder as one batch; each
     episode's K memories are concatenated support by support, with the first support's position
-    encoding repeated K times.
+    encoding repeated K times. A single query (1, 3, S, S) is encoded once and shared by the B episodes
+    (N-way: one episode per class).
     """
     b, k = support_images.shape[:2]
     size = model.image_size
@@ -80,8 +81,11 @@ def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, suppor
     memory = feats.reshape(b, k, c, -1).permute(1, 3, 0, 2).reshape(-1, b, c)  # (K*h*w, B, C)
     memory_pos = mem["vision_pos_enc"][0].reshape(b, k, c, -1)[:, 0].permute(2, 0, 1).repeat(k, 1, 1)
 
+    if query_images.shape[0] not in (1, b):
+        raise ValueError(f"{query_images.shape[0]} queries for {b} episodes: give one per episode or one shared")
     query = model.forward_image(query_images)
-    feats, pos = query["backbone_fpn"][-n:], query["vision_pos_enc"][-n:]
+    feats = [f.expand(b, -1, -1, -1) for f in query["backbone_fpn"][-n:]]
+    pos = [p.expand(b, -1, -1, -1) for p in query["vision_pos_enc"][-n:]]
     pix_feat = feats[-1]
     conditioned = model.memory_attention(
         curr=pix_feat.flatten(2).permute(2, 0, 1),
@@ -114,14 +118,24 @@ def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, suppor
 @torch.no_grad()
 def reference_episode(model: torch.nn.Module, supports: Sequence[tuple[ImageLike, ImageLike]], query: ImageLike) -> ReferenceResult:
     """Run one K-shot episode (K = len(supports) >= 1) through sam2's modules, on the model's device."""
-    if not supports:
-        raise ValueError("an episode needs at least one support")
+    return reference_ways(model, [supports], query)[0]
+
+
+@torch.no_grad()
+def reference_ways(model: torch.nn.Module, classes: Sequence[Sequence[tuple[ImageLike, ImageLike]]],
+                   query: ImageLike) -> list[ReferenceResult]:
+    """N-way: one K-shot episode per class (the same K >= 1 for all), the query encoded once; a result per class."""
+    if not classes or not all(classes):
+        raise ValueError("an episode needs at least one class and one support per class")
+    if len({len(s) for s in classes}) != 1:
+        raise ValueError(f"every class needs the same number of supports, got {[len(s) for s in classes]}")
     size = model.image_size
     device = next(model.parameters()).device
-    images = torch.cat([image_tensor(image, size) for image, _ in supports])[None].to(device)
-    masks = torch.cat([mask_tensor(mask, size)[:, 0] for _, mask in supports])[None].to(device)
+    images = torch.stack([torch.cat([image_tensor(image, size) for image, _ in s]) for s in classes]).to(device)
+    masks = torch.stack([torch.cat([mask_tensor(mask, size)[:, 0] for _, mask in s]) for s in classes]).to(device)
     rgb = load_image(query)
     out = episode_forward(model, images, masks, image_tensor(rgb, size).to(device))
-    logits = F.interpolate(out.logits, rgb.shape[:2], mode="bilinear", align_corners=True)[0, 0].cpu().numpy()
-    return ReferenceResult(logits, logits > 0, out.low_res_logits[0, 0].cpu().numpy(),
-                           float(out.iou_score.reshape(-1)[0]), float(out.object_score.reshape(-1)[0]))
+    logits = F.interpolate(out.logits, rgb.shape[:2], mode="bilinear", align_corners=True)[:, 0].cpu().numpy()
+    return [ReferenceResult(logits[i], logits[i] > 0, out.low_res_logits[i, 0].cpu().numpy(),
+                            float(out.iou_score[i].reshape(-1)[0]), float(out.object_score[i].reshape(-1)[0]))
+            for i in range(len(classes))]

@@ -122,17 +122,23 @@ def test_coco_layout_and_class_uniform_sampling(tmp_path):
         build_dataset("coco", tmp_path / "nowhere", 0, "test", 1, lists_dir=lists)
 
 
-def test_fss_every_test_image_is_a_query(tmp_path):
+def _fss_tree(root: Path, listed: str) -> Path:
+    """FSS-1000/{apple,zebra}/1..10 (masks of growing height) and a test list naming `listed`; -> lists dir."""
     rng = np.random.default_rng(2)
-    lists = tmp_path / "lists"
+    lists = root / "lists"
     (lists / "fss").mkdir(parents=True)
-    (lists / "fss/test.txt").write_text("zebra\napple\n")
+    (lists / "fss/test.txt").write_text(listed)
     for cat in ("apple", "zebra"):
         for i in range(1, 11):
             mask = np.zeros((20, 20), np.uint8)
             mask[2:10 + i // 2, 4:12] = 255
-            _save(tmp_path / "FSS-1000" / cat / f"{i}.jpg", _rgb(rng, 20, 20))
-            _save(tmp_path / "FSS-1000" / cat / f"{i}.png", mask)
+            _save(root / "FSS-1000" / cat / f"{i}.jpg", _rgb(rng, 20, 20))
+            _save(root / "FSS-1000" / cat / f"{i}.png", mask)
+    return lists
+
+
+def test_fss_every_test_image_is_a_query(tmp_path):
+    lists = _fss_tree(tmp_path, "zebra\napple\n")
     ds = build_dataset("fss", tmp_path, 0, "test", 5, lists_dir=lists)
     assert len(ds) == 20 and ds.class_ids == [760, 761]
     assert ds.spec(0).query == "apple/1" and ds.spec(2).query == "apple/2"  # sorted paths, as FS-SAM2's glob
@@ -214,3 +220,87 @@ def test_cli_bad_data_root_is_a_clear_error(tmp_path, capsys, command, dataset, 
     err = capsys.readouterr().err
     assert rc == 2 and str(missing) in err and expected in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def pascal_ways_root(tmp_path_factory):
+    """Fold-0 test tree for N-way: image i shows labels i%5+1 (top) and (i+1)%5+1 (bottom), an ignored row,
+    and a label of another fold (6) that N-way queries must treat as background."""
+    root, lists = tmp_path_factory.mktemp("pascal_ways"), tmp_path_factory.mktemp("pascal_ways_lists")
+    rng = np.random.default_rng(3)
+    names, labels, classwise = [f"2009_{i:06d}" for i in range(12)], {}, {c: [] for c in range(1, 6)}
+    for i, n in enumerate(names):
+        lab = np.zeros((40, 48), np.uint8)
+        lab[2:15, 4:30], lab[25:38, 10:44], lab[30:34, 0:6] = i % 5 + 1, (i + 1) % 5 + 1, 6
+        lab[20, :] = IGNORE
+        labels[n] = lab
+        classwise[i % 5 + 1].append(n)
+        classwise[(i + 1) % 5 + 1].append(n)
+        _save(root / "VOC2012/JPEGImages" / f"{n}.jpg", _rgb(rng))
+        _save(root / "VOC2012/SegmentationClassAug" / f"{n}.png", lab)
+    d = lists / "pascal/fss_list/val"
+    d.mkdir(parents=True)
+    (d / "data_list_0.txt").write_text("\n".join(names) + "\n")
+    (d / "sub_class_file_list_0.txt").write_text(repr(classwise))
+    return root, lists, labels
+
+
+def _check_ways_episode(ds, index: int, ways: int, raw_label) -> None:
+    spec = ds.ways_spec(index, ways)
+    assert len(spec.class_ids) == len(set(spec.class_ids)) == ways and set(spec.class_ids) <= set(ds.class_ids)
+    assert [len(s) for s in spec.supports] == [ds.shots] * ways
+    assert all(len(set(s)) == ds.shots and spec.query not in s for s in spec.supports)
+    ep = ds.ways_episode(index, ways)
+    for c, supports in zip(spec.class_ids, ep.supports):
+        assert all(set(np.unique(m)) <= {0, 1} and m.any() and m.shape == im.shape[:2] for im, m in supports), c
+    raw = raw_label(spec.query)
+    assert (ep.query_label == 1).any()  # the query shows the first class
+    for j, c in enumerate(spec.class_ids):
+        assert np.array_equal(ep.query_label == j + 1, raw == c + 1)
+    assert np.array_equal(ep.query_label == IGNORE, raw == IGNORE)
+    others = ~np.isin(raw, [c + 1 for c in spec.class_ids] + [IGNORE])
+    assert others.any() and not ep.query_label[others].any()  # other classes (here label 6) are background
+
+
+def test_pascal_ways_episodes(pascal_ways_root):
+    root, lists, labels = pascal_ways_root
+    ds = PascalDataset(root, 0, "test", shots=2, seed=42, lists_dir=lists)
+    for i in range(15):
+        _check_ways_episode(ds, i, 3, labels.__getitem__)
+        one = ds.ways_spec(i, 1)  # 1-way = the 1-way episode
+        assert (one.class_ids, one.query, one.supports) == ((ds.spec(i).class_id,), ds.spec(i).query, (ds.spec(i).supports,))
+        assert ds.ways_spec(i, 3).supports[0] == ds.spec(i).supports
+    assert np.array_equal(ds.ways_episode(4, 1).query_label, ds.episode(4).query_mask)
+    again = PascalDataset(root, 0, "test", shots=2, seed=42, lists_dir=lists)
+    assert [again.ways_spec(i, 4) for i in range(15)] == [ds.ways_spec(i, 4) for i in range(15)]
+    other_seed = PascalDataset(root, 0, "test", shots=2, seed=7, lists_dir=lists)
+    assert [other_seed.ways_spec(i, 4) for i in range(15)] != [ds.ways_spec(i, 4) for i in range(15)]
+    assert {c for i in range(15) for c in ds.ways_spec(i, 2).class_ids[1:]} == set(range(5))  # all classes drawn
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="--ways must be 1..5"):
+            ds.ways_spec(0, bad)
+
+
+def test_synthetic_ways_episodes():
+    ds = build_dataset("synthetic", None, 2, "test", 2, seed=5)
+    raw = ds.read_label
+    for i in range(8):
+        spec = ds.ways_spec(i, 5)
+        assert sorted(spec.class_ids) == ds.class_ids
+        ep = ds.ways_episode(i, 5)
+        assert (ep.query_label == 1).any() and set(np.unique(ep.query_label)) <= set(range(6))
+        for j, c in enumerate(spec.class_ids):
+            assert np.array_equal(ep.query_label == j + 1, raw(spec.query) == c + 1)
+        assert all(m.any() for s in ep.supports for _, m in s)
+    a, b = ds.ways_episode(3, 2), build_dataset("synthetic", None, 2, "test", 2, seed=5).ways_episode(3, 2)
+    assert a.spec == b.spec and np.array_equal(a.query_label, b.query_label)
+
+
+def test_fss_ways_supports_come_from_each_category(tmp_path):
+    lists = _fss_tree(tmp_path, "apple\nzebra\n")
+    ds = build_dataset("fss", tmp_path, 0, "test", 3, lists_dir=lists)
+    spec = ds.ways_spec(13, 2)
+    assert spec.class_ids == (761, 760) and spec.query.startswith("zebra/")
+    assert all(s.startswith("zebra/") for s in spec.supports[0]) and all(s.startswith("apple/") for s in spec.supports[1])
+    ep = ds.ways_episode(13, 2)
+    assert np.array_equal(ep.query_label, ds.read_label(spec.query)) and set(np.unique(ep.query_label)) == {0, 1}

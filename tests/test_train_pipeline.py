@@ -101,7 +101,9 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     r = EvalReport.from_json(runtime_report.read_text())
     assert [(e.query, e.supports) for e in t.episodes] == [(e.query, e.supports) for e in r.episodes]
     assert len(t.episodes) == 6 and t.source["kind"] == "torch" and r.source["kind"] == "runtime"
-    diffs = [abs(a.iou - b.iou) for a, b in zip(t.episodes, r.episodes)]
+    assert all(len(e.iou) == 1 and e.class_ids == [build_dataset("synthetic", None, 0, "test", 2).spec(e.index).class_id]
+               for e in t.episodes)  # the default 1-way report: one class per episode, the 1-way episodes
+    diffs = [abs(a.iou[0] - b.iou[0]) for a, b in zip(t.episodes, r.episodes)]
     record_metric("eval per-episode IoU |torch - runtime| max", max(diffs))
     assert max(diffs) <= 5e-3 and abs(t.miou - r.miou) <= 5e-3
-    assert any(0 < e.iou < 1 for e in t.episodes), "degenerate predictions would make the comparison vacuous"
+    assert any(0 < e.iou[0] < 1 for e in t.episodes), "degenerate predictions would make the comparison vacuous"

@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     _data(ev, need_dataset=True)
     ev.add_argument("--which", choices=("best", "last"), default="best", help="adapters of --run")
     ev.add_argument("--split", choices=("test", "val"), default="test")
+    ev.add_argument("--ways", type=int, default=1,
+                    help="N-way episodes: N classes of the fold with --shots supports each, one query (PANet's protocol)")
     ev.add_argument("--episodes", type=int, help="default: 1000 (PASCAL, COCO), every test image (FSS-1000)")
     ev.add_argument("--provider", default="cpu", help="runtime provider for --artifacts")
     ev.add_argument("--device", default="auto")
@@ -120,6 +122,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = read_config(Path(args.run)) if args.run else None
     root = _data_root(args, fallback=(config.data_root if config else None) or DEFAULT_DATA_ROOT)
     dataset = build_dataset(args.dataset, root, args.fold, args.split, args.shots, args.seed, num_episodes=args.episodes)
+    dataset.check_ways(args.ways)  # before any model is built
     if config is not None:
         from .run import load_run_model
 
@@ -134,8 +137,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                        args.checkpoint, args.random_init, args.init_seed)
         predict = torch_predictor(base.build().model.to(device), use_amp(args.amp, device))
         source = {"kind": "torch", "base": asdict(base)}
-    report = evaluate(predict, dataset, source, args.fold, progress=not args.quiet, workers=args.workers or 0)
-    name = f"{args.dataset}-f{args.fold}-{args.shots}shot-{args.split}.json"
+    report = evaluate(predict, dataset, source, args.fold, progress=not args.quiet, workers=args.workers or 0,
+                      ways=args.ways)
+    ways = f"{args.ways}way-" if args.ways > 1 else ""
+    name = f"{args.dataset}-f{args.fold}-{ways}{args.shots}shot-{args.split}.json"
     out = Path(args.out) if args.out else (Path(args.run) / "eval" / name if args.run else Path(f"fssam2-eval-{source['kind']}-{name}"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.to_json())

@@ -9,6 +9,13 @@ FSS-1000 has its own validation categories. So model selection never sees a test
 
 An `Episode` keeps every image at its own size: images (H, W, 3) uint8, support masks {0, 1}, the query
 mask {0, 1} with `IGNORE` (255) where a pixel is excluded (PASCAL's object boundaries).
+
+N-way episodes (`ways_episode`, evaluation only; PANet's protocol): episode i first makes exactly the draws of
+the 1-way episode i (its class, query and K supports: the query always shows that first class), then, from
+the same generator, N-1 further distinct classes of the split (uniformly, without replacement) and K
+supports of each (never the query). The query's label map marks each of the N classes it shows as 1..N in
+that order; pixels of any other class are background and IGNORE stays ignored. So `ways=1` is the 1-way
+episode and every N-way episode is reproducible from (seed, i).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -54,6 +61,22 @@ class Episode:
     support_masks: list[np.ndarray]  # (H, W) uint8 {0, 1}
     query_image: np.ndarray
     query_mask: np.ndarray  # (H, W) uint8 {0, 1, IGNORE}
+
+
+@dataclass(frozen=True)
+class WaysSpec:
+    index: int
+    class_ids: tuple[int, ...]  # N distinct classes; the query shows class_ids[0]
+    query: str
+    supports: tuple[tuple[str, ...], ...]  # K per class, in class order
+
+
+@dataclass
+class WaysEpisode:
+    spec: WaysSpec
+    supports: list[list[tuple[np.ndarray, np.ndarray]]]  # per class: K (image (H, W, 3) uint8, mask {0, 1})
+    query_image: np.ndarray
+    query_label: np.ndarray  # (H, W) uint8: 0 background, j + 1 = class_ids[j], IGNORE
 
 
 def held_out(name: str) -> bool:
@@ -118,7 +141,10 @@ class FewShotDataset(ABC):
         return (label == class_id + 1).astype(np.uint8)
 
     def spec(self, index: int, epoch: int = -1) -> EpisodeSpec:
-        return self.sample(index, np.random.default_rng((self.seed, index, epoch + 1)))
+        return self.sample(index, self._rng(index, epoch))
+
+    def _rng(self, index: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, index, epoch + 1))
 
     def load(self, spec: EpisodeSpec) -> Episode:
         labels = [self.read_label(n) for n in spec.supports]
@@ -132,6 +158,41 @@ class FewShotDataset(ABC):
 
     def episode(self, index: int, epoch: int = -1) -> Episode:
         return self.load(self.spec(index, epoch))
+
+    @abstractmethod
+    def support_pool(self, class_id: int) -> list[str]:
+        """Images that may serve as supports of `class_id` (they show it)."""
+
+    def check_ways(self, ways: int) -> None:
+        most = min(len(self.class_ids), IGNORE - 1)
+        if not 1 <= ways <= most:
+            raise ValueError(f"{self.benchmark}: --ways must be 1..{most} (the {self.split} split has "
+                             f"{len(self.class_ids)} classes), got {ways}")
+
+    def ways_spec(self, index: int, ways: int) -> WaysSpec:
+        """N-way episode `index` (see the module docstring): the 1-way episode's draws, then N-1 more classes."""
+        self.check_ways(ways)
+        rng = self._rng(index, -1)
+        first = self.sample(index, rng)
+        others = [c for c in self.class_ids if c != first.class_id]
+        extra = [int(c) for c in rng.choice(others, ways - 1, replace=False)] if ways > 1 else []
+        supports = [first.supports] + [self._supports(rng, self.support_pool(c), first.query, c) for c in extra]
+        return WaysSpec(index, (first.class_id, *extra), first.query, tuple(supports))
+
+    def ways_episode(self, index: int, ways: int) -> WaysEpisode:
+        spec = self.ways_spec(index, ways)
+        supports = [[(self.read_image(n), self.binary(self.read_label(n), c, ignore=False)) for n in names]
+                    for c, names in zip(spec.class_ids, spec.supports)]
+        label = self.ways_label(self.read_label(spec.query), spec.class_ids)
+        return WaysEpisode(spec, supports, self.read_image(spec.query), label)
+
+    def ways_label(self, label: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+        """The query's N-way label map: j + 1 where it shows class_ids[j], IGNORE kept, everything else 0."""
+        out = np.zeros(label.shape, np.uint8)
+        for j, c in enumerate(class_ids):
+            out[self.binary(label, c, ignore=False) == 1] = j + 1
+        out[self.binary(label, class_ids[0], ignore=True) == IGNORE] = IGNORE
+        return out
 
     def _supports(self, rng: np.random.Generator, pool: list[str], query: str, class_id: int) -> tuple[str, ...]:
         candidates = [n for n in pool if n != query]
@@ -188,6 +249,9 @@ class _ListedDataset(FewShotDataset):
 
     def default_length(self) -> int:
         return len(self.names) if self.split == "trn" else DEFAULT_TEST_EPISODES
+
+    def support_pool(self, class_id: int) -> list[str]:
+        return self.classwise.get(class_id, [])
 
 
 PASCAL_LAYOUT = """  VOC2012/JPEGImages/<name>.jpg
@@ -329,6 +393,13 @@ class FssDataset(FewShotDataset):
     def binary(self, label: np.ndarray, class_id: int, ignore: bool) -> np.ndarray:
         return label  # one object per image
 
+    def support_pool(self, class_id: int) -> list[str]:
+        cat = self.categories[class_id - self.OFFSETS[self.split]]
+        return [f"{cat}/{i}" for i in range(1, 11)]
+
+    def ways_label(self, label: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+        return label  # the query's object is its own category, class_ids[0]; other categories never appear
+
     def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
         query = self.images[index * len(self.images) // len(self)]  # all images, or evenly spread
         cat, qid = query.split("/")
@@ -371,6 +442,9 @@ class SyntheticDataset(FewShotDataset):
 
     def read_label(self, name: str) -> np.ndarray:
         return self._draw(name)[1]
+
+    def support_pool(self, class_id: int) -> list[str]:
+        return self.pool[class_id]
 
     def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
         class_id = int(rng.choice(self.class_ids))

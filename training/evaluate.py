@@ -1,8 +1,9 @@
-"""Evaluate a few-shot segmenter on a benchmark's episodes: the PyTorch model (with or without adapters,
-through the same episode forward as training) or exported artifacts through `runtime.FewShotSegmenter`.
+"""Evaluate a few-shot segmenter on a benchmark's N-way K-shot episodes (N = 1 by default): the PyTorch model
+(with or without adapters, through the same episode forward as training) or exported artifacts through
+`runtime.FewShotSegmenter`.
 
-Both see identical episodes (images at their own size, predictions at the query's size), so the report of
-one can be compared with the other episode by episode.
+Both see identical episodes (images at their own size, predictions at the query's size) and predict a label
+map with the same rule (`label_map`), so the report of one can be compared with the other episode by episode.
 """
 
 from __future__ import annotations
@@ -12,27 +13,30 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fssam2_export.reference import reference_episode
+from fssam2_export.reference import reference_ways
 
-from .datasets import Episode, FewShotDataset
-from .metrics import IoUAccumulator, episode_areas
+from .datasets import FewShotDataset, WaysEpisode
+from .metrics import IoUAccumulator, episode_areas, foreground_areas
 
-Predictor = Callable[[Episode], np.ndarray]  # -> logits (H, W) at the query's size
+if TYPE_CHECKING:
+    from runtime import FewShotSegmenter
+
+Predictor = Callable[[WaysEpisode], np.ndarray]  # -> label map (H, W) at the query's size, see `label_map`
 
 
 @dataclass
 class EpisodeResult:
     index: int
-    class_id: int
+    class_ids: list[int]
     query: str
-    supports: list[str]
-    iou: float  # foreground IoU of this episode
+    supports: list[list[str]]  # K per class
+    iou: list[float | None]  # per class: IoU in this episode; None where the class is neither shown nor predicted
 
 
 @dataclass
@@ -40,6 +44,7 @@ class EvalReport:
     source: dict
     dataset: str
     fold: int
+    ways: int
     shots: int
     split: str
     seed: int
@@ -60,21 +65,29 @@ class EvalReport:
         return EvalReport(**d)
 
     def table(self) -> str:
-        head = f"{self.dataset} fold {self.fold}, {self.shots}-shot, {len(self.episodes)} {self.split} episodes"
+        head = (f"{self.dataset} fold {self.fold}, {self.ways}-way {self.shots}-shot, {len(self.episodes)} "
+                f"{self.split} episodes")
         lines = [head, f"  mIoU   {100 * self.miou:6.2f}", f"  FB-IoU {100 * self.fbiou:6.2f}", "  class  IoU"]
         lines += [f"  {c:>5}  {100 * v:6.2f}" for c, v in sorted(self.per_class_iou.items())]
         return "\n".join(lines)
 
 
+def label_map(logits: np.ndarray) -> np.ndarray:
+    """(N, H, W) class logits -> (H, W) int32 label map: per pixel 1 + the index of the class with the highest
+    logit where that logit is > 0, else 0 (background); a tie goes to the lower index. N = 1: logits > 0."""
+    return np.where(logits.max(0) > 0, logits.argmax(0) + 1, 0).astype(np.int32)
+
+
 def torch_predictor(model: torch.nn.Module, amp: bool = False) -> Predictor:
-    """FS-SAM2's episode in PyTorch (`reference_episode`), optionally under bf16 autocast."""
+    """FS-SAM2's episode in PyTorch (`reference_ways`: the query encoded once), optionally under bf16 autocast."""
     model.eval()
     device = next(model.parameters()).device
 
-    def predict(ep: Episode) -> np.ndarray:
+    def predict(ep: WaysEpisode) -> np.ndarray:
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with ctx:
-            return reference_episode(model, list(zip(ep.support_images, ep.support_masks)), ep.query_image).logits
+            results = reference_ways(model, ep.supports, ep.query_image)
+        return label_map(np.stack([r.logits for r in results]))
 
     return predict
 
@@ -84,49 +97,61 @@ def runtime_predictor(artifacts: str | Path, provider: str = "cpu") -> Predictor
     from runtime import FewShotSegmenter
 
     seg = FewShotSegmenter(artifacts, provider=provider)
+    return lambda ep: segment_ways(seg, ep.supports, ep.query_image)
 
-    def predict(ep: Episode) -> np.ndarray:
+
+def segment_ways(seg: FewShotSegmenter, classes: list[list[tuple[np.ndarray, np.ndarray]]], query: np.ndarray) -> np.ndarray:
+    """The runtime's N-way label map of `query`, one support list per class (`label_map`'s rule).
+
+    Runs N 1-way episodes (reset, add_support K times, segment). With the runtime's N-way API (support sets,
+    one query encoding) this body becomes:
+        sets = {str(i): seg.encode_supports(s) for i, s in enumerate(classes)}
+        return seg.segment(query, sets).label_map
+    """
+    logits = []
+    for supports in classes:
         seg.reset()
-        for image, mask in zip(ep.support_images, ep.support_masks):
+        for image, mask in supports:
             seg.add_support(image, mask)
-        return seg.segment(ep.query_image).logits
-
-    return predict
+        logits.append(seg.segment(query).logits)
+    return label_map(np.stack(logits))
 
 
 def run_episodes(predict: Predictor, dataset: FewShotDataset, indices: Iterable[int], progress: bool = True,
-                 workers: int = 0) -> tuple[IoUAccumulator, list[EpisodeResult]]:
-    """Accumulate areas over the episodes `indices` of `dataset` (its fixed, seeded episodes)."""
+                 workers: int = 0, ways: int = 1) -> tuple[IoUAccumulator, list[EpisodeResult]]:
+    """Accumulate areas over the N-way episodes `indices` of `dataset` (its fixed, seeded episodes)."""
     indices = list(indices)
     acc, results = IoUAccumulator(dataset.class_ids), []
-    loader = torch.utils.data.DataLoader(_Episodes(dataset, indices), batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(_Episodes(dataset, indices, ways), batch_size=None, num_workers=workers,
                                          collate_fn=_as_is)
     for ep in tqdm(loader, total=len(indices), disable=not progress, desc="episodes", leave=False):
-        inter, union = episode_areas(predict(ep) > 0, ep.query_mask)
-        acc.add(ep.spec.class_id, inter, union)
-        results.append(EpisodeResult(ep.spec.index, ep.spec.class_id, ep.spec.query, list(ep.spec.supports),
-                                     float(inter[1] / max(union[1], 1.0))))
+        pred = predict(ep)
+        inter, union = episode_areas(pred, ep.query_label, ways)
+        acc.add(ep.spec.class_ids, inter[1:], union[1:], *foreground_areas(pred, ep.query_label))
+        iou = [float(i / u) if u else None for i, u in zip(inter[1:], union[1:])]
+        results.append(EpisodeResult(ep.spec.index, list(ep.spec.class_ids), ep.spec.query,
+                                     [list(s) for s in ep.spec.supports], iou))
     return acc, results
 
 
 def evaluate(predict: Predictor, dataset: FewShotDataset, source: dict, fold: int, progress: bool = True,
-             workers: int = 0) -> EvalReport:
+             workers: int = 0, ways: int = 1) -> EvalReport:
     t0 = time.perf_counter()
-    acc, results = run_episodes(predict, dataset, range(len(dataset)), progress, workers)
-    return EvalReport(source, dataset.benchmark, fold, dataset.shots, dataset.split, dataset.seed, acc.miou(),
+    acc, results = run_episodes(predict, dataset, range(len(dataset)), progress, workers, ways)
+    return EvalReport(source, dataset.benchmark, fold, ways, dataset.shots, dataset.split, dataset.seed, acc.miou(),
                       acc.fbiou(), acc.per_class_iou(), results, time.perf_counter() - t0)
 
 
-def _as_is(ep: Episode) -> Episode:
+def _as_is(ep: WaysEpisode) -> WaysEpisode:
     return ep
 
 
 class _Episodes(torch.utils.data.Dataset):
-    def __init__(self, dataset: FewShotDataset, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
+    def __init__(self, dataset: FewShotDataset, indices: list[int], ways: int):
+        self.dataset, self.indices, self.ways = dataset, indices, ways
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> Episode:
-        return self.dataset.episode(self.indices[i])
+    def __getitem__(self, i: int) -> WaysEpisode:
+        return self.dataset.ways_episode(self.indices[i], self.ways)

@@ -202,11 +202,9 @@ def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | No
     def validate() -> None:
         acc, _ = run_episodes(torch_predictor(sam, amp), val, range(dd.rank, len(val), dd.world), progress=False)
         if dd.world > 1:
-            t = torch.from_numpy(np.concatenate([acc.inter.ravel(), acc.union.ravel(), acc.episodes])).to(dd.device)
+            t = torch.from_numpy(acc.as_array()).to(dd.device)
             dist.all_reduce(t)
-            n = acc.inter.size
-            arr = t.cpu().numpy()
-            acc.inter, acc.union, acc.episodes = arr[:n].reshape(2, -1), arr[n:2 * n].reshape(2, -1), arr[2 * n:]
+            acc.load_array(t.cpu().numpy())
         sam.train()
         miou, is_best = acc.miou(), result.best_val_miou is None or acc.miou() > result.best_val_miou
         result.val_miou.append((step, miou))
