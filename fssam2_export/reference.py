@@ -122,6 +122,6 @@ def reference_episode(model: torch.nn.Module, supports: Sequence[tuple[ImageLike
     masks = torch.cat([mask_tensor(mask, size)[:, 0] for _, mask in supports])[None].to(device)
     rgb = load_image(query)
     out = episode_forward(model, images, masks, image_tensor(rgb, size).to(device))
-    logits = F.interpolate(out.logits, rgb.shape[:2], mode="bilinear", align_corners=True)[0, 0].cpu().numpy()
-    return ReferenceResult(logits, logits > 0, out.low_res_logits[0, 0].cpu().numpy(),
+    logits = F.interpolate(out.logits.float(), rgb.shape[:2], mode="bilinear", align_corners=True)[0, 0].cpu().numpy()
+    return ReferenceResult(logits, logits > 0, out.low_res_logits[0, 0].float().cpu().numpy(),
                            float(out.iou_score.reshape(-1)[0]), float(out.object_score.reshape(-1)[0]))
