@@ -2,10 +2,13 @@
 
 PyTorch side: `fssam2_export.reference.reference_episode`, which (like FS-SAM2) re-encodes the K supports
 on every query; per-module times come from forward hooks on sam2's modules, and the support phase ends
-at the K-th memory encoder call. Runtime side: `FewShotSegmenter` with its own timing hook; its query runs
-with the K supports cached. Each round runs both (order alternating), so drifting machine load hits both.
+at the K-th memory encoder call; `--torch-dtype fp32 bf16` also runs it under `torch.autocast` (BF16: on
+CPUs with AMX, PyTorch's fastest mode). Runtime side: `FewShotSegmenter` on each of `--providers`, with its
+own timing hook; its query runs with the K supports cached. Each round runs every side (order rotating),
+so drifting machine load hits all of them.
 
-    python -m bench.compare_pytorch --artifacts art-fp32/ [art-int8/ ...] --shots 1 5 --out cmp.json
+    python -m bench.compare_pytorch --artifacts art-fp32/ [art-int8/ ...] --providers cpu openvino \\
+        --torch-dtype fp32 bf16 --shots 1 5 --out cmp.json
 
 Needs torch and sam2 (the export extra); outside runtime/, which stays torch-free.
 """
@@ -13,6 +16,7 @@ Needs torch and sam2 (the export extra); outside runtime/, which stays torch-fre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -24,11 +28,12 @@ import torch
 
 from fssam2_export.models import build_model
 from fssam2_export.reference import reference_episode
-from runtime import FewShotSegmenter, OrtBackend, load_manifest
-from runtime.bench import PhaseRecorder, environment, synthetic_input
-from runtime.fidelity import iou as mask_iou
+from runtime import FewShotSegmenter, create_backend, load_manifest
+from runtime.backends import PROVIDERS
+from runtime.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
+from runtime.fidelity import iou as mask_iou, pearson
 
-SCHEMA = "fssam2-compare-pytorch/1"
+SCHEMA = "fssam2-compare-pytorch/2"
 TORCH_MODULES = {  # sam2 attribute -> runtime module it corresponds to
     "image_encoder": "image_encoder",
     "memory_encoder": "memory_encoder",
@@ -82,25 +87,42 @@ def torch_model(artifacts: Path):
     return loaded.model.eval()
 
 
+TORCH_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _autocast(model: torch.nn.Module, dtype: str):
+    """fp32: plain; bf16: torch.autocast on the model's device (CPU: oneDNN's AMX kernels where the CPU has them)."""
+    device = next(model.parameters()).device.type
+    return contextlib.nullcontext() if TORCH_DTYPES[dtype] is None else torch.autocast(device, dtype=TORCH_DTYPES[dtype])
+
+
 def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input_size: tuple[int, int], threads: int | None,
-            model: torch.nn.Module, clock: TorchClock, progress) -> dict:
-    """All K for one artifacts directory; medians in ms and runtime/PyTorch ratios. `clock` is attached to `model`."""
-    rec = PhaseRecorder()
-    seg = FewShotSegmenter(artifacts, backend=OrtBackend("cpu", intra_op_threads=threads), on_timing=rec)
+            model: torch.nn.Module, clock: TorchClock, progress, providers: list[str] = ("cpu",),
+            torch_dtypes: list[str] = ("fp32",)) -> dict:
+    """All K for one artifacts directory: every runtime provider and every PyTorch dtype, interleaved (the order
+    rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU / logits correlation
+    against the first PyTorch dtype. `clock` is attached to `model`."""
+    recs = {p: PhaseRecorder() for p in providers}
+    segs = {p: FewShotSegmenter(artifacts, backend=create_backend(p, intra_op_threads=threads), on_timing=recs[p]) for p in providers}
+    manifest = next(iter(segs.values())).manifest
     w, h = input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(shots) + 1)]
     query = images[-1][0]
-    out = {"artifacts": str(artifacts), "precision": seg.manifest.precision, "image_size": seg.manifest.preprocess.image_size,
-           "model": seg.manifest.model.name, "by_shots": []}
+    out = {"artifacts": str(artifacts), "precision": manifest.precision, "image_size": manifest.preprocess.image_size,
+           "model": manifest.model.name, "graph_precisions": {p: {g: getattr(graph, "precision", manifest.graphs[g].precision)
+                                                                  for g, graph in seg.graphs.items()} for p, seg in segs.items()},
+           "by_shots": []}
+    sides = [("runtime", p) for p in providers] + [("torch", d) for d in torch_dtypes]
     for k in shots:
         supports = images[:k]
-        rt = {"support": [], "query": [], "modules": {}}
-        pt = {"support": [], "query": [], "forward": [], "modules": {}}
-        iou = None
+        rt = {p: {"support": [], "query": [], "modules": {}} for p in providers}
+        pt = {d: {"support": [], "query": [], "forward": [], "modules": {}} for d in torch_dtypes}
+        last = {}
         for i in range(warmup + episodes):
             keep = i >= warmup
-            for side in (("runtime", "torch") if i % 2 == 0 else ("torch", "runtime")):
-                if side == "runtime":
+            for kind, name in sides[i % len(sides):] + sides[:i % len(sides)]:
+                if kind == "runtime":
+                    seg, rec, acc = segs[name], recs[name], rt[name]
                     rec.phase = None
                     seg.reset()
                     t0 = time.perf_counter()
@@ -108,57 +130,78 @@ def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input
                         seg.add_support(image, mask)
                     t1 = time.perf_counter()
                     rec.phase = "query"
-                    result = seg.segment(query)
+                    last[name] = seg.segment(query)
                     t2 = time.perf_counter()
                     q = rec.take("query")
                     if keep:
-                        rt["support"].append((t1 - t0) * 1e3)
-                        rt["query"].append((t2 - t1) * 1e3)
-                        for name, v in q.items():
-                            rt["modules"].setdefault(name, []).extend(v)
+                        acc["support"].append((t1 - t0) * 1e3)
+                        acc["query"].append((t2 - t1) * 1e3)
+                        for module, v in q.items():
+                            acc["modules"].setdefault(module, []).extend(v)
                 else:
+                    acc = pt[name]
                     clock.reset(k)
                     t0 = time.perf_counter()
-                    ref = reference_episode(model, supports, query)
+                    with torch.inference_mode(), _autocast(model, name):
+                        last[f"torch-{name}"] = reference_episode(model, supports, query)
                     t1 = time.perf_counter()
                     if keep:
-                        pt["forward"].append((t1 - t0) * 1e3)
-                        pt["support"].append((clock.support_end - t0) * 1e3)
-                        pt["query"].append((t1 - clock.support_end) * 1e3)
-                        for name, v in clock.calls.items():
-                            pt["modules"].setdefault(name, []).append(v[-1] if name == "image_encoder" else sum(v))
-            iou = mask_iou(result.mask, ref.mask)
+                        acc["forward"].append((t1 - t0) * 1e3)
+                        acc["support"].append((clock.support_end - t0) * 1e3)
+                        acc["query"].append((t1 - clock.support_end) * 1e3)
+                        for module, v in clock.calls.items():
+                            acc["modules"].setdefault(module, []).append(v[-1] if module == "image_encoder" else sum(v))
             progress.update()
-        r_sup, r_q, p_sup, p_q, p_fwd = (_median(x) for x in (rt["support"], rt["query"], pt["support"], pt["query"], pt["forward"]))
-        rt_modules = {m: _median(v) for m, v in rt["modules"].items()}
-        pt_modules = {m: _median(v) for m, v in pt["modules"].items()}  # query phase per module (image encoder: the query's call, the last)
+        runtime_ms = {p: {"support_phase": _median(a["support"]), "query_cached": _median(a["query"]),
+                          "query_modules": {m: _median(v) for m, v in a["modules"].items()}} for p, a in rt.items()}
+        pytorch_ms = {d: {"support_phase": _median(a["support"]), "query_phase": _median(a["query"]), "forward": _median(a["forward"]),
+                          "modules": {m: _median(v) for m, v in a["modules"].items()}} for d, a in pt.items()}
+        ratios = {}  # runtime / PyTorch; < 1 = the runtime is faster
+        for p, r in runtime_ms.items():
+            for d, t in pytorch_ms.items():
+                ratios[f"{p}/{d}"] = {
+                    "query_cached_vs_query_phase": r["query_cached"] / t["query_phase"],
+                    "query_cached_vs_forward": r["query_cached"] / t["forward"],
+                    "support_phase": r["support_phase"] / t["support_phase"],
+                    "episode_vs_forward": (r["support_phase"] + r["query_cached"]) / t["forward"],
+                    **{f"module:{m}": r["query_modules"][m] / v for m, v in t["modules"].items() if m in r["query_modules"] and m != "memory_encoder"},
+                }
+        ref = last[f"torch-{torch_dtypes[0]}"]
+        embed, channels = manifest.graphs["memory_attention"].inputs[0].shape, manifest.graphs["memory_attention"].inputs[2].shape[2]
+        gflop = memory_attention_gflop(embed[2], embed[1], channels, k * manifest.episode.tokens_per_support)
         out["by_shots"].append({
-            "shots": k,
-            "runtime_ms": {"support_phase": r_sup, "query_cached": r_q, "episode": r_sup + r_q, "query_modules": rt_modules},
-            "pytorch_ms": {"support_phase": p_sup, "query_phase": p_q, "forward": p_fwd, "modules": pt_modules},
-            "ratios": {  # runtime / PyTorch; < 1 = the runtime is faster
-                "query_cached_vs_forward": r_q / p_fwd,
-                "support_phase": r_sup / p_sup,
-                "query_phase": r_q / p_q,
-                "episode_vs_forward": (r_sup + r_q) / p_fwd,
-                **{f"module:{m}": rt_modules[m] / pt_modules[m] for m in pt_modules if m in rt_modules and m != "memory_encoder"},
-            },
-            "support_cache_speedup": (r_sup + r_q) / r_q,  # re-encoding K supports per query vs reusing them
-            "mask_iou_runtime_vs_pytorch": iou,
+            "shots": k, "runtime_ms": runtime_ms, "memory_attention_gflop": gflop,
+            "memory_attention_gflops": {p: gflop / (r["query_modules"]["memory_attention"] / 1e3) for p, r in runtime_ms.items()}
+                                       | {f"torch-{d}": gflop / (t["modules"]["memory_attention"] / 1e3) for d, t in pytorch_ms.items()}, "pytorch_ms": pytorch_ms, "ratios": ratios,
+            "support_cache_speedup": {p: (r["support_phase"] + r["query_cached"]) / r["query_cached"] for p, r in runtime_ms.items()},
+            "fidelity_reference": f"pytorch {torch_dtypes[0]}",  # last round's masks/logits of each side against it
+            "fidelity": {side: {"mask_iou": mask_iou(res.mask, ref.mask), "logits_pearson": pearson(res.logits, ref.logits)}
+                         for side, res in last.items()},
         })
     return out
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'artifacts':<28}{'K':>3}{'query(cached)':>15}{'PT forward':>12}{'ratio':>8}{'support':>10}{'query':>8}"
-             f"{'cache x':>9}{'IoU':>7}   ratios: runtime/PyTorch, medians in ms"]
+    lines = []
     for run in report["runs"]:
+        lines.append(f"{Path(run['artifacts']).name} ({run['model']} @ {run['image_size']}px, {run['precision']} export); "
+                     + "; ".join(f"{p}: " + ", ".join(f"{g} {v}" for g, v in gp.items()) for p, gp in run["graph_precisions"].items()))
         for k in run["by_shots"]:
-            r, p, x = k["runtime_ms"], k["pytorch_ms"], k["ratios"]
-            lines.append(f"{Path(run['artifacts']).name + ' ' + run['precision']:<28}{k['shots']:>3}{r['query_cached']:>15.0f}"
-                         f"{p['forward']:>12.0f}{x['query_cached_vs_forward']:>8.2f}{x['support_phase']:>10.2f}{x['query_phase']:>8.2f}"
-                         f"{k['support_cache_speedup']:>9.2f}{k['mask_iou_runtime_vs_pytorch']:>7.3f}")
-            lines.append("    per module (query): " + ", ".join(f"{m.split(':')[1]} {v:.2f}" for m, v in x.items() if m.startswith("module:")))
+            lines.append(f" K={k['shots']}  medians in ms; ratios runtime/PyTorch (< 1: runtime faster); fidelity vs {k['fidelity_reference']}")
+            lines.append(f"  memory attention {k['memory_attention_gflop']:.1f} GFLOP: "
+                         + ", ".join(f"{side} {v:.0f} GFLOP/s" for side, v in k["memory_attention_gflops"].items()))
+            for p, r in k["runtime_ms"].items():
+                f = k["fidelity"][p]
+                lines.append(f"  runtime {p:<9} query(cached) {r['query_cached']:8.0f}  support phase {r['support_phase']:8.0f}"
+                             f"  IoU {f['mask_iou']:.4f} corr {f['logits_pearson']:.5f}")
+            for d, t in k["pytorch_ms"].items():
+                f = k["fidelity"][f"torch-{d}"]
+                lines.append(f"  pytorch {d:<9} query phase   {t['query_phase']:8.0f}  support phase {t['support_phase']:8.0f}"
+                             f"  forward {t['forward']:8.0f}  IoU {f['mask_iou']:.4f} corr {f['logits_pearson']:.5f}")
+            for pair, x in k["ratios"].items():
+                modules = ", ".join(f"{m.split(':')[1]} {v:.2f}" for m, v in x.items() if m.startswith("module:"))
+                lines.append(f"  {pair:<15} query {x['query_cached_vs_query_phase']:.2f}  vs forward {x['query_cached_vs_forward']:.2f}"
+                             f"  support {x['support_phase']:.2f}  | {modules}")
     return "\n".join(lines)
 
 
@@ -169,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=10, help="timed rounds per K (each: one runtime episode, one PyTorch forward)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
-    p.add_argument("--threads", type=int, help="threads for both ONNX Runtime and torch (default: each library's own)")
+    p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="runtime providers, side by side")
+    p.add_argument("--torch-dtype", nargs="+", default=["fp32"], choices=sorted(TORCH_DTYPES),
+                   help="PyTorch modes, side by side (bf16: torch.autocast); fidelity is measured against the first")
+    p.add_argument("--threads", type=int, help="threads for the runtime and torch (default: each library's own)")
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -190,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
                 model, clock = torch_model(a), TorchClock(shots[0])
                 clock.attach(model)
                 models[key] = (model, clock)
-            runs.append(compare(a, shots, args.episodes, args.warmup, (w, h), args.threads, *models[key], bar))
+            runs.append(compare(a, shots, args.episodes, args.warmup, (w, h), args.threads, *models[key], bar,
+                                providers=args.providers, torch_dtypes=args.torch_dtype))
     report = {
         "schema": SCHEMA,
         "settings": {"shots": shots, "episodes": args.episodes, "warmup": args.warmup, "input_size": [w, h], "threads": args.threads,
+                     "providers": args.providers, "torch_dtypes": args.torch_dtype,
                      "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "environment": environment(),
         "runs": runs,

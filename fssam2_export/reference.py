@@ -135,7 +135,7 @@ def reference_ways(model: torch.nn.Module, classes: Sequence[Sequence[tuple[Imag
     masks = torch.stack([torch.cat([mask_tensor(mask, size)[:, 0] for _, mask in s]) for s in classes]).to(device)
     rgb = load_image(query)
     out = episode_forward(model, images, masks, image_tensor(rgb, size).to(device))
-    logits = F.interpolate(out.logits, rgb.shape[:2], mode="bilinear", align_corners=True)[:, 0].cpu().numpy()
-    return [ReferenceResult(logits[i], logits[i] > 0, out.low_res_logits[i, 0].cpu().numpy(),
+    logits = F.interpolate(out.logits.float(), rgb.shape[:2], mode="bilinear", align_corners=True)[:, 0].cpu().numpy()
+    return [ReferenceResult(logits[i], logits[i] > 0, out.low_res_logits[i, 0].float().cpu().numpy(),
                             float(out.iou_score[i].reshape(-1)[0]), float(out.object_score[i].reshape(-1)[0]))
             for i in range(len(classes))]

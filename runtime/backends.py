@@ -3,8 +3,9 @@
 A backend turns a graph file + its manifest spec into a `Graph` whose `run(feeds)` maps input names
 to arrays and returns output names to arrays; its `provider` names which of the graph's flavours
 (manifest schema 2) the segmenter hands it. Providers: `cpu`, `cuda`, `tensorrt` (ONNX Runtime and its
-execution providers) and `tensorrt-native` (TensorRT engines, `runtime.trt_backend`); `create_backend`
-makes the right one. Any object with the same `load` method (a remote server, a mock) can be injected.
+execution providers), `tensorrt-native` (TensorRT engines, `runtime.trt_backend`) and `openvino`
+(OpenVINO's CPU plugin, BF16 on AMX where the CPU has it, `runtime.ov_backend`); `create_backend` makes the
+right one. Any object with the same `load` method (a remote server, a mock) can be injected.
 
 For the "cpu" and "cuda" providers the ONNX Runtime backend loads a pre-optimised copy of each graph
 from a cache (`runtime.ort_cache`), made on first use. On GPU providers, an output that another loaded
@@ -23,7 +24,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from .manifest import GraphSpec, Manifest, file_sha256
+from .manifest import GraphSpec, Manifest, source_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
 from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
@@ -35,7 +36,7 @@ ORT_PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
 }
 CACHED_PROVIDERS = ("cpu", "cuda")  # the TensorRT EP builds engines instead (its own engine cache)
-PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native")
+PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native", "openvino")
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -54,9 +55,19 @@ class Backend(Protocol):
 
 
 def create_backend(provider: str, manifest: Manifest | None = None, *, max_shots: int = DEFAULT_MAX_SHOTS,
-                   intra_op_threads: int | None = None, device_id: int = 0, cache: bool = True) -> Backend:
+                   intra_op_threads: int | None = None, device_id: int = 0, cache: bool = True,
+                   precisions: Mapping[str, str] | None = None) -> Backend:
     """The backend for `provider`. ORT's TensorRT EP gets profiles for K = 1..max_shots from the manifest;
-    `tensorrt-native` takes its profiles from the engines themselves; `cache` as in `OrtBackend`."""
+    `tensorrt-native` takes its profiles from the engines themselves; `cache` as in `OrtBackend`.
+    `precisions` (openvino only): inference precision by graph name, "*" for all (default: bf16 where offered)."""
+    if precisions and provider != "openvino":
+        raise ValueError(f"precisions apply to the openvino provider only, not {provider!r}")
+    if provider == "openvino":
+        from .ov_backend import OpenVinoBackend
+
+        per_graph = {g: p for g, p in (precisions or {}).items() if g != "*"}
+        return OpenVinoBackend(precision=(precisions or {}).get("*", "auto"), precisions=per_graph,
+                               threads=intra_op_threads, cache=cache)
     if provider == "tensorrt-native":
         from .trt_backend import TensorRTBackend
 
@@ -146,8 +157,7 @@ class OrtBackend:
             raise RuntimeError(f"onnxruntime could not load {path}: {e}") from e
 
     def _entry(self, path: Path, spec: GraphSpec) -> CacheEntry | None:
-        sha = next((f.sha256 for f in [spec.standard, *spec.flavours] if f.file == path.name), None) or file_sha256(path)
-        key = CacheKey(sha, self.provider, self._ort.__version__, machine_fingerprint())
+        key = CacheKey(source_sha256(path, spec), self.provider, f"onnxruntime {self._ort.__version__}", machine_fingerprint())
         return cache_entry(path, key, self._cache_dir)
 
     def _cached_session(self, path: Path, entry: CacheEntry, providers: list):

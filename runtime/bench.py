@@ -130,6 +130,8 @@ def environment() -> dict:
         flags = (fields.get("flags") or fields.get("Features") or "").split()
         cpu["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "asimd", "sve", "neon", "f16c", "vnni")))
         cpu["physical_cores"] = len({(line.split(":")[1]) for line in info if line.startswith("core id")}) or None
+        cpu["matrix_units"] = {"amx_bf16": "amx_bf16" in flags, "amx_int8": "amx_int8" in flags, "avx512_bf16": "avx512_bf16" in flags,
+                               "vnni": bool({"avx512_vnni", "avx_vnni"} & set(flags))}
     except OSError:
         cpu["model"] = platform.processor()
     env = {
@@ -144,6 +146,13 @@ def environment() -> dict:
     gpu = _command("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
     if gpu:
         env["gpu"] = gpu.splitlines()
+    try:
+        import openvino  # optional: the openvino provider
+
+        env["openvino"] = {"version": openvino.__version__, "devices": openvino.Core().available_devices,
+                           "cpu_capabilities": openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")}
+    except ImportError:
+        pass
     try:
         import tensorrt  # noqa: F401  (optional, GPU machines only)
 
@@ -168,7 +177,8 @@ class RunResult:
     precision: str = ""
     files: dict[str, str] = field(default_factory=dict)  # graph -> file run (standard or flavour)
     providers_used: dict[str, list[str]] = field(default_factory=dict)
-    cache: dict[str, str] = field(default_factory=dict)  # graph -> ORT cache hit / built / off
+    cache: dict[str, str] = field(default_factory=dict)  # graph -> ORT / OpenVINO cache hit / built / off
+    graph_precisions: dict[str, str] = field(default_factory=dict)  # graph -> precision it ran in (OpenVINO: compiled for)
     load_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # "first" / "warm" -> graph -> ms (+ "total")
     manifest_verify_ms: float = 0.0
     support: dict[str, Stats] = field(default_factory=dict)
@@ -185,11 +195,13 @@ class BenchSettings:
     input_size: tuple[int, int]  # (width, height) of the synthetic images
     threads: int | None
     cache: bool
+    precisions: dict[str, str] | None = None  # openvino: inference precision by graph ("*": all)
 
 
 def _load(artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder) -> tuple[FewShotSegmenter, dict[str, float], float]:
     """(segmenter, session load ms per graph and total, ms spent checking the files' sha256)."""
-    backend = create_backend(provider, manifest, max_shots=max(s.shots), intra_op_threads=s.threads, cache=s.cache)
+    backend = create_backend(provider, manifest, max_shots=max(s.shots), intra_op_threads=s.threads, cache=s.cache,
+                             precisions=s.precisions if provider == "openvino" else None)
     seg = FewShotSegmenter(artifacts, backend=backend, on_timing=rec)
     loads = {g: v[-1] for g, v in rec.take("load").items()}
     return seg, loads | {"total": sum(loads.values())}, sum(v[-1] for v in rec.take("verify").values())
@@ -206,6 +218,7 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
     result.files = {g: manifest.graphs[g].artifact_for(provider).file for g in GRAPH_NAMES}
     result.providers_used = {g: getattr(seg.graphs[g], "providers", []) for g in GRAPH_NAMES}
     result.cache = {g: getattr(seg.graphs[g], "cache", "off") for g in GRAPH_NAMES}
+    result.graph_precisions = {g: getattr(seg.graphs[g], "precision", manifest.graphs[g].precision) for g in GRAPH_NAMES}
     w, h = s.input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(s.shots) + 1)]
     query = images[-1][0]
@@ -297,6 +310,7 @@ def format_table(report: dict) -> str:
         lines.append(title)
         lines.append(f"  session load {load['first']['total']:.0f} ms first, {load['warm']['total']:.0f} ms warm "
                      f"(cache: {', '.join(f'{g} {c}' for g, c in r['cache'].items())}); sha256 of the files run {r['manifest_verify_ms']:.0f} ms")
+        lines.append(f"  precision per graph: {', '.join(f'{g} {p}' for g, p in r['graph_precisions'].items())}")
         blocks = [("support (one add_support)", r["support"])] + [(f"query, K={k['shots']}", k["query"]) for k in r["shots"]]
         for name, stats in blocks:
             lines += [f" {name}", head]

@@ -31,8 +31,10 @@ def parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="predicted mask PNG (0/255), in the query's size")
     seg.add_argument("--overlay", help="also write the query with the mask blended in")
     seg.add_argument("--provider", default="cpu", choices=PROVIDERS,
-                     help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines")
+                     help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines; "
+                          "openvino: OpenVINO on the CPU (pip install 'fssam2[openvino]')")
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
+    _backend_options(seg)
     info = sub.add_parser("info", help="print an artifacts directory's manifest summary and graph I/O")
     info.add_argument("--artifacts", required=True)
     chk = sub.add_parser("check", help="fidelity of (reduced-precision) artifacts against FP32 artifacts of the same model")
@@ -42,8 +44,9 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--seed", type=int, default=0)
     chk.add_argument("--shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range")
     chk.add_argument("--provider", default="cpu", choices=PROVIDERS, help="runs the provider's flavours of --artifacts")
-    chk.add_argument("--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.97 int8)")
-    chk.add_argument("--min-correlation", type=float, help="gate: min logits correlation (default 0.999 fp16, 0.99 int8)")
+    _backend_options(chk)
+    chk.add_argument("--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.98 bf16, 0.97 int8)")
+    chk.add_argument("--min-correlation", type=float, help="gate: min logits correlation (default 0.999 fp16 and bf16, 0.99 int8)")
     chk.add_argument("--json", help="also write the report as JSON here")
     b = sub.add_parser("bench", help="per-module latency of the support and query paths (sweeps K, artifacts, providers)")
     b.add_argument("--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)")
@@ -53,12 +56,33 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed series")
     b.add_argument("--supports", type=int, default=5, help="timed add_support calls")
     b.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
-    b.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    _backend_options(b)
     b.add_argument("--no-cache", action="store_true", help="do not use the pre-optimised ORT model cache")
     b.add_argument("--out", help="write the report as JSON")
     b.add_argument("--plot", help="write a PNG chart (needs matplotlib: pip install 'fssam2[bench]')")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _backend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help="inference threads (ONNX Runtime intra-op / OpenVINO; default: the library's choice)")
+    p.add_argument("--ov-precision", type=precision_spec, metavar="SPEC",
+                   help="openvino: inference precision, bf16|fp16|fp32 for all graphs and/or GRAPH=PREC,... "
+                        "(default: bf16 where the CPU offers it, else fp32)")
+
+
+def precision_spec(text: str) -> dict[str, str]:
+    """'bf16' -> {'*': 'bf16'}; 'bf16,mask_decoder=fp32' -> {'*': 'bf16', 'mask_decoder': 'fp32'}."""
+    spec = {}
+    for item in filter(None, text.split(",")):
+        graph, _, precision = item.rpartition("=")
+        spec[graph or "*"] = precision
+    return spec
+
+
+def _backend(args, manifest, max_shots: int = DEFAULT_MAX_SHOTS):
+    return create_backend(args.provider, manifest, max_shots=max_shots, intra_op_threads=args.threads,
+                          precisions=args.ov_precision)
 
 
 def _save_png(array: np.ndarray, path: str) -> None:
@@ -76,7 +100,8 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def _segment(args) -> int:
-    seg = FewShotSegmenter(args.artifacts, provider=args.provider, max_shots=max(DEFAULT_MAX_SHOTS, len(args.support)),
+    shots = max(DEFAULT_MAX_SHOTS, len(args.support))
+    seg = FewShotSegmenter(args.artifacts, backend=_backend(args, load_manifest(args.artifacts, verify_files=False), shots),
                            profile=args.profile)
     for image, mask in args.support:
         seg.add_support(image, mask)
@@ -118,12 +143,14 @@ def _check(args) -> int:
     manifest = load_manifest(args.artifacts, verify_files=False)  # files are verified when compare_artifacts loads them
     if load_manifest(args.reference, verify_files=False).precision != "fp32":
         raise FidelityError(f"--reference {args.reference} is not an FP32 export; the fidelity gate measures against FP32")
-    default = GateThresholds.for_precision("int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16")
+    backend = _backend(args, manifest)
+    precisions = {g.precision for g in manifest.graphs.values()} | {backend.precision_for(n) for n in manifest.graphs
+                                                                     if hasattr(backend, "precision_for")}
+    default = GateThresholds.for_precision(next((p for p in ("int8", "bf16") if p in precisions), "fp16"))
     thresholds = GateThresholds(default.mask_iou if args.min_iou is None else args.min_iou,
                                 default.logits_pearson if args.min_correlation is None else args.min_correlation)
     episodes = synthetic_episodes(args.episodes, args.seed, tuple(args.shots), manifest.preprocess.image_size)
-    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=create_backend(args.provider, manifest),
-                               thresholds=thresholds, progress=True)
+    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=backend, thresholds=thresholds, progress=True)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -142,7 +169,8 @@ def _bench(args) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install 'fssam2[bench]'") from None
-    settings = bench.BenchSettings(sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), args.threads, not args.no_cache)
+    settings = bench.BenchSettings(sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), args.threads,
+                                   not args.no_cache, args.ov_precision)
     report = bench.run_bench([Path(a) for a in args.artifacts], args.providers, settings, show_progress=not args.quiet)
     print(bench.format_table(report))
     if args.out:

@@ -169,6 +169,11 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def source_sha256(path: Path, spec: GraphSpec) -> str:
+    """The manifest's sha256 of the file at `path` (one of the graph's files; hashed only if the manifest lacks it)."""
+    return next((f.sha256 for f in [spec.standard, *spec.flavours] if f.file == Path(path).name), None) or file_sha256(path)
+
+
 def load_manifest(artifacts_dir: str | Path, verify_files: bool = True) -> Manifest:
     """Read and validate `artifacts_dir/manifest.json`; with `verify_files`, check every graph's sha256."""
     root = Path(artifacts_dir)

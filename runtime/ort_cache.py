@@ -10,7 +10,8 @@ every load, so a changed graph, ORT upgrade, other provider or other CPU rebuild
 reusing a stale one. Files are written under temporary names and renamed, so a crash leaves no half
 entry. Location: `<artifacts>/.ort_cache/`; if that is not writable, the user cache
 (`$XDG_CACHE_HOME/fssam2/ort`, default `~/.cache/fssam2/ort`); if neither is, the session is optimised
-in memory as without a cache (with a warning).
+in memory as without a cache (with a warning). The OpenVINO backend keeps its compiled blobs the same way
+(`.openvino_cache/`, key with the OpenVINO version, device and precision).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-CACHE_DIRNAME = ".ort_cache"
+CACHE_DIRNAME = ".ort_cache"  # ONNX Runtime's; other kinds (`runtime.ov_backend`) use .<kind>_cache
 
 
 @dataclass(frozen=True)
 class CacheKey:
     source_sha256: str
-    provider: str
-    onnxruntime: str
+    provider: str  # with everything else that changes what is compiled (OpenVINO: device and precision)
+    runtime: str  # the inference library and its version, e.g. "onnxruntime 1.32.0"
     machine: str  # instruction-set fingerprint (CPU layout transforms depend on it)
 
     @property
@@ -55,8 +56,8 @@ def machine_fingerprint() -> str:
     return f"{platform.machine()}-{tag}"
 
 
-def user_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fssam2" / "ort"
+def user_cache_dir(kind: str = "ort") -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fssam2" / kind
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,16 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
-def cache_entry(source: Path, key: CacheKey, cache_dir: Path | None = None) -> CacheEntry | None:
-    """Where the optimised copy of `source` lives: `cache_dir` if given, else `<source dir>/.ort_cache`,
-    else the user cache; None (with a warning) if none of them is writable. A valid existing entry is
-    returned even from a read-only directory."""
-    candidates = [cache_dir] if cache_dir is not None else [source.parent / CACHE_DIRNAME, user_cache_dir()]
-    name = f"{source.stem}.{key.provider}.{key.digest}.onnx"
+def cache_entry(source: Path, key: CacheKey, cache_dir: Path | None = None, *, kind: str = "ort",
+                suffix: str = ".onnx") -> CacheEntry | None:
+    """Where the optimised (or compiled) copy of `source` lives: `cache_dir` if given, else
+    `<source dir>/.<kind>_cache`, else the user cache; None (with a warning) if none of them is writable.
+    A valid existing entry is returned even from a read-only directory."""
+    candidates = [cache_dir] if cache_dir is not None else [source.parent / f".{kind}_cache", user_cache_dir(kind)]
+    name = f"{source.stem}.{key.provider}.{key.digest}{suffix}"
     for directory in candidates:
         entry = CacheEntry(Path(directory) / name, key)
         if entry.valid() or _writable_dir(Path(directory)):
             return entry
-    warnings.warn(f"no writable ORT cache directory ({', '.join(map(str, candidates))}); optimising {source.name} in memory", stacklevel=3)
+    warnings.warn(f"no writable {kind} cache directory ({', '.join(map(str, candidates))}); optimising {source.name} in memory", stacklevel=3)
     return None

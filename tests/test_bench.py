@@ -84,17 +84,22 @@ def test_compare_pytorch_smoke(artifacts, tmp_path):
 
     out = tmp_path / "cmp.json"
     assert main(["--artifacts", str(artifacts), "--shots", "1", "2", "--episodes", "1", "--warmup", "0",
-                 "--input-size", "96x64", "--out", str(out), "--quiet"]) == 0
+                 "--torch-dtype", "fp32", "bf16", "--input-size", "96x64", "--out", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
-    assert report["schema"] == "fssam2-compare-pytorch/1"
+    assert report["schema"] == "fssam2-compare-pytorch/2"
     (run,) = report["runs"]
     for k in run["by_shots"]:
-        r = k["ratios"]
-        assert {"query_cached_vs_forward", "support_phase", "query_phase", "module:memory_attention", "module:mask_decoder"} <= set(r)
-        assert all(np.isfinite(v) and v > 0 for v in r.values())
-        assert k["support_cache_speedup"] > 1  # re-encoding supports costs time
-        assert k["mask_iou_runtime_vs_pytorch"] >= 0.99  # the same model on both sides
-        assert k["pytorch_ms"]["support_phase"] > 0 and k["pytorch_ms"]["query_phase"] > 0
+        assert set(k["ratios"]) == {"cpu/fp32", "cpu/bf16"}
+        for r in k["ratios"].values():
+            assert {"query_cached_vs_query_phase", "query_cached_vs_forward", "support_phase", "module:memory_attention",
+                    "module:mask_decoder"} <= set(r)
+            assert all(np.isfinite(v) and v > 0 for v in r.values())
+        assert k["support_cache_speedup"]["cpu"] > 1  # re-encoding supports costs time
+        fid = k["fidelity"]  # against PyTorch FP32: the same model on the runtime side, autocast's drift on the other
+        assert fid["cpu"]["mask_iou"] >= 0.99 and fid["torch-fp32"]["mask_iou"] == 1.0
+        assert 0.95 <= fid["torch-bf16"]["mask_iou"] and fid["torch-bf16"]["logits_pearson"] < 1.0, "autocast did not run in bf16"
+        for d in ("fp32", "bf16"):
+            assert k["pytorch_ms"][d]["support_phase"] > 0 and k["pytorch_ms"][d]["query_phase"] > 0
 
 
 def _has_matplotlib() -> bool:

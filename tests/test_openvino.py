@@ -1,0 +1,155 @@
+"""The `openvino` provider: parity with the CPU ORT runtime, the compiled-blob cache, precision choice, clear
+errors, and the fidelity gate on what OpenVINO runs. Random-init tiny at 256² (the shared `artifacts`)."""
+
+import dataclasses
+import json
+import shutil
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("openvino")
+
+from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
+from runtime import cli as runtime_cli  # noqa: E402
+from runtime.fidelity import iou, pearson, run_episode, synthetic_episodes  # noqa: E402
+from runtime.manifest import file_sha256  # noqa: E402
+from runtime.ov_backend import OpenVinoBackend  # noqa: E402
+
+GRAPH = "memory_encoder"  # small and quick to compile
+
+
+@pytest.fixture(scope="module")
+def art(artifacts, tmp_path_factory):
+    """A private copy of the artifacts: the compiled-blob cache lives inside the directory."""
+    out = tmp_path_factory.mktemp("ov") / "art"
+    shutil.copytree(artifacts, out, ignore=shutil.ignore_patterns(".*_cache"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(art):
+    """Three episodes through ORT CPU and OpenVINO in FP32 and BF16 (one segmenter each)."""
+    episodes = synthetic_episodes(3, 0, (1, 3), 256)
+    segs = {"ort": FewShotSegmenter(art), **{p: FewShotSegmenter(art, backend=OpenVinoBackend(precision=p)) for p in ("fp32", "bf16")}}
+    return segs, [{name: run_episode(seg, ep) for name, seg in segs.items()} for ep in episodes]
+
+
+def test_fp32_matches_the_cpu_runtime(results):
+    """OpenVINO FP32 computes what ORT computes: logits within 1e-4 (measured 4e-7; float32 reassociation), same masks."""
+    segs, runs = results
+    assert {g.precision for g in segs["fp32"].graphs.values()} == {"fp32"}
+    for r in runs:
+        assert 0.05 < r["ort"].mask.mean() < 0.95, "reference mask is degenerate: the IoU would say nothing"
+        assert np.abs(r["fp32"].logits - r["ort"].logits).max() < 1e-4
+        assert iou(r["fp32"].mask, r["ort"].mask) > 0.999
+
+
+def test_bf16_is_within_the_bf16_gate(results):
+    """BF16 (8 mantissa bits) drifts measurably but stays within the gate: IoU >= 0.98, logits correlation >= 0.999."""
+    segs, runs = results
+    assert {g.precision for g in segs["bf16"].graphs.values()} == {"bf16"}
+    for r in runs:
+        assert iou(r["bf16"].mask, r["ort"].mask) >= 0.98
+        assert pearson(r["bf16"].logits, r["ort"].logits) >= 0.999
+        assert not np.array_equal(r["bf16"].logits, r["fp32"].logits), "bf16 ran as fp32"
+    flipped = pearson(runs[0]["bf16"].logits[::-1], runs[0]["ort"].logits)  # the measure sees a flip
+    assert flipped < 0.99
+
+
+def _load(art, backend, spec=None):
+    spec = spec or load_manifest(art, verify_files=False).graphs[GRAPH]
+    return backend.load(art / spec.file, spec), spec
+
+
+def _feeds(spec):
+    rng = np.random.default_rng(0)
+    return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in spec.inputs}
+
+
+def test_cache_builds_then_hits_and_rebuilds_on_a_changed_key(tmp_path, art, monkeypatch):
+    cache = tmp_path / "cache"
+    built, spec = _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))
+    monkeypatch.setattr(OpenVinoBackend, "_compile", lambda *a: pytest.fail("a cache hit must not compile"))
+    hit, _ = _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))
+    assert (built.cache, hit.cache) == ("built", "hit")
+    for name, value in built.run(_feeds(spec)).items():
+        np.testing.assert_array_equal(hit.run(_feeds(spec))[name], value)
+    monkeypatch.undo()
+
+    changed = dataclasses.replace(spec, sha256="0" * 64)  # another graph version
+    assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache), changed)[0].cache == "built"
+    newer = OpenVinoBackend(precision="fp32", cache_dir=cache)
+    newer.version = "9999.0"  # an OpenVINO upgrade
+    assert _load(art, newer)[0].cache == "built"
+    assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache))[0].cache == "built"  # another precision
+    blobs = sorted(cache.glob("*.blob"))
+    assert len(blobs) == 4, [b.name for b in blobs]
+    assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache, cache=False))[0].cache == "off"
+
+    first = next(b for b in blobs if b.stat().st_mtime == min(x.stat().st_mtime for x in blobs))
+    first.write_bytes(b"\0" * first.stat().st_size)  # same size, unreadable: rebuilt with a warning
+    with pytest.warns(UserWarning, match="rebuilding unreadable OpenVINO cache entry"):
+        assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))[0].cache == "built"
+
+
+def test_missing_openvino_is_a_clear_error(monkeypatch, art, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(ProviderUnavailableError, match=r"pip install 'fssam2\[openvino\]'"):
+        create_backend("openvino")
+    rc = runtime_cli.main(["check", "--artifacts", str(art), "--reference", str(art), "--provider", "openvino", "--episodes", "1"])
+    assert rc == 2 and "fssam2[openvino]" in capsys.readouterr().err
+
+
+def test_without_bf16_the_provider_runs_and_reports_fp32(monkeypatch, art):
+    """A CPU without AMX / AVX512_BF16 (simulated: OpenVINO reports no BF16 capability) gets FP32, and says so."""
+    import openvino
+
+    real = openvino.Core.get_property
+
+    def no_bf16(self, device, name):
+        value = real(self, device, name)
+        return [c for c in value if c != "BF16"] if name == "OPTIMIZATION_CAPABILITIES" else value
+
+    monkeypatch.setattr(openvino.Core, "get_property", no_bf16)
+    backend = OpenVinoBackend()
+    assert backend.default_precision == "fp32"
+    assert _load(art, backend)[0].precision == "fp32"
+    with pytest.raises(ProviderUnavailableError, match="does not offer bf16"):
+        OpenVinoBackend(precision="bf16")
+    with pytest.raises(ProviderUnavailableError, match="not available"):
+        OpenVinoBackend(device="NPU-that-is-not-there")
+    with pytest.raises(ValueError, match="precisions apply to the openvino provider only"):
+        create_backend("cpu", precisions={"*": "bf16"})
+
+
+def _broken_copy(art, dst):
+    """The artifacts with memory attention's first projection weight negated and scaled (manifest updated)."""
+    shutil.copytree(art, dst, ignore=shutil.ignore_patterns(".*_cache"))
+    path = dst / "memory_attention.onnx"
+    model = onnx.load(str(path))
+    first = next(n for n in model.graph.node if n.op_type == "MatMul" and "layers.0" in n.name)
+    w = next(t for t in model.graph.initializer if t.name in first.input)
+    w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["graphs"]["memory_attention"] |= {"sha256": file_sha256(path), "flavours": []}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_gate_judges_what_openvino_runs(art, artifacts, tmp_path, capsys):
+    report = tmp_path / "ok.json"
+    args = ["check", "--reference", str(artifacts), "--provider", "openvino", "--episodes", "2", "--shots", "1", "2"]
+    assert runtime_cli.main([*args, "--artifacts", str(art), "--json", str(report)]) == 0
+    ok = json.loads(report.read_text())
+    assert ok["passed"] and ok["thresholds"] == {"mask_iou": 0.98, "logits_pearson": 0.999}  # the bf16 gate
+    assert set(ok["graph_precisions"].values()) == {"bf16"} and ok["degenerate_episodes"] < 2
+    assert "(bf16)" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.json"
+    assert runtime_cli.main([*args, "--artifacts", str(_broken_copy(art, tmp_path / "broken")), "--json", str(bad)]) == 1
+    failed = json.loads(bad.read_text())
+    assert not failed["passed"] and failed["worst"]["graph"] == "memory_attention"
