@@ -11,7 +11,7 @@ import pytest
 from onnxruntime.quantization import CalibrationMethod
 
 from calibration.capture import capture
-from calibration.int8 import check_qdq
+from calibration.int8 import QUANTISED_OPS, check_qdq, quantize_qdq
 from calibration.ranges import calibrate, minmax, symmetric
 from runtime import FewShotSegmenter, load_manifest
 from runtime import cli as runtime_cli
@@ -43,6 +43,57 @@ def fp16(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory):
     return _export(tmp_path_factory, "int8", "--precision", "int8")
+
+
+def dq_readers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes that read an INT8-dequantised tensor, following Cast chains back (FP16 conversion puts Casts between)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def dequantised(name):
+        node = producer.get(name)
+        while node is not None and node.op_type == "Cast":
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    return [n for n in model.graph.node if n.op_type not in ("Cast", "QuantizeLinear", "DequantizeLinear")
+            and any(dequantised(i) for i in n.input if i)]
+
+
+class _Feeds:
+    def __init__(self, feeds):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+@pytest.mark.parametrize("rest", ["fp16", "fp32"])
+def test_int8_policy_quantises_matmul_inputs_only(tmp_path, rest):
+    """A pre-norm residual block, x -> LayerNorm-like ReduceMean/Sub, MatMul -> bias Add -> Relu -> MatMul -> residual
+    Add: only the two MatMuls may read dequantised tensors (the positive control: they must), not the bias / residual
+    Adds, ReduceMean, Sub or Relu, with or without the FP16 Casts in between."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), n) for n in ("w1", "w2")]
+    inits.append(numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"))
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], name="ReduceMean", axes=[-1]),
+             helper.make_node("Sub", ["x", "mu"], ["xc"], name="Sub"),
+             helper.make_node("MatMul", ["xc", "w1"], ["h"], name="MatMul1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="BiasAdd"),
+             helper.make_node("Relu", ["hb"], ["r"], name="Relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="MatMul2"),
+             helper.make_node("Add", ["y", "xc"], ["out"], name="ResidualAdd")]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 16])  # noqa: E731
+    model = helper.make_model(helper.make_graph(nodes, "block", [io("x")], [io("out")], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    src, dst = tmp_path / "block.onnx", tmp_path / "block.int8.onnx"
+    onnx.save(model, str(src))
+    feeds = [{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(4)]
+    quantize_qdq(src, dst, _Feeds(feeds), rest=rest)
+    readers = dq_readers(onnx.load(str(dst)))
+    assert sorted(n.name for n in readers) == ["MatMul1", "MatMul2"]  # quantised MatMuls detected, nothing else
+    assert all(n.op_type in QUANTISED_OPS for n in readers)
 
 
 def _assert_gate_passed_on_real_masks(art, keys):
@@ -114,12 +165,11 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
         check_qdq(model)  # TensorRT table ops, INT8 Q/DQ, zero points 0
         ops = {n.op_type for n in model.graph.node}
         assert "DequantizeLinear" in ops and not any(k in op for op in ops for k in NOT_TRT)
-        dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        for node in model.graph.node:
-            if node.name in m.calibration["int8"]["graphs"][name]["excluded_nodes"]:
-                assert not dq_out & set(node.input), f"{node.name} should not be quantised"
-            if node.op_type in ("LayerNormalization", "Softmax", "Add", "Erf"):
-                assert not dq_out & set(node.input), f"{node.name} ({node.op_type}) should not be quantised"
+        readers = dq_readers(model)  # through the FP16 Casts
+        assert any(n.op_type in ("MatMul", "Conv") for n in readers), "positive control: quantised ops are found"
+        excluded = m.calibration["int8"]["graphs"][name]["excluded_nodes"]
+        wrong = [f"{n.name} ({n.op_type})" for n in readers if n.op_type not in QUANTISED_OPS or n.name in excluded]
+        assert not wrong, f"{name}: read INT8-dequantised tensors against the policy: {wrong[:8]}"
         flavour = spec.flavours[0]  # ahead of any fused-attention flavour, so `cpu` runs it
         assert flavour.providers == ["cpu"] and flavour.precision == "int8-dynamic" and flavour.source_sha256 == spec.sha256
         assert spec.artifact_for("tensorrt").file == spec.file and spec.artifact_for("cpu").file == flavour.file
