@@ -11,7 +11,12 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("polygraphy", reason="engine builds are driven through polygraphy (pip install polygraphy)")
+from conftest import unavailable
+
+try:
+    import polygraphy  # noqa: F401
+except ImportError:
+    unavailable("engine builds are driven through polygraphy (pip install polygraphy)", "FSSAM2_REQUIRE_POLYGRAPHY")
 from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, install_fake_polygraphy
 
 from fssam2_export.engines import TIMING_CACHE, EngineBuildError, EngineSettings, build_engines, strongly_typed_flag
