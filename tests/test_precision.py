@@ -97,10 +97,15 @@ def test_int8_policy_quantises_matmul_inputs_only(tmp_path, rest):
 
 
 def _assert_gate_passed_on_real_masks(art, keys):
+    """The gate passed on non-degenerate masks, for every set of files a provider runs (fused flavours included)."""
     m = load_manifest(art)
     assert m.fidelity["gate"] == "on"
     report = json.loads((art / "fidelity.json").read_text())
-    for key in keys:
+    assert set(keys) <= set(report) and set(report) == set(m.fidelity) - {"gate"}
+    for provider in ("cpu", "cuda", "tensorrt"):
+        runs = {n: g.artifact_for(provider).file for n, g in m.graphs.items()}
+        assert any(r["graph_files"] == runs for r in report.values()), f"what {provider} runs was not gated: {runs}"
+    for key in report:
         f = m.fidelity[key]
         assert f["passed"] and f["episodes"] == 2
         assert f["degenerate_episodes"] == 0, "reference masks empty or full: the IoU would be vacuous"
@@ -150,7 +155,7 @@ def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
                 assert all(types.get(i, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for i in node.input if i), node.name
         weights = [t for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= 16]
         assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
-    _assert_gate_passed_on_real_masks(fp16, ["standard"])
+    _assert_gate_passed_on_real_masks(fp16, ["standard"])  # ORT CPU has no FP16 fused attention: no .mha flavours
     seg = FewShotSegmenter(fp16)
     seg.add_support(*episode.supports[0])
     result = seg.segment(episode.query)
@@ -222,6 +227,31 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_pa
     assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"].startswith("/memory_attention/")
     m = load_manifest(kept)
     assert m.precision == "mixed" and m.graphs["memory_attention"].precision == "fp16" and m.graphs["image_encoder"].precision == "fp32"
+
+
+def test_gate_judges_the_fused_flavours_the_runtime_will_run(fp32, tmp_path, monkeypatch):
+    """A fused-attention flavour that slips past its parity check but is wrong on real episodes fails the gate:
+    flavours are made before the gate, and the gate runs the files cpu / cuda will run (here the FP32 image
+    encoder's fused copy; ORT CPU has no FP16 fused attention, so FP16 graphs get none)."""
+    import calibration.pipeline as pipeline
+    import fssam2_export.ort_fusion as ort_fusion
+
+    real = ort_fusion.fuse_attention
+
+    def broken(model):
+        fused, count = real(model)
+        if count and any(n.name.startswith("/image_encoder/") for n in fused.graph.node):  # the FP32 graph here
+            weights = {t.name for t in fused.graph.initializer}
+            first = next(n for n in fused.graph.node if n.op_type == "MatMul" and weights & set(n.input))
+            w = next(t for t in fused.graph.initializer if t.name in first.input)
+            w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
+        return fused, count
+
+    monkeypatch.setattr(ort_fusion, "fuse_attention", broken)
+    monkeypatch.setattr(ort_fusion, "check_parity", lambda *a, **k: 0.0)
+    options = pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1, gate_episodes=2)
+    with pytest.raises(pipeline.GateError, match=r"fidelity gate failed \(cpu\+cuda\)"):
+        pipeline.convert_artifacts(fp32, tmp_path, options, progress=False)
 
 
 def test_check_command_passes_and_refuses_a_mismatched_pair(fp16, fp32, artifacts, capsys):
