@@ -3,7 +3,8 @@
 Standard graph: onnxruntime.quantization's `quantize_static` in QDQ format, QInt8 activations and
 weights, symmetric (zero point 0), per-channel weights, no INT32 bias quantisation (TensorRT's
 DequantizeLinear takes INT8/FP8/INT4 only). Only the inputs of Conv / ConvTranspose / MatMul / Gemm are
-quantised; everything else (LayerNorm, Softmax, residual Adds, GELU's Erf, ...) stays in floating point,
+quantised, and nothing else reads an INT8-dequantised tensor (`POLICY_OPTIONS`, `keep_float_consumers`):
+LayerNorm (and LayerNorm2d's ReduceMean/Sub), Softmax, bias / residual Adds, GELU's Erf, Relu stay in floating point,
 and MatMuls between two activations (attention QK^T and AV, the decoder's hypernetwork x mask product)
 are excluded by graph pattern. The rest of the graph is then FP16 (default, as TensorRT users deploy)
 or FP32.
@@ -49,6 +50,9 @@ FLOAT_OPS: dict[str, str] = {
 }
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ORT's QDQ quantiser also quantises the *outputs* of Conv/MatMul/Gemm (this option stops it), and hands a quantised
+# tensor's DequantizeLinear output to every consumer, quantised or not (`keep_float_consumers` undoes that).
+POLICY_OPTIONS = {"OpTypesToExcludeOutputQuantization": QUANTISED_OPS}
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,11 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
                 "QuantizeBias": False,
                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
                 "CalibTensorRangeSymmetric": True,
+                **(POLICY_OPTIONS if exclusions else {}),
             },
         )
+        if exclusions:
+            onnx.save(keep_float_consumers(onnx.load(str(qdq))), str(qdq))
         if rest == "fp16":
             convert_fp16(qdq, dst, list(extra_blocked_nodes), op_block_extra=QDQ_OPS)
         else:
@@ -121,6 +128,32 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
     result = onnx.load(str(dst))
     quantised = sum(1 for n in result.graph.node if n.op_type in QUANTISED_OPS and any(i.endswith("DequantizeLinear_Output") for i in n.input))
     return QuantisationResult(excluded, quantised)
+
+
+def keep_float_consumers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Re-point every consumer that is not a quantised op (`QUANTISED_OPS`) from an activation's DequantizeLinear
+    output back to the float tensor the pair quantises, and drop the pairs nothing reads any more (in place)."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    source: dict[str, str] = {}  # DequantizeLinear output -> the float tensor its QuantizeLinear reads
+    for dq in graph.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            if dq.output[0] in outputs:
+                raise GraphCheckError(f"graph output {dq.output[0]} is INT8-dequantised; the policy keeps graph outputs float")
+            source[dq.output[0]] = q.input[0]
+    for n in graph.node:
+        if n.op_type not in QUANTISED_OPS:
+            for i, name in enumerate(n.input):
+                n.input[i] = source.get(name, name)
+    while True:  # a pair is dead when its DequantizeLinear output has no reader left
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in QDQ_OPS and not read & set(n.output)]
+        if not dead:
+            return model
+        for n in dead:
+            graph.node.remove(n)
 
 
 def check_qdq(model: onnx.ModelProto) -> None:

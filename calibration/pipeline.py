@@ -4,8 +4,9 @@
 2. per graph: activation ranges -> FP16 range report (nodes overflowing FP16 join the FP32 block
    list); convert to FP16, or quantise to INT8 QDQ (+ the ORT-CPU dynamic INT8 flavour), or copy FP32;
    check every result against TensorRT 10's table (and QDQ rules);
-3. write the manifest, run the fidelity gate on held-out episodes (another seed stream) against the
-   FP32 artifacts — the standard graphs, and the CPU flavours where there are any — and write
+3. add ONNX Runtime's fused-attention flavours (`ort_fusion`), so the gate judges them too;
+4. write the manifest, run the fidelity gate on held-out episodes (another seed stream) against the
+   FP32 artifacts — once per distinct set of files a provider (cpu, cuda, tensorrt) will run — and write
    `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError` naming the worst graph and the
    first node whose output drifts, unless the gate is off (recorded in the manifest).
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import onnx
 
 from fssam2_export.onnx_passes import check_tensorrt_compat
+from fssam2_export.ort_fusion import add_ort_flavours
 from runtime.backends import OrtBackend
 from runtime.fidelity import (
     CHECK_STREAM,
@@ -68,6 +70,7 @@ class PrecisionOptions:
     int8_heads: bool = True  # quantise the mask decoder's MLP heads (Gemm)
     int8_exclusions: bool = True  # False quantises every node: only for demonstrating a failing gate
     cpu_int8_flavour: bool = True  # add the ORT-CPU dynamic INT8 flavour to INT8 graphs
+    ort_flavours: bool = True  # add ORT fused-attention flavours (before the gate, which judges them)
     gate: bool = True
     gate_episodes: int = 16
     thresholds: GateThresholds | None = None  # default: GateThresholds.for_precision
@@ -88,7 +91,7 @@ class PrecisionOptions:
 @dataclass(frozen=True)
 class ConversionResult:
     manifest: Manifest
-    reports: dict[str, FidelityReport]  # "standard" and, with CPU flavours, "cpu"
+    reports: dict[str, FidelityReport]  # per distinct file set: "standard", else the providers running it ("cpu+cuda")
     seconds: dict[str, float]
 
 
@@ -185,6 +188,10 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
                                      "fused_attentions": attentions, "fusion": "com.microsoft.MultiHeadAttention"}))
         specs[name] = dataclasses.replace(spec, sha256=sha, precision=prec, flavours=flavours)
         seconds[f"convert {name}"] = time.perf_counter() - t0
+    if opts.ort_flavours:
+        t0 = time.perf_counter()
+        specs = add_ort_flavours(out_dir, specs, {"num_memory_tokens": base.episode.tokens_per_support}, progress)
+        seconds["ort_flavours"] = time.perf_counter() - t0
 
     info = calib.info
     calibration = {
@@ -221,12 +228,8 @@ def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOpti
     lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
     thresholds = opts.thresholds or GateThresholds.for_precision(lowest)
     episodes = synthetic_episodes(opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM)
-    cpu = OrtBackend("cpu")
-    backends = {"standard": StandardGraphs(cpu)}
-    if any(g.flavours for g in manifest.graphs.values()):
-        backends["cpu"] = cpu
     reports = {}
-    for key, backend in backends.items():
+    for key, backend in provider_file_sets(manifest, OrtBackend("cpu")).items():
         report = compare_artifacts(out_dir, fp32_dir, episodes, backend=backend, thresholds=thresholds, progress=progress)
         report.candidate, report.reference = "converted", "fp32"
         if not report.passed:
@@ -239,6 +242,32 @@ def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOpti
     if failed and opts.gate:
         raise GateError(f"fidelity gate failed ({', '.join(failed)}); nothing written:\n{text}")
     return reports
+
+
+class ProviderFiles:
+    """Runs on `inner` (ORT CPU) the files the runtime picks for `provider`, so the gate judges exactly those."""
+
+    def __init__(self, inner, provider: str):
+        self.inner, self.provider, self.name = inner, provider, f"{inner.name}-as-{provider}"
+
+    def load(self, path: Path, spec: GraphSpec):
+        return self.inner.load(path, spec)
+
+
+def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
+    """One backend per distinct set of files the ONNX providers run, keyed "standard" (the standard graphs, what
+    TensorRT runs) or by the providers sharing it ("cpu+cuda")."""
+    standard = {n: g.file for n, g in manifest.graphs.items()}
+    sets: dict[tuple, list[str]] = {tuple(standard.values()): []}
+    for provider in ("cpu", "cuda", "tensorrt"):
+        sets.setdefault(tuple(g.artifact_for(provider).file for g in manifest.graphs.values()), []).append(provider)
+    backends = {}
+    for files, providers in sets.items():
+        if files == tuple(standard.values()):
+            backends["standard"] = StandardGraphs(cpu)
+        else:
+            backends["+".join(providers)] = ProviderFiles(cpu, providers[0])
+    return backends
 
 
 def _diagnose(fp32_dir: Path, out_dir: Path, manifest: Manifest, report: FidelityReport, episode, thresholds: GateThresholds) -> dict:

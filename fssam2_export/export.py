@@ -129,7 +129,8 @@ def export_artifacts(
     For fp16 / int8 / mixed, the FP32 graphs are exported into the temp dir first, converted by
     `calibration.pipeline.convert_artifacts` (a `PrecisionOptions`, default from `precision`) and gated
     against them; the FP32 reference is not kept. A failing gate raises and writes nothing.
-    `ort_optimize` then adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to the final graphs,
+    `ort_optimize` adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to the final graphs (before the
+    gate for reduced precisions, so the gate judges them),
     and `engines` builds TensorRT engines from them (`engines.build_engines`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -148,7 +149,7 @@ def export_artifacts(
         else:
             from calibration.pipeline import PrecisionOptions, convert_artifacts
 
-            options = precision_options or PrecisionOptions(precision)
+            options = dataclasses.replace(precision_options or PrecisionOptions(precision), ort_flavours=ort_optimize)
             if options.precision != precision:
                 raise ValueError(f"precision {precision!r} but precision options for {options.precision!r}")
             reference = tmp / FP32_REFERENCE_DIR
@@ -158,7 +159,7 @@ def export_artifacts(
             shutil.rmtree(reference)
             manifest, seconds = result.manifest, seconds | result.seconds
             table = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in result.reports.items())
-        if ort_optimize:
+        if ort_optimize and precision == "fp32":  # reduced precisions: made before their gate, which judges them
             t0 = time.perf_counter()
             graphs = add_ort_flavours(tmp, manifest.graphs, {"num_memory_tokens": manifest.episode.tokens_per_support}, progress)
             manifest = dataclasses.replace(manifest, graphs=graphs)

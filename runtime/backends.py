@@ -31,10 +31,13 @@ from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ra
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    # TensorRT EP with CUDA for any node TensorRT declines; CPU is deliberately not listed.
+    "cuda": ["CUDAExecutionProvider"],
+    # TensorRT EP with CUDA for any node TensorRT declines.
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
 }
+# GPU providers never hand a node to the CPU EP: ORT refuses to create the session instead (the option also
+# forbids listing CPUExecutionProvider, hence not in ORT_PROVIDERS). libfssam2 sets the same entry.
+NO_CPU_FALLBACK = ("session.disable_cpu_ep_fallback", "1")
 CACHED_PROVIDERS = ("cpu", "cuda")  # the TensorRT EP builds engines instead (its own engine cache)
 PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native", "openvino")
 
@@ -143,6 +146,8 @@ class OrtBackend:
             options.intra_op_num_threads = self._threads
         if self._shared_arena:
             options.add_session_config_entry("session.use_env_allocators", "1")
+        if self.provider != "cpu":
+            options.add_session_config_entry(*NO_CPU_FALLBACK)
         if optimized_model is not None:
             options.optimized_model_filepath = str(optimized_model)
             options.log_severity_level = 3  # ORT warns that the copy is hardware-specific: the cache key says so
@@ -154,6 +159,9 @@ class OrtBackend:
         try:
             return self._ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # ORT raises its own exception types for corrupt files / bad graphs
+            if "fallback to CPU EP has been explicitly disabled" in str(e):
+                raise ProviderUnavailableError(f"{path.name}: provider {self.provider!r} cannot run every node of the graph "
+                                               f"and CPU fallback is disabled ({e})") from e
             raise RuntimeError(f"onnxruntime could not load {path}: {e}") from e
 
     def _entry(self, path: Path, spec: GraphSpec) -> CacheEntry | None:
@@ -205,10 +213,10 @@ class OrtBackend:
         else:
             session, status = self._session(path, self._options(), providers), "off"
         active = session.get_providers()
-        if self._providers[0] not in active:
-            raise ProviderUnavailableError(
-                f"{path.name}: requested {self._providers[0]} but the session runs on {active}"
-            )
+        missing = [ep for ep in self._providers if ep not in active]
+        if missing:
+            raise ProviderUnavailableError(f"{path.name}: requested {self._providers} but the session runs on {active} "
+                                           f"(missing {missing})")
         self._consumed.update(t.name for t in spec.inputs)
         if self.provider == "cpu":
             return OrtGraph(session, [o.name for o in spec.outputs], status)

@@ -328,8 +328,8 @@ def compare_artifacts(
         for name, calls in ref_rec.calls.items():
             for feeds, want in zip(calls, ref_rec.results[name]):
                 have = cand_rec.graphs[name].run(feeds)
-                for out, stats in graphs[name].items():
-                    stats.update(have[out], want[out])
+                for out, stats in graphs[name].items():  # np.asarray: GPU backends may leave outputs on the device
+                    stats.update(np.asarray(have[out]), np.asarray(want[out]))
         fg = float(ref.mask.mean())
         results.append(EpisodeFidelity(
             shots=len(ep.supports),

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+def unavailable(reason: str, require_env: str) -> None:
+    """Skip what needs a missing dependency, or fail when `require_env` is set (.ci/run sets it: CI must run it)."""
+    if os.environ.get(require_env):
+        pytest.fail(f"{reason}; {require_env} is set, so this must run here, not skip", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 SMALL = 256  # image size for most tests (multiple of 32); the slow test runs 1024
 SEED = 0
 _METRICS: dict[str, float] = {}

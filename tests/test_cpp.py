@@ -21,6 +21,7 @@ import PIL
 import pytest
 from PIL import Image
 
+from conftest import unavailable
 from runtime import FewShotSegmenter
 from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 
@@ -35,9 +36,7 @@ OK, INVALID, MANIFEST, PROVIDER, STATE, RUNTIME = 0, 1, 2, 3, 4, 5
 
 
 def _unavailable(reason: str):
-    if os.environ.get("FSSAM2_REQUIRE_CPP"):
-        pytest.fail(f"C++ runtime required (FSSAM2_REQUIRE_CPP) but {reason}")
-    pytest.skip(reason)
+    unavailable(f"C++ runtime: {reason}", "FSSAM2_REQUIRE_CPP")
 
 
 def _cmake_build(build_dir: Path, *options: str, target: str | None = None) -> None:

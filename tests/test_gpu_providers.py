@@ -72,8 +72,59 @@ def test_provider_lists_put_tensorrt_before_cuda_and_never_cpu(tmp_path):
     trt = ort_provider_list(ORT_PROVIDERS["tensorrt"], {}, tmp_path)
     assert [p[0] for p in trt] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     assert trt[1][1]["do_copy_in_default_stream"] == "1"
-    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list(ORT_PROVIDERS["cuda"], {}, tmp_path)] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list(ORT_PROVIDERS["cuda"], {}, tmp_path)] == ["CUDAExecutionProvider"]
     assert ort_provider_list(ORT_PROVIDERS["cpu"], {}, tmp_path) == ["CPUExecutionProvider"]
+
+
+class _CapturedSession:
+    """Stands in for ort.InferenceSession: keeps what the backend passed; runs on `active` providers."""
+
+    made: list = []
+    active: list[str] = []
+
+    def __init__(self, path, sess_options=None, providers=None):
+        self.options, self.providers = sess_options, providers
+        _CapturedSession.made.append(self)
+
+    def get_providers(self):
+        return list(self.active)
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_gpu_providers_disable_cpu_fallback_in_the_options_passed(artifacts, tmp_path, monkeypatch, provider):
+    """The SessionOptions handed to ORT forbid the CPU EP and list no CPUExecutionProvider; `cpu` keeps its defaults;
+    a session missing any requested EP (not only the first) is refused."""
+    eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: eps)
+    monkeypatch.setattr(ort, "InferenceSession", _CapturedSession)
+    manifest = load_manifest(artifacts)
+    spec = manifest.graphs["image_encoder"]
+    wanted = ORT_PROVIDERS[provider]
+    _CapturedSession.made, _CapturedSession.active = [], [*wanted, "CPUExecutionProvider"]
+    backend = OrtBackend(provider, dims=memory_dim_ranges(manifest.episode, max_shots=2), trt_cache_dir=tmp_path, cache=False)
+    with pytest.raises(Exception):  # the fake session cannot bind IO; the options were captured before that
+        backend.load(artifacts / spec.file, spec)
+    session = _CapturedSession.made[-1]
+    assert session.options.get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
+    assert "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in session.providers]
+    for dropped in wanted:  # each requested EP missing from the session in turn
+        _CapturedSession.active = [ep for ep in wanted if ep != dropped] + ["CPUExecutionProvider"]
+        with pytest.raises(ProviderUnavailableError, match=f"missing \\['{dropped}'\\]"):
+            backend.load(artifacts / spec.file, spec)
+    _CapturedSession.active = ["CPUExecutionProvider"]
+    OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec)
+    with pytest.raises(Exception):
+        _CapturedSession.made[-1].options.get_session_config_entry("session.disable_cpu_ep_fallback")  # not set
+
+
+def test_real_onnxruntime_refuses_cpu_nodes_with_the_gpu_options(artifacts, monkeypatch):
+    """The real (CPU-only) ORT with the options the `cuda` backend passes: the CUDA EP is absent, so every node
+    would land on the CPU EP, and ORT refuses the session instead of running it there."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    spec = load_manifest(artifacts).graphs["mask_decoder"]
+    with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="CPU fallback is disabled"):
+        warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
+        OrtBackend("cuda", cache=False).load(artifacts / spec.file, spec)
 
 
 def test_engine_compat_refuses_other_tensorrt_or_gpu():
@@ -221,7 +272,7 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="num_memory_tokens.*create_backend"):
         create_backend("tensorrt").load(artifacts / spec.file, spec)
     backend = OrtBackend("tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache")
-    with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="requested TensorrtExecutionProvider but the session runs on"):
+    with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="tensorrt.*CPU fallback is disabled"):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
         backend.load(artifacts / spec.file, spec)
     assert (tmp_path / "cache").is_dir()

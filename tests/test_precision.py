@@ -11,7 +11,7 @@ import pytest
 from onnxruntime.quantization import CalibrationMethod
 
 from calibration.capture import capture
-from calibration.int8 import check_qdq
+from calibration.int8 import QUANTISED_OPS, check_qdq, quantize_qdq
 from calibration.ranges import calibrate, minmax, symmetric
 from runtime import FewShotSegmenter, load_manifest
 from runtime import cli as runtime_cli
@@ -45,11 +45,67 @@ def int8(tmp_path_factory):
     return _export(tmp_path_factory, "int8", "--precision", "int8")
 
 
+def dq_readers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes that read an INT8-dequantised tensor, following Cast chains back (FP16 conversion puts Casts between)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def dequantised(name):
+        node = producer.get(name)
+        while node is not None and node.op_type == "Cast":
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    return [n for n in model.graph.node if n.op_type not in ("Cast", "QuantizeLinear", "DequantizeLinear")
+            and any(dequantised(i) for i in n.input if i)]
+
+
+class _Feeds:
+    def __init__(self, feeds):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+@pytest.mark.parametrize("rest", ["fp16", "fp32"])
+def test_int8_policy_quantises_matmul_inputs_only(tmp_path, rest):
+    """A pre-norm residual block, x -> LayerNorm-like ReduceMean/Sub, MatMul -> bias Add -> Relu -> MatMul -> residual
+    Add: only the two MatMuls may read dequantised tensors (the positive control: they must), not the bias / residual
+    Adds, ReduceMean, Sub or Relu, with or without the FP16 Casts in between."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), n) for n in ("w1", "w2")]
+    inits.append(numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"))
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], name="ReduceMean", axes=[-1]),
+             helper.make_node("Sub", ["x", "mu"], ["xc"], name="Sub"),
+             helper.make_node("MatMul", ["xc", "w1"], ["h"], name="MatMul1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="BiasAdd"),
+             helper.make_node("Relu", ["hb"], ["r"], name="Relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="MatMul2"),
+             helper.make_node("Add", ["y", "xc"], ["out"], name="ResidualAdd")]
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 16])  # noqa: E731
+    model = helper.make_model(helper.make_graph(nodes, "block", [io("x")], [io("out")], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    src, dst = tmp_path / "block.onnx", tmp_path / "block.int8.onnx"
+    onnx.save(model, str(src))
+    feeds = [{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(4)]
+    quantize_qdq(src, dst, _Feeds(feeds), rest=rest)
+    readers = dq_readers(onnx.load(str(dst)))
+    assert sorted(n.name for n in readers) == ["MatMul1", "MatMul2"]  # quantised MatMuls detected, nothing else
+    assert all(n.op_type in QUANTISED_OPS for n in readers)
+
+
 def _assert_gate_passed_on_real_masks(art, keys):
+    """The gate passed on non-degenerate masks, for every set of files a provider runs (fused flavours included)."""
     m = load_manifest(art)
     assert m.fidelity["gate"] == "on"
     report = json.loads((art / "fidelity.json").read_text())
-    for key in keys:
+    assert set(keys) <= set(report) and set(report) == set(m.fidelity) - {"gate"}
+    for provider in ("cpu", "cuda", "tensorrt"):
+        runs = {n: g.artifact_for(provider).file for n, g in m.graphs.items()}
+        assert any(r["graph_files"] == runs for r in report.values()), f"what {provider} runs was not gated: {runs}"
+    for key in report:
         f = m.fidelity[key]
         assert f["passed"] and f["episodes"] == 2
         assert f["degenerate_episodes"] == 0, "reference masks empty or full: the IoU would be vacuous"
@@ -99,7 +155,7 @@ def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
                 assert all(types.get(i, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for i in node.input if i), node.name
         weights = [t for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= 16]
         assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
-    _assert_gate_passed_on_real_masks(fp16, ["standard"])
+    _assert_gate_passed_on_real_masks(fp16, ["standard"])  # ORT CPU has no FP16 fused attention: no .mha flavours
     seg = FewShotSegmenter(fp16)
     seg.add_support(*episode.supports[0])
     result = seg.segment(episode.query)
@@ -114,12 +170,11 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
         check_qdq(model)  # TensorRT table ops, INT8 Q/DQ, zero points 0
         ops = {n.op_type for n in model.graph.node}
         assert "DequantizeLinear" in ops and not any(k in op for op in ops for k in NOT_TRT)
-        dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        for node in model.graph.node:
-            if node.name in m.calibration["int8"]["graphs"][name]["excluded_nodes"]:
-                assert not dq_out & set(node.input), f"{node.name} should not be quantised"
-            if node.op_type in ("LayerNormalization", "Softmax", "Add", "Erf"):
-                assert not dq_out & set(node.input), f"{node.name} ({node.op_type}) should not be quantised"
+        readers = dq_readers(model)  # through the FP16 Casts
+        assert any(n.op_type in ("MatMul", "Conv") for n in readers), "positive control: quantised ops are found"
+        excluded = m.calibration["int8"]["graphs"][name]["excluded_nodes"]
+        wrong = [f"{n.name} ({n.op_type})" for n in readers if n.op_type not in QUANTISED_OPS or n.name in excluded]
+        assert not wrong, f"{name}: read INT8-dequantised tensors against the policy: {wrong[:8]}"
         flavour = spec.flavours[0]  # ahead of any fused-attention flavour, so `cpu` runs it
         assert flavour.providers == ["cpu"] and flavour.precision == "int8-dynamic" and flavour.source_sha256 == spec.sha256
         assert spec.artifact_for("tensorrt").file == spec.file and spec.artifact_for("cpu").file == flavour.file
@@ -172,6 +227,31 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_pa
     assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"].startswith("/memory_attention/")
     m = load_manifest(kept)
     assert m.precision == "mixed" and m.graphs["memory_attention"].precision == "fp16" and m.graphs["image_encoder"].precision == "fp32"
+
+
+def test_gate_judges_the_fused_flavours_the_runtime_will_run(fp32, tmp_path, monkeypatch):
+    """A fused-attention flavour that slips past its parity check but is wrong on real episodes fails the gate:
+    flavours are made before the gate, and the gate runs the files cpu / cuda will run (here the FP32 image
+    encoder's fused copy; ORT CPU has no FP16 fused attention, so FP16 graphs get none)."""
+    import calibration.pipeline as pipeline
+    import fssam2_export.ort_fusion as ort_fusion
+
+    real = ort_fusion.fuse_attention
+
+    def broken(model):
+        fused, count = real(model)
+        if count and any(n.name.startswith("/image_encoder/") for n in fused.graph.node):  # the FP32 graph here
+            weights = {t.name for t in fused.graph.initializer}
+            first = next(n for n in fused.graph.node if n.op_type == "MatMul" and weights & set(n.input))
+            w = next(t for t in fused.graph.initializer if t.name in first.input)
+            w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
+        return fused, count
+
+    monkeypatch.setattr(ort_fusion, "fuse_attention", broken)
+    monkeypatch.setattr(ort_fusion, "check_parity", lambda *a, **k: 0.0)
+    options = pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1, gate_episodes=2)
+    with pytest.raises(pipeline.GateError, match=r"fidelity gate failed \(cpu\+cuda\)"):
+        pipeline.convert_artifacts(fp32, tmp_path, options, progress=False)
 
 
 def test_check_command_passes_and_refuses_a_mismatched_pair(fp16, fp32, artifacts, capsys):

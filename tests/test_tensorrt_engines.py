@@ -11,14 +11,20 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("polygraphy", reason="engine builds are driven through polygraphy (pip install polygraphy)")
+from conftest import unavailable
+
+try:
+    import polygraphy  # noqa: F401
+except ImportError:
+    unavailable("engine builds are driven through polygraphy (pip install polygraphy)", "FSSAM2_REQUIRE_POLYGRAPHY")
 from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, install_fake_polygraphy
 
-from fssam2_export.engines import TIMING_CACHE, EngineBuildError, EngineSettings, build_engines, strongly_typed_flag
+from fssam2_export.engines import (TIMING_CACHE, TOLERANCES, EngineBuildError, EngineSettings, build_engines, compare_engine,
+                                   comparison_feeds, strongly_typed_flag)
 from runtime import FewShotSegmenter, ManifestError, OrtBackend
 from runtime.device import DeviceTensor
 from runtime.manifest import GRAPH_NAMES, load_manifest
-from runtime.profiles import ShotLimitError
+from runtime.profiles import ShotLimitError, memory_dim_ranges
 from runtime.trt_backend import DeviceInfo, EngineMismatchError, TensorRTBackend
 
 MAX_SHOTS = 3
@@ -32,10 +38,16 @@ def engine_dir(artifacts, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
         log = install_fake_polygraphy(mp)
-        report = build_engines(out, EngineSettings(max_shots=MAX_SHOTS, opt_shots=2, workspace_gb=1), progress=False, device=DEVICE)
+        report = build_engines(out, EngineSettings(max_shots=MAX_SHOTS, opt_shots=2, workspace_gb=1, gate_episodes=2),
+                               progress=False, device=DEVICE, runtime_backend=fake_native_backend())
     finally:
         mp.undo()
     return out, log, report
+
+
+def fake_native_backend(cuda=None):
+    cuda = cuda or FakeCuda()
+    return TensorRTBackend(runtime=FakeRuntime(cuda), cuda=cuda)
 
 
 def native(root, cuda=None, version=TRT_VERSION):
@@ -62,7 +74,7 @@ def test_build_records_engines_as_flavours(engine_dir, artifacts, capsys):
         assert (f.kind, f.file, f.providers, f.precision, f.source_sha256) == ("tensorrt-engine", f"{name}.engine", ["tensorrt-native"], g.precision, g.sha256)
         assert (f.meta["tensorrt"], f.meta["gpu"], f.meta["compute_capability"]) == (TRT_VERSION, DEVICE.name, DEVICE.compute_capability)
         assert f.meta["builder"]["strongly_typed"] and f.meta["builder"]["workspace_bytes"] == 1 << 30
-        assert f.meta["comparison"]["inputs"] >= 1 and max(f.meta["comparison"]["max_abs"].values()) < 1e-5
+        assert f.meta["comparison"]["inputs"] >= 1 and max(o["max_over_spread"] for o in f.meta["comparison"]["outputs"].values()) < 1e-5
         assert g.artifact_for("tensorrt-native") is f and g.artifact_for("tensorrt").file == g.file
     memory = manifest.graphs["memory_attention"].artifact_for("tensorrt-native").meta
     assert memory["profiles"]["memory"] == {"min": [1, tokens, 64], "opt": [1, 2 * tokens, 64], "max": [1, MAX_SHOTS * tokens, 64]}
@@ -88,11 +100,96 @@ def test_failed_comparison_fails_the_build_and_changes_nothing(artifacts, tmp_pa
     out = tmp_path / "art"
     shutil.copytree(artifacts, out)
     before = (out / "manifest.json").read_bytes()
-    install_fake_polygraphy(monkeypatch, output_offset=0.5)
+    install_fake_polygraphy(monkeypatch, perturb=lambda name, v: v + np.float32(0.5))
     with pytest.raises(EngineBuildError, match="image_encoder: the engine differs from image_encoder.onnx beyond the fp32 tolerance"):
         build_engines(out, EngineSettings(max_shots=2), progress=False, device=DEVICE)
     assert (out / "manifest.json").read_bytes() == before
     assert not list(out.glob("*.engine")) and not list(out.glob(".*partial*")) and not (out / TIMING_CACHE).exists()
+
+
+@pytest.fixture(scope="module")
+def decoder_case(artifacts):
+    """The mask decoder's comparison inputs and its ONNX outputs on them (ORT CPU), for perturbing engines."""
+    import onnxruntime as ort
+
+    manifest = load_manifest(artifacts)
+    feeds = comparison_feeds(artifacts, memory_dim_ranges(manifest.episode, 2))["mask_decoder"]
+    path = artifacts / manifest.graphs["mask_decoder"].file
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = [dict(zip([o.name for o in session.get_outputs()], session.run(None, f))) for f in feeds]
+    return path, feeds, outputs
+
+
+@pytest.mark.parametrize("kind, factor, passes", [
+    ("spike", 0.9, True), ("spike", 1.1, False),  # one logit off by just under / over the max tolerance
+    ("shift", 0.9, True), ("shift", 1.1, False),  # every logit off by just under / over the 99.9 % tolerance
+    ("nan", 0.0, False), ("object_score", 1.1, False), ("object_score", 0.9, True),
+])
+def test_engine_comparison_near_its_thresholds(decoder_case, monkeypatch, kind, factor, passes):
+    """Errors are judged in units of the ONNX output's spread (std over the inputs): max and 99.9th percentile."""
+    path, feeds, outputs = decoder_case
+    tol = TOLERANCES["fp32"]
+    logits = np.concatenate([o["low_res_logits"].ravel() for o in outputs])
+    scores = np.concatenate([o["object_score_logits"].ravel() for o in outputs])
+    assert logits.std() > 0 and (logits > 0).mean() not in (0.0, 1.0)  # a real spread, not a constant map
+    score_scale = scores.std() or np.abs(scores).max()  # one scalar per call: its magnitude where the std is 0
+
+    def perturb(name, v):
+        v = v.copy()
+        if name == "low_res_logits" and kind == "spike":
+            v.flat[v.size // 2] += factor * tol.max * logits.std()
+        elif name == "low_res_logits" and kind == "shift":
+            v += np.float32(factor * tol.quantile * logits.std())
+        elif name == "low_res_logits" and kind == "nan":
+            v.flat[0] = np.nan
+        elif name == "object_score_logits" and kind == "object_score":
+            v += np.float32(factor * tol.max * score_scale)
+        return v
+
+    install_fake_polygraphy(monkeypatch, perturb=perturb)
+    failures, figures = compare_engine(b'{"onnx": "%s"}' % str(path).encode(), path, feeds, "fp32")
+    assert (not failures) == passes, failures
+    if not passes:
+        assert any(f.startswith("object_score_logits" if kind == "object_score" else "low_res_logits") for f in failures)
+    if kind == "nan":
+        assert figures["outputs"]["low_res_logits"]["non_finite"] == 1 and "non-finite" in failures[0]
+
+
+class _FlippedDecoder:
+    """A runtime backend whose mask decoder returns negated logits (every mask decision flipped)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.provider = inner, "flipped", inner.provider
+
+    def load(self, path, spec):
+        graph = self.inner.load(path, spec)
+        if "mask_decoder" not in path.name:
+            return graph
+
+        class Flipped:
+            def run(self, feeds):
+                out = graph.run(feeds)
+                return out | {"low_res_logits": -np.asarray(out["low_res_logits"])}
+
+            def __getattr__(self, attr):
+                return getattr(graph, attr)
+
+        return Flipped()
+
+
+def test_end_to_end_gate_fails_engines_that_flip_masks(artifacts, tmp_path, monkeypatch):
+    """Each engine alone may pass its comparison; the engines run together through the runtime must pass the ONNX
+    gate too, or nothing is written."""
+    out = tmp_path / "art"
+    shutil.copytree(artifacts, out)
+    before = (out / "manifest.json").read_bytes()
+    install_fake_polygraphy(monkeypatch)
+    with pytest.raises(EngineBuildError, match="end-to-end fidelity gate") as err:
+        build_engines(out, EngineSettings(max_shots=2, gate_episodes=2), progress=False, device=DEVICE,
+                      runtime_backend=_FlippedDecoder(fake_native_backend()))
+    assert "FAIL" in str(err.value)
+    assert (out / "manifest.json").read_bytes() == before
+    assert not list(out.glob("*.engine")) and not list(out.glob(".*partial*")) and not list(out.glob(".engines*"))
 
 
 def test_strongly_typed_flag_follows_tensorrt_version():

@@ -113,12 +113,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .evaluate import evaluate, runtime_predictor, torch_predictor
-    from .fit import use_amp
+    from .fit import resolve_device, use_amp
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     config = read_config(Path(args.run)) if args.run else None
     root = _data_root(args, fallback=(config.data_root if config else None) or DEFAULT_DATA_ROOT)
     dataset = build_dataset(args.dataset, root, args.fold, args.split, args.shots, args.seed, num_episodes=args.episodes)

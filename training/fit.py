@@ -65,18 +65,30 @@ class _Dist:
         return self.rank == 0
 
 
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; an explicit CUDA device without CUDA is refused, never replaced."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no usable CUDA device (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+    return dev
+
+
 def _init_distributed(device: str) -> _Dist:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
-        cuda = torch.cuda.is_available() and device != "cpu"
+    dev = resolve_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process per GPU, or CPU processes
+        cuda = dev.type == "cuda"
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device("cuda", local) if cuda else torch.device("cpu")
         if cuda:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)
         return _Dist(dist.get_rank(), dist.get_world_size(), dev)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return _Dist(device=torch.device(device))
+    return _Dist(device=dev)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:

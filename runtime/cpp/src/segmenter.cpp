@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <onnxruntime_session_options_config_keys.h>
+
 #include "error.hpp"
 
 namespace fssam2::detail {
@@ -55,6 +57,9 @@ void append_provider(Ort::SessionOptions &options, const std::string &provider) 
         std::unique_ptr<OrtCUDAProviderOptionsV2, void (*)(OrtCUDAProviderOptionsV2 *)> guard(
             cuda, Ort::GetApi().ReleaseCUDAProviderOptions);
         options.AppendExecutionProvider_CUDA_V2(*cuda);
+        // No node runs on the CPU EP behind the provider's back: ORT refuses the session instead (as
+        // runtime/backends.py's NO_CPU_FALLBACK).
+        options.AddConfigEntry(kOrtSessionOptionsDisableCPUEPFallback, "1");
     }
 }
 
