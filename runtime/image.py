@@ -13,11 +13,9 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from .errors import InputError
+
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
-
-
-class InputError(ValueError):
-    """An image or mask handed to the runtime is unusable; the message names the problem."""
 
 
 def load_image(src: ImageLike) -> np.ndarray:

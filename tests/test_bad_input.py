@@ -42,7 +42,7 @@ def test_bad_images(seg, bad, match):
 
 def test_segment_before_any_support(seg, rgb):
     seg.reset()
-    with pytest.raises(RuntimeError, match="before any add_support"):
+    with pytest.raises(InputError, match="before any add_support"):
         seg.segment(rgb)
 
 

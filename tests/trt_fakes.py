@@ -1,4 +1,5 @@
-"""Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU.
+"""Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU, and
+`BoundCpuBackend`: ORT's GPU path (IO binding) with the CPU as its device.
 
 `FakeCuda` is device memory in numpy with byte counters; `FakeRuntime`/`FakeEngine` implement the
 small interface `runtime.trt_backend` needs (tensors, set_input_shape, set_address, output_shape,
@@ -13,10 +14,15 @@ import json
 import sys
 import types
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from pathlib import Path
+
+from runtime.manifest import GraphSpec
+from runtime.ort_gpu import OrtDeviceGraph
 from runtime.profiles import InputProfile
 from runtime.trt_backend import DeviceInfo, TensorInfo
 
@@ -171,3 +177,20 @@ def install_fake_polygraphy(monkeypatch, *, output_offset: float = 0.0, version:
     monkeypatch.setattr(ptrt, "EngineFromBytes", lambda blob: blob)
     monkeypatch.setattr(ptrt, "TrtRunner", FakeTrtRunner)
     return log
+
+
+class BoundCpuBackend:
+    """OrtBackend's GPU path (IO binding, device-resident outputs and support sets) with "cpu" as the device."""
+
+    name, provider = "ort-iobinding-cpu", "cpu"
+
+    def __init__(self):
+        self.consumed: set[str] = set()
+        self.graphs: dict[str, OrtDeviceGraph] = {}
+
+    def load(self, path: Path, spec: GraphSpec):
+        self.consumed.update(t.name for t in spec.inputs)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = Path(spec.file).stem  # `path` may be a flavour's file
+        self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
+        return self.graphs[name]
