@@ -181,3 +181,15 @@ def test_n_way_equals_n_one_way_runs_with_one_image_encoding(artifacts, episode,
     want = np.where(stack.max(0) > 0, stack.argmax(0) + 1, 0)
     np.testing.assert_array_equal(rs.label_map, want)
     assert rs.label_map.shape == singles[0].mask.shape and len(np.unique(rs.label_map)) >= 2
+
+
+@pytest.mark.parametrize("backend", ["cpu", "io-binding"])
+def test_threads_give_serial_results(artifacts, episode, backend):
+    """One segmenter, four threads, the same and different sets, 1-way and N-way: bit-identical to serial."""
+    from trt_fakes import BoundCpuBackend, assert_threads_match_serial
+
+    seg = FewShotSegmenter(artifacts, backend=BoundCpuBackend() if backend == "io-binding" else None)
+    cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
+    other = episode.supports[4][0]
+    jobs = [(episode.query, cats), (other, dogs), (episode.query, {"cat": cats, "dog": dogs}), (other, cats)]
+    assert assert_threads_match_serial(seg, jobs) == 12

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("polygraphy", reason="engine builds are driven through polygraphy (pip install polygraphy)")
-from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, install_fake_polygraphy
+from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, assert_threads_match_serial, install_fake_polygraphy
 
 from fssam2_export.engines import TIMING_CACHE, EngineBuildError, EngineSettings, build_engines, strongly_typed_flag
 from runtime import FewShotSegmenter, ManifestError, OrtBackend
@@ -162,6 +162,16 @@ def test_native_support_sets_get_their_own_device_buffers(engine_dir, episode):
     del a, b
     gc.collect()
     assert len(cuda.blocks) == blocks - 4  # both sets' memory + memory_pos buffers freed with the sets
+
+
+def test_native_backend_from_threads_gives_serial_results(engine_dir, episode):
+    """Shared buffers and one stream: threads are serialised per backend, and an output another thread's run is
+    about to overwrite is copied out first, so results stay bit-identical to serial calls."""
+    seg, _ = native(engine_dir[0])
+    cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
+    other = episode.supports[4][0]
+    jobs = [(episode.query, cats), (other, dogs), (episode.query, {"cat": cats, "dog": dogs}), (other, cats)]
+    assert assert_threads_match_serial(seg, jobs) == 12
 
 
 def test_k_beyond_the_profile_is_refused(engine_dir):

@@ -1,5 +1,6 @@
 """Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU, and
-`BoundCpuBackend`: ORT's GPU path (IO binding) with the CPU as its device.
+`BoundCpuBackend`: ORT's GPU path (IO binding) with the CPU as its device; `assert_threads_match_serial`
+drives a segmenter from many threads.
 
 `FakeCuda` is device memory in numpy with byte counters; `FakeRuntime`/`FakeEngine` implement the
 small interface `runtime.trt_backend` needs (tensors, set_input_shape, set_address, output_shape,
@@ -194,3 +195,30 @@ class BoundCpuBackend:
         name = Path(spec.file).stem  # `path` may be a flavour's file
         self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
         return self.graphs[name]
+
+
+def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -> int:
+    """Run (query, support) jobs serially, then `repeats` times each from `threads` threads at once (started
+    together at a barrier): every threaded result must be bit-identical to its serial one. Returns the calls made."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def logits(result):
+        parts = [result] if hasattr(result, "logits") else [result[n] for n in result] + [result]
+        return [p.label_map.tobytes() if not hasattr(p, "logits") else p.logits.tobytes() + p.low_res_logits.tobytes()
+                for p in parts]
+
+    serial = [logits(seg.segment(q, s)) for q, s in jobs]
+    work = [i for _ in range(repeats) for i in range(len(jobs))]
+    barrier = threading.Barrier(threads)
+
+    def call(n):
+        if n < threads:
+            barrier.wait()
+        return logits(seg.segment(*jobs[work[n]]))
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(call, range(len(work))))
+    for n, got in enumerate(results):
+        assert got == serial[work[n]], f"call {n} (job {work[n]}) differs from its serial result"
+    return len(results)
