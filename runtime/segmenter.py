@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from .backends import Backend, Graph, create_backend
-from .errors import InputError, ManifestError, SupportSetError
+from .errors import InputError, ManifestError
 from .image import ImageLike, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest, verify_file
 from .profiles import DEFAULT_MAX_SHOTS
@@ -205,11 +205,10 @@ class FewShotSegmenter:
         return MultiClassSegmentation(classes, label_map([r.logits for r in results]))
 
     def _check_set(self, name: str, s: object) -> None:
-        where = f"class {name!r}: " if name else ""
+        what = f"the support set of class {name!r}" if name else "the support set"
         if not isinstance(s, SupportSet):
-            raise InputError(f"{where}expected a SupportSet, got {type(s).__name__}")
-        if diff := s.fingerprint.differences(self.fingerprint):
-            raise SupportSetError(f"{where}support set made by another model than this segmenter's: {'; '.join(diff)}")
+            raise InputError(f"{what}: expected a SupportSet, got {type(s).__name__}")
+        s.fingerprint.check(self.fingerprint, what)
 
     def _segment(self, query: ImageLike, sets: list[SupportSet]) -> list[Segmentation]:
         rgb = load_image(query)

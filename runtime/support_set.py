@@ -51,6 +51,11 @@ class Fingerprint:
         return cls(m.name, weights, manifest.preprocess.image_size, memory.dtype, manifest.episode.tokens_per_support,
                    int(memory.shape[2]))
 
+    def check(self, artifacts: "Fingerprint", what: str = "support set") -> None:
+        """Raise SupportSetError naming every field in which this (a set's) differs from the artifacts'."""
+        if diff := self.differences(artifacts):
+            raise SupportSetError(f"{what} was made by another model than these artifacts': {'; '.join(diff)}")
+
     def differences(self, other: "Fingerprint", mine: str = "set", theirs: str = "artifacts") -> list[str]:
         """'field: <mine> value != <theirs> value' for every field that differs."""
         return [f"{f.name}: {mine} {getattr(self, f.name)} != {theirs} {getattr(other, f.name)}"
@@ -185,9 +190,7 @@ class SupportSet:
         except (KeyError, ValueError) as e:
             raise SupportSetError(f"{path}: malformed metadata ({e!r})") from e
         if model is not None:
-            expected = model if isinstance(model, Fingerprint) else Fingerprint.of(getattr(model, "manifest", model))
-            if diff := found.differences(expected):
-                raise SupportSetError(f"{path} was made by another model than this one: {'; '.join(diff)}")
+            found.check(model if isinstance(model, Fingerprint) else Fingerprint.of(getattr(model, "manifest", model)), str(path))
         if len(tensors["mask_areas"]) != shots:
             raise SupportSetError(f"{path}: metadata says {shots} shots, the tensors hold {len(tensors['mask_areas'])}")
         try:
@@ -200,7 +203,7 @@ class SupportSet:
         f = self.fingerprint
         sizes = ", ".join(f"{w}x{h}" for h, w in self.image_sizes.tolist())
         areas = ", ".join(str(a) for a in self.mask_areas.tolist())
-        return (f"{self.shots} supports, {self.tokens} memory tokens x {self.memory.shape[2]} channels {f.memory_dtype} "
+        return (f"{self.shots} support{'s' if self.shots > 1 else ''}, {self.tokens} memory tokens x {self.memory.shape[2]} channels {f.memory_dtype} "
                 f"({self.memory.nbytes + self.memory_pos.nbytes} bytes)\n"
                 f"model {f.model}, weights {f.weights}, image size {f.image_size}px, {f.tokens_per_support} tokens per support\n"
                 f"support image sizes (WxH): {sizes}\nmask areas (px): {areas}\nwritten by fssam2 {self.fssam2_version}")

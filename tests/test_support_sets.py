@@ -145,7 +145,7 @@ def test_load_refuses_garbage_and_other_channels(seg, sets, tmp_path):
 
 def test_segment_refuses_a_set_of_another_model(seg, episode, sets):
     other = dataclasses.replace(sets[1], fingerprint=dataclasses.replace(sets[1].fingerprint, image_size=512))
-    with pytest.raises(SupportSetError, match=r"class 'dog'.*image_size: set 512 != artifacts 256"):
+    with pytest.raises(SupportSetError, match=r"class .dog. was made by another model.*image_size: set 512 != artifacts 256"):
         seg.segment(episode.query, {"cat": sets[0], "dog": other})
     with pytest.raises(InputError, match="mapping of class name"):
         seg.segment(episode.query, [sets[0]])
