@@ -65,7 +65,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)")
     b.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS)
     b.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="K values to sweep")
-    b.add_argument("--queries", type=int, default=20, help="timed queries per K")
+    b.add_argument("--queries", type=int, default=20, help="timed queries per K (and per N of --ways)")
+    b.add_argument("--ways", nargs="*", type=int, default=[1, 3],
+                   help="class counts N: one N-way query timed against N one-way queries (none: skip)")
     b.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed series")
     b.add_argument("--supports", type=int, default=5, help="timed add_support calls")
     b.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
@@ -206,14 +208,15 @@ def _bench(args) -> int:
         w, h = (int(v) for v in args.input_size.lower().split("x"))
     except ValueError:
         raise InputError(f"--input-size must be WxH, e.g. 1024x768, got {args.input_size!r}") from None
-    if min(args.shots) < 1 or args.queries < 1 or args.supports < 1 or args.warmup < 0 or min(w, h) < 1:
-        raise InputError("--shots, --queries, --supports and the input size must be >= 1, --warmup >= 0")
+    if min(args.shots) < 1 or min(args.ways, default=1) < 1 or args.queries < 1 or args.supports < 1 or args.warmup < 0 or min(w, h) < 1:
+        raise InputError("--shots, --ways, --queries, --supports and the input size must be >= 1, --warmup >= 0")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install 'fssam2[bench]'") from None
-    settings = bench.BenchSettings(sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), args.threads, not args.no_cache)
+    settings = bench.BenchSettings(sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), args.threads,
+                                   not args.no_cache, sorted(set(args.ways)))
     report = bench.run_bench([Path(a) for a in args.artifacts], args.providers, settings, show_progress=not args.quiet)
     print(bench.format_table(report))
     if args.out:
