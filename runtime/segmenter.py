@@ -100,7 +100,7 @@ class FewShotSegmenter:
     >>> cats = seg.encode_supports([(image, mask), (image2, mask2)])   # SupportSet, any K >= 1
     >>> result = seg.segment(query, cats)               # Segmentation in the query's own size
     >>> results = seg.segment(query, {"cat": cats, "dog": dogs})       # MultiClassSegmentation
-    >>> seg.add_support(image, mask); seg.segment(query)               # the default set, built up in place
+    >>> seg.add_support(image, mask); seg.segment(query)               # the default set (a new set per add_support)
     """
 
     def __init__(

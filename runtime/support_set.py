@@ -105,6 +105,10 @@ class SupportSet:
             value = getattr(self, name)
             object.__setattr__(self, name, _frozen(value if dtype is None else value.astype(dtype, copy=False)))
 
+    def __reduce__(self):
+        """Pickle (e.g. to a worker process) through the constructor, so the copy is read-only and owned again."""
+        return (SupportSet, (self.memory, self.memory_pos, self.image_sizes, self.mask_areas, self.fingerprint, self.fssam2_version))
+
     @property
     def shots(self) -> int:
         """K: the number of supports."""

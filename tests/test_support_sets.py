@@ -193,3 +193,14 @@ def test_threads_give_serial_results(artifacts, episode, backend):
     other = episode.supports[4][0]
     jobs = [(episode.query, cats), (other, dogs), (episode.query, {"cat": cats, "dog": dogs}), (other, cats)]
     assert assert_threads_match_serial(seg, jobs) == 12
+
+
+def test_pickled_set_is_an_equal_immutable_value(seg, sets):
+    import pickle
+
+    cats = sets[0]
+    copy = pickle.loads(pickle.dumps(cats))
+    assert copy is not cats and copy.fingerprint == cats.fingerprint and copy.shots == cats.shots
+    for name in ("memory", "memory_pos", "image_sizes", "mask_areas"):
+        a = getattr(copy, name)
+        assert a.tobytes() == getattr(cats, name).tobytes() and not a.flags.writeable and a.flags.owndata
