@@ -2,6 +2,8 @@
 compatibility checks, support-set device copies, and ORT's IO-binding path (run on CPU)."""
 
 import gc
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -111,6 +113,27 @@ def test_device_tensor_is_array_like_and_spills():
     assert len(calls) == 1  # copied to host once
     t.spill()
     assert t.handle is None and "host" in repr(t)
+
+
+def test_device_tensor_read_racing_a_spill_gets_its_own_values():
+    """Thread A reads a tensor while thread B, running a graph under the backend lock, spills it and
+    overwrites its buffer: A must get the values from before the overwrite (B's spill), not B's."""
+    lock, device = threading.RLock(), {"buffer": np.array([1.0], np.float32)}
+
+    def download():
+        with lock:  # as TensorRTBackend.download
+            return device["buffer"].copy()
+
+    t = DeviceTensor((1,), "float32", owner=None, handle=1, fetch=download, lock=lock)
+    got = []
+    with lock:  # B's graph run
+        reader = threading.Thread(target=lambda: got.append(t.numpy()[0]))
+        reader.start()
+        time.sleep(0.2)  # A is now waiting for the lock
+        t.spill()  # B is about to overwrite the buffer: the tensor gets a host copy first
+        device["buffer"][0] = 2.0
+    reader.join()
+    assert got == [1.0]
 
 
 def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsys):

@@ -199,7 +199,8 @@ class BoundCpuBackend:
 
 def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -> int:
     """Run (query, support) jobs serially, then `repeats` times each from `threads` threads at once (started
-    together at a barrier): every threaded result must be bit-identical to its serial one. Returns the calls made."""
+    together at a barrier): every threaded result must be bit-identical to its serial one. A support given as a
+    list of (image, mask) pairs is encoded in the call. Returns the calls made."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -208,14 +209,17 @@ def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -
         return [p.label_map.tobytes() if not hasattr(p, "logits") else p.logits.tobytes() + p.low_res_logits.tobytes()
                 for p in parts]
 
-    serial = [logits(seg.segment(q, s)) for q, s in jobs]
+    def segment(query, support):
+        return seg.segment(query, seg.encode_supports(support) if isinstance(support, list) else support)
+
+    serial = [logits(segment(*job)) for job in jobs]
     work = [i for _ in range(repeats) for i in range(len(jobs))]
     barrier = threading.Barrier(threads)
 
     def call(n):
         if n < threads:
             barrier.wait()
-        return logits(seg.segment(*jobs[work[n]]))
+        return logits(segment(*jobs[work[n]]))
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(call, range(len(work))))
