@@ -1,26 +1,36 @@
 """fssam2 runtime: torch-free K-shot FS-SAM2 inference over exported ONNX graphs (numpy + onnxruntime)."""
 
-from .backends import PROVIDERS, Backend, Graph, OrtBackend, ProviderUnavailableError, create_backend
-from .image import InputError
-from .manifest import Flavour, GraphSpec, Manifest, ManifestError, load_manifest
-from .memory_bank import MemoryBank
-from .segmenter import FewShotSegmenter, ModuleTiming, Segmentation
+from .backends import PROVIDERS, Backend, Graph, OrtBackend, create_backend
+from .errors import (BackendError, CudaError, EngineMismatchError, Error, FidelityError, InputError, ManifestError,
+                     ProviderUnavailableError, ShotLimitError, SupportSetError)
+from .manifest import Flavour, GraphSpec, Manifest, load_manifest
+from .segmenter import FewShotSegmenter, ModuleTiming, MultiClassSegmentation, Segmentation
+from .support_set import Fingerprint, SupportSet
 
 __all__ = [
     "PROVIDERS",
     "Backend",
+    "BackendError",
+    "CudaError",
+    "EngineMismatchError",
+    "Error",
     "FewShotSegmenter",
+    "FidelityError",
+    "Fingerprint",
     "Flavour",
     "Graph",
     "GraphSpec",
     "InputError",
     "Manifest",
     "ManifestError",
-    "MemoryBank",
     "ModuleTiming",
+    "MultiClassSegmentation",
     "OrtBackend",
     "ProviderUnavailableError",
     "Segmentation",
+    "ShotLimitError",
+    "SupportSet",
+    "SupportSetError",
     "create_backend",
     "load_manifest",
 ]

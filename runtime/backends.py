@@ -24,6 +24,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
+from .errors import BackendError, InputError, ProviderUnavailableError
 from .manifest import GraphSpec, Manifest, source_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
@@ -40,10 +41,6 @@ ORT_PROVIDERS = {
 NO_CPU_FALLBACK = ("session.disable_cpu_ep_fallback", "1")
 CACHED_PROVIDERS = ("cpu", "cuda")  # the TensorRT EP builds engines instead (its own engine cache)
 PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native", "openvino")
-
-
-class ProviderUnavailableError(RuntimeError):
-    """The requested execution provider cannot be used; there is no silent CPU fallback."""
 
 
 class Graph(Protocol):
@@ -115,7 +112,7 @@ class OrtBackend:
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, trt_cache_dir: Path | None = None,
                  shared_arena: bool = True):
         if provider not in ORT_PROVIDERS:
-            raise ValueError(f"unknown provider {provider!r}; choose one of {sorted(ORT_PROVIDERS)}")
+            raise InputError(f"unknown provider {provider!r}; choose one of {sorted(ORT_PROVIDERS)}")
         import onnxruntime as ort
 
         self._ort = ort
@@ -162,7 +159,7 @@ class OrtBackend:
             if "fallback to CPU EP has been explicitly disabled" in str(e):
                 raise ProviderUnavailableError(f"{path.name}: provider {self.provider!r} cannot run every node of the graph "
                                                f"and CPU fallback is disabled ({e})") from e
-            raise RuntimeError(f"onnxruntime could not load {path}: {e}") from e
+            raise BackendError(f"onnxruntime could not load {path}: {e}") from e
 
     def _entry(self, path: Path, spec: GraphSpec) -> CacheEntry | None:
         key = CacheKey(source_sha256(path, spec), self.provider, f"onnxruntime {self._ort.__version__}", machine_fingerprint())
@@ -173,7 +170,7 @@ class OrtBackend:
         if entry.valid():
             try:
                 return self._session(entry.model, self._options(optimize=False), providers), "hit"
-            except RuntimeError as e:  # complete but unreadable (disk corruption): rebuild it
+            except BackendError as e:  # complete but unreadable (disk corruption): rebuild it
                 warnings.warn(f"rebuilding unreadable ORT cache entry {entry.model}: {e}", stacklevel=3)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{entry.model.name}.", suffix=".onnx", dir=entry.model.parent)
@@ -195,12 +192,12 @@ class OrtBackend:
             try:
                 profiles = input_profiles(spec, self._dims)
             except ValueError as e:
-                raise ValueError(f"{path.name}: the TensorRT EP needs a range for every dynamic axis ({e}); "
+                raise InputError(f"{path.name}: the TensorRT EP needs a range for every dynamic axis ({e}); "
                                  "make the backend with create_backend('tensorrt', manifest, max_shots=K)") from e
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise RuntimeError(f"cannot create the TensorRT EP cache {cache_dir} ({e}); pass OrtBackend(trt_cache_dir=...)") from e
+                raise BackendError(f"cannot create the TensorRT EP cache {cache_dir} ({e}); pass OrtBackend(trt_cache_dir=...)") from e
         providers = ort_provider_list(self._providers, profiles, cache_dir, device_id=self._device_id,
                                       workspace_bytes=self._workspace)
         return providers, profiles

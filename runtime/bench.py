@@ -3,7 +3,9 @@
 Measurements come from the segmenter's timing hook (`on_timing`): every graph run, pre/post-processing,
 session load and the whole `add_support` / `segment` calls. Glue = a phase's wall time minus the modules
 measured inside it (feed checks, dict handling, the memory bank). Inputs are synthetic (noise image,
-elliptic mask): latency does not depend on image content. torch-free like the rest of the runtime;
+elliptic mask): latency does not depend on image content. N-way: one `segment(query, {N sets})` call
+against N one-way `segment(query, set)` calls (the work N separate segmenters would do), timed alternately
+in the same run. torch-free like the rest of the runtime;
 tqdm (progress) and matplotlib (`--plot`) are optional (`pip install 'fssam2[bench]'`).
 """
 
@@ -16,6 +18,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,6 +186,7 @@ class RunResult:
     manifest_verify_ms: float = 0.0
     support: dict[str, Stats] = field(default_factory=dict)
     shots: list[dict] = field(default_factory=list)
+    ways: list[dict] = field(default_factory=list)  # N-way query vs N one-way queries, per N
     error: str | None = None
 
 
@@ -196,6 +200,7 @@ class BenchSettings:
     threads: int | None
     cache: bool
     precisions: dict[str, str] | None = None  # openvino: inference precision by graph ("*": all)
+    ways: list[int] = field(default_factory=lambda: [1, 3])  # class counts N for the N-way comparison
 
 
 def _load(artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder) -> tuple[FewShotSegmenter, dict[str, float], float]:
@@ -254,12 +259,30 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
             "memory_attention_gflops": gflop / (stats["memory_attention"].p50 / 1e3),
             "peak_rss_mb": peak_rss_mb(),
         })
+    rec.phase = None
+    sets = [seg.encode_supports([images[i % max(s.shots)]]) for i in range(max(s.ways, default=0))]  # one-shot classes
+    for n in s.ways:
+        classes = {f"class{i}": sets[i] for i in range(n)}
+        n_way, separate = [], []
+        for i in range(s.warmup + s.queries):
+            t0 = time.perf_counter()
+            seg.segment(query, classes)
+            t1 = time.perf_counter()
+            for one in classes.values():
+                seg.segment(query, one)
+            t2 = time.perf_counter()
+            if i >= s.warmup:
+                n_way.append((t1 - t0) * 1e3)
+                separate.append((t2 - t1) * 1e3)
+            progress.update()
+        a, b = Stats.of(n_way), Stats.of(separate)
+        result.ways.append({"classes": n, "n_way": a, "separate": b, "ratio_p50": a.p50 / b.p50})
     return result
 
 
 def run_bench(artifacts: list[Path], providers: list[str], s: BenchSettings, show_progress: bool = True) -> dict:
     """All (artifacts, provider) pairs over all K; returns the JSON-ready report."""
-    total = len(artifacts) * len(providers) * ((s.warmup + s.supports) + len(s.shots) * (s.warmup + s.queries))
+    total = len(artifacts) * len(providers) * ((s.warmup + s.supports) + (len(s.shots) + len(s.ways)) * (s.warmup + s.queries))
     runs = []
     with _progress(total, show_progress) as progress:
         for a in artifacts:
@@ -320,6 +343,9 @@ def format_table(report: dict) -> str:
             lines.append(f"  K={k['shots']}: {k['queries_per_s']:.2f} queries/s, glue {100 * k['glue_fraction']:.2f} % of a query, "
                          f"memory attention {k['memory_attention_gflop']:.1f} GFLOP at {k['memory_attention_gflops']:.1f} GFLOP/s, "
                          f"peak RSS {k['peak_rss_mb']:.0f} MB")
+        for w in r.get("ways", []):
+            lines.append(f"  {w['classes']}-way (1-shot classes): one call {w['n_way']['p50']:.1f} ms p50 vs {w['classes']} one-way "
+                         f"calls {w['separate']['p50']:.1f} ms p50 = {w['ratio_p50']:.2f}x (one image encoding instead of {w['classes']})")
         lines.append("")
     return "\n".join(lines)
 

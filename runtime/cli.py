@@ -12,31 +12,48 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import PROVIDERS, ProviderUnavailableError, create_backend
-from .fidelity import FidelityError, GateThresholds, compare_artifacts, synthetic_episodes
-from .image import InputError, load_image, overlay
-from .manifest import ManifestError, load_manifest
+from .backends import PROVIDERS, create_backend
+from .errors import Error, FidelityError, InputError
+from .fidelity import GateThresholds, compare_artifacts, synthetic_episodes
+from .image import label_palette, load_image, overlay
+from .manifest import load_manifest
 from .profiles import DEFAULT_MAX_SHOTS
-from .segmenter import FewShotSegmenter
+from .segmenter import FewShotSegmenter, MultiClassSegmentation
+from .support_set import SupportSet
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fssam2", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    seg = sub.add_parser("segment", help="segment a query image from K annotated supports")
-    seg.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
-    seg.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMAGE", "MASK"),
-                     help="an annotated support (repeat for K shots); mask nonzero = object")
-    seg.add_argument("--query", required=True, help="image to segment")
-    seg.add_argument("--out", required=True, help="predicted mask PNG (0/255), in the query's size")
-    seg.add_argument("--overlay", help="also write the query with the mask blended in")
-    seg.add_argument("--provider", default="cpu", choices=PROVIDERS,
+    providers = dict(default="cpu", choices=PROVIDERS,
                      help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines; "
                           "openvino: OpenVINO on the CPU (pip install 'fssam2[openvino]')")
+    sup = sub.add_parser("support", help="encode K annotated supports into a support-set file (docs/support-sets.md)")
+    sup.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
+    sup.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMAGE", "MASK"),
+                     help="an annotated support (repeat for K shots); mask nonzero = object")
+    sup.add_argument("--out", required=True, help="support-set file to write, e.g. cats.fssam2")
+    sup.add_argument("--provider", **providers)
+    _backend_options(sup)
+    seg = sub.add_parser("segment", help="segment a query image from K annotated supports, a support set, or N classes")
+    seg.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
+    src = seg.add_mutually_exclusive_group(required=True)
+    src.add_argument("--support", nargs=2, action="append", metavar=("IMAGE", "MASK"),
+                     help="an annotated support (repeat for K shots); mask nonzero = object")
+    src.add_argument("--support-set", help="a support-set file written by `fssam2 support`")
+    src.add_argument("--class", dest="classes", action="append", metavar="NAME=SET",
+                     help="N-way: a class name and its support-set file (repeat per class); --out is then a label map")
+    seg.add_argument("--query", required=True, help="image to segment")
+    seg.add_argument("--out", required=True, help="mask PNG (0/255) in the query's size; with --class a palette PNG "
+                     "of labels (0 background, i = the i-th --class)")
+    seg.add_argument("--class-masks", metavar="DIR", help="with --class: also write DIR/<NAME>.png, each class's own mask (0/255)")
+    seg.add_argument("--overlay", help="also write the query with each class tinted in its colour, outlined, with a legend")
+    seg.add_argument("--provider", **providers)
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
     _backend_options(seg)
-    info = sub.add_parser("info", help="print an artifacts directory's manifest summary and graph I/O")
-    info.add_argument("--artifacts", required=True)
+    info = sub.add_parser("info", help="print an artifacts directory's manifest summary and graph I/O, or what a support set holds")
+    info.add_argument("--artifacts", help="artifacts directory (with --support-set: check the set against it)")
+    info.add_argument("--support-set", help="a support-set file")
     chk = sub.add_parser("check", help="fidelity of (reduced-precision) artifacts against FP32 artifacts of the same model")
     chk.add_argument("--artifacts", required=True, help="artifacts to check, e.g. an int8 export")
     chk.add_argument("--reference", required=True, help="FP32 artifacts of the same model and image size")
@@ -52,7 +69,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)")
     b.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS)
     b.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="K values to sweep")
-    b.add_argument("--queries", type=int, default=20, help="timed queries per K")
+    b.add_argument("--queries", type=int, default=20, help="timed queries per K (and per N of --ways)")
+    b.add_argument("--ways", nargs="*", type=int, default=[1, 3],
+                   help="class counts N: one N-way query timed against N one-way queries (none: skip)")
     b.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed series")
     b.add_argument("--supports", type=int, default=5, help="timed add_support calls")
     b.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
@@ -85,34 +104,80 @@ def _backend(args, manifest, max_shots: int = DEFAULT_MAX_SHOTS):
                           precisions=args.ov_precision)
 
 
-def _save_png(array: np.ndarray, path: str) -> None:
+def _save_png(image: np.ndarray | Image.Image, path: str) -> None:
     """Write a PNG atomically: a temp file in the same directory, renamed when complete."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
     os.close(fd)
     try:
-        Image.fromarray(array).save(tmp, format="PNG")
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(tmp, format="PNG")
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
+def _classes(specs: list[str]) -> dict[str, str]:
+    """NAME=SET arguments -> {name: path}, in the order given."""
+    classes = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--class takes NAME=SET (e.g. cat=cats.fssam2), got {spec!r}")
+        if name in classes:
+            raise InputError(f"--class {name!r} given twice")
+        classes[name] = path
+    return classes
+
+
+def _support(args) -> int:
+    seg = FewShotSegmenter(args.artifacts, backend=_backend(args, load_manifest(args.artifacts, verify_files=False)))
+    support_set = seg.encode_supports(args.support)
+    support_set.save(args.out)
+    print(f"{args.out}: {support_set.shots}-shot support set, {support_set.tokens} memory tokens "
+          f"({seg.manifest.model.name} @ {seg.manifest.preprocess.image_size}px)")
+    return 0
+
+
 def _segment(args) -> int:
-    shots = max(DEFAULT_MAX_SHOTS, len(args.support))
-    seg = FewShotSegmenter(args.artifacts, backend=_backend(args, load_manifest(args.artifacts, verify_files=False), shots),
-                           profile=args.profile)
-    for image, mask in args.support:
-        seg.add_support(image, mask)
-    result = seg.segment(args.query)
-    _save_png(result.mask.astype(np.uint8) * 255, args.out)
-    if args.overlay:
-        _save_png(overlay(load_image(args.query), result.mask), args.overlay)
+    if args.class_masks and not args.classes:
+        raise InputError("--class-masks needs --class")
+    classes = _classes(args.classes) if args.classes else {}
+    files = classes or ({"": args.support_set} if args.support_set else {})
+    loaded = {name: SupportSet.load(path) for name, path in files.items()}  # checked against the artifacts below
+    shots = max(s.shots for s in loaded.values()) if loaded else len(args.support)
+    manifest = load_manifest(args.artifacts, verify_files=False)
+    seg = FewShotSegmenter(args.artifacts, backend=_backend(args, manifest, max(DEFAULT_MAX_SHOTS, shots)), profile=args.profile)
+    for name, s in loaded.items():
+        s.fingerprint.check(seg.fingerprint, files[name])
+    if classes:
+        sets = loaded
+    else:
+        sets = loaded[""] if loaded else seg.encode_supports(args.support)
+    query = load_image(args.query)
+    result = seg.segment(query, sets)
     m = seg.manifest
-    print(f"{args.out}: {int(result.mask.sum())} px of {result.mask.size} foreground; "
-          f"predicted IoU {result.score:.3f}, object score {result.object_score:+.2f} "
-          f"({len(args.support)}-shot, {m.model.name} @ {m.preprocess.image_size}px)")
+    if isinstance(result, MultiClassSegmentation):
+        labels = Image.fromarray(result.label_map, mode="P")
+        labels.putpalette(label_palette(len(result)))
+        _save_png(labels, args.out)
+        for name, r in result.items():
+            if args.class_masks:
+                _save_png(r.mask.astype(np.uint8) * 255, str(Path(args.class_masks) / f"{name}.png"))
+            print(f"  {result.label(name):>3} {name:<16} {int((result.label_map == result.label(name)).sum()):>9} px labelled, "
+                  f"{int(r.mask.sum()):>9} px own mask; predicted IoU {r.score:.3f}, object score {r.object_score:+.2f}")
+        print(f"{args.out}: {len(result)}-way label map, {int((result.label_map == 0).sum())} px background of "
+              f"{result.label_map.size} ({m.model.name} @ {m.preprocess.image_size}px)")
+        if args.overlay:
+            _save_png(overlay(query, result.label_map, list(result)), args.overlay)
+    else:
+        _save_png(result.mask.astype(np.uint8) * 255, args.out)
+        if args.overlay:
+            _save_png(overlay(query, result.mask), args.overlay)
+        print(f"{args.out}: {int(result.mask.sum())} px of {result.mask.size} foreground; "
+              f"predicted IoU {result.score:.3f}, object score {result.object_score:+.2f} "
+              f"({sets.shots}-shot, {m.model.name} @ {m.preprocess.image_size}px)")
     if m.model.random_init:
         print("note: random-init weights; the mask is numerically valid but not meaningful")
     if args.profile:
@@ -122,6 +187,15 @@ def _segment(args) -> int:
 
 
 def _info(args) -> int:
+    if not (args.artifacts or args.support_set):
+        raise InputError("info needs --artifacts, --support-set or both")
+    if args.support_set:
+        manifest = load_manifest(args.artifacts, verify_files=False) if args.artifacts else None
+        support_set = SupportSet.load(args.support_set, manifest)  # refuses a set the artifacts did not make
+        print(f"{args.support_set}: {support_set.describe()}")
+        if manifest is not None:
+            print(f"made by the same model as {args.artifacts}: usable with these artifacts")
+        return 0
     m = load_manifest(args.artifacts)
     src = "random-init, seed %s" % m.model.seed if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
     print(f"{m.model.name} ({m.model.config}), {src}")
@@ -162,15 +236,15 @@ def _bench(args) -> int:
         w, h = (int(v) for v in args.input_size.lower().split("x"))
     except ValueError:
         raise InputError(f"--input-size must be WxH, e.g. 1024x768, got {args.input_size!r}") from None
-    if min(args.shots) < 1 or args.queries < 1 or args.supports < 1 or args.warmup < 0 or min(w, h) < 1:
-        raise InputError("--shots, --queries, --supports and the input size must be >= 1, --warmup >= 0")
+    if min(args.shots) < 1 or min(args.ways, default=1) < 1 or args.queries < 1 or args.supports < 1 or args.warmup < 0 or min(w, h) < 1:
+        raise InputError("--shots, --ways, --queries, --supports and the input size must be >= 1, --warmup >= 0")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install 'fssam2[bench]'") from None
     settings = bench.BenchSettings(sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), args.threads,
-                                   not args.no_cache, args.ov_precision)
+                                   not args.no_cache, args.ov_precision, sorted(set(args.ways)))
     report = bench.run_bench([Path(a) for a in args.artifacts], args.providers, settings, show_progress=not args.quiet)
     print(bench.format_table(report))
     if args.out:
@@ -182,10 +256,10 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"segment": _segment, "info": _info, "check": _check, "bench": _bench}
+    commands = {"support": _support, "segment": _segment, "info": _info, "check": _check, "bench": _bench}
     try:
         return commands[args.command](args)
-    except (InputError, ManifestError, ProviderUnavailableError, FidelityError, RuntimeError, ValueError) as e:
+    except (Error, OSError) as e:  # OSError: an output that cannot be written
         print(f"fssam2: error: {e}", file=sys.stderr)
         return 2
 

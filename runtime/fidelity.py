@@ -25,15 +25,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .backends import Backend, Graph, OrtBackend
+from .errors import FidelityError, InputError
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
 from .segmenter import FewShotSegmenter
 
 # Seed streams: calibration and the gate draw episodes from different streams of the same seed.
 CALIBRATION_STREAM, CHECK_STREAM = 0, 1
-
-
-class FidelityError(ValueError):
-    """The two artifact sets cannot be compared (different model, image size or graph I/O)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ def synthetic_episodes(count: int, seed: int, shots: tuple[int, int], size: int,
     sizes around `size`. Episode i depends only on (stream, seed, i)."""
     lo, hi = shots
     if not 1 <= lo <= hi:
-        raise ValueError(f"shots range must satisfy 1 <= min <= max, got {shots}")
+        raise InputError(f"shots range must satisfy 1 <= min <= max, got {shots}")
     episodes = []
     for i in range(count):
         rng = np.random.default_rng([stream, seed, i])
@@ -76,10 +73,7 @@ def synthetic_episodes(count: int, seed: int, shots: tuple[int, int], size: int,
 
 
 def run_episode(seg: FewShotSegmenter, episode: Episode):
-    seg.reset()
-    for image, mask in episode.supports:
-        seg.add_support(image, mask)
-    return seg.segment(episode.query)
+    return seg.segment(episode.query, seg.encode_supports(episode.supports))
 
 
 class RecordingBackend:
@@ -112,7 +106,7 @@ class RecordingBackend:
                     backend.results[name].append(out)
                 return out
 
-            def __getattr__(self, attr):  # the rest is the wrapped graph's: forget_memory (reset), providers, cache
+            def __getattr__(self, attr):  # the rest is the wrapped graph's: providers, cache, support_copies
                 return getattr(graph, attr)
 
         return Recorded()

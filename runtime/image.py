@@ -13,11 +13,9 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from .errors import InputError
+
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
-
-
-class InputError(ValueError):
-    """An image or mask handed to the runtime is unusable; the message names the problem."""
 
 
 def load_image(src: ImageLike) -> np.ndarray:
@@ -118,8 +116,63 @@ def postprocess_logits(low_res: np.ndarray, model_size: int, out_hw: tuple[int, 
     return resize_bilinear(full, out_hw, align_corners=True)
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, color=(255, 64, 32), alpha: float = 0.5) -> np.ndarray:
-    """Blend `color` over the masked pixels of an RGB image."""
+# Label colours (Tableau 10, then evenly spaced hues): distinct on photos and for most colour-blind readers.
+_TABLEAU = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def class_colors(n: int) -> list[tuple[int, int, int]]:
+    """RGB colours for labels 1..n."""
+    import colorsys
+
+    extra = [tuple(round(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95)) for i in range(max(0, n - 10))]
+    return (_TABLEAU + extra)[:n]
+
+
+def label_palette(n: int) -> list[int]:
+    """A PNG palette (768 values) for a label map: 0 black (background), label i the i-th class colour."""
+    flat = [0, 0, 0] + [v for c in class_colors(n) for v in c]
+    return flat + [0] * (768 - len(flat))
+
+
+def contours(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a foreground label whose 4-neighbourhood (grown `width` times) holds another label."""
+    edge = np.zeros(labels.shape, bool)
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    for _ in range(width - 1):
+        grown = edge.copy()
+        grown[1:] |= edge[:-1]
+        grown[:-1] |= edge[1:]
+        grown[:, 1:] |= edge[:, :-1]
+        grown[:, :-1] |= edge[:, 1:]
+        edge = grown
+    return edge & (labels > 0)
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, names: list[str] | None = None, alpha: float = 0.45) -> np.ndarray:
+    """The image with each label's pixels tinted in its class colour, its outline drawn solid, and a legend
+    (colour and name per class) when `names` are given. `labels`: (H, W) bool mask or label map (0 = none)."""
+    from PIL import ImageDraw
+
+    labels = labels.astype(np.int64)
+    n = max(int(labels.max()), len(names or []))
+    colors = np.asarray([(0, 0, 0)] + class_colors(n), np.float32)
     out = rgb.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, np.float32)
-    return out.round().astype(np.uint8)
+    fg = labels > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colors[labels[fg]]
+    edge = contours(labels, width=max(2, round(min(labels.shape) / 250)))
+    out[edge] = colors[labels[edge]]
+    image = Image.fromarray(out.round().astype(np.uint8))
+    if names:
+        draw = ImageDraw.Draw(image)
+        line = 14
+        width = 26 + 7 * max(len(name) for name in names)
+        draw.rectangle([2, 2, 6 + width, 6 + line * len(names)], fill=(255, 255, 255))
+        for i, (name, color) in enumerate(zip(names, class_colors(len(names)))):
+            y = 5 + i * line
+            draw.rectangle([6, y + 1, 16, y + 11], fill=color, outline=(0, 0, 0))
+            draw.text((22, y), name, fill=(0, 0, 0))
+    return np.asarray(image)

@@ -18,14 +18,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import ManifestError
+
 SCHEMA_VERSION = 2
 SUPPORTED_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
-
-
-class ManifestError(ValueError):
-    """The artifacts directory does not hold a usable manifest or graph set."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """ONNX Runtime on GPU providers: CUDA / TensorRT EP options and IO binding that keeps data on the device.
 
 The option builders are pure functions (unit-tested without a GPU). `OrtDeviceGraph` binds this
-backend's device outputs (`DeviceTensor` wrapping an OrtValue) in place, keeps a device copy of each
-memory-bank input (re-uploaded only when the bank changed: ORT cannot write part of an OrtValue), and
-leaves on the device every output another loaded graph consumes.
+backend's device outputs (`DeviceTensor` wrapping an OrtValue) in place, keeps one device copy of each
+support set's tokens (`DeviceCopies`: uploaded on first use, dropped with the set), and leaves on the
+device every output another loaded graph consumes.
+
+Threads: every `run` makes its own IO binding, and ORT allocates each run's bound outputs afresh, so
+calls from many threads run in parallel without sharing buffers (ORT's `Run` is thread-safe); the
+support-set copies are shared under a lock. Written for CUDA, not run on a GPU here (tested on device "cpu").
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .device import BankTracker, DeviceTensor
+from .device import DeviceCopies, DeviceTensor, is_support_array
 from .manifest import GraphSpec
 from .profiles import MEMORY_AXIS, InputProfile, check_memory_length
 
@@ -56,7 +60,7 @@ def ort_provider_list(eps: list[str], profiles: Mapping[str, InputProfile], cach
 
 class OrtDeviceGraph:
     """One ONNX Runtime session on a GPU provider, run through IO binding: feeds that are this backend's
-    DeviceTensors are bound in place, memory-bank inputs are uploaded only when they changed, and outputs
+    DeviceTensors are bound in place, a support set's tokens are uploaded once per set, and outputs
     another loaded graph consumes stay on the device. (`device="cpu"` runs the same path on the CPU EP.)"""
 
     def __init__(self, session, spec: GraphSpec, *, owner=None, device: str = "cuda", device_id: int = 0,
@@ -72,22 +76,19 @@ class OrtDeviceGraph:
         self._consumed = consumed if consumed is not None else set()
         self._profiles = dict(profiles or {})
         self._label = label
-        self._banks = {t.name: BankTracker() for t in spec.inputs if MEMORY_AXIS in t.shape}
-        self._bank_values: dict[str, object] = {}
-        self._binding = session.io_binding()
+        self._memory_inputs = {t.name for t in spec.inputs if MEMORY_AXIS in t.shape}
+        self.support_copies = DeviceCopies(self._upload)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_memory_length(self._label, feeds, self._profiles, "the TensorRT EP profile",
                             "create the backend with a larger max_shots (fssam2 segment sizes it to the supports given)")
-        b = self._binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
+        b = self._session.io_binding()  # per call: concurrent runs share no binding
         keep = []  # host arrays bound by reference must outlive the run
         for name, value in feeds.items():
             if isinstance(value, DeviceTensor) and value.owner is self._owner and value.handle is not None:
                 b.bind_ortvalue_input(name, value.handle)
-            elif name in self._banks:
-                b.bind_ortvalue_input(name, self._bank_value(name, np.asarray(value)))
+            elif name in self._memory_inputs and is_support_array(value):
+                b.bind_ortvalue_input(name, self.support_copies.get(value))
             else:
                 keep.append(np.ascontiguousarray(np.asarray(value)))
                 b.bind_cpu_input(name, keep[-1])
@@ -102,17 +103,8 @@ class OrtDeviceGraph:
                 out[name] = value.numpy()
         return out
 
-    def forget_memory(self) -> None:
-        for tracker in self._banks.values():
-            tracker.forget()
-        self._bank_values.clear()
+    def _upload(self, a: np.ndarray):
+        import onnxruntime as ort
 
-    def _bank_value(self, name: str, feed: np.ndarray):
-        """The bank's device copy; ORT cannot write into part of an OrtValue, so a grown bank is uploaded
-        whole, once per change (never per query)."""
-        if self._banks[name].start(feed) < feed.shape[1] or name not in self._bank_values:
-            import onnxruntime as ort
-
-            # a copy: on device "cpu" the OrtValue would alias the bank's buffer, which is refilled after a reset
-            self._bank_values[name] = ort.OrtValue.ortvalue_from_numpy(np.array(feed, copy=True), self._device, self._device_id)
-        return self._bank_values[name]
+        # on device "cpu" the OrtValue would alias `a` and keep it alive (so the copy could never be dropped): copy it
+        return ort.OrtValue.ortvalue_from_numpy(np.array(a) if self._device == "cpu" else a, self._device, self._device_id)

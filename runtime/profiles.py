@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError, ShotLimitError
 from .manifest import Episode, GraphSpec
 
 MEMORY_AXIS = "num_memory_tokens"
@@ -36,9 +37,9 @@ def memory_dim_ranges(episode: Episode, max_shots: int = DEFAULT_MAX_SHOTS, opt_
     """{dynamic axis name: range} for K = 1..max_shots supports, opt at `opt_shots` (default min(5, max))."""
     opt = min(DEFAULT_OPT_SHOTS, max_shots) if opt_shots is None else opt_shots
     if max_shots < 1:
-        raise ValueError(f"max shots must be >= 1, got {max_shots}")
+        raise InputError(f"max shots must be >= 1, got {max_shots}")
     if not 1 <= opt <= max_shots:
-        raise ValueError(f"opt shots must be within 1..{max_shots} (max shots), got {opt}")
+        raise InputError(f"opt shots must be within 1..{max_shots} (max shots), got {opt}")
     t = episode.tokens_per_support
     return {MEMORY_AXIS: DimRange(t, opt * t, max_shots * t)}
 
@@ -51,15 +52,10 @@ def input_profiles(spec: GraphSpec, dims: dict[str, DimRange]) -> dict[str, Inpu
             continue
         unknown = [d for d in t.shape if isinstance(d, str) and d not in dims]
         if unknown:
-            raise ValueError(f"input '{t.name}' has dynamic axis {unknown[0]!r} with no range (known: {sorted(dims)})")
+            raise InputError(f"input '{t.name}' has dynamic axis {unknown[0]!r} with no range (known: {sorted(dims)})")
         pick = lambda k: tuple(getattr(dims[d], k) if isinstance(d, str) else d for d in t.shape)  # noqa: E731
         out[t.name] = InputProfile(pick("min"), pick("opt"), pick("max"))
     return out
-
-
-
-class ShotLimitError(RuntimeError):
-    """More supports than the TensorRT profile (engine or EP) was built for."""
 
 
 def check_memory_length(graph: str, feeds, profiles: dict[str, InputProfile], built: str, remedy: str) -> None:

@@ -1,32 +1,38 @@
-"""K-shot segmentation: the FS-SAM2 memory-bank loop over the four exported graphs.
+"""K-shot segmentation: the FS-SAM2 memory loop over the four exported graphs.
 
-Each support is encoded once (image encoder -> memory encoder on its mask as logits) and its memory
-tokens are appended to a contiguous memory bank; a query runs the image encoder, memory attention over
-the bank's filled rows (a view, no copy) and the mask decoder.
+Supports are encoded once (image encoder -> memory encoder on the mask as logits) into a `SupportSet`,
+an immutable value; a query runs the image encoder once, then memory attention over a set's tokens and
+the mask decoder, per set (one class, or N classes with one image encoding).
+
+Threading: one segmenter may be called from many threads at once, with the same or different sets;
+each call's results are bit-identical to a serial call (docs/support-sets.md). The segmenter's only
+mutable state is the default set `add_support` builds (swapped under a lock) and the timing totals.
 
 Timing is off unless asked for: `profile=True` keeps per-module totals (`timings()`), `on_timing`
 receives every measurement as (name, milliseconds). Names: the graphs, "preprocess", "postprocess",
 "verify:<graph>" (sha256 of the file it runs), "load:<graph>" (session creation), and the phases
-"support" (one `add_support`) and "query" (one `segment`), which contain the module times measured
-inside them.
+"support" (one support encoded) and "query" (one `segment` call, all its classes), which contain the
+module times measured inside them. With calls from several threads, `on_timing` is called from them.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .backends import Backend, Graph, create_backend
-from .image import ImageLike, InputError, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
+from .errors import InputError, ManifestError
+from .image import ImageLike, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest, verify_file
-from .memory_bank import MemoryBank
 from .profiles import DEFAULT_MAX_SHOTS
+from .support_set import Fingerprint, SupportSet
 
 TimingListener = Callable[[str, float], None]
 _UNTIMED = nullcontext()
@@ -39,6 +45,42 @@ class Segmentation:
     score: float  # the decoder's predicted IoU of the mask
     object_score: float  # object-presence logit (> 0: object predicted present)
     low_res_logits: np.ndarray  # (h, w) float32 decoder output before upsampling
+
+
+@dataclass(frozen=True)
+class MultiClassSegmentation(Mapping[str, Segmentation]):
+    """N-way result: each class's `Segmentation` (by name, in the order the classes were given) and a label map.
+
+    `label_map[y, x]` is 0 (background) where no class has a positive logit, else 1 + the index of the class
+    with the highest logit; on equal logits the class given first wins. Class masks are each class's own
+    `logits > 0` and may overlap; the label map resolves overlaps by the highest logit."""
+
+    classes: dict[str, Segmentation]
+    label_map: np.ndarray  # (H, W) uint8 in the query's size: 0 background, i + 1 = the i-th class
+
+    def __getitem__(self, name: str) -> Segmentation:
+        return self.classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def label(self, name: str) -> int:
+        """The label map value of class `name`."""
+        return list(self.classes).index(name) + 1
+
+
+MAX_CLASSES = 255  # the label map is uint8 (a palette PNG)
+
+
+def label_map(logits: list[np.ndarray]) -> np.ndarray:
+    """Per pixel: 1 + the index of the class with the highest positive logit (first class on ties), else 0."""
+    stack = np.stack(logits)
+    best = stack.argmax(axis=0)  # the first maximum on ties; NaN counts as the maximum and is not positive
+    positive = np.take_along_axis(stack, best[None], axis=0)[0] > 0
+    return np.where(positive, best + 1, 0).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -55,8 +97,10 @@ class FewShotSegmenter:
     """Few-shot segmenter over an fssam2 artifacts directory.
 
     >>> seg = FewShotSegmenter("artifacts/")          # provider="cpu" | "cuda" | "tensorrt" | "tensorrt-native"
-    >>> seg.add_support(image, mask)                    # K times, any K >= 1
-    >>> result = seg.segment(query)                     # Segmentation in the query's own size
+    >>> cats = seg.encode_supports([(image, mask), (image2, mask2)])   # SupportSet, any K >= 1
+    >>> result = seg.segment(query, cats)               # Segmentation in the query's own size
+    >>> results = seg.segment(query, {"cat": cats, "dog": dogs})       # MultiClassSegmentation
+    >>> seg.add_support(image, mask); seg.segment(query)               # the default set (a new set per add_support)
     """
 
     def __init__(
@@ -75,8 +119,10 @@ class FewShotSegmenter:
         self.backend = backend if backend is not None else create_backend(provider, self.manifest, max_shots=max_shots)
         self._profile, self._listener = profile, on_timing
         self._timings: dict[str, list[float]] = {}  # name -> [calls, total_ms]
+        self._lock = threading.Lock()  # guards the default set and the timing totals
         self._graphs: dict[str, Graph] = {name: self._load(name) for name in GRAPH_NAMES}
-        self.memory_bank = MemoryBank(initial_tokens=self.manifest.episode.tokens_per_support)
+        self.fingerprint = Fingerprint.of(self.manifest)
+        self._default: SupportSet | None = None
 
     @property
     def graphs(self) -> Mapping[str, Graph]:
@@ -84,15 +130,38 @@ class FewShotSegmenter:
         return dict(self._graphs)
 
     @property
+    def support_set(self) -> SupportSet | None:
+        """The default set: the supports added with `add_support` since the last `reset` (None if none)."""
+        return self._default
+
+    @property
     def num_supports(self) -> int:
-        return self.memory_bank.supports
+        return 0 if self._default is None else self._default.shots
+
+    def encode_supports(self, pairs: Iterable[tuple[ImageLike, ImageLike]]) -> SupportSet:
+        """Encode annotated supports, (image, mask) pairs, into a new SupportSet (K = len(pairs) >= 1)."""
+        parts = [self.encode_support(image, mask) for image, mask in pairs]
+        if not parts:
+            raise InputError("encode_supports() needs at least one (image, mask) pair")
+        return parts[0] if len(parts) == 1 else SupportSet.concat(parts)
+
+    def encode_support(self, image: ImageLike, mask: ImageLike) -> SupportSet:
+        """Encode one annotated support into a one-support SupportSet."""
+        with self._timed("support"):
+            return self._encode_support(image, mask)
 
     def add_support(self, image: ImageLike, mask: ImageLike) -> None:
-        """Encode one annotated support image into the memory bank (once; reused by every query)."""
-        with self._timed("support"):
-            self._add_support(image, mask)
+        """Encode one support and add it to the default set (a new set: sets already handed out are unchanged)."""
+        one = self.encode_support(image, mask)
+        with self._lock:
+            self._default = one if self._default is None else self._default + one
 
-    def _add_support(self, image: ImageLike, mask: ImageLike) -> None:
+    def reset(self) -> None:
+        """Forget the default set's supports (the graphs stay loaded; device copies go with the set)."""
+        with self._lock:
+            self._default = None
+
+    def _encode_support(self, image: ImageLike, mask: ImageLike) -> SupportSet:
         rgb, m = load_image(image), load_mask(mask)
         if m.shape != rgb.shape[:2]:
             raise InputError(f"support mask is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {rgb.shape[1]}x{rgb.shape[0]}")
@@ -103,29 +172,57 @@ class FewShotSegmenter:
         if not small.any():
             raise InputError(f"support mask vanishes when resized to {pre.image_size}x{pre.image_size}: object too small")
         if m.all():
-            warnings.warn("support mask covers the whole image; the support carries no background", stacklevel=2)
+            warnings.warn("support mask covers the whole image; the support carries no background", stacklevel=3)
         feats = self._encode_image(rgb)
         logits = small.astype(np.float32) * np.float32(ep.mask_logit_scale) + np.float32(ep.mask_logit_bias)
         out = self._run("memory_encoder", {"image_embed": feats["image_embed"], "mask_logits": logits[None, None]})
-        self.memory_bank.append(out["memory"], out["memory_pos"])
+        return SupportSet(np.asarray(out["memory"]), np.asarray(out["memory_pos"]), np.array([rgb.shape[:2]], np.int32),
+                          np.array([m.sum()], np.int64), fingerprint=self.fingerprint)
 
-    def segment(self, query: ImageLike) -> Segmentation:
-        """Predict the query's mask from all supports added so far."""
-        if not self.memory_bank.supports:
-            raise RuntimeError("segment() called before any add_support(): add at least one annotated support")
+    def segment(self, query: ImageLike, support: SupportSet | Mapping[str, SupportSet] | None = None):
+        """Segment `query` with one support set (-> Segmentation) or N named sets (-> MultiClassSegmentation,
+        one image encoding for all classes). Without `support`: the default set built by `add_support`."""
+        if support is None:
+            support = self._default
+            if support is None:
+                raise InputError("segment() called before any add_support(): add at least one annotated support "
+                                 "or pass a SupportSet")
+        if isinstance(support, SupportSet):
+            sets = {"": support}
+        elif isinstance(support, Mapping):
+            sets = dict(support)
+            if not 1 <= len(sets) <= MAX_CLASSES:
+                raise InputError(f"N-way segment() takes 1..{MAX_CLASSES} classes, got {len(sets)}")
+        else:
+            raise InputError(f"support must be a SupportSet or a mapping of class name to SupportSet, got {type(support).__name__}")
+        for name, s in sets.items():
+            self._check_set(name, s)
         with self._timed("query"):
-            return self._segment(query)
+            results = self._segment(query, list(sets.values()))
+        if isinstance(support, SupportSet):
+            return results[0]
+        classes = dict(zip(sets, results))
+        return MultiClassSegmentation(classes, label_map([r.logits for r in results]))
 
-    def _segment(self, query: ImageLike) -> Segmentation:
+    def _check_set(self, name: str, s: object) -> None:
+        what = f"the support set of class {name!r}" if name else "the support set"
+        if not isinstance(s, SupportSet):
+            raise InputError(f"{what}: expected a SupportSet, got {type(s).__name__}")
+        s.fingerprint.check(self.fingerprint, what)
+
+    def _segment(self, query: ImageLike, sets: list[SupportSet]) -> list[Segmentation]:
         rgb = load_image(query)
-        feats = self._encode_image(rgb)
+        feats = self._encode_image(rgb)  # once for every class
+        return [self._decode(feats, s, rgb.shape[:2]) for s in sets]
+
+    def _decode(self, feats: Mapping[str, np.ndarray], s: SupportSet, size: tuple[int, int]) -> Segmentation:
         cond = self._run(
             "memory_attention",
             {
                 "image_embed": feats["image_embed"],
                 "image_pos": feats["image_pos"],
-                "memory": self.memory_bank.memory,
-                "memory_pos": self.memory_bank.memory_pos,
+                "memory": s.memory,  # the set's own arrays: device backends key their copy on them
+                "memory_pos": s.memory_pos,
             },
         )
         dec = self._run(
@@ -138,7 +235,7 @@ class FewShotSegmenter:
         )
         low = dec["low_res_logits"][0, 0]
         with self._timed("postprocess"):
-            logits = postprocess_logits(low, self.manifest.preprocess.image_size, rgb.shape[:2])
+            logits = postprocess_logits(low, self.manifest.preprocess.image_size, size)
         return Segmentation(
             mask=logits > 0,
             logits=logits,
@@ -147,19 +244,14 @@ class FewShotSegmenter:
             low_res_logits=low,
         )
 
-    def reset(self) -> None:
-        """Forget all supports (the graphs stay loaded; graphs keeping a device copy of the memory drop it)."""
-        self.memory_bank.reset()
-        for graph in self._graphs.values():
-            if hasattr(graph, "forget_memory"):
-                graph.forget_memory()
-
     def timings(self) -> dict[str, ModuleTiming]:
         """Per-module latency since construction (or `clear_timings`), in milliseconds; needs `profile=True`."""
-        return {k: ModuleTiming(int(n), total) for k, (n, total) in self._timings.items()}
+        with self._lock:
+            return {k: ModuleTiming(int(n), total) for k, (n, total) in self._timings.items()}
 
     def clear_timings(self) -> None:
-        self._timings.clear()
+        with self._lock:
+            self._timings.clear()
 
     def _load(self, name: str) -> Graph:
         """Load the graph's flavour for the backend's provider (the standard ONNX unless the manifest has one),
@@ -191,9 +283,10 @@ class FewShotSegmenter:
         yield
         ms = (time.perf_counter() - t0) * 1e3
         if self._profile:
-            agg = self._timings.setdefault(name, [0, 0.0])
-            agg[0] += 1
-            agg[1] += ms
+            with self._lock:
+                agg = self._timings.setdefault(name, [0, 0.0])
+                agg[0] += 1
+                agg[1] += ms
         if self._listener:
             self._listener(name, ms)
 
@@ -202,8 +295,8 @@ def _check_feeds(graph: str, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -
     for t in spec.inputs:
         a = feeds.get(t.name)
         if a is None:
-            raise RuntimeError(f"{graph}: no value for input '{t.name}'")
+            raise ManifestError(f"{graph}: no value for input '{t.name}'")
         if a.dtype != np.dtype(t.dtype) or a.ndim != len(t.shape) or any(
             isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape)
         ):
-            raise RuntimeError(f"{graph}: input '{t.name}' is {a.dtype}{list(a.shape)}, manifest says {t.dtype}{t.shape}")
+            raise ManifestError(f"{graph}: input '{t.name}' is {a.dtype}{list(a.shape)}, manifest says {t.dtype}{t.shape}")

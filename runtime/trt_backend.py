@@ -4,8 +4,15 @@ Per graph: the engine is deserialised once, after its manifest meta was checked 
 machine (TensorRT version, GPU compute capability); device buffers for every input and output are
 allocated once at the profile's largest shapes; all graphs share one CUDA stream. Outputs that
 another loaded graph consumes stay on the device (`DeviceTensor`, read in place by the next graph);
-the memory bank is kept on the device and only rows appended since the last query are uploaded; only
+each support set's tokens get their own device buffer, uploaded once and freed with the set; only
 outputs nobody consumes (the decoder's logits and scores) are copied to the host.
+
+Threads: one lock per backend (reentrant) is held for each graph run, each device-to-host copy and
+each support-set upload or free. The graphs share one stream and read each other's output buffers in
+place, and an execution context is not thread-safe, so the GPU work is serial anyway; the lock makes
+the host side serial too. A thread whose earlier output is about to be overwritten by another thread's
+run gets it copied to the host first (`DeviceTensor.spill`, under the same lock), so results are never
+mixed. Written for TensorRT, not run on a GPU here (tested with tests/trt_fakes.py).
 
 `tensorrt` and cuda-python (`cuda.bindings.runtime`, as TensorRT's samples use) are imported only
 when the backend is made. The backend talks to them through two small adapters (`CudaRuntime`,
@@ -14,6 +21,7 @@ when the backend is made. The backend talks to them through two small adapters (
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,22 +29,14 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from .backends import ProviderUnavailableError
-from .device import BankTracker, DeviceTensor
-from .manifest import GraphSpec, ManifestError
+from .device import DeviceCopies, DeviceTensor, is_support_array
+from .errors import BackendError, CudaError, EngineMismatchError, ManifestError, ProviderUnavailableError
+from .manifest import GraphSpec
 from .profiles import MEMORY_AXIS, InputProfile, check_memory_length
 
 PROVIDER = "tensorrt-native"
 ENGINE_KIND = "tensorrt-engine"
 REBUILD_HINT = "rebuild the engines on this machine: python -m fssam2_export.engines --artifacts DIR"
-
-
-class CudaError(RuntimeError):
-    """A CUDA runtime call failed."""
-
-
-class EngineMismatchError(RuntimeError):
-    """An engine built for another TensorRT version or GPU architecture than this machine's."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ class TensorRTBackend:
         self.runtime, self.cuda = runtime, cuda
         self.device = cuda.device()
         self.stream = cuda.stream()
+        self.lock = threading.RLock()  # one stream, buffers read across graphs: runs are serialised (module doc)
         self.consumed: set[str] = set()  # input names of every loaded graph: outputs feeding them stay on the device
 
     def load(self, path: Path, spec: GraphSpec) -> "TrtGraph":
@@ -126,10 +127,23 @@ class TensorRTBackend:
         return TrtGraph(self, engine, spec, label=f"{flavour.file} (TensorRT {self.runtime.version})")
 
     def download(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        host = np.empty(shape, dtype)
-        self.cuda.dtoh(host, ptr, self.stream)
-        self.cuda.sync(self.stream)
-        return host
+        with self.lock:
+            host = np.empty(shape, dtype)
+            self.cuda.dtoh(host, ptr, self.stream)
+            self.cuda.sync(self.stream)
+            return host
+
+    def upload(self, a: np.ndarray) -> int:
+        """A new device buffer holding `a` (a support set's tokens)."""
+        with self.lock:
+            ptr = self.cuda.malloc(a.nbytes)
+            self.cuda.htod(ptr, a, self.stream)
+            self.cuda.sync(self.stream)  # `a` may be freed as soon as this returns
+            return ptr
+
+    def free(self, ptr: int) -> None:
+        with self.lock:
+            self.cuda.free(ptr)
 
 
 class TrtGraph:
@@ -147,18 +161,18 @@ class TrtGraph:
         sizes |= {t.name: engine.output_shape(t.name) for t in self._outputs}
         dtypes = {t.name: t.dtype for t in engine.tensors}
         self.buffers = {n: cuda.malloc(int(np.prod(s)) * dtypes[n].itemsize) for n, s in sizes.items()}
-        memory_inputs = {t.name for t in spec.inputs if MEMORY_AXIS in t.shape}
-        self._banks = {t.name: BankTracker() for t in self._inputs if t.name in memory_inputs}
+        self._memory_inputs = {t.name for t in spec.inputs if MEMORY_AXIS in t.shape}
+        self.support_copies = DeviceCopies(backend.upload, backend.free, backend.lock)
         self._handed: list[weakref.ref] = []  # DeviceTensors pointing into our output buffers
-        weakref.finalize(self, _release, cuda, list(self.buffers.values()), self._handed)
-
-    def forget_memory(self) -> None:
-        for tracker in self._banks.values():
-            tracker.forget()
+        weakref.finalize(self, _release, backend, list(self.buffers.values()), self._handed, self.support_copies)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_memory_length(self._label, feeds, self.profiles, "the profile built into the engine",
                             "rebuild the engines with a larger --max-shots")
+        with self._b.lock:
+            return self._run(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         b, cuda, stream, engine = self._b, self._b.cuda, self._b.stream, self._engine
         _spill(self._handed)  # our outputs are about to be overwritten: whoever still holds one gets a host copy
         for t in self._inputs:
@@ -166,8 +180,8 @@ class TrtGraph:
             ptr = self.buffers[t.name]
             if isinstance(value, DeviceTensor) and value.owner is b and value.handle is not None:
                 ptr = value.handle  # another graph's output buffer, read in place
-            elif t.name in self._banks:
-                self._upload_bank(t, np.asarray(value, t.dtype))
+            elif t.name in self._memory_inputs and is_support_array(value) and value.dtype == t.dtype:
+                ptr = self.support_copies.get(value)  # the set's own device buffer, uploaded once
             else:
                 cuda.htod(ptr, np.ascontiguousarray(value, t.dtype), stream)
             engine.set_input_shape(t.name, tuple(value.shape))
@@ -179,20 +193,13 @@ class TrtGraph:
         for t in self._outputs:
             shape, ptr = engine.output_shape(t.name), self.buffers[t.name]
             if t.name in b.consumed:
-                out[t.name] = DeviceTensor(shape, t.dtype, b, ptr, lambda p=ptr, s=shape, d=t.dtype: b.download(p, s, d))
+                out[t.name] = DeviceTensor(shape, t.dtype, b, ptr, lambda p=ptr, s=shape, d=t.dtype: b.download(p, s, d), b.lock)
                 self._handed.append(weakref.ref(out[t.name]))
             else:
                 out[t.name] = np.empty(shape, t.dtype)
                 cuda.dtoh(out[t.name], ptr, stream)
         cuda.sync(stream)  # one sync per graph: host copies are complete and per-module timings are true
         return out
-
-    def _upload_bank(self, t: TensorInfo, feed: np.ndarray) -> None:
-        """Upload the rows (axis 1, batch 1) appended since the last call into the device bank."""
-        first = self._banks[t.name].start(feed)
-        if first < feed.shape[1]:
-            row_bytes = int(np.prod(feed.shape[2:])) * feed.dtype.itemsize
-            self._b.cuda.htod(self.buffers[t.name] + first * row_bytes, np.ascontiguousarray(feed[:, first:]), self._b.stream)
 
 
 def _spill(handed: list[weakref.ref]) -> None:
@@ -202,11 +209,13 @@ def _spill(handed: list[weakref.ref]) -> None:
     handed.clear()
 
 
-def _release(cuda: Cuda, ptrs: list[int], handed: list[weakref.ref]) -> None:
-    """Free a graph's buffers, after copying out any output still held."""
-    _spill(handed)
-    for p in ptrs:
-        cuda.free(p)
+def _release(backend: TensorRTBackend, ptrs: list[int], handed: list[weakref.ref], copies: DeviceCopies) -> None:
+    """Free a graph's buffers and support-set copies, after copying out any output still held."""
+    with backend.lock:
+        _spill(handed)
+        copies.clear()
+        for p in ptrs:
+            backend.cuda.free(p)
 
 
 class CudaRuntime:
@@ -264,7 +273,7 @@ class TensorRTRuntime:
     def deserialize(self, blob: bytes) -> "TrtEngine":
         engine = self._runtime.deserialize_cuda_engine(blob)
         if engine is None:
-            raise RuntimeError("TensorRT could not deserialise the engine (see its log above)")
+            raise BackendError("TensorRT could not deserialise the engine (see its log above)")
         return TrtEngine(self._trt, engine)
 
 
@@ -285,15 +294,15 @@ class TrtEngine:
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, tuple(shape)):
-            raise RuntimeError(f"TensorRT refused shape {list(shape)} for input '{name}'")
+            raise BackendError(f"TensorRT refused shape {list(shape)} for input '{name}'")
 
     def set_address(self, name: str, ptr: int) -> None:
         if not self._context.set_tensor_address(name, int(ptr)):
-            raise RuntimeError(f"TensorRT refused the device address of '{name}'")
+            raise BackendError(f"TensorRT refused the device address of '{name}'")
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._context.get_tensor_shape(name))
 
     def execute(self, stream: object) -> None:
         if not self._context.execute_async_v3(int(stream)):
-            raise RuntimeError("TensorRT execution failed (see its log above)")
+            raise BackendError("TensorRT execution failed (see its log above)")

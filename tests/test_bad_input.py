@@ -42,7 +42,7 @@ def test_bad_images(seg, bad, match):
 
 def test_segment_before_any_support(seg, rgb):
     seg.reset()
-    with pytest.raises(RuntimeError, match="before any add_support"):
+    with pytest.raises(InputError, match="before any add_support"):
         seg.segment(rgb)
 
 
@@ -126,3 +126,23 @@ def test_providers_never_fall_back_silently():
         OrtBackend("cuda")
     with pytest.raises(ProviderUnavailableError, match="TensorrtExecutionProvider"):
         OrtBackend("tensorrt")
+
+
+def test_every_runtime_error_derives_from_one_exported_base():
+    """One `except runtime.Error` catches everything the runtime raises on purpose; no bare built-in raises."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    import runtime
+    from runtime import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(classes) >= 9 and all(issubclass(c, runtime.Error) and c.__name__ in runtime.__all__ for c in classes)
+    builtin = {"Exception", "RuntimeError", "ValueError", "TypeError", "KeyError", "OSError"}
+    for path in Path(runtime.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                assert node.exc.func.id not in builtin, f"{path.name}:{node.lineno} raises a bare {node.exc.func.id}"
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", "") in builtin for b in node.bases):
+                assert path.name == "errors.py", f"{path.name} defines {node.name} outside runtime.errors"

@@ -63,8 +63,11 @@ def test_bench_cli_writes_versioned_report_and_plot(artifacts, tmp_path, capsys)
         assert k["queries_per_s"] > 0 and 0 <= k["glue_fraction"] < 1 and k["memory_attention_gflops"] > 0 and k["peak_rss_mb"] > 0
         q = k["query"]
         assert q["total"]["min"] >= q["image_encoder"]["min"]
+    assert [w["classes"] for w in run["ways"]] == [1, 3]
+    for w in run["ways"]:
+        assert w["n_way"]["n"] == w["separate"]["n"] == 2 and w["ratio_p50"] == pytest.approx(w["n_way"]["p50"] / w["separate"]["p50"])
     table = capsys.readouterr().out
-    assert "queries/s" in table and "memory_attention" in table
+    assert "queries/s" in table and "memory_attention" in table and "3-way (1-shot classes): one call" in table
     if plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

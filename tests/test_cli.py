@@ -81,3 +81,54 @@ def test_failed_export_leaves_old_artifacts_untouched(artifacts, tmp_path, monke
         export_cli.main(["--random-init", "--seed", "1", "--image-size", "128", "--out", str(out), "--overwrite", "--quiet"])
     assert load_manifest(out).created == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], "partial export left behind"
+
+
+def test_support_sets_and_n_way_through_the_cli(artifacts, episode, tmp_path, capsys):
+    import dataclasses
+
+    from runtime import SupportSet
+
+    s = episode.supports
+    cats, dogs = tmp_path / "cats.fssam2", tmp_path / "dogs.fssam2"
+    for out, pairs in ((cats, s[:2]), (dogs, s[2:3])):
+        args = ["support", "--artifacts", str(artifacts), "--out", str(out)]
+        for image, mask in pairs:
+            args += ["--support", str(image), str(mask)]
+        assert runtime_cli.main(args) == 0
+    assert runtime_cli.main(["info", "--support-set", str(cats), "--artifacts", str(artifacts)]) == 0
+    text = capsys.readouterr().out
+    assert "2 supports" in text and "random-init:seed=0" in text and "usable with these artifacts" in text
+
+    labels, masks, ov = tmp_path / "labels.png", tmp_path / "masks", tmp_path / "ov.png"
+    assert runtime_cli.main(["segment", "--artifacts", str(artifacts), "--class", f"cat={cats}", "--class", f"dog={dogs}",
+                             "--query", str(episode.query), "--out", str(labels), "--class-masks", str(masks),
+                             "--overlay", str(ov)]) == 0
+    seg = FewShotSegmenter(artifacts)
+    want = seg.segment(episode.query, {"cat": seg.encode_supports(s[:2]), "dog": seg.encode_supports(s[2:3])})
+    written = Image.open(labels)
+    assert written.mode == "P" and written.getpalette()[3:9] == [31, 119, 180, 255, 127, 14]
+    np.testing.assert_array_equal(np.asarray(written), want.label_map)
+    for name in ("cat", "dog"):
+        np.testing.assert_array_equal(np.asarray(Image.open(masks / f"{name}.png")) > 0, want[name].mask)
+    query = np.asarray(Image.open(episode.query))
+    drawn = np.asarray(Image.open(ov))
+    assert drawn.shape == query.shape and (drawn != query).any()
+    assert "2-way label map" in capsys.readouterr().out
+
+    one = tmp_path / "one.png"
+    assert runtime_cli.main(["segment", "--artifacts", str(artifacts), "--support-set", str(cats), "--query", str(episode.query),
+                             "--out", str(one)]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(one)) > 0, want["cat"].mask)
+
+    foreign = SupportSet.load(cats)
+    foreign = dataclasses.replace(foreign, fingerprint=dataclasses.replace(foreign.fingerprint, weights="sha256:ab12"))
+    foreign.save(tmp_path / "foreign.fssam2")
+    capsys.readouterr()
+    for bad, match in ((["--class", f"cat={tmp_path / 'foreign.fssam2'}"], "weights: set sha256:ab12 != artifacts random-init:seed=0"),
+                       (["--class", "cat"], "NAME=SET"),
+                       (["--support-set", str(cats), "--class-masks", str(masks)], "--class-masks needs --class")):
+        assert runtime_cli.main(["segment", "--artifacts", str(artifacts), *bad, "--query", str(episode.query),
+                                 "--out", str(tmp_path / "x.png")]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    assert runtime_cli.main(["info", "--support-set", str(tmp_path / "foreign.fssam2"), "--artifacts", str(artifacts)]) == 2

@@ -1,8 +1,10 @@
 """GPU-provider logic that needs no GPU: profiles from the manifest, ORT provider options, engine
-compatibility checks, the device-bank bookkeeping, and ORT's IO-binding path (run on CPU)."""
+compatibility checks, support-set device copies, and ORT's IO-binding path (run on CPU)."""
 
+import gc
+import threading
+import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -10,12 +12,13 @@ import pytest
 
 from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
 from runtime.backends import ORT_PROVIDERS
-from runtime.ort_gpu import OrtDeviceGraph, ort_provider_list, tensorrt_ep_options
-from runtime.device import BankTracker, DeviceTensor
+from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
+from runtime.device import DeviceCopies, DeviceTensor, is_support_array
 from runtime.fidelity import Episode as Episode_, recording_segmenter, run_episode
 from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
 from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
 from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
+from trt_fakes import BoundCpuBackend
 
 EPISODE = Episode(20.0, -10.0, tokens_per_support=256, low_res_size=64)
 ATTENTION = GraphSpec(
@@ -136,17 +139,21 @@ def test_engine_compat_refuses_other_tensorrt_or_gpu():
         check_engine_compat("a.engine", meta, "10.3.0", DeviceInfo("H100", "9.0"))
 
 
-def test_bank_tracker_uploads_only_appended_rows():
-    buf = np.zeros((1, 10, 4), np.float32)  # a preallocated bank, fed as growing views
-    t = BankTracker()
-    assert t.start(buf[:, :2]) == 0
-    assert t.start(buf[:, :2]) == 2  # unchanged: nothing to upload
-    assert t.start(buf[:, :5]) == 2  # appended rows 2..4
-    assert t.start(buf[:, :3]) == 0  # fewer rows: a reset happened, upload all
-    assert t.start(np.zeros((1, 6, 4), np.float32)) == 0  # another buffer: upload all
-    t.forget()
-    other = np.zeros((1, 6, 4), np.float32)
-    assert t.start(other) == 0 and t.start(other) == 6
+def test_device_copies_are_keyed_by_array_identity_and_dropped_with_it():
+    released = []
+    copies = DeviceCopies(upload=lambda a: ("device", float(a.sum())), release=released.append)
+    a = np.ones((1, 4, 3), np.float32)
+    a.flags.writeable = False
+    b = 2 * a
+    b.flags.writeable = False
+    assert copies.get(a) is copies.get(a) and copies.uploads == 1
+    assert copies.get(b) == ("device", 24.0) and copies.uploads == 2  # equal shape, other identity: its own copy
+    del a
+    gc.collect()
+    assert released == [("device", 12.0)] and len(copies) == 1
+    copies.clear()
+    assert len(copies) == 0 and len(released) == 2
+    assert is_support_array(b) and not is_support_array(np.ones(3)) and not is_support_array(b[:, :2])  # writable; a view
 
 
 def test_device_tensor_is_array_like_and_spills():
@@ -157,6 +164,27 @@ def test_device_tensor_is_array_like_and_spills():
     assert len(calls) == 1  # copied to host once
     t.spill()
     assert t.handle is None and "host" in repr(t)
+
+
+def test_device_tensor_read_racing_a_spill_gets_its_own_values():
+    """Thread A reads a tensor while thread B, running a graph under the backend lock, spills it and
+    overwrites its buffer: A must get the values from before the overwrite (B's spill), not B's."""
+    lock, device = threading.RLock(), {"buffer": np.array([1.0], np.float32)}
+
+    def download():
+        with lock:  # as TensorRTBackend.download
+            return device["buffer"].copy()
+
+    t = DeviceTensor((1,), "float32", owner=None, handle=1, fetch=download, lock=lock)
+    got = []
+    with lock:  # B's graph run
+        reader = threading.Thread(target=lambda: got.append(t.numpy()[0]))
+        reader.start()
+        time.sleep(0.2)  # A is now waiting for the lock
+        t.spill()  # B is about to overwrite the buffer: the tensor gets a host copy first
+        device["buffer"][0] = 2.0
+    reader.join()
+    assert got == [1.0]
 
 
 def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsys):
@@ -175,23 +203,6 @@ def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsy
         assert rc == 2 and "provider 'tensorrt-native' needs the tensorrt and cuda-python packages" in capsys.readouterr().err
 
 
-class BoundCpuBackend:
-    """OrtBackend's GPU path (IO binding, device-resident outputs and bank) with "cpu" as the device."""
-
-    name, provider = "ort-iobinding-cpu", "cpu"
-
-    def __init__(self):
-        self.consumed: set[str] = set()
-        self.graphs: dict[str, OrtDeviceGraph] = {}
-
-    def load(self, path: Path, spec: GraphSpec):
-        self.consumed.update(t.name for t in spec.inputs)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = Path(spec.file).stem  # `path` may be a flavour's file
-        self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
-        return self.graphs[name]
-
-
 def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
     backend = BoundCpuBackend()
     plain, bound = FewShotSegmenter(artifacts), FewShotSegmenter(artifacts, backend=backend)
@@ -207,38 +218,32 @@ def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
     assert b.score == pytest.approx(a.score, abs=1e-5)
 
 
-def test_ort_bank_is_uploaded_only_when_it_changes(artifacts, monkeypatch):
+def test_ort_support_sets_are_uploaded_once_and_dropped_with_the_set(artifacts, episode):
     backend = BoundCpuBackend()
-    seg = FewShotSegmenter(artifacts, backend=backend)
-    size, per = seg.manifest.preprocess.image_size, seg.manifest.episode.tokens_per_support
-    rng = np.random.default_rng(0)
-    feats = backend.graphs["image_encoder"].run({"image": rng.standard_normal((1, 3, size, size), np.float32)})
-    bank = np.zeros((2, 1, 3 * per, 64), np.float32)  # memory, memory_pos: preallocated like a memory bank
-    bank[:, :, :per] = rng.standard_normal((2, 1, per, 64))
-    uploads = []
-    real = ort.OrtValue.ortvalue_from_numpy
-    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda a, *d: uploads.append(a.shape[1]) or real(a, *d)))
-    graph = backend.graphs["memory_attention"]
-
-    def attend(k):
-        return np.asarray(graph.run({"image_embed": feats["image_embed"], "image_pos": feats["image_pos"],
-                                     "memory": bank[0, :, :k * per], "memory_pos": bank[1, :, :k * per]})["conditioned_embed"])
-
-    first = attend(1)
-    np.testing.assert_array_equal(attend(1), first)
-    assert uploads == [per, per]  # one upload per bank input; the second query reused them
-    bank[0, :, per:2 * per], bank[1, :, per:2 * per] = -bank[0, :, :per], bank[1, :, :per]
-    attend(2)
-    assert uploads[2:] == [2 * per, 2 * per]  # grown: uploaded again (ORT cannot write part of an OrtValue)
-    bank[0, :, :2 * per] *= 0.5  # rows replaced in place after a reset: only forget_memory can tell
-    graph.forget_memory()
-    attend(2)
-    assert uploads[4:] == [2 * per, 2 * per]
+    seg, plain = FewShotSegmenter(artifacts, backend=backend), FewShotSegmenter(artifacts)
+    copies = backend.graphs["memory_attention"].support_copies
+    a, b = (seg.encode_supports([s]) for s in episode.supports[:2])  # same K, other tokens
+    first = seg.segment(episode.query, a)
+    assert seg.segment(episode.query, a).low_res_logits.tobytes() == first.low_res_logits.tobytes()
+    assert copies.uploads == 2 and len(copies) == 2  # memory + memory_pos, once for both queries
+    got = seg.segment(episode.query, b)  # a copy keyed by anything but the set's identity would reuse a's here
+    want = plain.segment(episode.query, b)
+    np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-5)
+    assert np.abs(got.low_res_logits - first.low_res_logits).max() > 1e-3  # the two sets do differ
+    assert copies.uploads == 4 and len(copies) == 4
+    del a, b
+    gc.collect()
+    assert len(copies) == 0  # dropped with the sets
+    seg.add_support(*episode.supports[0])
+    seg.segment(episode.query)
+    seg.add_support(*episode.supports[1])  # a new default set: the one-support set's copies go with it
+    seg.segment(episode.query)
+    assert len(copies) == 2
 
 
-def test_recorded_device_graphs_still_forget_the_bank_on_reset(artifacts, episode):
-    """The fidelity gate's recording wrapper passes reset through: a second episode of the same K on the
-    device path must not run on the first episode's bank (same buffer, same length, new rows)."""
+def test_recorded_device_graphs_run_each_episode_on_its_own_set(artifacts, episode):
+    """Through the fidelity gate's recording wrapper, a second episode of the same K on the device path
+    must not run on the first episode's device copy."""
     seg, rec = recording_segmenter(artifacts, BoundCpuBackend())
     plain = FewShotSegmenter(artifacts)
     first = Episode_(episode.supports[:1], episode.query)

@@ -1,4 +1,6 @@
-"""Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU.
+"""Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU, and
+`BoundCpuBackend`: ORT's GPU path (IO binding) with the CPU as its device; `assert_threads_match_serial`
+drives a segmenter from many threads.
 
 `FakeCuda` is device memory in numpy with byte counters; `FakeRuntime`/`FakeEngine` implement the
 small interface `runtime.trt_backend` needs (tensors, set_input_shape, set_address, output_shape,
@@ -13,10 +15,15 @@ import json
 import sys
 import types
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from pathlib import Path
+
+from runtime.manifest import GraphSpec
+from runtime.ort_gpu import OrtDeviceGraph
 from runtime.profiles import InputProfile
 from runtime.trt_backend import DeviceInfo, TensorInfo
 
@@ -171,3 +178,51 @@ def install_fake_polygraphy(monkeypatch, *, perturb=None, version: str = TRT_VER
     monkeypatch.setattr(ptrt, "EngineFromBytes", lambda blob: blob)
     monkeypatch.setattr(ptrt, "TrtRunner", FakeTrtRunner)
     return log
+
+
+class BoundCpuBackend:
+    """OrtBackend's GPU path (IO binding, device-resident outputs and support sets) with "cpu" as the device."""
+
+    name, provider = "ort-iobinding-cpu", "cpu"
+
+    def __init__(self):
+        self.consumed: set[str] = set()
+        self.graphs: dict[str, OrtDeviceGraph] = {}
+
+    def load(self, path: Path, spec: GraphSpec):
+        self.consumed.update(t.name for t in spec.inputs)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = Path(spec.file).stem  # `path` may be a flavour's file
+        self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
+        return self.graphs[name]
+
+
+def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -> int:
+    """Run (query, support) jobs serially, then `repeats` times each from `threads` threads at once (started
+    together at a barrier): every threaded result must be bit-identical to its serial one. A support given as a
+    list of (image, mask) pairs is encoded in the call. Returns the calls made."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def logits(result):
+        parts = [result] if hasattr(result, "logits") else [result[n] for n in result] + [result]
+        return [p.label_map.tobytes() if not hasattr(p, "logits") else p.logits.tobytes() + p.low_res_logits.tobytes()
+                for p in parts]
+
+    def segment(query, support):
+        return seg.segment(query, seg.encode_supports(support) if isinstance(support, list) else support)
+
+    serial = [logits(segment(*job)) for job in jobs]
+    work = [i for _ in range(repeats) for i in range(len(jobs))]
+    barrier = threading.Barrier(threads)
+
+    def call(n):
+        if n < threads:
+            barrier.wait()
+        return logits(segment(*jobs[work[n]]))
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(call, range(len(work))))
+    for n, got in enumerate(results):
+        assert got == serial[work[n]], f"call {n} (job {work[n]}) differs from its serial result"
+    return len(results)
