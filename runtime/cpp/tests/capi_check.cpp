@@ -313,6 +313,7 @@ int main(int argc, char **argv) {
     // one handle, many threads, different sets and the default set at once: each result == serial (bitwise)
     {
         const std::vector<float> other = segment_with(seg, other_class.get(), q);
+        const std::vector<float> q3_both = segment_with(seg, both.get(), s3), q3_other = segment_with(seg, other_class.get(), s3);
         expect(fssam2_add_support(seg, &one_image, &one_mask), FSSAM2_OK, "add_support s0");
         const fssam2_view i1 = s1.image(), m1 = s1.mask_view();
         expect(fssam2_add_support(seg, &i1, &m1), FSSAM2_OK, "add_support s1");
@@ -323,8 +324,12 @@ int main(int argc, char **argv) {
             pool.emplace_back([&, t] {
                 for (int r = 0; r < rounds; ++r) {
                     const int pick = (t + r) % 3;  // default set, encoded set, another class
-                    const std::vector<float> got = segment_with(seg, pick == 0 ? nullptr : pick == 1 ? loaded : other_class.get(), q);
-                    wrong[t] += got != (pick == 2 ? other : serial);
+                    const fssam2_support_set *set = pick == 0 ? nullptr : pick == 1 ? loaded : other_class.get();
+                    if (t % 2) {  // two different queries in flight
+                        wrong[t] += segment_with(seg, set, q) != (pick == 2 ? other : serial);
+                    } else {
+                        wrong[t] += segment_with(seg, set, s3) != (pick == 2 ? q3_other : q3_both);
+                    }
                 }
                 SetPtr mine = encode(seg, {&s0, &s1});  // encoding concurrently with queries
                 wrong[t] += segment_with(seg, mine.get(), q) != serial;
