@@ -403,6 +403,19 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
     assert got.shape == expected.shape
     assert (got & expected).sum() / max((got | expected).sum(), 1) >= 0.999
 
+    # a saved set gives the same mask; N-way with the same set twice labels it 1 (ties to the lower index)
+    tool = [str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), "--query", str(episode.query)]
+    set_path, again, labels = tmp_path / "s.fssam2", tmp_path / "again.png", tmp_path / "labels.png"
+    for args in ([*supports, "--save-set", str(set_path), "--out", str(again)], ["--support-set", str(set_path), "--out", str(again)],
+                 ["--class", f"a={set_path}", "--class", f"b={set_path}", "--out", str(labels)]):
+        proc = subprocess.run([*tool, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert (np.asarray(Image.open(again)) > 0).tolist() == got.tolist()
+    label_map = np.asarray(Image.open(labels))
+    assert set(np.unique(label_map)) == {0, 1} and ((label_map == 1) == got).all() and "a " in proc.stdout
+    bad_set = subprocess.run([*tool, "--support-set", str(tmp_path / "none.fssam2"), "--out", str(again)], capture_output=True, text=True)
+    assert bad_set.returncode == 2 and "none.fssam2" in bad_set.stderr
+
     proc = subprocess.run([str(cpp_build / "fssam2_bench"), "--artifacts", str(artifacts), "--shots", "1", "2",
                            "--queries", "2", "--warmup", "0", "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
