@@ -412,6 +412,17 @@ int main(int argc, char **argv) {
         const fssam2::Segmentation r = moved.segment(fssam2::Image{p.rgb.data(), p.w, p.h});
         expect_true(r.mask.size() == out.size() && r.logits.size() == out.size() && moved.num_supports() == 1,
                     "C++ wrapper: moved handle segments");
+        const fssam2::Image i0{s0.rgb.data(), s0.w, s0.h}, i1{s1.rgb.data(), s1.w, s1.h}, query{q.rgb.data(), q.w, q.h};
+        const fssam2::Mask m0{s0.mask.data(), s0.w, s0.h}, m1{s1.mask.data(), s1.w, s1.h};
+        const fssam2::SupportSet a = moved.encode_supports({{i0, m0}}), b = moved.encode_supports({{i1, m1}});
+        const fssam2::SupportSet ab = a + b;
+        expect_true(ab.shots() == 2 && moved.segment(query, ab).logits == serial, "C++ wrapper: (a + b) segments as the K=2 episode");
+        ab.save(bad + "/wrapper.fssam2");
+        const fssam2::SupportSet loaded_ab = fssam2::SupportSet::load(bad + "/wrapper.fssam2", moved);
+        const fssam2::MultiSegmentation m = moved.segment(query, {&loaded_ab, &a});
+        expect_true(m.classes.size() == 2 && m.classes[0].logits == serial && m.labels.size() == serial.size(),
+                    "C++ wrapper: N-way with a loaded set");
+        expect_true(moved.default_set().shots() == 1, "C++ wrapper: default_set");
         moved.segment(fssam2::Image{nullptr, p.w, p.h});
         expect_true(false, "C++ wrapper throws on a NULL query");
     } catch (const fssam2::Error &e) {
