@@ -475,6 +475,7 @@ def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode,
         assert theirs[name].dtype == value.dtype, name
         np.testing.assert_array_equal(theirs[name], value, err_msg=name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.fssam2", "py.fssam2"], "temporary files left behind"
+    assert again.stat().st_mode & 0o777 == 0o644
 
 
 def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode, tmp_path):

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.hpp"
@@ -113,7 +114,7 @@ void save_support_set(const SupportSet &set, const std::string &path, const char
     std::string tmp = path + ".tmp.XXXXXX";
     const int fd = mkstemp(tmp.data());
     if (fd < 0) throw Error(FSSAM2_ERR_IO, "cannot write " + path + ": " + std::strerror(errno));
-    bool ok = true;
+    bool ok = ::fchmod(fd, 0644) == 0;  // mkstemp makes it 0600; a set is a shareable data file
     const auto put = [&](const void *p, size_t bytes) {
         for (const char *q = static_cast<const char *>(p); ok && bytes;) {
             const ssize_t w = ::write(fd, q, bytes);
