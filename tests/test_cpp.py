@@ -31,6 +31,7 @@ SOURCE = ROOT / "runtime" / "cpp"
 ORT_ROOT = Path(os.environ.get("FSSAM2_ONNXRUNTIME_ROOT", ROOT / "third_party" / "onnxruntime"))
 BUILD = ROOT / "build" / "cpp"
 BUILD_ASAN = ROOT / "build" / "cpp-asan"
+BUILD_TSAN = ROOT / "build" / "cpp-tsan"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 OK, INVALID, MANIFEST, PROVIDER, STATE, RUNTIME, OOM, IO, SUPPORT_SET = range(9)
@@ -387,6 +388,21 @@ def test_c_api_contract_under_asan_ubsan(cpp_build, artifacts, bad_artifacts):
                LSAN_OPTIONS=f"suppressions={SOURCE / 'tests' / 'lsan.supp'}")
     out = _run_check(BUILD_ASAN / "fssam2_capi_check", artifacts, bad_artifacts, env=env)
     assert "ERROR: AddressSanitizer" not in out and "runtime error" not in out
+
+
+@pytest.mark.slow
+def test_c_api_contract_under_tsan(cpp_build, artifacts, bad_artifacts):
+    """The threading contract under ThreadSanitizer: one handle from 4 threads with mixed sets, two handles in two
+    threads. libonnxruntime itself is not instrumented (its internal synchronisation is invisible to TSan), so
+    this checks libfssam2's own state and the caller-visible buffers."""
+    if not shutil.which("c++") or subprocess.run(["c++", "-fsanitize=thread", "-x", "c++", "-", "-o", os.devnull],
+                                                input="int main(){}", text=True, capture_output=True).returncode:
+        _unavailable("the C++ compiler cannot build with -fsanitize=thread")
+    _cmake_build(BUILD_TSAN, "-DFSSAM2_SANITIZE=thread", "-DFSSAM2_BUILD_TOOLS=OFF", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 target="fssam2_capi_check")
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0")
+    out = _run_check(BUILD_TSAN / "fssam2_capi_check", artifacts, bad_artifacts, env=env)
+    assert "ThreadSanitizer" not in out
 
 
 def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):

@@ -7,6 +7,7 @@
 // BAD_ROOT holds broken artifact directories made by the test: no_manifest, not_json, schema99,
 // missing_graph, corrupt_graph; support-set files are written there too.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -23,7 +24,7 @@
 
 namespace {
 
-int failures = 0, checks = 0;
+std::atomic<int> failures{0}, checks{0};  // counted from several threads
 
 void expect(fssam2_status got, fssam2_status want, const std::string &what) {
     ++checks;
@@ -429,6 +430,6 @@ int main(int argc, char **argv) {
         expect_true(e.status() == FSSAM2_ERR_INVALID_ARGUMENT, std::string("C++ wrapper error status: ") + e.what());
     }
 
-    std::printf("%s: %d checks, %d failed\n", failures ? "FAILED" : "passed", checks, failures);
+    std::printf("%s: %d checks, %d failed\n", failures ? "FAILED" : "passed", checks.load(), failures.load());
     return failures ? 1 : 0;
 }

@@ -1,6 +1,6 @@
 /* libfssam2: FS-SAM2 few-shot segmentation over fssam2 artifacts (four ONNX graphs + manifest.json)
  * on ONNX Runtime. C API with a stable ABI: opaque handles, plain C types, status codes, and
- * fssam2_last_error() for the message of the last failed call on the calling thread.
+ * fssam2_last_error() for the message of the calling thread's last failed call.
  *
  * Support sets: fssam2_support_set_encode turns K annotated supports into an immutable support set (the
  * memory tokens, bound to the model that made them); save / load write and read it as a file in the
@@ -18,7 +18,7 @@
  * Thread safety: a segmenter may be called from many threads at once. fssam2_segment_set(s),
  * fssam2_support_set_encode/load and fssam2_segment run in parallel on the same handle (ONNX Runtime
  * sessions are run concurrently), with the same or different sets, and give results bit-identical to
- * serial calls. fssam2_add_support and fssam2_reset swap the default set atomically: a concurrent
+ * serial calls (tested on the cpu provider; ONNX Runtime documents concurrent Run for every provider). fssam2_add_support and fssam2_reset swap the default set atomically: a concurrent
  * fssam2_segment uses the set as it was when it started. Support sets are immutable and may be shared
  * between threads and segmenters. Freeing a handle (fssam2_destroy, fssam2_support_set_free) must not
  * overlap another call that uses it.
