@@ -25,14 +25,17 @@ from conftest import unavailable
 from runtime import FewShotSegmenter
 from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 
+import support_set_files
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runtime" / "cpp"
 ORT_ROOT = Path(os.environ.get("FSSAM2_ONNXRUNTIME_ROOT", ROOT / "third_party" / "onnxruntime"))
 BUILD = ROOT / "build" / "cpp"
 BUILD_ASAN = ROOT / "build" / "cpp-asan"
+BUILD_TSAN = ROOT / "build" / "cpp-tsan"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
-OK, INVALID, MANIFEST, PROVIDER, STATE, RUNTIME = 0, 1, 2, 3, 4, 5
+OK, INVALID, MANIFEST, PROVIDER, STATE, RUNTIME, OOM, IO, SUPPORT_SET = range(9)
 
 
 def _unavailable(reason: str):
@@ -67,9 +70,15 @@ class View(C.Structure):
     _fields_ = [("data", C.c_void_p), ("width", C.c_int32), ("height", C.c_int32), ("stride", C.c_int32)]
 
 
-class Options(C.Structure):
+class OptionsV1(C.Structure):
+    """fssam2_options as libfssam2 0.1 declared it (an older caller)."""
     _fields_ = [("struct_size", C.c_uint32), ("provider", C.c_char_p), ("intra_op_threads", C.c_int32),
                 ("verify_sha256", C.c_int32)]
+
+
+class Options(C.Structure):
+    _fields_ = [*OptionsV1._fields_, ("device_id", C.c_int32), ("max_shots", C.c_int32), ("trt_cache_dir", C.c_char_p),
+                ("trt_workspace_bytes", C.c_int64)]
 
 
 class Result(C.Structure):
@@ -82,8 +91,9 @@ def lib(cpp_build) -> C.CDLL:
     P = C.POINTER
     sigs = {
         "fssam2_last_error": ([], C.c_char_p),
-        "fssam2_options_init": ([P(Options)], None),
-        "fssam2_create": ([C.c_char_p, P(Options), P(C.c_void_p)], C.c_int),
+        "fssam2_options_init": ([C.c_void_p], None),
+        "fssam2_options_init_sized": ([C.c_void_p, C.c_uint32], None),
+        "fssam2_create": ([C.c_char_p, C.c_void_p, P(C.c_void_p)], C.c_int),
         "fssam2_destroy": ([C.c_void_p], None),
         "fssam2_add_support": ([C.c_void_p, P(View), P(View)], C.c_int),
         "fssam2_segment": ([C.c_void_p, P(View), C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t, P(Result)], C.c_int),
@@ -93,6 +103,15 @@ def lib(cpp_build) -> C.CDLL:
         "fssam2_resize_mask": ([P(View), C.c_int32, C.c_void_p, C.c_size_t], C.c_int),
         "fssam2_postprocess_logits": ([C.c_void_p, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_void_p,
                                        C.c_size_t], C.c_int),
+        "fssam2_support_set_encode": ([C.c_void_p, P(View), P(View), C.c_size_t, P(C.c_void_p)], C.c_int),
+        "fssam2_support_set_load": ([C.c_void_p, C.c_char_p, P(C.c_void_p)], C.c_int),
+        "fssam2_support_set_save": ([C.c_void_p, C.c_char_p], C.c_int),
+        "fssam2_support_set_free": ([C.c_void_p], None),
+        "fssam2_segment_set": ([C.c_void_p, C.c_void_p, P(View), C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t, P(Result)],
+                               C.c_int),
+        "fssam2_segment_sets": ([C.c_void_p, P(C.c_void_p), C.c_size_t, P(View), C.c_void_p, C.c_size_t, C.c_void_p,
+                                 C.c_size_t, C.c_void_p, C.c_size_t, P(Result)], C.c_int),
+        "fssam2_provider_options": ([C.c_char_p, C.c_void_p, C.c_char_p, C.c_char_p, C.c_size_t, P(C.c_size_t)], C.c_int),
     }
     for name, (args, res) in sigs.items():
         getattr(so, name).argtypes, getattr(so, name).restype = args, res
@@ -117,13 +136,52 @@ class CppSegmenter:
     def __init__(self, lib: C.CDLL, artifacts: Path, provider: str = "cpu", verify_sha256: bool = True):
         self.lib, self.handle = lib, C.c_void_p()
         opts = Options()
-        lib.fssam2_options_init(C.byref(opts))
+        lib.fssam2_options_init_sized(C.byref(opts), C.sizeof(Options))
         opts.provider, opts.verify_sha256 = provider.encode(), int(verify_sha256)
         self._check(lib.fssam2_create(str(artifacts).encode(), C.byref(opts), C.byref(self.handle)))
 
     def _check(self, status: int) -> None:
         if status != OK:
             raise CppError(status, self.lib.fssam2_last_error().decode())
+
+    def encode(self, supports: list[tuple[np.ndarray, np.ndarray]]) -> C.c_void_p:
+        """A new support set (free it with free_set)."""
+        arrays = [(np.ascontiguousarray(i), np.ascontiguousarray(m, dtype=np.uint8)) for i, m in supports]
+        images = (View * len(arrays))(*(view(i) for i, _ in arrays))
+        masks = (View * len(arrays))(*(view(m) for _, m in arrays))
+        out = C.c_void_p()
+        self._check(self.lib.fssam2_support_set_encode(self.handle, images, masks, len(arrays), C.byref(out)))
+        return out
+
+    def load_set(self, path: Path) -> C.c_void_p:
+        out = C.c_void_p()
+        self._check(self.lib.fssam2_support_set_load(self.handle, str(path).encode(), C.byref(out)))
+        return out
+
+    def save_set(self, handle: C.c_void_p, path: Path) -> None:
+        self._check(self.lib.fssam2_support_set_save(handle, str(path).encode()))
+
+    def free_set(self, handle: C.c_void_p) -> None:
+        self.lib.fssam2_support_set_free(handle)
+
+    def segment_set(self, handle: C.c_void_p, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Result]:
+        mask = np.zeros(rgb.shape[:2], np.uint8)
+        logits = np.zeros(rgb.shape[:2], np.float32)
+        res = Result()
+        self._check(self.lib.fssam2_segment_set(self.handle, handle, view(np.ascontiguousarray(rgb)), mask.ctypes.data,
+                                                mask.size, logits.ctypes.data, logits.size, C.byref(res)))
+        return mask.astype(bool), logits, res
+
+    def segment_sets(self, handles: list[C.c_void_p], rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label map, per-class masks (N, H, W), per-class logits (N, H, W))."""
+        n, (h, w) = len(handles), rgb.shape[:2]
+        labels = np.zeros((h, w), np.uint8)
+        masks, logits = np.zeros((n, h, w), np.uint8), np.zeros((n, h, w), np.float32)
+        sets = (C.c_void_p * n)(*handles)
+        self._check(self.lib.fssam2_segment_sets(self.handle, sets, n, view(np.ascontiguousarray(rgb)), labels.ctypes.data,
+                                                 labels.size, masks.ctypes.data, masks.size, logits.ctypes.data,
+                                                 logits.size, None))
+        return labels, masks.astype(bool), logits
 
     def add_support(self, rgb: np.ndarray, mask: np.ndarray) -> None:
         rgb, m = np.ascontiguousarray(rgb), np.ascontiguousarray(mask, dtype=np.uint8)
@@ -331,6 +389,21 @@ def test_c_api_contract_under_asan_ubsan(cpp_build, artifacts, bad_artifacts):
     assert "ERROR: AddressSanitizer" not in out and "runtime error" not in out
 
 
+@pytest.mark.slow
+def test_c_api_contract_under_tsan(cpp_build, artifacts, bad_artifacts):
+    """The threading contract under ThreadSanitizer: one handle from 4 threads with mixed sets, two handles in two
+    threads. libonnxruntime itself is not instrumented (its internal synchronisation is invisible to TSan), so
+    this checks libfssam2's own state and the caller-visible buffers."""
+    if not shutil.which("c++") or subprocess.run(["c++", "-fsanitize=thread", "-x", "c++", "-", "-o", os.devnull],
+                                                input="int main(){}", text=True, capture_output=True).returncode:
+        _unavailable("the C++ compiler cannot build with -fsanitize=thread")
+    _cmake_build(BUILD_TSAN, "-DFSSAM2_SANITIZE=thread", "-DFSSAM2_BUILD_TOOLS=OFF", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 target="fssam2_capi_check")
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0")
+    out = _run_check(BUILD_TSAN / "fssam2_capi_check", artifacts, bad_artifacts, env=env)
+    assert "ThreadSanitizer" not in out
+
+
 def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
     out = tmp_path / "pred.png"
     supports = [a for image, mask in episode.supports[:2] for a in ("--support", str(image), str(mask))]
@@ -344,6 +417,19 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
     got = np.asarray(Image.open(out)) > 0
     assert got.shape == expected.shape
     assert (got & expected).sum() / max((got | expected).sum(), 1) >= 0.999
+
+    # a saved set gives the same mask; N-way with the same set twice labels it 1 (ties to the lower index)
+    tool = [str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), "--query", str(episode.query)]
+    set_path, again, labels = tmp_path / "s.fssam2", tmp_path / "again.png", tmp_path / "labels.png"
+    for args in ([*supports, "--save-set", str(set_path), "--out", str(again)], ["--support-set", str(set_path), "--out", str(again)],
+                 ["--class", f"a={set_path}", "--class", f"b={set_path}", "--out", str(labels)]):
+        proc = subprocess.run([*tool, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert (np.asarray(Image.open(again)) > 0).tolist() == got.tolist()
+    label_map = np.asarray(Image.open(labels))
+    assert set(np.unique(label_map)) == {0, 1} and ((label_map == 1) == got).all() and "a " in proc.stdout
+    bad_set = subprocess.run([*tool, "--support-set", str(tmp_path / "none.fssam2"), "--out", str(again)], capture_output=True, text=True)
+    assert bad_set.returncode == 2 and "none.fssam2" in bad_set.stderr
 
     proc = subprocess.run([str(cpp_build / "fssam2_bench"), "--artifacts", str(artifacts), "--shots", "1", "2",
                            "--queries", "2", "--warmup", "0", "--json"], capture_output=True, text=True)
@@ -359,3 +445,198 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
         proc = subprocess.run([str(cpp_build / example), str(artifacts)], capture_output=True, text=True)
         assert proc.returncode == 0 and "px foreground" in proc.stdout, proc.stderr
     assert (SOURCE / "examples" / "minimal.cpp").read_text() in (ROOT / "README.md").read_text(), "README example is stale"
+
+
+# Support sets across languages (docs/support-sets.md). tests/support_set_files.py writes and reads the files
+# from Python with safetensors.numpy; it stands in for the Python SupportSet API.
+
+
+def _python_set(artifacts: Path, episode, shots: int) -> tuple[FewShotSegmenter, list, list]:
+    py = FewShotSegmenter(artifacts)
+    sizes, areas = [], []
+    for image, mask in episode.supports[:shots]:
+        py.add_support(image, mask)
+        m = load_mask(mask)
+        sizes.append(m.shape), areas.append(int(m.sum()))
+    return py, sizes, areas
+
+
+def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1e-4) -> None:
+    """Masks identical except where the logit is within the runtimes' float tolerance of 0 (ORT versions differ)."""
+    differ = a != b
+    assert not differ.any() or np.abs(logits[differ]).max() <= tol, (differ.sum(), np.abs(logits[differ]).max())
+    assert 0.05 < a.mean() < 0.95, f"degenerate mask ({a.mean():.3f} foreground): the comparison would not see errors"
+
+
+def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode, tmp_path, record_metric):
+    """A set written by Python gives C++ the Python masks, and C++ writes it back unchanged."""
+    py, sizes, areas = _python_set(artifacts, episode, 2)
+    path = tmp_path / "py.fssam2"
+    support_set_files.write_set(path, py, sizes, areas)
+    handle = cpp_seg.load_set(path)
+    try:
+        mask, logits, res = cpp_seg.segment_set(handle, load_image(episode.query))
+        expected = py.segment(episode.query)
+        _same_masks(mask, expected.mask, expected.logits)
+        record_metric("cpp(python set) vs python logits max-abs", float(np.abs(logits - expected.logits).max()))
+        assert np.abs(logits - expected.logits).max() <= 1e-4 and res.num_supports == 2
+        again = tmp_path / "again.fssam2"
+        cpp_seg.save_set(handle, again)
+    finally:
+        cpp_seg.free_set(handle)
+    (ours, our_meta), (theirs, their_meta) = support_set_files.read_set(path), support_set_files.read_set(again)
+    assert our_meta == their_meta
+    for name, value in ours.items():
+        assert theirs[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(theirs[name], value, err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.fssam2", "py.fssam2"], "temporary files left behind"
+    assert again.stat().st_mode & 0o777 == 0o644
+
+
+def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode, tmp_path):
+    """C++ encodes and writes the spec's file: its metadata, per-support facts and tokens are Python's, and Python
+    segments with it as C++ does."""
+    py, sizes, areas = _python_set(artifacts, episode, 3)
+    handle = cpp_seg.encode([(load_image(i), load_mask(m)) for i, m in episode.supports[:3]])
+    path = tmp_path / "cpp.fssam2"
+    try:
+        cpp_seg.save_set(handle, path)
+        mask, _, _ = cpp_seg.segment_set(handle, load_image(episode.query))
+    finally:
+        cpp_seg.free_set(handle)
+    tensors, meta = support_set_files.read_set(path)
+    assert meta == support_set_files.metadata(py.manifest, 3)
+    np.testing.assert_array_equal(tensors["image_sizes"], np.asarray(sizes, np.int32))
+    np.testing.assert_array_equal(tensors["mask_areas"], np.asarray(areas, np.int64))
+    assert tensors["memory"].dtype == np.float32 and tensors["memory"].shape == py.memory_bank.memory.shape
+    np.testing.assert_allclose(tensors["memory"], py.memory_bank.memory, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(tensors["memory_pos"], py.memory_bank.memory_pos, rtol=0, atol=1e-4)
+    expected = support_set_files.segmenter_with_set(artifacts, path).segment(episode.query)
+    _same_masks(mask, expected.mask, expected.logits)
+
+
+def test_support_set_from_other_artifacts_is_refused(cpp_seg, artifacts, episode, tmp_path):
+    py, sizes, areas = _python_set(artifacts, episode, 1)
+    memory = py.memory_bank.memory
+
+    def refused(name: str, **kw) -> str:
+        support_set_files.write_set(tmp_path / name, py, sizes, areas, **kw)
+        with pytest.raises(CppError) as e:
+            cpp_seg.load_set(tmp_path / name)
+        assert e.value.status == SUPPORT_SET, e.value
+        return e.value.message
+
+    message = refused("other.fssam2", weights="sha256:" + "ab" * 32, image_size="512")
+    assert f"weights: set sha256:{'ab' * 32} != artifacts random-init:seed=0" in message
+    assert "image_size: set 512 != artifacts 256" in message and "model" not in message.split(":", 1)[1]
+    assert "memory_dtype: set float16" in refused("fp16.fssam2", memory_dtype="float16")
+    assert "format_version '2'" in refused("v2.fssam2", format_version="2")
+    assert "not a support-set file" in refused("format.fssam2", format="something-else")
+    message = refused("channels.fssam2", tensors={"memory": np.ascontiguousarray(memory[..., :32])})
+    assert "memory: set F32[1, 256, 32] != expected F32[1, 256, 64]" in message, message
+    assert "shots" in refused("shots.fssam2", shots="2")
+
+
+def test_nway_label_map_and_classes(cpp_seg, artifacts, episode, tmp_path):
+    """N-way: each class's logits are its 1-way call's (bitwise); the label map is the Python rule's (including
+    ties: the same set twice never labels 3)."""
+    rgb = load_image(episode.query)
+    supports = [(load_image(i), load_mask(m)) for i, m in episode.supports]
+    sets = [cpp_seg.encode(supports[:2]), cpp_seg.encode(supports[4:])]
+    try:
+        labels, masks, logits = cpp_seg.segment_sets([*sets, sets[0]], rgb)
+        single = [cpp_seg.segment_set(h, rgb)[1] for h in sets]
+    finally:
+        for h in sets:
+            cpp_seg.free_set(h)
+    for c, expected in enumerate([*single, single[0]]):
+        np.testing.assert_array_equal(logits[c], expected, err_msg=f"class {c}")
+        np.testing.assert_array_equal(masks[c], expected > 0)
+    np.testing.assert_array_equal(labels, support_set_files.label_map(list(logits)))
+    assert 3 not in labels and {0, 1, 2} <= set(np.unique(labels)), np.unique(labels, return_counts=True)
+
+
+def test_one_handle_from_python_threads(cpp_seg, artifacts, episode):
+    """ctypes releases the GIL: 4 threads x 4 queries on one handle with two sets and the default set at once,
+    each result bit-identical to the serial one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    supports = [(load_image(i), load_mask(m)) for i, m in episode.supports]
+    queries = [load_image(episode.query), supports[3][0]]
+    sets = [cpp_seg.encode(supports[:2]), cpp_seg.encode(supports[2:3])]
+    cpp_seg.lib.fssam2_reset(cpp_seg.handle)
+    cpp_seg.add_support(*supports[4])
+
+    def run(job: tuple[int, int]) -> np.ndarray:
+        which, q = job
+        return cpp_seg.segment(queries[q])[1] if which == 2 else cpp_seg.segment_set(sets[which], queries[q])[1]
+
+    jobs = [(w, q) for w in range(3) for q in range(2)]
+    try:
+        serial = {job: run(job) for job in jobs}
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(run, jobs * 3))
+    finally:
+        for h in sets:
+            cpp_seg.free_set(h)
+        cpp_seg.lib.fssam2_reset(cpp_seg.handle)
+    assert len({serial[j].tobytes() for j in jobs}) == len(jobs), "the jobs must give different results"
+    for job, got in zip(jobs * 3, parallel):
+        np.testing.assert_array_equal(got, serial[job], err_msg=str(job))
+
+
+def _provider_options(lib, artifacts: Path, options, graph: str) -> list:
+    """fssam2_provider_options parsed into runtime.ort_gpu.ort_provider_list's shape."""
+    needed = C.c_size_t()
+    lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), None, 0, C.byref(needed))
+    buf = C.create_string_buffer(needed.value)
+    assert lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), buf, len(buf), None) == OK, \
+        lib.fssam2_last_error()
+    eps: dict[str, dict] = {}
+    for line in buf.value.decode().splitlines():
+        ep, *kv = line.split("\t")
+        eps.setdefault(ep, {}).update([kv] if kv else [])
+    return [(ep, opts) if opts else ep for ep, opts in eps.items()]
+
+
+@pytest.mark.parametrize("provider,device_id,max_shots,cache", [("tensorrt", 0, 8, None), ("tensorrt", 1, 3, "/var/cache/x"),
+                                                                ("cuda", 2, 8, None), ("cpu", 0, 8, None)])
+def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_shots, cache):
+    """The C options give ORT the same providers, TensorRT EP caches and memory-axis profiles as the Python
+    backend (runtime.ort_gpu / runtime.profiles), per graph; written, not run on a GPU."""
+    from runtime.backends import ORT_PROVIDERS
+    from runtime.manifest import load_manifest
+    from runtime.ort_gpu import ORT_TRT_CACHE_DIR, ort_provider_list
+    from runtime.profiles import input_profiles, memory_dim_ranges
+
+    manifest = load_manifest(artifacts, verify_files=False)
+    opts = Options()
+    lib.fssam2_options_init_sized(C.byref(opts), C.sizeof(Options))
+    opts.provider, opts.device_id, opts.max_shots = provider.encode(), device_id, max_shots
+    opts.trt_cache_dir = cache.encode() if cache else None
+    for name, spec in manifest.graphs.items():
+        profiles = input_profiles(spec, memory_dim_ranges(manifest.episode, max_shots)) if provider == "tensorrt" else {}
+        expected = ort_provider_list(ORT_PROVIDERS[provider], profiles, Path(cache or artifacts / ORT_TRT_CACHE_DIR),
+                                     device_id=device_id)
+        assert _provider_options(lib, artifacts, opts, name) == expected, name
+    assert not (artifacts / ORT_TRT_CACHE_DIR).exists()
+
+
+def test_older_callers_options_struct(lib, artifacts):
+    """A 0.1 caller's smaller struct (its own fssam2_options_init, struct_size 24) gets the new fields' defaults."""
+    class OldCaller(C.Structure):  # the 0.1 struct, and the caller's memory right after it
+        _fields_ = [("options", OptionsV1), ("after", C.c_uint8 * 32)]
+
+    caller, new = OldCaller(), Options()
+    C.memset(C.byref(caller), 0xAB, C.sizeof(caller))
+    old = caller.options
+    lib.fssam2_options_init(C.byref(old))
+    lib.fssam2_options_init_sized(C.byref(new), C.sizeof(Options))
+    assert bytes(caller.after) == b"\xab" * 32, "fssam2_options_init wrote past the 0.1 struct"
+    assert old.struct_size == C.sizeof(OptionsV1) and new.struct_size == C.sizeof(Options) and new.max_shots == 8
+    old.provider = new.provider = b"tensorrt"
+    assert _provider_options(lib, artifacts, old, "memory_attention") == _provider_options(lib, artifacts, new, "memory_attention")
+    old.provider = b"cpu"
+    handle = C.c_void_p()
+    assert lib.fssam2_create(str(artifacts).encode(), C.byref(old), C.byref(handle)) == OK, lib.fssam2_last_error()
+    lib.fssam2_destroy(handle)

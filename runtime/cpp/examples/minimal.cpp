@@ -13,9 +13,10 @@ int main(int argc, char **argv) {
         mask[i] = in;
     }
     try {
-        fssam2::Segmenter seg(argv[1], fssam2::Options{"cpu"});    // "cuda" / "tensorrt": error if absent
-        seg.add_support({rgb.data(), w, h}, {mask.data(), w, h});  // K times; each encoded once
-        fssam2::Segmentation r = seg.segment({rgb.data(), w, h});  // r.mask: w*h bytes, 1 = object
+        fssam2::Segmenter seg(argv[1], fssam2::Options{"cpu"});  // "cuda" / "tensorrt": error if absent
+        fssam2::SupportSet set = seg.encode_supports({{{rgb.data(), w, h}, {mask.data(), w, h}}});  // K pairs, encoded once
+        // set.save("square.fssam2") / fssam2::SupportSet::load("square.fssam2", seg): reuse it anywhere
+        fssam2::Segmentation r = seg.segment({rgb.data(), w, h}, set);  // r.mask: w*h bytes, 1 = object
         long fg = 0;
         for (uint8_t v : r.mask) fg += v;
         std::printf("%ld of %d px foreground, predicted IoU %.3f\n", fg, w * h, r.score);

@@ -14,8 +14,11 @@ using nlohmann::json;
 [[noreturn]] void fail(const std::string &message) { throw Error(FSSAM2_ERR_MANIFEST, message); }
 
 TensorSpec tensor_spec(const json &t) {
-    TensorSpec spec{t.at("name").get<std::string>(), {}, t.at("dtype").get<std::string>()};
-    for (const json &d : t.at("shape")) spec.shape.push_back(d.is_string() ? -1 : d.get<int64_t>());
+    TensorSpec spec{t.at("name").get<std::string>(), {}, t.at("dtype").get<std::string>(), {}};
+    for (const json &d : t.at("shape")) {
+        spec.shape.push_back(d.is_string() ? -1 : d.get<int64_t>());
+        spec.dim_names.push_back(d.is_string() ? d.get<std::string>() : std::string());
+    }
     return spec;
 }
 
@@ -92,7 +95,14 @@ Manifest load_manifest(const std::string &dir) {
     Manifest m;
     m.schema_version = version.get<int>();
     try {
-        const json &pre = d.at("preprocess"), &ep = d.at("episode"), &graphs = d.at("graphs");
+        const json &pre = d.at("preprocess"), &ep = d.at("episode"), &graphs = d.at("graphs"), &model = d.at("model");
+        m.model_name = model.at("name").get<std::string>();
+        // The weights' identity as support-set files record it (docs/support-sets.md).
+        if (model.value("random_init", false))
+            m.weights = "random-init:seed=" + model.at("seed").dump();
+        else if (model.contains("checkpoint_sha256") && model.at("checkpoint_sha256").is_string())
+            m.weights = "sha256:" + model.at("checkpoint_sha256").get<std::string>();
+        // else: left empty; support sets refuse artifacts whose weights they cannot identify
         m.image_size = pre.at("image_size").get<int64_t>();
         auto mean = pre.at("mean").get<std::vector<double>>(), stdev = pre.at("std").get<std::vector<double>>();
         if (mean.size() != 3 || stdev.size() != 3) fail("manifest preprocess mean/std must have 3 values (RGB)");

@@ -12,6 +12,7 @@ struct TensorSpec {
     std::string name;
     std::vector<int64_t> shape;  // -1 = dynamic axis (a string in the manifest)
     std::string dtype;
+    std::vector<std::string> dim_names;  // per axis: the dynamic axis' name, "" for a fixed one
 };
 
 struct Flavour {
@@ -42,6 +43,8 @@ struct GraphSpec {
 
 struct Manifest {
     int schema_version = 0;
+    std::string model_name;  // model.name, e.g. "sam2.1_hiera_t"
+    std::string weights;     // "sha256:<checkpoint_sha256>" or "random-init:seed=<seed>" (docs/support-sets.md)
     int64_t image_size = 0;
     float mean[3] = {0, 0, 0};  // float32, as numpy's np.asarray(mean, np.float32)
     float std[3] = {1, 1, 1};

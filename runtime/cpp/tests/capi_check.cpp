@@ -1,12 +1,20 @@
 // Checks of the C API's contract, run by tests/test_cpp.py (also as an ASan/UBSan build):
 // every bad input gives its status code and a message and does not crash; a K=2 episode runs;
-// two handles in two threads give the same results as serial runs; the C++ wrapper throws.
+// two handles in two threads give the same results as serial runs; support sets (encode, save/load,
+// combine, N-way) give the default set's results bit for bit; one handle from many threads with
+// different sets equals serial; an older caller's smaller options struct gets defaults; the C++ wrapper.
 //   fssam2_capi_check ARTIFACTS_DIR BAD_ROOT
 // BAD_ROOT holds broken artifact directories made by the test: no_manifest, not_json, schema99,
-// missing_graph, corrupt_graph.
+// missing_graph, corrupt_graph; support-set files are written there too.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,7 +24,7 @@
 
 namespace {
 
-int failures = 0, checks = 0;
+std::atomic<int> failures{0}, checks{0};  // counted from several threads
 
 void expect(fssam2_status got, fssam2_status want, const std::string &what) {
     ++checks;
@@ -77,6 +85,51 @@ std::vector<float> episode(fssam2_segmenter *seg) {
     for (size_t i = 0; i < mask.size(); ++i) consistent = consistent && mask[i] == (logits[i] > 0.0f ? 1 : 0);
     expect_true(consistent, "mask == (logits > 0), num_supports == 2");
     return logits;
+}
+
+// fssam2_options as 0.1 declared it: what a caller built against 0.1 passes.
+struct options_v1 {
+    uint32_t struct_size;
+    const char *provider;
+    int32_t intra_op_threads;
+    int32_t verify_sha256;
+};
+
+using SetPtr = std::unique_ptr<fssam2_support_set, void (*)(fssam2_support_set *)>;
+
+SetPtr encode(fssam2_segmenter *seg, const std::vector<const Picture *> &supports) {
+    std::vector<fssam2_view> images, masks;
+    for (const Picture *p : supports) images.push_back(p->image()), masks.push_back(p->mask_view());
+    fssam2_support_set *set = nullptr;
+    if (fssam2_support_set_encode(seg, images.data(), masks.data(), images.size(), &set) != FSSAM2_OK)
+        std::printf("FAIL encode: %s\n", fssam2_last_error()), ++failures;
+    return SetPtr(set, fssam2_support_set_free);
+}
+
+std::vector<float> segment_with(fssam2_segmenter *seg, const fssam2_support_set *set, const Picture &q, int32_t *shots = nullptr) {
+    fssam2_view qi = q.image();
+    std::vector<uint8_t> mask(size_t(q.w) * q.h);
+    std::vector<float> logits(mask.size());
+    fssam2_result info{};
+    const fssam2_status st = set ? fssam2_segment_set(seg, set, &qi, mask.data(), mask.size(), logits.data(), logits.size(), &info)
+                                 : fssam2_segment(seg, &qi, mask.data(), mask.size(), logits.data(), logits.size(), &info);
+    if (st != FSSAM2_OK) {
+        std::printf("FAIL segment: %s\n", fssam2_last_error()), ++failures;
+        return {};
+    }
+    if (shots) *shots = info.num_supports;
+    return logits;
+}
+
+std::string provider_options(const std::string &artifacts, const fssam2_options *o, const char *graph) {
+    size_t needed = 0;
+    if (fssam2_provider_options(artifacts.c_str(), o, graph, nullptr, 0, &needed) != FSSAM2_ERR_INVALID_ARGUMENT || !needed)
+        return "FAIL: " + std::string(fssam2_last_error());
+    std::string text(needed, '\0');
+    if (fssam2_provider_options(artifacts.c_str(), o, graph, text.data(), text.size(), nullptr) != FSSAM2_OK)
+        return "FAIL: " + std::string(fssam2_last_error());
+    text.pop_back();
+    return text;
 }
 
 fssam2_options options(const char *provider, int verify) {
@@ -183,6 +236,152 @@ int main(int argc, char **argv) {
     expect(fssam2_reset(seg), FSSAM2_OK, "reset");
     expect(fssam2_segment(seg, &image, out.data(), out.size(), nullptr, 0, nullptr), FSSAM2_ERR_STATE, "segment after reset");
 
+    // support sets: the default set's results, bit for bit, however the set was made
+    const Picture s0 = picture(200, 150, 0), s1 = picture(160, 190, 1), q = picture(230, 170, 2), s3 = picture(150, 150, 3);
+    SetPtr both = encode(seg, {&s0, &s1}), first = encode(seg, {&s0}), second = encode(seg, {&s1}), other_class = encode(seg, {&s3});
+    int32_t shots = 0;
+    expect_true(segment_with(seg, both.get(), q, &shots) == serial && shots == 2, "segment_set(encoded K=2) == default set (bitwise)");
+    fssam2_support_set *combined = nullptr;
+    expect(fssam2_support_set_combine(first.get(), second.get(), &combined), FSSAM2_OK, "support_set_combine");
+    SetPtr combined_ptr(combined, fssam2_support_set_free);
+    expect_true(segment_with(seg, combined, q) == serial, "combine(s0, s1) == encode(s0, s1) (bitwise)");
+    const std::string set_path = bad + "/both.fssam2";
+    expect(fssam2_support_set_save(both.get(), set_path.c_str()), FSSAM2_OK, "support_set_save");
+    expect(fssam2_support_set_save(both.get(), set_path.c_str()), FSSAM2_OK, "support_set_save (replace)");
+    fssam2_support_set *loaded = nullptr;
+    expect(fssam2_support_set_load(seg, set_path.c_str(), &loaded), FSSAM2_OK, "support_set_load");
+    SetPtr loaded_ptr(loaded, fssam2_support_set_free);
+    expect_true(segment_with(seg, loaded, q) == serial, "saved + loaded set == encoded set (bitwise)");
+    expect(fssam2_support_set_shots(loaded, &shots), FSSAM2_OK, "support_set_shots");
+    expect_true(shots == 2, "loaded set has K=2");
+    // bad support-set input
+    fssam2_support_set *none = nullptr;
+    const fssam2_view one_image = s0.image(), one_mask = s0.mask_view();
+    expect(fssam2_support_set_encode(seg, &one_image, &one_mask, 0, &none), FSSAM2_ERR_INVALID_ARGUMENT, "support_set_encode(count 0)");
+    expect(fssam2_support_set_encode(seg, &one_image, nullptr, 1, &none), FSSAM2_ERR_INVALID_ARGUMENT, "support_set_encode(NULL masks)");
+    const fssam2_view two_images[] = {s0.image(), s1.image()}, bad_masks[] = {s0.mask_view(), {empty.data(), p.w, p.h, 0}};
+    expect(fssam2_support_set_encode(seg, two_images, bad_masks, 2, &none), FSSAM2_ERR_INVALID_ARGUMENT, "support_set_encode(mask[1] size mismatch)");
+    expect(fssam2_support_set_encode(nullptr, &one_image, &one_mask, 1, &none), FSSAM2_ERR_INVALID_ARGUMENT, "support_set_encode(NULL segmenter)");
+    expect_true(none == nullptr, "failed encode leaves *out NULL");
+    expect(fssam2_support_set_load(seg, (bad + "/no_such.fssam2").c_str(), &none), FSSAM2_ERR_IO, "support_set_load(missing file)");
+    std::ofstream(bad + "/garbage.fssam2") << "not a safetensors file at all";
+    expect(fssam2_support_set_load(seg, (bad + "/garbage.fssam2").c_str(), &none), FSSAM2_ERR_SUPPORT_SET, "support_set_load(garbage)");
+    {
+        std::ifstream in(set_path, std::ios::binary);
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        std::ofstream(bad + "/truncated.fssam2", std::ios::binary) << bytes.substr(0, bytes.size() - 9);
+    }
+    expect(fssam2_support_set_load(seg, (bad + "/truncated.fssam2").c_str(), &none), FSSAM2_ERR_SUPPORT_SET, "support_set_load(truncated)");
+    expect(fssam2_support_set_load(seg, nullptr, &none), FSSAM2_ERR_INVALID_ARGUMENT, "support_set_load(NULL path)");
+    expect(fssam2_support_set_save(both.get(), (bad + "/no_dir/x.fssam2").c_str()), FSSAM2_ERR_IO, "support_set_save(no such directory)");
+    expect(fssam2_support_set_save(nullptr, set_path.c_str()), FSSAM2_ERR_INVALID_ARGUMENT, "support_set_save(NULL set)");
+    expect(fssam2_segment_set(seg, nullptr, &image, out.data(), out.size(), nullptr, 0, nullptr), FSSAM2_ERR_INVALID_ARGUMENT, "segment_set(NULL set)");
+    expect(fssam2_support_set_from_default(seg, &none), FSSAM2_ERR_STATE, "support_set_from_default(empty)");
+    fssam2_support_set_free(nullptr);
+
+    // N-way: each class equals its 1-way call; the label map follows the rule; equal sets tie to the lower index
+    {
+        const fssam2_support_set *sets[] = {both.get(), other_class.get(), both.get()};
+        const size_t n = size_t(q.w) * q.h;
+        std::vector<uint8_t> labels(n), masks(3 * n);
+        std::vector<float> all(3 * n);
+        fssam2_result results[3];
+        const fssam2_view qi = q.image();
+        expect(fssam2_segment_sets(seg, sets, 3, &qi, labels.data(), labels.size(), masks.data(), masks.size(), all.data(),
+                                   all.size(), results), FSSAM2_OK, "segment_sets(3)");
+        const std::vector<float> other = segment_with(seg, other_class.get(), q);
+        expect_true(std::equal(serial.begin(), serial.end(), all.begin()) && std::equal(other.begin(), other.end(), all.begin() + n) &&
+                        std::equal(serial.begin(), serial.end(), all.begin() + 2 * n),
+                    "N-way logits == 1-way logits per class (bitwise)");
+        bool rule = results[0].num_supports == 2 && results[1].num_supports == 1, seen[3] = {false, false, false};
+        for (size_t i = 0; i < n; ++i) {
+            const float a = all[i], b = all[n + i];
+            const uint8_t want = a <= 0 && b <= 0 ? 0 : (a >= b ? 1 : 2);  // class 3 ties class 1 everywhere: never wins
+            rule = rule && labels[i] == want && masks[i] == (a > 0) && masks[n + i] == (b > 0);
+            seen[want] = true;
+        }
+        expect_true(rule, "label map: highest positive logit, ties to the lower index, else 0");
+        std::printf("label map classes present: bg %d, 1 %d, 2 %d\n", seen[0], seen[1], seen[2]);
+        expect(fssam2_segment_sets(seg, sets, 0, &qi, labels.data(), labels.size(), nullptr, 0, nullptr, 0, nullptr),
+               FSSAM2_ERR_INVALID_ARGUMENT, "segment_sets(0 sets)");
+        expect(fssam2_segment_sets(seg, sets, 3, &qi, labels.data(), labels.size(), masks.data(), n, nullptr, 0, nullptr),
+               FSSAM2_ERR_INVALID_ARGUMENT, "segment_sets(masks_out too small)");
+        const fssam2_support_set *with_null[] = {both.get(), nullptr};
+        expect(fssam2_segment_sets(seg, with_null, 2, &qi, labels.data(), labels.size(), nullptr, 0, nullptr, 0, nullptr),
+               FSSAM2_ERR_INVALID_ARGUMENT, "segment_sets(sets[1] NULL)");
+    }
+
+    // one handle, many threads, different sets and the default set at once: each result == serial (bitwise)
+    {
+        const std::vector<float> other = segment_with(seg, other_class.get(), q);
+        const std::vector<float> q3_both = segment_with(seg, both.get(), s3), q3_other = segment_with(seg, other_class.get(), s3);
+        expect(fssam2_add_support(seg, &one_image, &one_mask), FSSAM2_OK, "add_support s0");
+        const fssam2_view i1 = s1.image(), m1 = s1.mask_view();
+        expect(fssam2_add_support(seg, &i1, &m1), FSSAM2_OK, "add_support s1");
+        const int threads = 4, rounds = 3;
+        std::vector<int> wrong(threads, 0);
+        std::vector<std::thread> pool;
+        for (int t = 0; t < threads; ++t)
+            pool.emplace_back([&, t] {
+                for (int r = 0; r < rounds; ++r) {
+                    const int pick = (t + r) % 3;  // default set, encoded set, another class
+                    const fssam2_support_set *set = pick == 0 ? nullptr : pick == 1 ? loaded : other_class.get();
+                    if (t % 2) {  // two different queries in flight
+                        wrong[t] += segment_with(seg, set, q) != (pick == 2 ? other : serial);
+                    } else {
+                        wrong[t] += segment_with(seg, set, s3) != (pick == 2 ? q3_other : q3_both);
+                    }
+                }
+                SetPtr mine = encode(seg, {&s0, &s1});  // encoding concurrently with queries
+                wrong[t] += segment_with(seg, mine.get(), q) != serial;
+            });
+        for (std::thread &t : pool) t.join();
+        int total = 0;
+        for (int w : wrong) total += w;
+        expect_true(total == 0, "one handle, 4 threads x (3 queries + 1 encode), mixed sets == serial (bitwise)");
+        fssam2_support_set *from_default = nullptr;
+        expect(fssam2_support_set_from_default(seg, &from_default), FSSAM2_OK, "support_set_from_default");
+        expect_true(segment_with(seg, from_default, q) == serial, "the default set as a set == serial");
+        fssam2_support_set_free(from_default);
+        expect(fssam2_reset(seg), FSSAM2_OK, "reset");
+    }
+
+    // options: an older caller's smaller struct (whatever follows it) gets the defaults; unknown sizes are refused
+    {
+        struct {
+            options_v1 v1;
+            unsigned char after[sizeof(fssam2_options)];
+        } old;
+        std::memset(&old, 0xAB, sizeof(old));
+        (fssam2_options_init)(reinterpret_cast<fssam2_options *>(&old.v1));  // the 0.1 entry point
+        bool untouched = old.v1.struct_size == sizeof(options_v1);
+        for (unsigned char b : old.after) untouched = untouched && b == 0xAB;
+        expect_true(untouched, "0.1 fssam2_options_init writes the 0.1 struct only");
+        old.v1.provider = "tensorrt";
+        fssam2_options current;
+        fssam2_options_init(&current);
+        current.provider = "tensorrt";
+        expect_true(current.struct_size == sizeof(fssam2_options) && current.max_shots == 8 && current.device_id == 0,
+                    "fssam2_options_init: current size and defaults");
+        const std::string from_old = provider_options(artifacts, reinterpret_cast<fssam2_options *>(&old.v1), "memory_attention");
+        const std::string from_new = provider_options(artifacts, &current, "memory_attention");
+        expect_true(from_old == from_new && from_new.find("trt_profile_max_shapes") != std::string::npos,
+                    "0.1-sized options (garbage after) give the default provider options");
+        std::printf("tensorrt memory_attention options:\n%s", from_new.c_str());
+        fssam2_segmenter *v1seg = nullptr;
+        old.v1.provider = "cpu";
+        expect(fssam2_create(artifacts.c_str(), reinterpret_cast<fssam2_options *>(&old.v1), &v1seg), FSSAM2_OK, "create(0.1-sized options)");
+        fssam2_destroy(v1seg);
+        fssam2_options odd = current;
+        odd.struct_size = sizeof(options_v1) + 4;
+        expect(fssam2_create(artifacts.c_str(), &odd, &v1seg), FSSAM2_ERR_INVALID_ARGUMENT, "create(options.struct_size between versions)");
+        odd.struct_size = sizeof(fssam2_options) + 8;
+        expect(fssam2_create(artifacts.c_str(), &odd, &v1seg), FSSAM2_ERR_INVALID_ARGUMENT, "create(options.struct_size from the future)");
+        current.max_shots = 0;
+        expect(fssam2_provider_options(artifacts.c_str(), &current, "memory_attention", nullptr, 0, nullptr), FSSAM2_ERR_INVALID_ARGUMENT,
+               "provider_options(max_shots 0)");
+    }
+
     // two handles, two threads, same results as serial; the message is per thread
     fssam2_segmenter *other = nullptr;
     expect(fssam2_create(artifacts.c_str(), &cpu, &other), FSSAM2_OK, "create second handle");
@@ -214,12 +413,23 @@ int main(int argc, char **argv) {
         const fssam2::Segmentation r = moved.segment(fssam2::Image{p.rgb.data(), p.w, p.h});
         expect_true(r.mask.size() == out.size() && r.logits.size() == out.size() && moved.num_supports() == 1,
                     "C++ wrapper: moved handle segments");
+        const fssam2::Image i0{s0.rgb.data(), s0.w, s0.h}, i1{s1.rgb.data(), s1.w, s1.h}, query{q.rgb.data(), q.w, q.h};
+        const fssam2::Mask m0{s0.mask.data(), s0.w, s0.h}, m1{s1.mask.data(), s1.w, s1.h};
+        const fssam2::SupportSet a = moved.encode_supports({{i0, m0}}), b = moved.encode_supports({{i1, m1}});
+        const fssam2::SupportSet ab = a + b;
+        expect_true(ab.shots() == 2 && moved.segment(query, ab).logits == serial, "C++ wrapper: (a + b) segments as the K=2 episode");
+        ab.save(bad + "/wrapper.fssam2");
+        const fssam2::SupportSet loaded_ab = fssam2::SupportSet::load(bad + "/wrapper.fssam2", moved);
+        const fssam2::MultiSegmentation m = moved.segment(query, {&loaded_ab, &a});
+        expect_true(m.classes.size() == 2 && m.classes[0].logits == serial && m.labels.size() == serial.size(),
+                    "C++ wrapper: N-way with a loaded set");
+        expect_true(moved.default_set().shots() == 1, "C++ wrapper: default_set");
         moved.segment(fssam2::Image{nullptr, p.w, p.h});
         expect_true(false, "C++ wrapper throws on a NULL query");
     } catch (const fssam2::Error &e) {
         expect_true(e.status() == FSSAM2_ERR_INVALID_ARGUMENT, std::string("C++ wrapper error status: ") + e.what());
     }
 
-    std::printf("%s: %d checks, %d failed\n", failures ? "FAILED" : "passed", checks, failures);
+    std::printf("%s: %d checks, %d failed\n", failures ? "FAILED" : "passed", checks.load(), failures.load());
     return failures ? 1 : 0;
 }
