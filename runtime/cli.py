@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .backends import PROVIDERS, ProviderUnavailableError, create_backend
 from .fidelity import FidelityError, GateThresholds, compare_artifacts, synthetic_episodes
+from . import label, serve
 from .image import InputError, load_image, overlay
 from .manifest import ManifestError, load_manifest
+from .outputs import save_png as _save_png
 from .profiles import DEFAULT_MAX_SHOTS
 from .segmenter import FewShotSegmenter
 
@@ -58,21 +57,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="write the report as JSON")
     b.add_argument("--plot", help="write a PNG chart (needs matplotlib: pip install 'fssam2[bench]')")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    label.add_parser(sub)
+    serve.add_parser(sub)
     return p
-
-
-def _save_png(array: np.ndarray, path: str) -> None:
-    """Write a PNG atomically: a temp file in the same directory, renamed when complete."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _segment(args) -> int:
@@ -154,7 +141,8 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"segment": _segment, "info": _info, "check": _check, "bench": _bench}
+    commands = {"segment": _segment, "info": _info, "check": _check, "bench": _bench, "label": label.command,
+                "serve": serve.command}
     try:
         return commands[args.command](args)
     except (InputError, ManifestError, ProviderUnavailableError, FidelityError, RuntimeError, ValueError) as e:

@@ -1,0 +1,91 @@
+"""Writing results: atomic PNG files (masks, label maps with a palette, overlays) and RLE-encoded masks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _palette() -> list[int]:
+    """Label 0 black, then 255 well-separated colours (golden-angle hues), flattened RGB."""
+    import colorsys
+
+    colours = [(0, 0, 0)] + [tuple(round(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95))
+                             for i in range(255)]
+    return [v for c in colours for v in c]
+
+
+PALETTE = _palette()
+
+
+def label_colours(n: int) -> np.ndarray:
+    """(n + 1, 3) uint8: the palette colours of labels 0..n."""
+    return np.asarray(PALETTE[: 3 * (n + 1)], np.uint8).reshape(-1, 3)
+
+
+def save_png(array: np.ndarray, path: str | Path, palette: bool = False) -> Path:
+    """Write a PNG atomically (a temporary file in the same directory, renamed when complete). `palette`:
+    `array` is a uint8 label map, written as a palette PNG whose pixel values are the labels."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(array)
+    if palette:
+        im = im.convert("L") if im.mode != "L" else im
+        im = Image.frombytes("P", im.size, im.tobytes())
+        im.putpalette(PALETTE)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            im.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
+    """Encode a mask (0/255) or, with `palette`, a label map as PNG bytes."""
+    import io
+
+    im = Image.fromarray(array)
+    if palette:
+        im = Image.frombytes("P", im.size, np.ascontiguousarray(array, np.uint8).tobytes())
+        im.putpalette(PALETTE)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlay_labels(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend each label's palette colour over its pixels (label 0 is left as is)."""
+    colours = label_colours(int(labels.max(initial=0))).astype(np.float32)
+    out = rgb.astype(np.float32)
+    fg = labels > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
+    return out.round().astype(np.uint8)
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """COCO-style uncompressed RLE: {"size": [H, W], "counts": [...]}: run lengths in column-major order,
+    starting with a (possibly empty) run of zeros."""
+    flat = np.asarray(mask, bool).ravel(order="F")
+    changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """Inverse of `rle_encode`."""
+    h, w = rle["size"]
+    values = np.arange(len(rle["counts"])) % 2 == 1
+    return np.repeat(values, rle["counts"]).reshape((h, w), order="F")
