@@ -311,7 +311,7 @@ def command(args) -> int:
     if args.ray:
         from .label_ray import RayOptions, run_ray
 
-        ray_options = RayOptions(None if args.ray == "local" else args.ray, args.workers, args.gpus_per_worker,
+        ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker,
                                  args.threads_per_worker, args.provider)
         summary = run_ray(args.artifacts, sets, job, items, ray_options, **options)
     else:

@@ -20,7 +20,7 @@ from .support_set import SupportSet
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = None  # None: start a local cluster; "auto": join the running one
+    address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
     workers: int = 2  # actors in the pool
     gpus_per_worker: float = 0.0
     threads_per_worker: int = 1  # CPUs reserved per actor = ONNX Runtime intra-op threads
@@ -64,7 +64,7 @@ def run_ray(artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items
             ds = ray.data.from_items([{"path": it.path, "key": it.key} for it in todo],
                                      override_num_blocks=min(len(todo), 4 * options.workers))
             gpus = {"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {}
-            out = ds.map_batches(_Worker, batch_size=1, concurrency=options.workers,
+            out = ds.map_batches(_Worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers),
                                  num_cpus=options.threads_per_worker, **gpus,
                                  fn_constructor_kwargs={"artifacts": str(artifacts), "provider": options.provider,
                                                         "threads": options.threads_per_worker,

@@ -15,7 +15,6 @@ the segmenter at once (the others wait: the `queue` gauge). The segmenter is cal
 under the runtime's threading contract (runtime/segmenter.py module docstring).
 """
 
-from __future__ import annotations
 
 import hmac
 import json
@@ -276,10 +275,10 @@ def create_app(service: Service, load_on_startup: bool = True):
     def get_support_set(set_id: str) -> dict:
         return _describe(set_id, service.store.get(set_id))
 
-    @app.delete("/v1/support-sets/{set_id}", tags=["support sets"], dependencies=[Depends(auth)], status_code=204)
-    def delete_support_set(set_id: str) -> Response:
+    @app.delete("/v1/support-sets/{set_id}", tags=["support sets"], dependencies=[Depends(auth)], status_code=204,
+                response_class=Response)
+    def delete_support_set(set_id: str) -> None:
         service.store.delete(set_id)
-        return Response(status_code=204)
 
     @app.post("/v1/segment", tags=["segment"], dependencies=[Depends(auth)],
               responses={200: {"content": {"image/png": {}, "application/json": {}}}})
@@ -359,7 +358,7 @@ def command(args) -> int:
     if args.ray:
         from .serve_ray import RayServeOptions, run_ray_serve
 
-        return run_ray_serve(config, RayServeOptions(None if args.ray == "local" else args.ray, args.host, args.port,
+        return run_ray_serve(config, RayServeOptions(args.ray, args.host, args.port,
                                                      args.replicas, args.min_replicas, args.max_replicas,
                                                      args.gpus_per_replica, args.cpus_per_replica))
     import uvicorn

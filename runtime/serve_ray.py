@@ -20,7 +20,7 @@ from .serve import ServeConfig, Service, create_app
 
 @dataclass(frozen=True)
 class RayServeOptions:
-    address: str | None = None  # None: start a local cluster; "auto": join the running one
+    address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
     host: str = "127.0.0.1"
     port: int = 8080
     replicas: int = 1
