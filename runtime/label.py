@@ -131,8 +131,18 @@ class Journal:
     """The results table as a JSON-lines journal, appended (and fsynced) one record per finished image."""
 
     def __init__(self, job: LabelJob, description: dict):
+        import fcntl
+
         self.job = job
         job.out.mkdir(parents=True, exist_ok=True)
+        self._lock = open(job.out / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise InputError(f"another fssam2 label job is writing to {job.out}") from None
+        for stale in [*job.out.glob("masks/**/.*.tmp"), *job.out.glob("overlays/**/.*.tmp")]:
+            stale.unlink()  # cut short by a killed job
         self.path = job.out / JOURNAL
         desc_path = job.out / JOB_FILE
         if desc_path.exists():
@@ -162,6 +172,7 @@ class Journal:
 
     def close(self) -> None:
         self._file.close()
+        self._lock.close()
 
     def records(self) -> list[dict]:
         """The table: the last record of each image, in journal order."""
