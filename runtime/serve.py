@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from .errors import InputError, SupportSetError
+from .errors import Error, InputError, SupportSetError
 from .guard import ImageLimitError, ImageLimits, decode_image, decode_mask
 from .outputs import png_bytes, rle_encode
 from .store import SetStore, UnknownSetError
@@ -62,7 +62,9 @@ def _api_error(e: Exception) -> ApiError:
         return ApiError(404, "unknown_set", str(e))
     if isinstance(e, SupportSetError):
         return ApiError(409, "set_mismatch", str(e))
-    return ApiError(422, "invalid_input", str(e))
+    if isinstance(e, InputError):
+        return ApiError(422, "invalid_input", str(e))
+    return ApiError(500, "runtime_error", f"{type(e).__name__}: {e}")  # a backend failure, not the request
 
 
 class Metrics:
@@ -214,8 +216,8 @@ def create_app(service: Service, load_on_startup: bool = True):
     async def _api(request: Request, e: ApiError):
         return error_response(request, e.status, e.code, e.message)
 
-    @app.exception_handler(InputError)
-    async def _input(request: Request, e: InputError):
+    @app.exception_handler(Error)
+    async def _runtime(request: Request, e: Error):
         a = _api_error(e)
         return error_response(request, a.status, a.code, a.message)
 
