@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             from runtime.serve import ServeConfig
             from runtime.serve_ray import RayServeOptions, start
 
-            ray.init(address="local", num_cpus=max(2, args.replicas), include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=max(2, args.replicas), include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
             try:
                 port = free_port()
                 config = ServeConfig(artifacts, os.path.abspath(store), threads=args.threads,

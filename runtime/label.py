@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import Error, InputError
 from .guard import ImageLimits, decode_image, read_bytes
-from .outputs import overlay_labels, save_png
+from .outputs import overlay_labels, save_png, write_atomic
 from .store import set_digest
 from .support_set import SupportSet
 
@@ -151,9 +151,9 @@ class Journal:
                 raise InputError(f"{job.out} holds the outputs of another job ({desc_path}: {old}); "
                                  f"use another --out or delete it")
         else:
-            _write_atomic(desc_path, json.dumps(description, indent=2) + "\n")
+            write_atomic(desc_path, (json.dumps(description, indent=2) + "\n").encode())
         self.done = {r["key"]: r for r in self._read() if job.complete(r)}
-        _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.done.values()))  # compacted
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.done.values()).encode())  # compacted
         self._file = open(self.path, "a")
 
     def _read(self) -> Iterator[dict]:
@@ -180,24 +180,15 @@ class Journal:
         return list(last.values())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_parquet(records: list[dict], path: Path) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("--table parquet needs pyarrow: pip install 'fssam2[label]'") from None
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(records), tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(records), sink)
+    write_atomic(path, sink.getvalue().to_pybytes())
 
 
 @dataclass
@@ -270,6 +261,16 @@ def run_local(labeler: Labeler, items: list[Item], **kwargs) -> Summary:
     return run_job(items, labeler.job, labeler.sets, lambda todo: map(labeler, todo), **kwargs)
 
 
+def require(module: str, extra: str) -> None:
+    """Import `module` or say which extra installs it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise InputError(f"this needs {module}: pip install 'fssam2[{extra}]' ({e})") from None
+
+
 def add_parser(sub) -> None:
     from .backends import PROVIDERS
 
@@ -320,6 +321,7 @@ def command(args) -> int:
     items = collect_inputs(args.images)
     options = dict(progress=not args.quiet, table=args.table)
     if args.ray:
+        require("ray.data", "ray")
         from .label_ray import RayOptions, run_ray
 
         ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker,

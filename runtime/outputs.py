@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -27,20 +28,14 @@ def label_colours(n: int) -> np.ndarray:
     return np.asarray(PALETTE[: 3 * (n + 1)], np.uint8).reshape(-1, 3)
 
 
-def save_png(array: np.ndarray, path: str | Path, palette: bool = False) -> Path:
-    """Write a PNG atomically (a temporary file in the same directory, renamed when complete). `palette`:
-    `array` is a uint8 label map, written as a palette PNG whose pixel values are the labels."""
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically: a temporary file in the same directory, fsynced, then renamed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(array)
-    if palette:
-        im = im.convert("L") if im.mode != "L" else im
-        im = Image.frombytes("P", im.size, im.tobytes())
-        im.putpalette(PALETTE)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            im.save(f, format="PNG")
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -50,10 +45,14 @@ def save_png(array: np.ndarray, path: str | Path, palette: bool = False) -> Path
     return target
 
 
-def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
-    """Encode a mask (0/255) or, with `palette`, a label map as PNG bytes."""
-    import io
+def save_png(array: np.ndarray, path: str | Path, palette: bool = False) -> Path:
+    """Write a mask (or, with `palette`, a uint8 label map as a palette PNG whose pixel values are the labels)
+    atomically."""
+    return write_atomic(path, png_bytes(array, palette))
 
+
+def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
+    """Encode an image or mask or, with `palette`, a uint8 label map as PNG bytes."""
     im = Image.fromarray(array)
     if palette:
         im = Image.frombytes("P", im.size, np.ascontiguousarray(array, np.uint8).tobytes())

@@ -356,8 +356,13 @@ def config_from_args(args) -> ServeConfig:
 
 
 def command(args) -> int:
+    from .label import require
+
     config = config_from_args(args)
+    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+        require(module, "serve")
     if args.ray:
+        require("ray.serve", "ray")
         from .serve_ray import RayServeOptions, run_ray_serve
 
         return run_ray_serve(config, RayServeOptions(args.ray, args.host, args.port,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
-from .errors import InputError
-from .support_set import SUFFIX, TENSORS, SupportSet
+from .errors import InputError, SupportSetError
+from .support_set import SUFFIX, TENSORS, Fingerprint, SupportSet
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -27,11 +29,18 @@ class UnknownSetError(InputError):
 
 
 class SetStore:
-    """A directory of support-set files named by digest; several processes may share it (writes are atomic)."""
+    """A directory of support-set files named by digest; several processes may share it (writes are atomic).
 
-    def __init__(self, root: str | Path):
+    Loaded sets are kept (up to `cache_size`, least recently used dropped): a set is read once per process,
+    and device backends, which keep a set's tokens on the device while the set object lives, upload it once.
+    Sets are immutable (the id is their content hash), so a cached set is valid while its file exists."""
+
+    def __init__(self, root: str | Path, cache_size: int = 64):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._cache: OrderedDict[str, SupportSet] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def path(self, set_id: str) -> Path:
         if not _DIGEST.match(set_id):
@@ -42,17 +51,33 @@ class SetStore:
         set_id = set_digest(s)
         if not self.path(set_id).exists():
             s.save(self.path(set_id))
-        return set_id
+        return set_id  # not cached: the next get reads the file, as every other process does
 
-    def get(self, set_id: str, model=None) -> SupportSet:
-        """The set `set_id`; `model` (segmenter, manifest or fingerprint): it must have been made by that model."""
+    def get(self, set_id: str, fingerprint: Fingerprint | None = None) -> SupportSet:
+        """The set `set_id`; with `fingerprint`, it must have been made by that model (SupportSetError otherwise)."""
         path = self.path(set_id)
         if not path.exists():
+            with self._lock:
+                self._cache.pop(set_id, None)
             raise UnknownSetError(f"unknown support set {set_id}")
-        return SupportSet.load(path, model)
+        with self._lock:
+            s = self._cache.get(set_id)
+            if s is not None:
+                self._cache.move_to_end(set_id)
+        if s is None:
+            s = SupportSet.load(path)
+            with self._lock:
+                self._cache[set_id] = s
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        if fingerprint is not None and (diff := s.fingerprint.differences(fingerprint)):
+            raise SupportSetError(f"support set {set_id} was made by another model than this one: {'; '.join(diff)}")
+        return s
 
     def delete(self, set_id: str) -> None:
         path = self.path(set_id)
+        with self._lock:
+            self._cache.pop(set_id, None)
         try:
             path.unlink()
         except FileNotFoundError:

@@ -73,6 +73,10 @@ def test_sets_are_content_addressed_and_persist(client, set_ids, seg, episode, a
     restarted = Service(ServeConfig(str(artifacts_128), str(store)))  # a new process over the same store
     assert restarted.store.get(set_ids["cat"]).shots == 2
     extra = client.post("/v1/support-sets", files=_set_files(episode.supports[4:5])).json()["id"]
+    assert client.get(f"/v1/support-sets/{extra}").status_code == 200  # now cached in this process
+    (store / f"{extra}.fssam2").unlink()  # deleted by another process sharing the store
+    assert client.get(f"/v1/support-sets/{extra}").status_code == 404
+    assert client.post("/v1/support-sets", files=_set_files(episode.supports[4:5])).json()["id"] == extra
     assert client.delete(f"/v1/support-sets/{extra}").status_code == 204
     assert client.get(f"/v1/support-sets/{extra}").status_code == 404
     assert client.delete(f"/v1/support-sets/{extra}").status_code == 404
