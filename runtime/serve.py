@@ -173,8 +173,8 @@ class Service:
         return named
 
     def segment(self, query: bytes, named: dict[str, str]):
-        fingerprint = self.ready().fingerprint
-        sets = {name: self.store.get(set_id, fingerprint) for name, set_id in named.items()}
+        self.ready()
+        sets = {name: self.store.get(set_id) for name, set_id in named.items()}  # the segmenter checks their model
         rgb = decode_image(query, "query", self.config.limits)
         with self._slot() as seg:
             return seg.segment(rgb, sets)
