@@ -27,6 +27,12 @@ class RayOptions:
     provider: str = "cpu"
 
 
+def actor_resources(options: RayOptions) -> dict:
+    """Resources each actor reserves: `--threads-per-worker` CPUs, `--gpus-per-worker` GPUs (if any)."""
+    return {"num_cpus": options.threads_per_worker,
+            **({"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {})}
+
+
 class _Worker:
     """One actor: a segmenter over the artifacts and the sets fetched from the object store."""
 
@@ -63,12 +69,11 @@ def run_ray(artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items
                 return
             ds = ray.data.from_items([{"path": it.path, "key": it.key} for it in todo],
                                      override_num_blocks=min(len(todo), 4 * options.workers))
-            gpus = {"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {}
             out = ds.map_batches(_Worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers),
-                                 num_cpus=options.threads_per_worker, **gpus,
                                  fn_constructor_kwargs={"artifacts": str(artifacts), "provider": options.provider,
                                                         "threads": options.threads_per_worker,
-                                                        "sets_box": [sets_ref], "job": job})
+                                                        "sets_box": [sets_ref], "job": job},
+                                 **actor_resources(options))
             for row in out.iter_rows():
                 yield json.loads(row["record"])
 

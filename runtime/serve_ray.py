@@ -45,15 +45,18 @@ class Replica:
         self.service.ready()
 
 
-def application(config: ServeConfig, options: RayServeOptions):
-    """The Serve application (bind, ready for `serve.run`)."""
+def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
+    """`serve.deployment` keywords: replicas or autoscaling, CPUs and GPUs per replica, requests per replica."""
     scaling = ({"autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                        "target_ongoing_requests": config.concurrency}}
                if options.max_replicas else {"num_replicas": options.replicas})
     actor = {"num_cpus": options.cpus_per_replica, **({"num_gpus": options.gpus_per_replica} if options.gpus_per_replica else {})}
-    deployment = serve.deployment(Replica, name="fssam2", ray_actor_options=actor,
-                                  max_ongoing_requests=4 * config.concurrency, **scaling)
-    return deployment.bind(config)
+    return {"name": "fssam2", "ray_actor_options": actor, "max_ongoing_requests": 4 * config.concurrency, **scaling}
+
+
+def application(config: ServeConfig, options: RayServeOptions):
+    """The Serve application (bound, ready for `serve.run`)."""
+    return serve.deployment(Replica, **deployment_options(config, options)).bind(config)
 
 
 def start(config: ServeConfig, options: RayServeOptions, blocking: bool = False) -> None:

@@ -18,7 +18,7 @@ from ray import serve  # noqa: E402
 from bench import load_test  # noqa: E402
 from runtime import FewShotSegmenter  # noqa: E402
 from runtime.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
-from runtime.label_ray import RayOptions, run_ray  # noqa: E402
+from runtime.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,19 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
     result = load_test.run_level(url, "ray", cases, 4, 12, 120)
     assert (result.sent, result.answered, result.lost, result.wrong) == (12, 12, 0, 0)
     serve.delete("fssam2")
+
+
+def test_resource_options_reach_ray():
+    """GPUs per worker / replica and autoscaling as Ray is given them (GPU runs: written, not run on a GPU)."""
+    from runtime.serve import ServeConfig
+    from runtime.serve_ray import RayServeOptions, Replica, deployment_options
+
+    assert actor_resources(RayOptions(threads_per_worker=4, gpus_per_worker=1)) == {"num_cpus": 4, "num_gpus": 1}
+    assert actor_resources(RayOptions()) == {"num_cpus": 1}
+    config = ServeConfig("art", "store", concurrency=3)
+    fixed = deployment_options(config, RayServeOptions(replicas=4, gpus_per_replica=0.5))
+    assert fixed["num_replicas"] == 4 and fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    auto = deployment_options(config, RayServeOptions(min_replicas=2, max_replicas=8))
+    assert "num_replicas" not in auto and auto["autoscaling_config"] == {
+        "min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 3}
+    serve.deployment(Replica, **auto)  # Serve accepts them
