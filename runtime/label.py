@@ -18,7 +18,7 @@ import glob
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -55,8 +55,9 @@ class LabelJob:
 
     def complete(self, record: Mapping) -> bool:
         """A record whose image is done: status ok and every output present."""
-        return (record.get("status") == "ok" and self.mask_path(record["key"]).exists()
-                and (not self.overlay or self.overlay_path(record["key"]).exists()))
+        key = record.get("key") if isinstance(record, dict) else None
+        return (isinstance(key, str) and record.get("status") == "ok" and self.mask_path(key).exists()
+                and (not self.overlay or self.overlay_path(key).exists()))
 
 
 def collect_inputs(spec: str) -> list[Item]:
@@ -212,11 +213,6 @@ class Summary:
         p50, p99 = (np.percentile(self.ms, [50, 99]) if self.ms else (0.0, 0.0))
         return (f"{self.done} done, {self.skipped} skipped (complete), {self.failed} failed; "
                 f"{rate:.2f} images/s; per image p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("ms")
-        return d
 
 
 def run_job(items: list[Item], job: LabelJob, sets: Mapping[str, SupportSet],
