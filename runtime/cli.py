@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .backends import PROVIDERS, create_backend
 from .errors import Error, FidelityError, InputError
 from .fidelity import GateThresholds, compare_artifacts, synthetic_episodes
-from .image import label_palette, load_image, overlay
+from . import label, serve
+from .image import load_image, overlay
 from .manifest import load_manifest
+from .outputs import save_png as _save_png
 from .profiles import DEFAULT_MAX_SHOTS
 from .segmenter import FewShotSegmenter, MultiClassSegmentation
 from .support_set import SupportSet
@@ -80,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="write the report as JSON")
     b.add_argument("--plot", help="write a PNG chart (needs matplotlib: pip install 'fssam2[bench]')")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    label.add_parser(sub)
+    serve.add_parser(sub)
     return p
 
 
@@ -104,33 +105,6 @@ def _backend(args, manifest, max_shots: int = DEFAULT_MAX_SHOTS):
                           precisions=args.ov_precision)
 
 
-def _save_png(image: np.ndarray | Image.Image, path: str) -> None:
-    """Write a PNG atomically: a temp file in the same directory, renamed when complete."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
-    try:
-        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _classes(specs: list[str]) -> dict[str, str]:
-    """NAME=SET arguments -> {name: path}, in the order given."""
-    classes = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"--class takes NAME=SET (e.g. cat=cats.fssam2), got {spec!r}")
-        if name in classes:
-            raise InputError(f"--class {name!r} given twice")
-        classes[name] = path
-    return classes
-
-
 def _support(args) -> int:
     seg = FewShotSegmenter(args.artifacts, backend=_backend(args, load_manifest(args.artifacts, verify_files=False)))
     support_set = seg.encode_supports(args.support)
@@ -143,7 +117,7 @@ def _support(args) -> int:
 def _segment(args) -> int:
     if args.class_masks and not args.classes:
         raise InputError("--class-masks needs --class")
-    classes = _classes(args.classes) if args.classes else {}
+    classes = label.class_files(args.classes) if args.classes else {}
     files = classes or ({"": args.support_set} if args.support_set else {})
     loaded = {name: SupportSet.load(path) for name, path in files.items()}  # checked against the artifacts below
     shots = max(s.shots for s in loaded.values()) if loaded else len(args.support)
@@ -159,9 +133,7 @@ def _segment(args) -> int:
     result = seg.segment(query, sets)
     m = seg.manifest
     if isinstance(result, MultiClassSegmentation):
-        labels = Image.fromarray(result.label_map, mode="P")
-        labels.putpalette(label_palette(len(result)))
-        _save_png(labels, args.out)
+        _save_png(result.label_map, args.out, palette=True)
         for name, r in result.items():
             if args.class_masks:
                 _save_png(r.mask.astype(np.uint8) * 255, str(Path(args.class_masks) / f"{name}.png"))
@@ -256,7 +228,8 @@ def _bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"support": _support, "segment": _segment, "info": _info, "check": _check, "bench": _bench}
+    commands = {"support": _support, "segment": _segment, "info": _info, "check": _check, "bench": _bench,
+                "label": label.command, "serve": serve.command}
     try:
         return commands[args.command](args)
     except (Error, OSError) as e:  # OSError: an output that cannot be written

@@ -8,8 +8,6 @@ with `save` and read back with `SupportSet.load(path, seg)`; the file format is 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
@@ -148,20 +146,9 @@ class SupportSet:
         """Write the set as a safetensors file, atomically (temporary file in the same directory, then rename)."""
         from safetensors.numpy import save
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blob = save({n: getattr(self, n) for n in TENSORS}, metadata=self.metadata())
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        from .outputs import write_atomic
+
+        return write_atomic(path, save({n: getattr(self, n) for n in TENSORS}, metadata=self.metadata()))
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> "SupportSet":

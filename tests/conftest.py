@@ -63,3 +63,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{name:<48} {value:.3e}")
     if path := os.environ.get("FSSAM2_METRICS"):
         Path(path).write_text(json.dumps(_METRICS, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="session")
+def artifacts_128(tmp_path_factory) -> Path:
+    """The tiny model at 128x128: label / serve / Ray tests, where many queries run."""
+    from fssam2_export.cli import main
+
+    out = tmp_path_factory.mktemp("export128") / "artifacts"
+    rc = main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", "128",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    return out

@@ -1,0 +1,338 @@
+"""`fssam2 label`: segment every image of a collection with one or more support sets, resumably.
+
+Outputs under `--out`: `masks/<relative path>.png` per image (0/255 for one class; for N classes a palette
+PNG whose pixel values are the labels 1..N, 0 background), optionally `overlays/<relative path>.png`,
+`results.jsonl` (one record per image, the job's journal), `results.parquet` with `--table parquet`, and
+`job.json` (the classes and sets the outputs belong to).
+
+Resuming: a record is appended to the journal only after the image's outputs were renamed into place, and
+on start the journal is compacted to the records whose outputs exist, so the table never lists an image
+whose mask is missing; a re-run with the same arguments skips those images and redoes the rest (failed
+images included). The one-machine path (`run_local`) and the Ray Data path (`label_ray.run_ray`) share
+`Labeler` (one image -> outputs + record) and `Journal`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from .errors import Error, InputError
+from .guard import ImageLimits, decode_image, read_bytes
+from .image import overlay as draw_overlay
+from .outputs import save_png, write_atomic
+from .store import set_digest
+from .support_set import SupportSet
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+JOURNAL, JOB_FILE, PARQUET = "results.jsonl", "job.json", "results.parquet"
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # the image as found
+    key: str  # its path relative to the inputs' common root (posix); outputs are named after it
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    out: Path
+    classes: tuple[str, ...]  # class names in label order (label i + 1)
+    overlay: bool = False
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+    def mask_path(self, key: str) -> Path:
+        return self.out / "masks" / Path(key).with_suffix(".png")
+
+    def overlay_path(self, key: str) -> Path:
+        return self.out / "overlays" / Path(key).with_suffix(".png")
+
+    def complete(self, record: Mapping) -> bool:
+        """A record whose image is done: status ok and every output present."""
+        key = record.get("key") if isinstance(record, dict) else None
+        return (isinstance(key, str) and record.get("status") == "ok" and self.mask_path(key).exists()
+                and (not self.overlay or self.overlay_path(key).exists()))
+
+
+def collect_inputs(spec: str) -> list[Item]:
+    """Images from a directory (recursively), a list file (`.txt`/`.lst`, one path a line, relative to the
+    file's directory; blank lines and `#` comments skipped) or a glob (`**` recurses); sorted, no duplicates.
+    Keys are the paths relative to the images' common directory; two images may not share an output name."""
+    p = Path(spec)
+    if p.is_dir():
+        paths = [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
+    elif p.is_file() and p.suffix.lower() in {".txt", ".lst"}:
+        lines = [s.strip() for s in p.read_text().splitlines()]
+        paths = [(p.parent / s) for s in lines if s and not s.startswith("#")]
+    elif p.is_file():
+        paths = [p]
+    else:
+        paths = [Path(q) for q in glob.glob(spec, recursive=True) if Path(q).is_file()]
+    if not paths:
+        raise InputError(f"no images found for {spec!r} (a directory, a .txt/.lst list file or a glob)")
+    paths = sorted({Path(os.path.abspath(q)) for q in paths})
+    root = Path(os.path.commonpath([q.parent for q in paths]))
+    items = [Item(str(q), q.relative_to(root).as_posix()) for q in paths]
+    seen: dict[str, str] = {}
+    for it in items:
+        name = Path(it.key).with_suffix("").as_posix()
+        if name in seen:
+            raise InputError(f"{seen[name]} and {it.path} would write the same mask {name}.png")
+        seen[name] = it.path
+    return items
+
+
+class Labeler:
+    """Segments one image with the job's sets and writes its outputs; returns the image's record."""
+
+    def __init__(self, segmenter, sets: Mapping[str, SupportSet], job: LabelJob):
+        if tuple(sets) != job.classes:
+            raise InputError(f"sets {list(sets)} do not match the job's classes {list(job.classes)}")
+        self.seg, self.sets, self.job = segmenter, dict(sets), job
+
+    def __call__(self, item: Item) -> dict:
+        t0 = time.perf_counter()
+        record: dict = {"path": item.path, "key": item.key, "mask": None, "width": None, "height": None,
+                        "status": "ok", "error": None, "fg_area": None}
+        for name in self.job.classes:
+            record.update({f"score.{name}": None, f"object_score.{name}": None, f"area.{name}": None})
+        try:
+            rgb = decode_image(read_bytes(item.path, self.job.limits), item.path, self.job.limits)
+            record["height"], record["width"] = rgb.shape[:2]
+            result = self.seg.segment(rgb, self.sets)
+            labels = result.label_map
+            areas = np.bincount(labels.ravel(), minlength=len(self.job.classes) + 1)
+            for i, (name, r) in enumerate(result.items(), 1):
+                record.update({f"score.{name}": r.score, f"object_score.{name}": r.object_score,
+                               f"area.{name}": int(areas[i])})
+            record["fg_area"] = int(areas[1:].sum())
+            if self.job.overlay:
+                save_png(draw_overlay(rgb, labels, list(self.job.classes)), self.job.overlay_path(item.key))
+            one = len(self.job.classes) == 1
+            save_png(labels * np.uint8(255) if one else labels, self.job.mask_path(item.key), palette=not one)
+            record["mask"] = self.job.mask_path(item.key).relative_to(self.job.out).as_posix()
+        except Error as e:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        record["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return record
+
+
+def job_description(sets: Mapping[str, SupportSet], overlay: bool) -> dict:
+    """What `job.json` holds: the outputs of a re-run are interchangeable only if this is equal."""
+    return {"classes": {name: set_digest(s) for name, s in sets.items()}, "overlay": overlay}
+
+
+class Journal:
+    """The results table as a JSON-lines journal, appended (and fsynced) one record per finished image."""
+
+    def __init__(self, job: LabelJob, description: dict):
+        import fcntl
+
+        self.job = job
+        job.out.mkdir(parents=True, exist_ok=True)
+        self._lock = open(job.out / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise InputError(f"another fssam2 label job is writing to {job.out}") from None
+        for stale in [*job.out.glob("masks/**/.*.tmp"), *job.out.glob("overlays/**/.*.tmp")]:
+            stale.unlink()  # cut short by a killed job
+        self.path = job.out / JOURNAL
+        desc_path = job.out / JOB_FILE
+        if desc_path.exists():
+            old = json.loads(desc_path.read_text())
+            if old != description:
+                raise InputError(f"{job.out} holds the outputs of another job ({desc_path}: {old}); "
+                                 f"use another --out or delete it")
+        else:
+            write_atomic(desc_path, (json.dumps(description, indent=2) + "\n").encode())
+        self.done = {r["key"]: r for r in self._read() if job.complete(r)}
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.done.values()).encode())  # compacted
+        self._file = open(self.path, "a")
+
+    def _read(self) -> Iterator[dict]:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text().splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed job: the image is redone
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+        self._lock.close()
+
+    def records(self) -> list[dict]:
+        """The table: the last record of each image, in journal order."""
+        last = {r["key"]: r for r in self._read()}
+        return list(last.values())
+
+
+def write_parquet(records: list[dict], path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("--table parquet needs pyarrow: pip install 'fssam2[label]'") from None
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(records), sink)
+    write_atomic(path, sink.getvalue().to_pybytes())
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    ms: list[float] = field(default_factory=list, repr=False)
+
+    def add(self, record: dict) -> None:
+        self.ms.append(record["ms"])
+        if record["status"] == "ok":
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def line(self) -> str:
+        n = self.done + self.failed
+        rate = n / self.seconds if self.seconds > 0 else 0.0
+        p50, p99 = (np.percentile(self.ms, [50, 99]) if self.ms else (0.0, 0.0))
+        return (f"{self.done} done, {self.skipped} skipped (complete), {self.failed} failed; "
+                f"{rate:.2f} images/s; per image p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+
+
+def run_job(items: list[Item], job: LabelJob, sets: Mapping[str, SupportSet],
+            process: Callable[[list[Item]], Iterable[dict]], progress: bool = True,
+            table: str = "jsonl") -> Summary:
+    """Open the journal, skip complete images, feed the rest to `process` (which yields records as images
+    finish, in any order), journal each record, write the table; the summary of this run."""
+    journal = Journal(job, job_description(sets, job.overlay))
+    todo = [it for it in items if it.key not in journal.done]
+    summary = Summary(skipped=len(items) - len(todo))
+    bar = _progress(len(items), summary.skipped, progress)
+    t0 = time.perf_counter()
+    try:
+        for record in process(todo):
+            journal.append(record)
+            summary.add(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(failed=summary.failed, refresh=False)
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        journal.close()
+        if bar is not None:
+            bar.close()
+    if table == "parquet":
+        write_parquet(journal.records(), job.out / PARQUET)
+    return summary
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="img", desc="label", dynamic_ncols=True)
+
+
+def run_local(labeler: Labeler, items: list[Item], **kwargs) -> Summary:
+    """The one-machine path: images one after another through one segmenter."""
+    return run_job(items, labeler.job, labeler.sets, lambda todo: map(labeler, todo), **kwargs)
+
+
+def require(module: str, extra: str) -> None:
+    """Import `module` or say which extra installs it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise InputError(f"this needs {module}: pip install 'fssam2[{extra}]' ({e})") from None
+
+
+def add_parser(sub) -> None:
+    from .backends import PROVIDERS
+
+    p = sub.add_parser("label", help="segment every image of a collection with support sets (resumable; --ray: Ray Data)")
+    p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
+    p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME=SET",
+                   help="a class and its support-set file (.fssam2); repeat for N classes (label i = i-th --class)")
+    p.add_argument("--images", required=True, help="a directory, a .txt/.lst list file or a glob ('photos/**/*.jpg')")
+    p.add_argument("--out", required=True, help="output directory (masks/, overlays/, results.jsonl, job.json)")
+    p.add_argument("--overlay", action="store_true", help="also write overlays/<image>.png")
+    p.add_argument("--table", choices=("jsonl", "parquet"), default="jsonl",
+                   help="results table format (results.jsonl is always written: it is the job's journal)")
+    p.add_argument("--provider", default="cpu", choices=PROVIDERS)
+    p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)")
+    p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="larger files fail")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run on Ray Data: 'auto' (default) joins the running cluster, 'local' starts one")
+    p.add_argument("--workers", type=int, default=2, help="--ray: segmenter actors")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per actor")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="--ray: CPUs per actor (ONNX Runtime threads)")
+
+
+def class_files(specs: list[str]) -> dict[str, str]:
+    """NAME=SET arguments (`--class`) -> {name: path}, in the order given (label i = the i-th class)."""
+    classes: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--class takes NAME=SET (e.g. cat=cats.fssam2), got {spec!r}")
+        if name in classes:
+            raise InputError(f"--class {name!r} given twice")
+        classes[name] = path
+    if len(classes) > 255:
+        raise InputError(f"at most 255 classes (the label PNG is 8-bit), got {len(classes)}")
+    return classes
+
+
+def _parse_classes(specs: list[str], model) -> dict[str, SupportSet]:
+    return {name: SupportSet.load(path, model) for name, path in class_files(specs).items()}
+
+
+def command(args) -> int:
+    """Exit code 0: every image labelled; 1: some failed (see the table); 2: the job could not run."""
+    from .manifest import load_manifest
+    from .support_set import Fingerprint
+
+    if args.workers < 1 or args.threads_per_worker < 1 or args.gpus_per_worker < 0:
+        raise InputError("--workers and --threads-per-worker must be >= 1, --gpus-per-worker >= 0")
+    manifest = load_manifest(args.artifacts, verify_files=False)
+    sets = _parse_classes(args.classes, Fingerprint.of(manifest))
+    job = LabelJob(Path(args.out), tuple(sets), args.overlay, ImageLimits(args.max_bytes, args.max_pixels))
+    items = collect_inputs(args.images)
+    options = dict(progress=not args.quiet, table=args.table)
+    if args.ray:
+        require("ray.data", "ray")
+        from .label_ray import RayOptions, run_ray
+
+        ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker,
+                                 args.threads_per_worker, args.provider)
+        summary = run_ray(args.artifacts, sets, job, items, ray_options, **options)
+    else:
+        from .segmenter import FewShotSegmenter
+
+        summary = run_local(Labeler(FewShotSegmenter(args.artifacts, provider=args.provider), sets, job), items, **options)
+    print(f"fssam2 label: {summary.line()}")
+    print(f"fssam2 label: table {job.out / (PARQUET if args.table == 'parquet' else JOURNAL)}")
+    return 1 if summary.failed else 0

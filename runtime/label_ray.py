@@ -1,0 +1,83 @@
+"""`fssam2 label --ray`: the label job as a Ray Data pipeline (needs `pip install 'fssam2[ray]'`).
+
+An actor pool of segmenters (`map_batches` with a callable class): each actor loads the artifacts once and
+takes the support sets from Ray's object store (encoded once, on the driver; actors never re-encode). Actors
+write each image's outputs to `--out` (a path every worker can write: a shared filesystem) and return its
+record; the driver journals the records as they arrive, so resuming works as on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from .label import Item, Labeler, LabelJob, Summary, run_job
+from .support_set import SupportSet
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
+    workers: int = 2  # actors in the pool
+    gpus_per_worker: float = 0.0
+    threads_per_worker: int = 1  # CPUs reserved per actor = ONNX Runtime intra-op threads
+    provider: str = "cpu"
+
+
+def actor_resources(options: RayOptions) -> dict:
+    """Resources each actor reserves: `--threads-per-worker` CPUs, `--gpus-per-worker` GPUs (if any)."""
+    return {"num_cpus": options.threads_per_worker,
+            **({"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {})}
+
+
+class _Worker:
+    """One actor: a segmenter over the artifacts and the sets fetched from the object store."""
+
+    def __init__(self, artifacts: str, provider: str, threads: int, sets_box: list, job: LabelJob):
+        import ray
+
+        from .backends import create_backend
+        from .manifest import load_manifest
+        from .segmenter import FewShotSegmenter
+
+        sets: Mapping[str, SupportSet] = ray.get(sets_box[0])
+        backend = create_backend(provider, load_manifest(artifacts, verify_files=False), intra_op_threads=threads)
+        self.labeler = Labeler(FewShotSegmenter(artifacts, backend=backend), sets, job)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        records = [self.labeler(Item(str(p), str(k))) for p, k in zip(batch["path"], batch["key"])]
+        return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
+
+
+def run_ray(artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items: list[Item], options: RayOptions,
+            **kwargs) -> Summary:
+    """Run the job on a Ray cluster; same outputs, journal and summary as `label.run_local`."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images, not blocks
+        sets_ref = ray.put(dict(sets))
+
+        def process(todo: list[Item]) -> Iterator[dict]:
+            if not todo:
+                return
+            ds = ray.data.from_items([{"path": it.path, "key": it.key} for it in todo],
+                                     override_num_blocks=min(len(todo), 4 * options.workers))
+            out = ds.map_batches(_Worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers),
+                                 fn_constructor_kwargs={"artifacts": str(artifacts), "provider": options.provider,
+                                                        "threads": options.threads_per_worker,
+                                                        "sets_box": [sets_ref], "job": job},
+                                 **actor_resources(options))
+            for row in out.iter_rows():
+                yield json.loads(row["record"])
+
+        return run_job(items, job, sets, process, **kwargs)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,375 @@
+"""`fssam2 serve`: few-shot segmentation over HTTP (FastAPI; `pip install 'fssam2[serve]'`).
+
+API (OpenAPI docs at /docs):
+  POST   /v1/support-sets        multipart `images` + `masks` (same count, in order) -> {"id": content hash, ...}
+  GET    /v1/support-sets/{id}   what the set holds;  DELETE /v1/support-sets/{id}
+  POST   /v1/segment             multipart `query` + one or more `set` fields (`ID` or `NAME=ID`); `format=png`
+                                 (default: a 0/255 mask PNG for one set, a palette label PNG for N, scores in the
+                                 X-Fssam2-Classes header) or `format=json` (scores and one RLE mask per class)
+  GET    /healthz  /readyz  /metrics (Prometheus text)
+Sets live in the `--store` directory as `<id>.fssam2` files, so every process or replica serves every set and a
+restart loses nothing. User mistakes get a 4xx JSON body {"error": {"code", "message"}}; 500 is for bugs.
+
+One process holds one segmenter; requests run on FastAPI's thread pool and at most `concurrency` of them call
+the segmenter at once (the others wait: the `queue` gauge). The segmenter is called from several threads
+under the runtime's threading contract (runtime/segmenter.py module docstring).
+"""
+
+
+import hmac
+import json
+import os
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import numpy as np
+
+from .errors import Error, InputError, SupportSetError
+from .guard import ImageLimitError, ImageLimits, decode_image, decode_mask
+from .outputs import png_bytes, rle_encode
+from .store import SetStore, UnknownSetError
+
+TOKEN_ENV = "FSSAM2_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    artifacts: str
+    store: str
+    provider: str = "cpu"
+    token: str | None = None  # bearer token required on /v1/* and /metrics; None: no auth
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    max_classes: int = 16  # sets per /v1/segment request
+    max_shots: int = 16  # supports per created set
+    concurrency: int = 2  # segmenter calls at once in one process
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: ORT's choice)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _api_error(e: Exception) -> ApiError:
+    """The HTTP answer to a runtime error caused by the request."""
+    if isinstance(e, ImageLimitError):
+        return ApiError(413, "too_large", str(e))
+    if isinstance(e, UnknownSetError):
+        return ApiError(404, "unknown_set", str(e))
+    if isinstance(e, SupportSetError):
+        return ApiError(409, "set_mismatch", str(e))
+    if isinstance(e, InputError):
+        return ApiError(422, "invalid_input", str(e))
+    return ApiError(500, "runtime_error", f"{type(e).__name__}: {e}")  # a backend failure, not the request
+
+
+class Metrics:
+    """Prometheus metrics of one process (own registry: several services may live in one process)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.module = Histogram("fssam2_module_seconds", "Latency per runtime module (graphs, pre/postprocess, phases)",
+                                ["module"], registry=self.registry, buckets=buckets)
+        self.request = Histogram("fssam2_request_seconds", "Request latency", ["route"], registry=self.registry,
+                                 buckets=buckets)
+        self.requests = Counter("fssam2_requests", "Requests answered", ["route", "status"], registry=self.registry)
+        self.errors = Counter("fssam2_errors", "Requests answered with an error", ["route", "code"],
+                              registry=self.registry)
+        self.queue = Gauge("fssam2_queue", "Requests waiting for the segmenter", registry=self.registry)
+        self.in_flight = Gauge("fssam2_in_flight", "Segmenter calls running", registry=self.registry)
+
+    def on_timing(self, name: str, ms: float) -> None:
+        self.module.labels(name).observe(ms / 1e3)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class Service:
+    """The segmenter, the set store and the metrics of one process; the HTTP layer is `create_app`."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.store = SetStore(config.store)
+        self.metrics = Metrics()
+        self.seg = None
+        self.load_error: str | None = None
+        self._slots = threading.BoundedSemaphore(config.concurrency)
+
+    def load(self) -> None:
+        """Load the artifacts (verifying their hashes); /readyz answers 200 afterwards."""
+        from .backends import create_backend
+        from .manifest import load_manifest
+        from .segmenter import FewShotSegmenter
+
+        try:
+            backend = create_backend(self.config.provider, load_manifest(self.config.artifacts, verify_files=False),
+                                     intra_op_threads=self.config.threads)
+            self.seg = FewShotSegmenter(self.config.artifacts, backend=backend, on_timing=self.metrics.on_timing)
+        except Exception as e:
+            self.load_error = f"{type(e).__name__}: {e}"
+            raise
+
+    def ready(self):
+        """The segmenter, or a 503 while it loads (or failed to load)."""
+        if self.seg is None:
+            raise ApiError(503, "not_ready", self.load_error or "the model is still loading")
+        return self.seg
+
+    @contextmanager
+    def _slot(self):
+        seg = self.ready()
+        self.metrics.queue.inc()
+        try:
+            self._slots.acquire()
+        finally:
+            self.metrics.queue.dec()
+        self.metrics.in_flight.inc()
+        try:
+            yield seg
+        finally:
+            self.metrics.in_flight.dec()
+            self._slots.release()
+
+    def create_set(self, images: list[tuple[str, bytes]], masks: list[tuple[str, bytes]]) -> tuple[str, object]:
+        if not images or len(images) != len(masks):
+            raise ApiError(422, "invalid_input", f"send as many `masks` as `images` (at least one), got "
+                                                 f"{len(images)} images and {len(masks)} masks")
+        if len(images) > self.config.max_shots:
+            raise ApiError(422, "too_many_shots", f"{len(images)} supports, more than the limit of {self.config.max_shots}")
+        lim = self.config.limits
+        pairs = [(decode_image(i, f"image {n} ({iname})", lim), decode_mask(m, f"mask {n} ({mname})", lim))
+                 for n, ((iname, i), (mname, m)) in enumerate(zip(images, masks))]
+        for n, (rgb, m) in enumerate(pairs):
+            if m.shape != rgb.shape[:2]:
+                raise ApiError(422, "mask_size_mismatch", f"mask {n} is {m.shape[1]}x{m.shape[0]} (WxH) but image {n} "
+                                                          f"is {rgb.shape[1]}x{rgb.shape[0]}")
+        with self._slot() as seg:
+            s = seg.encode_supports(pairs)
+        return self.store.put(s), s
+
+    def parse_sets(self, fields: list[str]) -> dict[str, str]:
+        """`set` form fields (`ID` or `NAME=ID`) -> {class name: set id}, in order."""
+        if not fields:
+            raise ApiError(422, "invalid_input", "name at least one support set: a `set` field with its id")
+        if len(fields) > self.config.max_classes:
+            raise ApiError(422, "too_many_classes", f"{len(fields)} sets, more than the limit of {self.config.max_classes}")
+        named: dict[str, str] = {}
+        for f in fields:
+            name, sep, set_id = f.partition("=")
+            name, set_id = (name, set_id) if sep else (f, f)
+            if name in named:
+                raise ApiError(422, "invalid_input", f"class {name!r} given twice")
+            named[name] = set_id
+        return named
+
+    def segment(self, query: bytes, named: dict[str, str]):
+        self.ready()
+        sets = {name: self.store.get(set_id) for name, set_id in named.items()}  # the segmenter checks their model
+        rgb = decode_image(query, "query", self.config.limits)
+        with self._slot() as seg:
+            return seg.segment(rgb, sets)
+
+
+def _check_token(expected: str | None, header: str | None) -> None:
+    if expected is None:
+        return
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
+def create_app(service: Service, load_on_startup: bool = True):
+    """The FastAPI app over `service`; with `load_on_startup` the model loads in a thread after startup
+    (/healthz answers at once, /readyz once loaded)."""
+    from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if load_on_startup and service.seg is None:
+            threading.Thread(target=_load_quietly, args=(service,), daemon=True, name="fssam2-load").start()
+        yield
+
+    app = FastAPI(title="fssam2", version="1", lifespan=lifespan,
+                  description="Few-shot segmentation (FS-SAM2): create support sets, segment queries with them.")
+    lim = service.config.limits
+
+    def auth(authorization: Annotated[str | None, Header()] = None) -> None:
+        _check_token(service.config.token, authorization)
+
+    def error_response(request: Request, status: int, code: str, message: str, extra: dict | None = None):
+        service.metrics.errors.labels(_route(request), code).inc()
+        return JSONResponse({"error": {"code": code, "message": message, **(extra or {})}}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, e: ApiError):
+        return error_response(request, e.status, e.code, e.message)
+
+    @app.exception_handler(Error)
+    async def _runtime(request: Request, e: Error):
+        a = _api_error(e)
+        return error_response(request, a.status, a.code, a.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        return error_response(request, 422, "invalid_request", problems)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        return error_response(request, 500, "internal", f"{type(e).__name__}: {e}")
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = _route(request)
+        service.metrics.requests.labels(route, str(response.status_code)).inc()
+        service.metrics.request.labels(route).observe(time.perf_counter() - t0)
+        return response
+
+    def read(upload: UploadFile, what: str) -> tuple[str, bytes]:
+        data = upload.file.read(lim.max_bytes + 1)
+        if len(data) > lim.max_bytes:
+            raise ApiError(413, "too_large", f"{what}: more than the limit of {lim.max_bytes} bytes")
+        return upload.filename or what, data
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        if service.seg is None:
+            return JSONResponse({"status": "failed" if service.load_error else "loading", "error": service.load_error},
+                                status_code=503)
+        return {"status": "ready", "model": service.seg.fingerprint.model, "weights": service.seg.fingerprint.weights}
+
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(auth)])
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/support-sets", tags=["support sets"], dependencies=[Depends(auth)], status_code=201)
+    def create_support_set(images: Annotated[list[UploadFile], File(description="support images")],
+                           masks: Annotated[list[UploadFile], File(description="their masks, same order; nonzero = object")]) -> dict:
+        set_id, s = service.create_set([read(f, f"image {i}") for i, f in enumerate(images)],
+                                       [read(f, f"mask {i}") for i, f in enumerate(masks)])
+        return _describe(set_id, s)
+
+    @app.get("/v1/support-sets", tags=["support sets"], dependencies=[Depends(auth)])
+    def list_support_sets() -> dict:
+        return {"ids": service.store.ids()}
+
+    @app.get("/v1/support-sets/{set_id}", tags=["support sets"], dependencies=[Depends(auth)])
+    def get_support_set(set_id: str) -> dict:
+        return _describe(set_id, service.store.get(set_id))
+
+    @app.delete("/v1/support-sets/{set_id}", tags=["support sets"], dependencies=[Depends(auth)], status_code=204,
+                response_class=Response)
+    def delete_support_set(set_id: str) -> None:
+        service.store.delete(set_id)
+
+    @app.post("/v1/segment", tags=["segment"], dependencies=[Depends(auth)],
+              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    def segment(query: Annotated[UploadFile, File(description="image to segment")],
+                set: Annotated[list[str], Form(description="support set: `ID` or `NAME=ID`; repeat for N classes")],
+                format: Annotated[Literal["png", "json"], Form()] = "png") -> Response:
+        named = service.parse_sets(set)
+        result = service.segment(read(query, "query")[1], named)
+        labels = result.label_map
+        areas = np.bincount(labels.ravel(), minlength=len(named) + 1)
+        classes = [{"name": name, "set": named[name], "label": i, "score": r.score, "object_score": r.object_score,
+                    "area": int(areas[i])} for i, (name, r) in enumerate(result.items(), 1)]
+        if format == "json":
+            for c in classes:
+                c["mask"] = rle_encode(labels == c["label"])
+            return JSONResponse({"width": labels.shape[1], "height": labels.shape[0], "classes": classes})
+        one = len(named) == 1
+        body = png_bytes(labels * np.uint8(255) if one else labels, palette=not one)
+        return Response(body, media_type="image/png", headers={"X-Fssam2-Classes": json.dumps(classes)})
+
+    return app
+
+
+def _route(request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def _load_quietly(service: Service) -> None:
+    try:
+        service.load()
+    except Exception:  # recorded in service.load_error, reported by /readyz
+        pass
+
+
+def _describe(set_id: str, s) -> dict:
+    f = s.fingerprint
+    return {"id": set_id, "shots": s.shots, "image_sizes": s.image_sizes.tolist(), "mask_areas": s.mask_areas.tolist(),
+            "model": f.model, "weights": f.weights, "image_size": f.image_size, "memory_dtype": f.memory_dtype}
+
+
+def add_parser(sub) -> None:
+    from .backends import PROVIDERS
+
+    p = sub.add_parser("serve", help="serve segmentation over HTTP (FastAPI; --ray: Ray Serve)")
+    p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
+    p.add_argument("--store", default="fssam2-sets", help="directory of the support sets (shared by all replicas)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--provider", default="cpu", choices=PROVIDERS)
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)")
+    p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="per uploaded file")
+    p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="per image, checked before decoding")
+    p.add_argument("--max-classes", type=int, default=ServeConfig.max_classes, help="sets per segment request")
+    p.add_argument("--max-shots", type=int, default=ServeConfig.max_shots, help="supports per created set")
+    p.add_argument("--concurrency", type=int, default=ServeConfig.concurrency, help="segmenter calls at once per process")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per process")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="serve with Ray Serve: 'auto' (default) joins the running cluster, 'local' starts one")
+    p.add_argument("--replicas", type=int, default=1, help="--ray: replicas (ignored with --max-replicas)")
+    p.add_argument("--max-replicas", type=int, help="--ray: autoscale between --min-replicas and this")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+
+
+def config_from_args(args) -> ServeConfig:
+    if min(args.concurrency, args.max_classes, args.max_shots, args.max_bytes, args.max_pixels) < 1:
+        raise InputError("--concurrency, --max-classes, --max-shots, --max-bytes and --max-pixels must be >= 1")
+    return ServeConfig(os.path.abspath(args.artifacts), os.path.abspath(args.store), args.provider,
+                       args.token or os.environ.get(TOKEN_ENV) or None, ImageLimits(args.max_bytes, args.max_pixels),
+                       args.max_classes, args.max_shots, args.concurrency, args.threads)
+
+
+def command(args) -> int:
+    from .label import require
+
+    config = config_from_args(args)
+    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+        require(module, "serve")
+    if args.ray:
+        require("ray.serve", "ray")
+        from .serve_ray import RayServeOptions, run_ray_serve
+
+        return run_ray_serve(config, RayServeOptions(args.ray, args.host, args.port,
+                                                     args.replicas, args.min_replicas, args.max_replicas,
+                                                     args.gpus_per_replica, args.cpus_per_replica))
+    import uvicorn
+
+    service = Service(config)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    return 0

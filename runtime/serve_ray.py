@@ -1,0 +1,79 @@
+"""`fssam2 serve --ray`: the same API as `fssam2 serve` as a Ray Serve deployment (`pip install 'fssam2[ray]'`).
+
+Each replica is one `Service` (one segmenter, loaded in the replica's constructor) behind the same FastAPI app;
+all replicas share the `--store` directory, so any replica serves any set. Replicas: a fixed count or
+autoscaling between a minimum and a maximum; GPUs and CPUs per replica as Ray resources.
+
+No `@serve.batch`: the exported graphs take one image (batch dimension 1), so a batch of queries would run
+one after another inside the replica anyway; requests already overlap in a replica up to `--concurrency`
+(see docs/scaling-out.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray import serve
+
+from .serve import ServeConfig, Service, create_app
+
+
+@dataclass(frozen=True)
+class RayServeOptions:
+    address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
+    host: str = "127.0.0.1"
+    port: int = 8080
+    replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int | None = None  # set: autoscale between min_replicas and max_replicas
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+
+
+@serve.ingress()
+class Replica:
+    """One replica: loads the model before it takes requests (Serve waits for the constructor)."""
+
+    def __init__(self, config: ServeConfig):
+        self.service = Service(config)
+        self.service.load()
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.service, load_on_startup=False)
+
+    def check_health(self) -> None:
+        self.service.ready()
+
+
+def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
+    """`serve.deployment` keywords: replicas or autoscaling, CPUs and GPUs per replica, requests per replica."""
+    scaling = ({"autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
+                                       "target_ongoing_requests": config.concurrency}}
+               if options.max_replicas else {"num_replicas": options.replicas})
+    actor = {"num_cpus": options.cpus_per_replica, **({"num_gpus": options.gpus_per_replica} if options.gpus_per_replica else {})}
+    return {"name": "fssam2", "ray_actor_options": actor, "max_ongoing_requests": 4 * config.concurrency, **scaling}
+
+
+def application(config: ServeConfig, options: RayServeOptions):
+    """The Serve application (bound, ready for `serve.run`)."""
+    return serve.deployment(Replica, **deployment_options(config, options)).bind(config)
+
+
+def start(config: ServeConfig, options: RayServeOptions, blocking: bool = False) -> None:
+    """Start (or join) Ray, start Serve's proxy on host:port and deploy the application at '/'."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False)
+    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.run(application(config, options), name="fssam2", route_prefix="/", blocking=blocking)
+
+
+def run_ray_serve(config: ServeConfig, options: RayServeOptions) -> int:
+    try:
+        start(config, options, blocking=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+    return 0

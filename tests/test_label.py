@@ -1,0 +1,214 @@
+"""`fssam2 label` on one machine: outputs equal direct segmentation, bad images recorded while the rest
+completes, resume after a killed job (nothing redone that was complete, nothing lost), the journal's rules."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_fakes import bomb_png, png, truncated
+from runtime import FewShotSegmenter
+from runtime.cli import main
+from runtime.errors import InputError
+from runtime.label import collect_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def seg(artifacts_128):
+    return FewShotSegmenter(artifacts_128)
+
+
+@pytest.fixture(scope="module")
+def set_files(seg, episode, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sets")
+    cats = seg.encode_supports(episode.supports[:2]).save(d / "cats.fssam2")
+    dogs = seg.encode_supports(episode.supports[2:4]).save(d / "dogs.fssam2")
+    return {"cat": cats, "dog": dogs}
+
+
+def _good_images(episode, rng) -> dict[str, np.ndarray]:
+    """Episode images (structured) and noise images of several sizes, by relative path."""
+    images = {f"ep/img{i}.png": np.asarray(Image.open(p).convert("RGB")) for i, (p, _) in enumerate(episode.supports)}
+    images["ep/query.png"] = np.asarray(Image.open(episode.query).convert("RGB"))
+    for i, (h, w) in enumerate([(90, 120), (64, 64), (150, 100)]):
+        images[f"noise/n{i}.png"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return images
+
+
+@pytest.fixture(scope="module")
+def collection(episode, tmp_path_factory):
+    """A directory of good images and three bad ones (not an image, truncated, a decompression-bomb header)."""
+    root = tmp_path_factory.mktemp("photos")
+    good = _good_images(episode, np.random.default_rng(0))
+    for rel, rgb in good.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(root / rel)
+    bad = {"bad/notimage.png": b"this is not an image", "bad/truncated.png": truncated(png(good["ep/query.png"])),
+           "bad/bomb.png": bomb_png(40000, 40000)}
+    (root / "bad").mkdir()
+    for rel, data in bad.items():
+        (root / rel).write_bytes(data)
+    return root, good, bad
+
+
+def _label(args: list[str], capsys) -> tuple[int, str]:
+    rc = main(["label", "--quiet", *args])
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _summary(text: str) -> tuple[int, int, int]:
+    m = re.search(r"(\d+) done, (\d+) skipped \(complete\), (\d+) failed", text)
+    assert m, text
+    return tuple(int(g) for g in m.groups())
+
+
+def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(seg, set_files, collection, tmp_path, capsys):
+    root, good, bad = collection
+    out = tmp_path / "out"
+    args = ["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}", "--class",
+            f"dog={set_files['dog']}", "--images", str(root), "--out", str(out), "--overlay", "--table", "parquet"]
+    rc, text = _label(args, capsys)
+    assert rc == 1, text  # some images failed
+    assert _summary(text) == (len(good), 0, len(bad))
+    from runtime import SupportSet
+
+    sets = {n: SupportSet.load(p) for n, p in set_files.items()}
+    records = {r["key"]: r for r in _records(out)}
+    assert set(records) == set(good) | set(bad)
+    seen_labels = set()
+    for rel, rgb in good.items():
+        r = records[rel]
+        expected = seg.segment(rgb, sets)
+        with Image.open(out / r["mask"]) as im:
+            assert im.mode == "P"
+            labels = np.asarray(im)
+        np.testing.assert_array_equal(labels, expected.label_map)
+        assert (r["status"], r["error"], r["width"], r["height"]) == ("ok", None, rgb.shape[1], rgb.shape[0])
+        assert r["fg_area"] == int((labels > 0).sum()) and r["area.dog"] == int((labels == 2).sum())
+        assert r["score.cat"] == pytest.approx(expected["cat"].score) and r["object_score.dog"] == pytest.approx(expected["dog"].object_score)
+        assert (out / "overlays" / rel).exists()
+        seen_labels |= set(np.unique(labels).tolist())
+    assert seen_labels == {0, 1, 2}, "degenerate masks: the comparison would not see a wrong label"
+    errors = {rel: records[rel]["error"] for rel in bad}
+    assert "not an image" in errors["bad/notimage.png"]
+    assert "cannot decode" in errors["bad/truncated.png"]
+    assert "pixels" in errors["bad/bomb.png"] and "1600000000" in errors["bad/bomb.png"]
+    assert all(records[rel]["status"] == "failed" and records[rel]["mask"] is None for rel in bad)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out / "results.parquet").to_pylist() == list(records.values())
+
+
+def test_one_class_mask_and_pixel_limit(seg, set_files, collection, tmp_path, capsys):
+    root, good, _ = collection
+    out = tmp_path / "out"
+    rc, text = _label(["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}",
+                       "--images", str(root / "noise" / "*.png"), "--out", str(out), "--max-pixels", "11000"], capsys)
+    assert rc == 1 and _summary(text) == (2, 0, 1)
+    records = {r["key"]: r for r in _records(out)}
+    assert "15000 pixels, more than the limit of 11000" in records["n2.png"]["error"]
+    from runtime import SupportSet
+
+    cats = SupportSet.load(set_files["cat"])
+    mask = np.asarray(Image.open(out / "masks" / "n0.png"))
+    np.testing.assert_array_equal(mask, seg.segment(good["noise/n0.png"], cats).mask.astype(np.uint8) * 255)
+    assert 0 < (mask > 0).mean() < 1
+
+
+def test_resume_after_a_killed_job(seg, set_files, collection, tmp_path, capsys):
+    """A job killed (SIGKILL) mid-way: the table lists only images whose mask exists; the re-run skips those
+    (their files untouched) and does the rest; the result equals an uninterrupted run."""
+    root, good, _ = collection
+    listing = tmp_path / "images.txt"  # 14 images: the good ones twice, under two prefixes
+    copies = tmp_path / "copies"
+    for prefix in ("a", "b"):
+        for rel in good:
+            (copies / prefix / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / rel, copies / prefix / rel)
+    listing.write_text("\n".join(f"copies/{p}/{rel}" for p in ("a", "b") for rel in good) + "\n# a comment\n")
+    out = tmp_path / "out"
+    args = ["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}", "--images", str(listing),
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "label", "--quiet", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "results.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and journal.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9, "the job finished before it was killed"
+    listed = _records(out)
+    assert 3 <= len(listed) < 2 * len(good)
+    assert all((out / r["mask"]).exists() for r in listed)  # never a record without its mask
+    before = {r["key"]: (out / r["mask"]).stat().st_mtime_ns for r in listed}
+
+    rc, text = _label(args, capsys)
+    assert rc == 0, text
+    assert _summary(text) == (2 * len(good) - len(listed), len(listed), 0)
+    assert all((out / "masks" / Path(k).with_suffix(".png")).stat().st_mtime_ns == t for k, t in before.items())
+    records = _records(out)
+    assert sorted(r["key"] for r in records) == sorted(f"{p}/{rel}" for p in ("a", "b") for rel in good)
+    assert not list(out.glob("masks/**/.*.tmp"))
+    from runtime import SupportSet
+
+    cats = SupportSet.load(set_files["cat"])
+    for rel, rgb in good.items():
+        expected = seg.segment(rgb, cats).mask.astype(np.uint8) * 255
+        for p in ("a", "b"):
+            np.testing.assert_array_equal(np.asarray(Image.open(out / "masks" / p / Path(rel).with_suffix(".png"))), expected)
+
+
+def test_rerun_redoes_what_is_incomplete_and_refuses_another_job(seg, set_files, collection, tmp_path, capsys):
+    root, good, _ = collection
+    out = tmp_path / "out"
+    args = ["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}",
+            "--images", str(root / "ep"), "--out", str(out), "--overlay"]
+    assert _label(args, capsys)[0] == 0
+    first = _records(out)
+    (out / first[0]["mask"]).unlink()  # a mask lost: its image must be redone
+    (out / "overlays" / Path(first[1]["key"]).with_suffix(".png")).unlink()  # an overlay lost: redone too
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"key": "img9.png", "status": "o')  # a line cut short by a kill
+    (out / "masks" / ".img0.png.x.tmp").write_bytes(b"partial")
+    rc, text = _label(args, capsys)
+    assert rc == 0 and _summary(text) == (2, len(first) - 2, 0)
+    records = _records(out)
+    assert sorted(r["key"] for r in records) == sorted(r["key"] for r in first)
+    assert (out / first[0]["mask"]).exists() and not (out / "masks" / ".img0.png.x.tmp").exists()
+    rc, text = _label([*args[:3], f"cat={set_files['dog']}", *args[4:]], capsys)
+    assert rc == 2 and "holds the outputs of another job" in text
+
+
+def test_collect_inputs(tmp_path):
+    for rel in ("x/a.png", "x/b.jpg", "y/a.png", "y/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert [i.key for i in collect_inputs(str(tmp_path))] == ["x/a.png", "x/b.jpg", "y/a.png"]
+    assert [i.key for i in collect_inputs(str(tmp_path / "*" / "a.png"))] == ["x/a.png", "y/a.png"]
+    assert [i.key for i in collect_inputs(str(tmp_path / "**" / "*.jpg"))] == ["b.jpg"]
+    (tmp_path / "list.txt").write_text("x/a.png\n\n# skipped\ny/a.png\n")
+    assert [i.path for i in collect_inputs(str(tmp_path / "list.txt"))] == [str(tmp_path / "x/a.png"), str(tmp_path / "y/a.png")]
+    (tmp_path / "x" / "a.jpg").write_bytes(b"")
+    with pytest.raises(InputError, match="would write the same mask a.png"):
+        collect_inputs(str(tmp_path / "x"))
+    with pytest.raises(InputError, match="no images found"):
+        collect_inputs(str(tmp_path / "nothing*"))

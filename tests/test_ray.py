@@ -1,0 +1,142 @@
+"""Scaling out on a local Ray cluster (127.0.0.1, 2 CPUs, one cluster for the module): the label job on
+Ray Data and the service on Ray Serve (2 replicas) give the same results as the one-machine paths."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_fakes import bomb_png, png, truncated
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("fastapi")
+from ray import serve  # noqa: E402
+
+from bench import load_test  # noqa: E402
+from runtime import FewShotSegmenter  # noqa: E402
+from runtime.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
+from runtime.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def seg(artifacts_128):
+    return FewShotSegmenter(artifacts_128)
+
+
+@pytest.fixture(scope="module")
+def sets(seg, episode):
+    return {"cat": seg.encode_supports(episode.supports[:2]), "dog": seg.encode_supports(episode.supports[2:4])}
+
+
+@pytest.fixture(scope="module")
+def photos(episode, tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    for i, (p, _) in enumerate(episode.supports[:3]):
+        shutil.copy(p, root / f"s{i}.png")
+    shutil.copy(episode.query, root / "query.png")
+    Image.fromarray(rng.integers(0, 256, (70, 110, 3), dtype=np.uint8)).save(root / "noise.jpg")
+    (root / "broken.png").write_bytes(truncated(png(np.asarray(Image.open(episode.query)))))
+    (root / "bomb.png").write_bytes(bomb_png(30000, 30000))
+    return root
+
+
+def _table(out: Path) -> dict[str, dict]:
+    return {r["key"]: {k: v for k, v in r.items() if k != "ms"}
+            for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+
+
+def _masks(out: Path) -> dict[str, np.ndarray]:
+    return {p.relative_to(out).as_posix(): np.asarray(Image.open(p)) for p in sorted(out.glob("masks/*.png"))}
+
+
+def test_ray_data_label_job_equals_one_machine_and_resumes(cluster, seg, sets, photos, tmp_path):
+    items = collect_inputs(str(photos))
+    local_job, ray_job = LabelJob(tmp_path / "local", tuple(sets)), LabelJob(tmp_path / "ray", tuple(sets))
+    local = run_local(Labeler(seg, sets, local_job), items, progress=False)
+    options = RayOptions(workers=2, threads_per_worker=1)
+    remote = run_ray(seg.artifacts_dir, sets, ray_job, items, options, progress=False)
+    assert (local.done, local.failed, remote.done, remote.failed) == (5, 2, 5, 2)
+    assert _table(local_job.out) == _table(ray_job.out)
+    a, b = _masks(local_job.out), _masks(ray_job.out)
+    assert sorted(a) == sorted(b) and len(a) == 5
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert {v for m in a.values() for v in np.unique(m).tolist()} == {0, 1, 2}  # not degenerate
+    errors = {k: r["error"] for k, r in _table(ray_job.out).items() if r["status"] == "failed"}
+    assert "cannot decode" in errors["broken.png"] and "pixels" in errors["bomb.png"]
+
+    # a Ray job cut short: the last two records never journaled, one journaled mask lost
+    journal = ray_job.out / "results.jsonl"
+    lines = journal.read_text().splitlines()
+    ok = [json.loads(line) for line in lines[:-2] if json.loads(line)["status"] == "ok"]
+    journal.write_text("\n".join(lines[:-2]) + "\n")
+    (ray_job.out / ok[0]["mask"]).unlink()
+    kept = {r["key"]: (ray_job.out / r["mask"]).stat().st_mtime_ns for r in ok[1:]}
+    again = run_ray(seg.artifacts_dir, sets, ray_job, items, options, progress=False)
+    assert again.skipped == len(kept) and again.done + again.failed + again.skipped == len(items)
+    assert all((ray_job.out / "masks" / Path(k).with_suffix(".png")).stat().st_mtime_ns == t for k, t in kept.items())
+    assert _table(ray_job.out) == _table(local_job.out)
+    for name, m in _masks(ray_job.out).items():
+        np.testing.assert_array_equal(m, a[name])
+
+
+def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_path):
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from runtime.serve import ServeConfig, Service, create_app
+    from runtime.serve_ray import RayServeOptions, start
+
+    config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), threads=1)
+    port = load_test.free_port()
+    start(config, RayServeOptions(port=port, replicas=2))
+    url = f"http://127.0.0.1:{port}"
+    load_test.wait_ready(url, 180)
+    set_a, set_b, queries = load_test.synthetic_images()
+    with httpx.Client(base_url=url, timeout=60) as c:
+        ids = load_test.create_sets(c, [set_a, set_b])
+        assert c.get(f"/v1/support-sets/{ids[0]}").json()["shots"] == 2
+        fields = {"set": [f"a={ids[0]}", f"b={ids[1]}"], "format": "json"}
+        remote = c.post("/v1/segment", files={"query": queries[0]}, data=fields)
+        bad = c.post("/v1/segment", files={"query": b"nope"}, data={"set": [ids[0]]})
+        assert c.get("/docs").status_code == 200
+    local_service = Service(config)  # the one-process service over the same store
+    local_service.load()
+    with TestClient(create_app(local_service, load_on_startup=False)) as c:
+        local = c.post("/v1/segment", files={"query": queries[0]}, data=fields)
+    assert remote.status_code == local.status_code == 200 and remote.json() == local.json()
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+    cases = load_test.make_cases(str(artifacts_128), ids, [set_a, set_b], queries[:2])
+    result = load_test.run_level(url, "ray", cases, 4, 12, 120)
+    assert (result.sent, result.answered, result.lost, result.wrong) == (12, 12, 0, 0)
+    serve.delete("fssam2")
+
+
+def test_resource_options_reach_ray():
+    """GPUs per worker / replica and autoscaling as Ray is given them (GPU runs: written, not run on a GPU)."""
+    from runtime.serve import ServeConfig
+    from runtime.serve_ray import RayServeOptions, Replica, deployment_options
+
+    assert actor_resources(RayOptions(threads_per_worker=4, gpus_per_worker=1)) == {"num_cpus": 4, "num_gpus": 1}
+    assert actor_resources(RayOptions()) == {"num_cpus": 1}
+    config = ServeConfig("art", "store", concurrency=3)
+    fixed = deployment_options(config, RayServeOptions(replicas=4, gpus_per_replica=0.5))
+    assert fixed["num_replicas"] == 4 and fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    auto = deployment_options(config, RayServeOptions(min_replicas=2, max_replicas=8))
+    assert "num_replicas" not in auto and auto["autoscaling_config"] == {
+        "min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 3}
+    serve.deployment(Replica, **auto)  # Serve accepts them
