@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from runtime import FewShotSegmenter, load_manifest
-from runtime.fidelity import JUDGEABLE_FOREGROUND, FidelityReport, GateThresholds, check_comparable, episode_fidelity
+from runtime.fidelity import (
+    JUDGEABLE_FOREGROUND,
+    FidelityError,
+    FidelityReport,
+    GateThresholds,
+    check_comparable,
+    episode_fidelity,
+)
 from runtime.segmenter import ModuleTiming, Segmentation
 
 from .synthetic import write_episode
@@ -129,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     manifest = load_manifest(args.artifacts)
     reference_dir = args.reference or args.artifacts
-    check_comparable(manifest, load_manifest(reference_dir))
+    try:
+        check_comparable(manifest, load_manifest(reference_dir))
+    except FidelityError as e:
+        print(f"fssam2-gpu-check: error: {e}", file=sys.stderr)
+        return 2
     lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
     thresholds = GateThresholds.for_precision(lowest).with_overrides(mask_iou=args.min_iou, min_judgeable=1)
     gpu = available_providers(args.artifacts)

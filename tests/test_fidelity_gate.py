@@ -9,10 +9,9 @@ import json
 import shutil
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 
+from graph_edits import edit_outputs
 from runtime import cli as runtime_cli
 from runtime import fidelity
 from runtime.manifest import MANIFEST_NAME, file_sha256, load_manifest
@@ -30,29 +29,12 @@ def fp32(tmp_path_factory):
     return out
 
 
-def _edit_outputs(path, add: dict[str, np.ndarray | float], scale: dict[str, float] | None = None) -> None:
-    """Make the graph at `path` multiply each named output by `scale[output]` (default 1) and add `add[output]` to it."""
-    model = onnx.load(str(path))
-    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    for out, value in add.items():
-        tag = f"{out}_edit{len(model.graph.node)}"  # unique when a graph is edited twice
-        producer = next(n for n in model.graph.node if out in n.output)
-        producer.output[list(producer.output).index(out)] = tag
-        const = np.broadcast_to(np.asarray(value, np.float32), shapes[out]).copy()
-        factor = np.float32((scale or {}).get(out, 1.0))
-        model.graph.initializer.extend([numpy_helper.from_array(const, f"{tag}_add"),
-                                        numpy_helper.from_array(np.asarray(factor), f"{tag}_scale")])
-        model.graph.node.extend([helper.make_node("Mul", [tag, f"{tag}_scale"], [f"{tag}_scaled"]),
-                                 helper.make_node("Add", [f"{tag}_scaled", f"{tag}_add"], [out], name=f"/edit/{tag}")])
-    onnx.save(model, str(path))
-
-
 def _variant(src, dst, add: dict[str, np.ndarray | float], precision: str = "fp16", scale: dict[str, float] | None = None):
-    """Copy of the artifacts `src` whose mask decoder's outputs are edited by `_edit_outputs`, labelled `precision`."""
+    """Copy of the artifacts `src` whose mask decoder's outputs are edited by `edit_outputs`, labelled `precision`."""
     shutil.copytree(src, dst)
     manifest = json.loads((dst / MANIFEST_NAME).read_text())
     spec = manifest["graphs"]["mask_decoder"]
-    _edit_outputs(dst / spec["file"], add, scale)
+    edit_outputs(dst / spec["file"], add, scale)
     spec["sha256"], spec["flavours"], spec["precision"] = file_sha256(dst / spec["file"]), [], precision
     manifest["precision"] = precision
     (dst / MANIFEST_NAME).write_text(json.dumps(manifest))
@@ -179,7 +161,7 @@ def test_export_gate_exit_codes(fp32, tmp_path, monkeypatch, capsys):
 
     def shifted(src, dst, *a, **kw):  # a conversion that moves every logit by a constant
         model = real(src, dst, *a, **kw)
-        _edit_outputs(dst, {"low_res_logits": -40.0})
+        edit_outputs(dst, {"low_res_logits": -40.0})
         return model
 
     monkeypatch.setattr(pipeline, "convert_fp16", shifted)
