@@ -5,9 +5,10 @@
    list); convert to FP16, or quantise to INT8 QDQ (+ the ORT-CPU dynamic INT8 flavour), or copy FP32;
    check every result against TensorRT 10's table (and QDQ rules);
 3. write the manifest, run the fidelity gate on held-out episodes (another seed stream) against the
-   FP32 artifacts — the standard graphs, and the CPU flavours where there are any — and write
-   `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError` naming the worst graph and the
-   first node whose output drifts, unless the gate is off (recorded in the manifest).
+   FP32 artifacts — the standard graphs, and the CPU flavours where there are any, both judged on one FP32
+   run per episode — and write `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError` (the
+   export exits 1) naming the worst graph and the first node whose output drifts; too few judgeable
+   reference masks raise `GateRefused` (exit 2); unless the gate is off (recorded in the manifest).
 """
 
 from __future__ import annotations
