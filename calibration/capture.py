@@ -93,14 +93,17 @@ class EpisodeSource:
     root: Path | None = None
     fold: int = 0
 
-    def episodes(self, count: int, seed: int, shots: tuple[int, int], size: int) -> list[Episode]:
+    def episodes(self, count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CALIBRATION_STREAM) -> list[Episode]:
+        """`count` episodes of `stream` (CALIBRATION_STREAM, or CHECK_STREAM for the gate's held-out episodes)."""
         if self.dataset == "synthetic":
-            return synthetic_episodes(count, seed, shots, size, stream=CALIBRATION_STREAM)
+            return synthetic_episodes(count, seed, shots, size, stream=stream)
         from training.datasets import build_dataset  # numpy + Pillow; the loaders of the training stage
 
-        # training episodes (never the benchmark's test episodes), K drawn per episode from `shots`
-        data = build_dataset(self.dataset, self.root, self.fold, "trn", shots[1], seed=seed, num_episodes=count)
-        rng = np.random.default_rng([CALIBRATION_STREAM, seed])
+        # training episodes (never the benchmark's test episodes), K drawn per episode from `shots`; the gate's stream
+        # samples the training split with another seed
+        data_seed = seed if stream == CALIBRATION_STREAM else int(np.random.default_rng([stream, seed]).integers(2**31))
+        data = build_dataset(self.dataset, self.root, self.fold, "trn", shots[1], seed=data_seed, num_episodes=count)
+        rng = np.random.default_rng([stream, seed])
         out = []
         for i in range(count):
             ep, k = data.episode(i), int(rng.integers(shots[0], shots[1] + 1))

@@ -6,9 +6,10 @@
    check every result against TensorRT 10's table (and QDQ rules);
 3. add ONNX Runtime's fused-attention flavours (`ort_fusion`), so the gate judges them too;
 4. write the manifest, run the fidelity gate on held-out episodes (another seed stream) against the
-   FP32 artifacts — once per distinct set of files a provider (cpu, cuda, tensorrt) will run — and write
-   `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError` naming the worst graph and the
-   first node whose output drifts, unless the gate is off (recorded in the manifest).
+   FP32 artifacts — once per distinct set of files a provider (cpu, cuda, tensorrt) will run, all judged on
+   one FP32 run per episode — and write `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError`
+   (the export exits 1) naming the worst graph and the first node whose output drifts; too few judgeable
+   reference masks raise `GateRefused` (exit 2); unless the gate is off (recorded in the manifest).
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ from runtime.fidelity import (
     FidelityReport,
     GateThresholds,
     StandardGraphs,
-    compare_artifacts,
+    compare_candidates,
     recording_segmenter,
     run_episode,
-    synthetic_episodes,
 )
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
 
@@ -53,6 +53,10 @@ CPU_INT8_PRECISION = "int8-dynamic"
 
 class GateError(ValueError):
     """The converted artifacts are not faithful enough to the FP32 ones; nothing was written."""
+
+
+class GateRefused(ValueError):
+    """Too few gate episodes have a judgeable (non-degenerate) FP32 mask to judge the conversion; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -215,32 +219,40 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
     manifest = dataclasses.replace(base, precision=overall_precision(plan), graphs=specs, calibration=calibration, notes=notes)
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
 
-    t0 = time.perf_counter()
-    reports = _gate(fp32_dir, out_dir, manifest, opts, progress)
-    seconds["gate"] = time.perf_counter() - t0
+    reports = _gate(fp32_dir, out_dir, manifest, opts, progress, seconds)
     manifest = dataclasses.replace(manifest, fidelity={"gate": "on" if opts.gate else "off (--no-gate)"}
                                    | {k: r.summary() for k, r in reports.items()})
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
     return ConversionResult(manifest, reports, seconds)
 
 
-def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOptions, progress: bool) -> dict[str, FidelityReport]:
+def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOptions, progress: bool,
+          seconds: dict[str, float]) -> dict[str, FidelityReport]:
+    """Judge the standard graphs (and the CPU flavours) on held-out episodes; the FP32 reference runs once per episode."""
     lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
     thresholds = opts.thresholds or GateThresholds.for_precision(lowest)
-    episodes = synthetic_episodes(opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM)
-    reports = {}
-    for key, backend in provider_file_sets(manifest, OrtBackend("cpu")).items():
-        report = compare_artifacts(out_dir, fp32_dir, episodes, backend=backend, thresholds=thresholds, progress=progress)
+    episodes = opts.calib_source.episodes(opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size,
+                                          CHECK_STREAM)
+    candidates = {key: (out_dir, backend) for key, backend in provider_file_sets(manifest, OrtBackend("cpu")).items()}
+    clock: dict[str, float] = {}
+    reports = compare_candidates(candidates, fp32_dir, episodes, thresholds=thresholds, progress=progress,
+                                 stop_early=opts.gate, seconds=clock)
+    seconds |= {f"gate {k}": v for k, v in clock.items()}
+    t0 = time.perf_counter()
+    for report in reports.values():
         report.candidate, report.reference = "converted", "fp32"
-        if not report.passed:
+        if report.verdict().status == "fail":
             report.diagnosis = _diagnose(fp32_dir, out_dir, manifest, report, episodes[0], thresholds)
-        reports[key] = report
+    if any(r.diagnosis for r in reports.values()):
+        seconds["gate diagnosis"] = time.perf_counter() - t0
     (out_dir / REPORT_JSON).write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
     text = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in reports.items())
     (out_dir / REPORT_TEXT).write_text(text + "\n")
-    failed = [k for k, r in reports.items() if not r.passed]
-    if failed and opts.gate:
-        raise GateError(f"fidelity gate failed ({', '.join(failed)}); nothing written:\n{text}")
+    verdicts = {k: r.verdict().status for k, r in reports.items()}
+    if opts.gate and "fail" in verdicts.values():
+        raise GateError(f"fidelity gate failed ({', '.join(k for k, v in verdicts.items() if v == 'fail')}); nothing written:\n{text}")
+    if opts.gate and "refused" in verdicts.values():
+        raise GateRefused(f"fidelity gate refused to judge; nothing written (--no-gate keeps the export unjudged):\n{text}")
     return reports
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from calibration.capture import EpisodeSource
 from calibration.int8 import METHODS
-from calibration.pipeline import PrecisionOptions, graph_precisions
+from calibration.pipeline import GateError, PrecisionOptions, graph_precisions
 from runtime.fidelity import GateThresholds
 
 from .engines import EngineBuildError, add_engine_arguments, current_device, require_tensorrt, settings_from
@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--gate-episodes", type=int, default=16, help="held-out episodes of the fidelity gate")
     q.add_argument("--gate-iou", type=float, help="min mean mask IoU (default 0.99 fp16, 0.97 int8)")
     q.add_argument("--gate-correlation", type=float, help="min logits correlation (default 0.999 fp16, 0.99 int8)")
+    q.add_argument("--gate-min-judgeable", type=int,
+                   help="fewer gate episodes with a judgeable (non-degenerate) FP32 mask refuse the export, exit 2 (default 2)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--out", required=True, help="artifacts directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only after a complete export)")
@@ -72,9 +74,8 @@ def _precision_options(args) -> PrecisionOptions | None:
         return None
     graph_precisions(args.precision, args.module_precision)  # fail before the export, not after
     lowest = "int8" if "int8" in {args.precision, *args.module_precision.values()} else "fp16"
-    default = GateThresholds.for_precision(lowest)
-    thresholds = GateThresholds(args.gate_iou if args.gate_iou is not None else default.mask_iou,
-                                args.gate_correlation if args.gate_correlation is not None else default.logits_pearson)
+    thresholds = GateThresholds.for_precision(lowest).with_overrides(
+        mask_iou=args.gate_iou, logits_pearson=args.gate_correlation, min_judgeable=args.gate_min_judgeable)
     return PrecisionOptions(
         precision=args.precision, module_precision=args.module_precision, calib_episodes=args.calib_episodes,
         calib_seed=args.calib_seed, calib_shots=tuple(args.calib_shots), calib_method=args.calib_method,
@@ -110,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
                                   progress=not args.quiet, precision_options=options, ort_optimize=args.ort_optimize, engines=engines)
+    except GateError as e:  # a broken conversion: exit 1 (a refusal to judge is a ValueError: exit 2)
+        print(f"fssam2-export: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, ImportError, EngineBuildError) as e:
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 2
-    per_graph = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    per_phase = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     weights = f"random-init seed {args.seed}" if args.random_init else f"checkpoint {args.checkpoint}"
     print(f"exported {args.model} @ {args.image_size}px ({weights}, {args.precision}) to {report.out_dir}")
-    print(f"build {t1 - t0:.1f}s; export {sum(report.seconds.values()):.1f}s ({per_graph})")
+    print(f"time per phase: build {t1 - t0:.1f}s, {per_phase}; total {time.perf_counter() - t0:.1f}s")
     if report.fidelity_table:
         print(report.fidelity_table)
     return 0

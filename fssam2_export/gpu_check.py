@@ -1,11 +1,14 @@
-"""Provider parity and per-module latency against the FP32 CPU runtime: what `scripts/gpu_check.sh` runs.
+"""Provider parity and per-module latency against the CPU runtime: what `scripts/gpu_check.sh` runs.
 
-For each provider (default: `cpu` as the latency baseline, then every GPU provider this machine offers: ORT `cuda` / `tensorrt`, and
-`tensorrt-native` when TensorRT is importable and the manifest lists engines) and each K, a
-synthetic episode is segmented by the provider and by the CPU runtime; the mask IoU and the
-largest low-res logit difference are printed with per-module latency (mean over --repeats queries
-after one warm-up; the memory encoder's from the K supports). Exit status 1 if a provider failed,
-its IoU fell below --min-iou, or (by default) no GPU provider was found.
+For each provider (default: `cpu` as the latency baseline, then every GPU provider this machine offers: ORT `cuda` /
+`tensorrt`, and `tensorrt-native` when TensorRT is importable and the manifest lists engines) and each K, a synthetic
+episode is segmented by the provider and by the CPU runtime (on `--reference` artifacts, default the same ones). The
+episode is the first of a few seeded ones whose CPU reference mask is judgeable (1-99 % foreground: an IoU of two empty
+masks says nothing). The result is judged like the fidelity gate (`runtime.fidelity`: mask IoU >= --min-iou, logits
+correlation, sign agreement of every pixel, relative RMS error, non-finite values, iou_score / object score error and
+the object-presence decision, thresholds by the artifacts' precision) and printed with per-module latency (mean over
+--repeats queries after one warm-up; the memory encoder's from the K supports). Exit status 1 if a provider failed a
+check or errored, no judgeable reference episode was found, or (by default) no GPU provider was found.
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from runtime import FewShotSegmenter, load_manifest
-from runtime.fidelity import iou
-from runtime.segmenter import ModuleTiming
+from runtime.fidelity import (
+    JUDGEABLE_FOREGROUND,
+    FidelityError,
+    FidelityReport,
+    GateThresholds,
+    check_comparable,
+    episode_fidelity,
+)
+from runtime.segmenter import ModuleTiming, Segmentation
 
 from .synthetic import write_episode
 
 MODULES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
+EPISODE_TRIES = 8  # seeded episodes tried for a judgeable reference mask
 
 
 @dataclass
@@ -34,7 +45,10 @@ class Check:
     provider: str
     shots: int
     iou: float = float("nan")
-    max_abs_logits: float = float("nan")
+    sign_agreement: float = float("nan")  # fraction of query pixels whose decision (logit > 0) agrees
+    rel_error: float = float("nan")  # RMS(logit difference) / RMS(reference logits)
+    max_abs_logits: float = float("nan")  # largest low-res logit difference
+    failures: list[str] = field(default_factory=list)  # the gate's, empty when it passed
     ms: dict[str, float] = field(default_factory=dict)  # per module, mean per call
     error: str | None = None
 
@@ -68,20 +82,31 @@ def machine_summary() -> list[str]:
     return lines or ["gpu: nvidia-smi not found"]
 
 
-def _episode(seg: FewShotSegmenter, supports, query):
+def _episode(seg: FewShotSegmenter, supports, query) -> Segmentation:
+    seg.reset()
     for image, mask in supports:
         seg.add_support(image, mask)
     return seg.segment(query)
 
 
-def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir: Path) -> Check:
+def _judgeable_episode(reference: FewShotSegmenter, shots: int, episode_dir: Path):
+    """The first of EPISODE_TRIES seeded episodes whose reference mask is judgeable, with the reference's result."""
+    lo, hi = JUDGEABLE_FOREGROUND
+    for seed in range(shots, shots + EPISODE_TRIES):
+        episode = write_episode(episode_dir / f"k{shots}-s{seed}", shots=shots, seed=seed)
+        ref = _episode(reference, episode.supports, episode.query)
+        if lo <= ref.mask.mean() <= hi:
+            return episode, ref
+    raise ValueError(f"no judgeable reference mask ({lo:.0%}..{hi:.0%} foreground) in {EPISODE_TRIES} episodes: parity would be vacuous")
+
+
+def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir: Path, reference: FewShotSegmenter,
+          thresholds: GateThresholds) -> Check:
     result = Check(provider, shots)
-    episode = write_episode(episode_dir / f"k{shots}", shots=shots, seed=shots)
     try:
+        episode, ref = _judgeable_episode(reference, shots, episode_dir)
         seg = FewShotSegmenter(artifacts, provider, max_shots=max(8, shots), profile=True)
-        ref = _episode(FewShotSegmenter(artifacts, "cpu"), episode.supports, episode.query)
         _episode(seg, episode.supports[:1], episode.query)  # warm-up (ORT's TensorRT EP builds its engines here)
-        seg.reset()
         seg.clear_timings()
         got = _episode(seg, episode.supports, episode.query)
         memory_encoder = seg.timings()["memory_encoder"]
@@ -90,8 +115,11 @@ def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir:
             seg.segment(episode.query)
         timings: dict[str, ModuleTiming] = seg.timings() | {"memory_encoder": memory_encoder}
         result.ms = {m: timings[m].mean_ms for m in MODULES}
-        result.iou = iou(got.mask, ref.mask)
-        result.max_abs_logits = float(np.abs(got.low_res_logits - ref.low_res_logits).max())
+        judged = episode_fidelity(got, ref, shots)
+        result.iou, result.sign_agreement, result.rel_error = judged.mask_iou, judged.sign_agreement, judged.logits_rel_error
+        result.max_abs_logits = float(np.nan_to_num(np.abs(got.low_res_logits - ref.low_res_logits), nan=np.inf).max())
+        report = FidelityReport(provider, "cpu", provider, {}, {}, [judged], thresholds)
+        result.failures = report.verdict().reasons
     except Exception as e:  # report every provider, whatever failed
         result.error = f"{type(e).__name__}: {e}"
     return result
@@ -100,33 +128,45 @@ def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fssam2-gpu-check", description=__doc__)
     p.add_argument("--artifacts", required=True, type=Path)
+    p.add_argument("--reference", type=Path, help="artifacts the CPU reference runs (same model; default --artifacts)")
     p.add_argument("--providers", nargs="+", help="default: every GPU provider available here")
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     p.add_argument("--repeats", type=int, default=10, help="timed queries per provider and K")
-    p.add_argument("--min-iou", type=float, default=0.98, help="parity gate on the mask IoU vs the CPU runtime")
+    p.add_argument("--min-iou", type=float, default=0.98, help="parity gate on the mask IoU vs the CPU reference")
     args = p.parse_args(argv)
     manifest = load_manifest(args.artifacts)
+    reference_dir = args.reference or args.artifacts
+    try:
+        check_comparable(manifest, load_manifest(reference_dir))
+    except FidelityError as e:
+        print(f"fssam2-gpu-check: error: {e}", file=sys.stderr)
+        return 2
+    lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
+    thresholds = GateThresholds.for_precision(lowest).with_overrides(mask_iou=args.min_iou, min_judgeable=1)
     gpu = available_providers(args.artifacts)
-    providers = args.providers or ["cpu", *gpu]  # cpu: the latency baseline (its IoU is 1 by construction)
+    providers = args.providers or ["cpu", *gpu]  # cpu: the latency baseline
     for line in machine_summary():
         print(line)
     print(f"artifacts: {manifest.model.name} @ {manifest.preprocess.image_size}px, precision {manifest.precision}; "
-          f"reference: the CPU runtime on the same graphs; providers: {', '.join(providers) or 'none available'}")
+          f"reference: the CPU runtime on {reference_dir}; providers: {', '.join(providers) or 'none available'}")
     if not args.providers and not gpu:
         print("note: no GPU provider is available here (onnxruntime-gpu's CUDA/TensorRT EPs, or TensorRT + engines)")
-    header = f"{'provider':<16}{'K':>3}{'IoU':>8}{'max|dlogit|':>13}" + "".join(f"{m:>18}" for m in MODULES) + "   (ms/call)"
+    header = (f"{'provider':<16}{'K':>3}{'IoU':>8}{'sign.agr':>10}{'rel.err':>10}{'max|dlogit|':>13}"
+              + "".join(f"{m:>18}" for m in MODULES) + "   (ms/call)")
     print(header)
     failed = False
+    reference = FewShotSegmenter(reference_dir, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         for provider in providers:
             for shots in args.shots:
-                r = check(args.artifacts, provider, shots, args.repeats, Path(tmp))
+                r = check(args.artifacts, provider, shots, args.repeats, Path(tmp), reference, thresholds)
                 if r.error:
                     print(f"{provider:<16}{shots:>3}  FAILED: {r.error}")
                 else:
-                    print(f"{provider:<16}{shots:>3}{r.iou:>8.4f}{r.max_abs_logits:>13.2e}" + "".join(f"{r.ms[m]:>18.2f}" for m in MODULES)
-                          + ("" if r.iou >= args.min_iou else f"   PARITY FAIL (IoU < {args.min_iou})"))
-                failed |= bool(r.error) or not r.iou >= args.min_iou
+                    print(f"{provider:<16}{shots:>3}{r.iou:>8.4f}{r.sign_agreement:>10.5f}{r.rel_error:>10.2e}{r.max_abs_logits:>13.2e}"
+                          + "".join(f"{r.ms[m]:>18.2f}" for m in MODULES)
+                          + (f"   PARITY FAIL: {'; '.join(r.failures)}" if r.failures else ""))
+                failed |= bool(r.error or r.failures)
     failed |= not args.providers and not gpu
     print("gpu check: " + ("FAILED" if failed else "all checks passed"))
     return 1 if failed else 0

@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     _backend_options(chk)
     chk.add_argument("--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.98 bf16, 0.97 int8)")
     chk.add_argument("--min-correlation", type=float, help="gate: min logits correlation (default 0.999 fp16 and bf16, 0.99 int8)")
+    chk.add_argument("--min-judgeable", type=int, help="gate: fewer judgeable (non-degenerate) episodes refuse to judge, exit 2 (default 2)")
     chk.add_argument("--json", help="also write the report as JSON here")
     b = sub.add_parser("bench", help="per-module latency of the support and query paths (sweeps K, artifacts, providers)")
     b.add_argument("--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)")
@@ -192,15 +193,17 @@ def _check(args) -> int:
     backend = _backend(args, manifest)
     precisions = {g.precision for g in manifest.graphs.values()} | {backend.precision_for(n) for n in manifest.graphs
                                                                      if hasattr(backend, "precision_for")}
-    default = GateThresholds.for_precision(next((p for p in ("int8", "bf16") if p in precisions), "fp16"))
-    thresholds = GateThresholds(default.mask_iou if args.min_iou is None else args.min_iou,
-                                default.logits_pearson if args.min_correlation is None else args.min_correlation)
+    thresholds = GateThresholds.for_precision(next((p for p in ("int8", "bf16") if p in precisions), "fp16"))
+    thresholds = thresholds.with_overrides(mask_iou=args.min_iou, logits_pearson=args.min_correlation, min_judgeable=args.min_judgeable)
     episodes = synthetic_episodes(args.episodes, args.seed, tuple(args.shots), manifest.preprocess.image_size)
-    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=backend, thresholds=thresholds, progress=True)
+    report = compare_artifacts(args.artifacts, args.reference, episodes, backend=backend, thresholds=thresholds,
+                               progress=True, stop_early=True)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    return 0 if report.passed else 1
+    return report.verdict().exit_code
+
+
 def _bench(args) -> int:
     from . import bench
 

@@ -5,8 +5,9 @@
 #      and the versions of onnxruntime (with its providers), TensorRT, cuda-python, polygraphy, torch;
 #   2. exports a random-init SAM2.1 tiny at 1024x1024 (FP32) to $WORK/artifacts;
 #   3. if TensorRT is importable: builds engines for K = 1..$MAX_SHOTS (each compared with its ONNX graph);
-#   4. K = 1 and 5: mask IoU and max |low-res logit difference| of every provider vs the FP32 CPU runtime,
-#      and per-module latency (ms/call). Exits non-zero if a check failed.
+#   4. K = 1 and 5, on an episode whose CPU reference mask is judgeable (1-99 % foreground): every provider judged
+#      against the FP32 CPU runtime with the fidelity gate's measures (IoU, logits correlation, sign agreement,
+#      relative error, non-finite values, scalar heads), and per-module latency (ms/call). Exits non-zero if a check failed.
 # Environment: WORK (default gpu_check/), SIZE (1024), MAX_SHOTS (8), REPEATS (10).
 set -euo pipefail
 cd "$(dirname "$0")/.."

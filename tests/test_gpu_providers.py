@@ -252,14 +252,31 @@ def test_recorded_device_graphs_run_each_episode_on_its_own_set(artifacts, episo
     np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-5)
 
 
-def test_gpu_check_reports_parity_latency_and_failures(artifacts, capsys):
+def test_gpu_check_reports_parity_latency_and_failures(artifacts, tmp_path, capsys):
+    import json
+    import shutil
+
     from fssam2_export import gpu_check
+    from runtime.manifest import MANIFEST_NAME, file_sha256
+    from graph_edits import edit_outputs
 
     assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "cpu", "--shots", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("cpu "))
-    assert row.split()[1:4] == ["1", "1.0000", "0.00e+00"] and len(row.split()) == 4 + len(gpu_check.MODULES)
+    assert row.split()[1:6] == ["1", "1.0000", "1.00000", "0.00e+00", "0.00e+00"] and len(row.split()) == 6 + len(gpu_check.MODULES)
     assert "all checks passed" in out
+    # a candidate whose logits are shifted (half the mask flips, correlation stays 1) must fail against the reference
+    shifted = tmp_path / "shifted"
+    shutil.copytree(artifacts, shifted)
+    manifest = json.loads((shifted / MANIFEST_NAME).read_text())
+    spec = manifest["graphs"]["mask_decoder"]
+    edit_outputs(shifted / spec["file"], {"low_res_logits": -3.0})
+    spec["sha256"], spec["flavours"] = file_sha256(shifted / spec["file"]), []
+    (shifted / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert gpu_check.main(["--artifacts", str(shifted), "--reference", str(artifacts), "--providers", "cpu", "--shots", "1",
+                           "--repeats", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "PARITY FAIL" in out and "gpu check: FAILED" in out
     try:
         import tensorrt  # noqa: F401
     except ImportError:
