@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from conftest import unavailable
-from runtime import FewShotSegmenter
+from runtime import FewShotSegmenter, SupportSet
+from runtime.segmenter import label_map
 from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 
 import support_set_files
@@ -447,18 +448,12 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
     assert (SOURCE / "examples" / "minimal.cpp").read_text() in (ROOT / "README.md").read_text(), "README example is stale"
 
 
-# Support sets across languages (docs/support-sets.md). tests/support_set_files.py writes and reads the files
-# from Python with safetensors.numpy; it stands in for the Python SupportSet API.
+# Support sets across languages (docs/support-sets.md): Python's SupportSet against libfssam2's.
 
 
-def _python_set(artifacts: Path, episode, shots: int) -> tuple[FewShotSegmenter, list, list]:
+def _python_set(artifacts: Path, episode, shots: int) -> tuple[FewShotSegmenter, SupportSet]:
     py = FewShotSegmenter(artifacts)
-    sizes, areas = [], []
-    for image, mask in episode.supports[:shots]:
-        py.add_support(image, mask)
-        m = load_mask(mask)
-        sizes.append(m.shape), areas.append(int(m.sum()))
-    return py, sizes, areas
+    return py, py.encode_supports(episode.supports[:shots])
 
 
 def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1e-4) -> None:
@@ -470,13 +465,13 @@ def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1
 
 def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode, tmp_path, record_metric):
     """A set written by Python gives C++ the Python masks, and C++ writes it back unchanged."""
-    py, sizes, areas = _python_set(artifacts, episode, 2)
+    py, support_set = _python_set(artifacts, episode, 2)
     path = tmp_path / "py.fssam2"
-    support_set_files.write_set(path, py, sizes, areas)
+    support_set.save(path)
     handle = cpp_seg.load_set(path)
     try:
         mask, logits, res = cpp_seg.segment_set(handle, load_image(episode.query))
-        expected = py.segment(episode.query)
+        expected = py.segment(episode.query, support_set)
         _same_masks(mask, expected.mask, expected.logits)
         record_metric("cpp(python set) vs python logits max-abs", float(np.abs(logits - expected.logits).max()))
         assert np.abs(logits - expected.logits).max() <= 1e-4 and res.num_supports == 2
@@ -496,7 +491,7 @@ def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode,
 def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode, tmp_path):
     """C++ encodes and writes the spec's file: its metadata, per-support facts and tokens are Python's, and Python
     segments with it as C++ does."""
-    py, sizes, areas = _python_set(artifacts, episode, 3)
+    py, support_set = _python_set(artifacts, episode, 3)
     handle = cpp_seg.encode([(load_image(i), load_mask(m)) for i, m in episode.supports[:3]])
     path = tmp_path / "cpp.fssam2"
     try:
@@ -505,22 +500,23 @@ def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode,
     finally:
         cpp_seg.free_set(handle)
     tensors, meta = support_set_files.read_set(path)
-    assert meta == support_set_files.metadata(py.manifest, 3)
-    np.testing.assert_array_equal(tensors["image_sizes"], np.asarray(sizes, np.int32))
-    np.testing.assert_array_equal(tensors["mask_areas"], np.asarray(areas, np.int64))
-    assert tensors["memory"].dtype == np.float32 and tensors["memory"].shape == py.memory_bank.memory.shape
-    np.testing.assert_allclose(tensors["memory"], py.memory_bank.memory, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(tensors["memory_pos"], py.memory_bank.memory_pos, rtol=0, atol=1e-4)
-    expected = support_set_files.segmenter_with_set(artifacts, path).segment(episode.query)
+    version = "fssam2_version"  # the writer's own version: libfssam2's, or the Python package's
+    assert {k: v for k, v in meta.items() if k != version} == {k: v for k, v in support_set.metadata().items() if k != version}
+    np.testing.assert_array_equal(tensors["image_sizes"], support_set.image_sizes)
+    np.testing.assert_array_equal(tensors["mask_areas"], support_set.mask_areas)
+    assert tensors["memory"].dtype == np.float32 and tensors["memory"].shape == support_set.memory.shape
+    np.testing.assert_allclose(tensors["memory"], support_set.memory, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(tensors["memory_pos"], support_set.memory_pos, rtol=0, atol=1e-4)
+    expected = py.segment(episode.query, SupportSet.load(path, py))
     _same_masks(mask, expected.mask, expected.logits)
 
 
 def test_support_set_from_other_artifacts_is_refused(cpp_seg, artifacts, episode, tmp_path):
-    py, sizes, areas = _python_set(artifacts, episode, 1)
-    memory = py.memory_bank.memory
+    _, support_set = _python_set(artifacts, episode, 1)
+    memory = support_set.memory
 
     def refused(name: str, **kw) -> str:
-        support_set_files.write_set(tmp_path / name, py, sizes, areas, **kw)
+        support_set_files.write_set(tmp_path / name, support_set, **kw)
         with pytest.raises(CppError) as e:
             cpp_seg.load_set(tmp_path / name)
         assert e.value.status == SUPPORT_SET, e.value
@@ -552,7 +548,7 @@ def test_nway_label_map_and_classes(cpp_seg, artifacts, episode, tmp_path):
     for c, expected in enumerate([*single, single[0]]):
         np.testing.assert_array_equal(logits[c], expected, err_msg=f"class {c}")
         np.testing.assert_array_equal(masks[c], expected > 0)
-    np.testing.assert_array_equal(labels, support_set_files.label_map(list(logits)))
+    np.testing.assert_array_equal(labels, label_map(list(logits)))
     assert 3 not in labels and {0, 1, 2} <= set(np.unique(labels)), np.unique(labels, return_counts=True)
 
 

@@ -101,20 +101,10 @@ def runtime_predictor(artifacts: str | Path, provider: str = "cpu") -> Predictor
 
 
 def segment_ways(seg: FewShotSegmenter, classes: list[list[tuple[np.ndarray, np.ndarray]]], query: np.ndarray) -> np.ndarray:
-    """The runtime's N-way label map of `query`, one support list per class (`label_map`'s rule).
-
-    Runs N 1-way episodes (reset, add_support K times, segment). With the runtime's N-way API (support sets,
-    one query encoding) this body becomes:
-        sets = {str(i): seg.encode_supports(s) for i, s in enumerate(classes)}
-        return seg.segment(query, sets).label_map
-    """
-    logits = []
-    for supports in classes:
-        seg.reset()
-        for image, mask in supports:
-            seg.add_support(image, mask)
-        logits.append(seg.segment(query).logits)
-    return label_map(np.stack(logits))
+    """The runtime's N-way label map of `query`, one support list per class: one support set per class and one
+    query encoding (`FewShotSegmenter.segment` with a dict of sets applies `label_map`'s rule)."""
+    sets = {str(i): seg.encode_supports(supports) for i, supports in enumerate(classes)}
+    return seg.segment(query, sets).label_map.astype(np.int32)
 
 
 def run_episodes(predict: Predictor, dataset: FewShotDataset, indices: Iterable[int], progress: bool = True,
