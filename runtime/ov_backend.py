@@ -17,6 +17,7 @@ later loads. openvino is an optional dependency (`pip install 'fssam2[openvino]'
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
 import warnings
 from pathlib import Path
@@ -69,16 +70,28 @@ def fold_constants(source: Path, out: Path) -> Path:
 
 
 class OpenVinoGraph:
+    """A compiled graph; safe to run from many threads (an infer request is not: each call takes one from a pool
+    that grows to the number of concurrent calls)."""
+
     def __init__(self, compiled, device: str, precision: str, cache: str):
-        self._request = compiled.create_infer_request()
+        self._compiled = compiled
+        self._idle = queue.SimpleQueue()
+        self._idle.put(compiled.create_infer_request())
         self._outputs = [o.get_any_name() for o in compiled.outputs]
         self.providers = [f"OpenVINO-{device}"]
         self.precision = precision  # what OpenVINO compiled it for (read back from the compiled model)
         self.cache = cache  # "hit" (compiled blob imported), "built" (compiled and exported now) or "off"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
-        return {name: result[name] for name in self._outputs}
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            result = request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
+            return {name: result[name] for name in self._outputs}
+        finally:
+            self._idle.put(request)
 
 
 class OpenVinoBackend:

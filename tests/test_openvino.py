@@ -153,3 +153,13 @@ def test_gate_judges_what_openvino_runs(art, artifacts, tmp_path, capsys):
     assert runtime_cli.main([*args, "--artifacts", str(_broken_copy(art, tmp_path / "broken")), "--json", str(bad)]) == 1
     failed = json.loads(bad.read_text())
     assert not failed["passed"] and failed["worst"]["graph"] == "memory_attention"
+
+
+def test_one_openvino_segmenter_from_many_threads(results, episode):
+    """Concurrent calls on one OpenVINO segmenter (an infer request each) are bit-identical to serial calls."""
+    from trt_fakes import assert_threads_match_serial
+
+    seg = results[0]["bf16"]
+    one, two = seg.encode_supports(episode.supports[:1]), seg.encode_supports(episode.supports[1:3])
+    jobs = [(episode.query, one), (episode.supports[3][0], two), (episode.query, {"a": one, "b": two})]
+    assert assert_threads_match_serial(seg, jobs, threads=3, repeats=2) == 6
