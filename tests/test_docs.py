@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-import tomllib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs tomllib (3.11+) or tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -245,7 +249,8 @@ def test_broken_links_are_caught(tmp_path):
 
 def test_unknown_flags_and_subcommands_are_caught():
     parsers = script_parsers()
-    good = ("```bash\nfssam2 segment --artifacts a/ --support s.png m.png \\\n    --query q.png --out o.png  # --bogus\n"
+    good = ("```bash\nfssam2 segment --artifacts a/ --support s.png m.png \\\n"
+            "    --query q.png --out o.png  # --bogus\n"
             "fssam2-export ... --precision int8 --out x/ && fssam2 info --artifacts x/\n```\n"
             "Use `fssam2 check --artifacts A --reference B [--episodes N]` or `pip install 'fssam2[bench]'`.\n")
     assert check_commands(good, parsers) == []
