@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -63,8 +64,7 @@ def split_fences(text: str) -> tuple[list[tuple[int, str, list[str]]], str]:
 
 
 def without_inline_code(prose: str) -> str:
-    return INLINE_CODE.sub(lambda m: " " * len(m.group(0)) if "\n" not in m.group(0) else "\n" * m.group(0).count("\n"),
-                           prose)
+    return INLINE_CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), prose)
 
 
 def slug(heading: str) -> str:
@@ -89,19 +89,18 @@ def anchors(text: str) -> set[str]:
 
 def check_links(text: str, path: Path) -> list[Problem]:
     """Every relative link (outside code) names an existing file, and a `#anchor` into markdown an existing heading."""
-    _, prose = split_fences(text)
+    prose = without_inline_code(split_fences(text)[1])
     problems = []
-    for number, line in enumerate(without_inline_code(prose).split("\n"), 1):
-        for target in LINK.findall(line):
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto:
-                continue
-            file_part, _, anchor = target.partition("#")
-            file = (path.parent / file_part).resolve()
-            if file_part and not file.exists():
-                problems.append(Problem(number, f"link {target!r}: {file_part} does not exist"))
-            elif anchor and (not file_part or file.suffix == ".md") and \
-                    anchor not in anchors(file.read_text() if file_part else text):
-                problems.append(Problem(number, f"link {target!r}: no heading #{anchor} in {file.name}"))
+    for m in LINK.finditer(prose):  # a link's text may wrap onto the next line
+        target, number = m.group(1), prose.count("\n", 0, m.start(1)) + 1
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto:
+            continue
+        file_part, _, anchor = target.partition("#")
+        file = (path.parent / file_part).resolve() if file_part else path
+        if file_part and not file.exists():
+            problems.append(Problem(number, f"link {target!r}: {file_part} does not exist"))
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file.read_text() if file_part else text):
+            problems.append(Problem(number, f"link {target!r}: no heading #{anchor} in {file.name}"))
     return problems
 
 
@@ -116,26 +115,16 @@ def parser_of(module_name: str) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     if hasattr(module, "parser"):
         return module.parser()
-    # a CLI module that builds its parser inside main(): capture it at parse_args, before anything runs
-    captured = []
-
+    # a CLI module that builds its parser inside main(): take it at parse_args, before anything runs
     class Captured(Exception):
         pass
 
     def capture(self, *args, **kwargs):
-        captured.append(self)
-        raise Captured
+        raise Captured(self)
 
-    original = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = capture
-    try:
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture), pytest.raises(Captured) as caught:
         module.main([])
-    except Captured:
-        pass
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    assert captured, f"{module_name} has no parser() and main() builds no argparse parser"
-    return captured[0]
+    return caught.value.args[0]
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -241,9 +230,9 @@ def test_broken_links_are_caught(tmp_path):
     good = "[a](other.md) [b](other.md#a-section-with-code) [c](#top) [d](https://example.com/x.md) `[e](nope.md)`"
     text = f"# Top\n\n{good}\n\n```\n[f](nope.md)\n```\n"
     assert check_links(text, page) == []
-    bad = "[a](missing.md)\n[b](other.md#no-such-heading)\n[c](#nowhere)\n[d](sub/missing.py)\n"
+    bad = "[a](missing.md)\n[b](other.md#no-such-heading)\n[c](#nowhere)\n[d](sub/x.py) [wrapped\ntext](gone.md)\n"
     problems = check_links(f"# Top\n{bad}", page)
-    assert [p.line for p in problems] == [2, 3, 4, 5]
+    assert [p.line for p in problems] == [2, 3, 4, 5, 6]
     assert "missing.md does not exist" in problems[0].message and "no heading #no-such-heading" in problems[1].message
 
 
