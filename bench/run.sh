@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The standard comparison quoted in README "Performance": SAM2.1-tiny at 1024x1024, K = 1 and 5, FP32
+# The standard comparison logged in docs/performance.md: SAM2.1-tiny at 1024x1024, K = 1 and 5, FP32
 # (random-init weights: latency does not depend on them), through `fssam2 bench` and the PyTorch comparison.
 # The runtime runs on the cpu provider and, where openvino is installed, on openvino; PyTorch in FP32 and BF16
 # (autocast). Further artifacts directories (e.g. the INT8 export that passed the fidelity gate) run beside FP32:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # First thing to run on a new GPU machine (desktop GPU or Jetson), from a checkout with fssam2 installed
-# (scripts/setup.sh, plus onnxruntime-gpu and/or TensorRT + cuda-python + polygraphy: README "GPU and Jetson").
+# (scripts/setup.sh, plus onnxruntime-gpu and/or TensorRT + cuda-python + polygraphy: docs/gpu-jetson.md).
 #   1. prints the machine (GPU, driver, compute capability; Jetson: L4T release, nvpmodel, jetson_clocks)
 #      and the versions of onnxruntime (with its providers), TensorRT, cuda-python, polygraphy, torch;
 #   2. exports a random-init SAM2.1 tiny at 1024x1024 (FP32) to $WORK/artifacts;

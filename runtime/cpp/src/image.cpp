@@ -122,7 +122,7 @@ std::vector<uint8_t> resize_bicubic_rgb(const ImageView &rgb, int64_t out_w64, i
     }
     const bool need_horizontal = out_w != in_w, need_vertical = out_h != in_h;
     // Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many
-    // pixels as the width (Pillow <= 12 always went horizontal first; see the README).
+    // pixels as the width (Pillow <= 12 always went horizontal first; see docs/cpp.md).
     const bool horizontal_first = !((in_h - out_h) > 0 && (in_h - out_h) > (in_w - out_w) * 2);
     if (horizontal_first) {
         Coeffs vert = precompute_coeffs(in_h, out_h);
