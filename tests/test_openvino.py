@@ -4,6 +4,7 @@ errors, and the fidelity gate on what OpenVINO runs. Random-init tiny at 256² (
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -93,6 +94,36 @@ def test_cache_builds_then_hits_and_rebuilds_on_a_changed_key(tmp_path, art, mon
     first.write_bytes(b"\0" * first.stat().st_size)  # same size, unreadable: rebuilt with a warning
     with pytest.warns(UserWarning, match="rebuilding unreadable OpenVINO cache entry"):
         assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))[0].cache == "built"
+
+
+_MAPPED_BLOB_SCRIPT = """
+import gc, sys
+from pathlib import Path
+import numpy as np
+from runtime import load_manifest
+from runtime.ov_backend import OpenVinoBackend
+art, cache, graph = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+spec = load_manifest(art, verify_files=False).graphs[graph]
+feeds = {t.name: np.random.default_rng(0).standard_normal(t.shape).astype(t.dtype) for t in spec.inputs}
+built = OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec)
+hits = [OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec) for _ in range(2)]
+del hits[0]  # one graph released while another still runs from its own map
+gc.collect()
+junk = [np.full(1 << 20, 7, np.uint8) for _ in range(64)]  # reuse freed memory
+assert hits[0].cache == "hit", hits[0].cache
+for name, value in built.run(feeds).items():
+    np.testing.assert_array_equal(hits[0].run(feeds)[name], value)
+print("ok")
+"""
+
+
+def test_a_cache_hit_runs_from_its_mapped_blob_and_exits_cleanly(tmp_path, art):
+    """The imported model points into the blob's memory map: the map lives as long as the graph, a released graph
+    does not unmap another's, and a process exiting with graphs alive exits cleanly (a subprocess: a map released
+    too early is a segfault)."""
+    done = subprocess.run([sys.executable, "-c", _MAPPED_BLOB_SCRIPT, str(art), str(tmp_path / "cache"), GRAPH],
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
 
 
 def test_missing_openvino_is_a_clear_error(monkeypatch, art, tmp_path, capsys):
