@@ -61,7 +61,7 @@ def create_backend(provider: str, manifest: Manifest | None = None, *, max_shots
     `tensorrt-native` takes its profiles from the engines themselves; `cache` as in `OrtBackend`.
     `precisions` (openvino only): inference precision by graph name, "*" for all (default: bf16 where offered)."""
     if precisions and provider != "openvino":
-        raise ValueError(f"precisions apply to the openvino provider only, not {provider!r}")
+        raise InputError(f"precisions apply to the openvino provider only, not {provider!r}")
     if provider == "openvino":
         from .ov_backend import OpenVinoBackend
 

@@ -18,14 +18,15 @@ time). openvino is an optional dependency (`pip install 'fssam2[openvino]'`), im
 from __future__ import annotations
 
 import os
-import queue
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from .errors import BackendError, InputError, ProviderUnavailableError
 from .manifest import GRAPH_NAMES, GraphSpec, source_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 
@@ -34,8 +35,6 @@ _FROM_OV = {v: k for k, v in PRECISIONS.items()}
 
 
 def _openvino():
-    from .backends import ProviderUnavailableError
-
     try:
         import openvino
     except ImportError as e:
@@ -48,7 +47,7 @@ def graph_name(path: Path) -> str:
     name = Path(path).name
     found = [g for g in GRAPH_NAMES if name.startswith(g)]
     if not found:
-        raise ValueError(f"{name}: not named after one of the graphs {GRAPH_NAMES}")
+        raise InputError(f"{name}: not named after one of the graphs {GRAPH_NAMES}")
     return found[0]
 
 
@@ -66,18 +65,18 @@ def fold_constants(source: Path, out: Path) -> Path:
     try:
         ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT's own exception types for corrupt files / bad graphs
-        raise RuntimeError(f"could not read {source}: {e}") from e
+        raise BackendError(f"could not read {source}: {e}") from e
     return out
 
 
 class OpenVinoGraph:
-    """A compiled graph; safe to run from many threads (an infer request is not: each call takes one from a pool
-    that grows to the number of concurrent calls)."""
+    """A compiled graph; safe to call from many threads. Calls on one graph run one at a time, on one infer request:
+    with the LATENCY hint a request already uses every core, and concurrent requests would split the cores and sum
+    BF16 products in another order, so results would no longer be bit-identical to serial calls."""
 
     def __init__(self, compiled, device: str, precision: str, cache: str, mapped: np.memmap | None = None):
-        self._compiled = compiled
-        self._idle = queue.SimpleQueue()
-        self._idle.put(compiled.create_infer_request())
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
         self._outputs = [o.get_any_name() for o in compiled.outputs]
         self._mapped = mapped  # the imported blob: the compiled model and its requests point into it (its weights are not copied)
         self.providers = [f"OpenVINO-{device}"]
@@ -85,15 +84,9 @@ class OpenVinoGraph:
         self.cache = cache  # "hit" (compiled blob imported), "built" (compiled and exported now) or "off"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            request = self._idle.get_nowait()
-        except queue.Empty:
-            request = self._compiled.create_infer_request()
-        try:
-            result = request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
-            return {name: result[name] for name in self._outputs}
-        finally:
-            self._idle.put(request)
+        with self._lock:
+            result = self._request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
+        return {name: result[name] for name in self._outputs}
 
 
 class OpenVinoBackend:
@@ -108,8 +101,6 @@ class OpenVinoBackend:
 
     def __init__(self, device: str = "CPU", precision: str = "auto", precisions: Mapping[str, str] | None = None, *,
                  threads: int | None = None, cache: bool = True, cache_dir: str | Path | None = None):
-        from .backends import ProviderUnavailableError
-
         ov = _openvino()
         self._ov, self._core, self.version = ov, ov.Core(), ov.__version__
         self.device, self.name = device, f"openvino-{device}"
@@ -119,12 +110,12 @@ class OpenVinoBackend:
         self.offered = [p for p, cap in (("bf16", "BF16"), ("fp16", "FP16"), ("fp32", "FP32")) if cap in capabilities]
         bad = [g for g in (precisions or {}) if g not in GRAPH_NAMES]
         if bad:
-            raise ValueError(f"unknown graph(s) {bad} in precisions; graphs are {GRAPH_NAMES}")
+            raise InputError(f"unknown graph(s) {bad} in precisions; graphs are {GRAPH_NAMES}")
         self.default_precision = ("bf16" if "bf16" in self.offered else "fp32") if precision == "auto" else precision
         self._precisions = dict(precisions or {})
         for p in {self.default_precision, *self._precisions.values()}:
             if p not in PRECISIONS:
-                raise ValueError(f"unknown precision {p!r}; choose auto or one of {sorted(PRECISIONS)}")
+                raise InputError(f"unknown precision {p!r}; choose auto or one of {sorted(PRECISIONS)}")
             if p not in self.offered:
                 raise ProviderUnavailableError(f"OpenVINO {device} does not offer {p} here (offers {self.offered}); use precision fp32")
         self._threads, self._cache, self._cache_dir = threads, cache, Path(cache_dir) if cache_dir is not None else None
@@ -149,7 +140,7 @@ class OpenVinoBackend:
             try:
                 return self._core.compile_model(str(folded), self.device, config)
             except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
-                raise RuntimeError(f"OpenVINO could not compile {path} for {self.device}: {e}") from e
+                raise BackendError(f"OpenVINO could not compile {path} for {self.device}: {e}") from e
 
     def _import(self, blob: Path, config: dict) -> tuple[object, np.memmap]:
         """(compiled model, its memory map) from an exported blob. The map is copy-on-write (the file is never

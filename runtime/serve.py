@@ -48,7 +48,9 @@ class ServeConfig:
     threads: int | None = None  # ONNX Runtime intra-op threads (None: ORT's choice)
 
 
-class ApiError(Exception):
+class ApiError(Error):
+    """An HTTP error answer: status, a machine-readable code and the message."""
+
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
