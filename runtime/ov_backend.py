@@ -70,9 +70,10 @@ def fold_constants(source: Path, out: Path) -> Path:
 
 
 class OpenVinoGraph:
-    """A compiled graph; safe to call from many threads. Calls on one graph run one at a time, on one infer request:
-    with the LATENCY hint a request already uses every core, and concurrent requests would split the cores and sum
-    BF16 products in another order, so results would no longer be bit-identical to serial calls."""
+    """A compiled graph; safe to call from many threads. Calls on one graph run one at a time on one infer request
+    (with the LATENCY hint one request already uses every core). FP32 results are bit-identical to serial calls; BF16
+    results are not bit-reproducible even serially (OpenVINO's kernels for a dynamic shape change over the first calls,
+    moving BF16 logits by ~5e-3)."""
 
     def __init__(self, compiled, device: str, precision: str, cache: str, mapped: np.memmap | None = None):
         self._request = compiled.create_infer_request()

@@ -188,11 +188,12 @@ def test_gate_judges_what_openvino_runs(art, artifacts, tmp_path, capsys):
 
 
 def test_one_openvino_segmenter_from_many_threads(results, episode):
-    """Concurrent calls on one OpenVINO segmenter are bit-identical to serial calls (one request per graph at a time:
-    concurrent BF16 requests split the cores and round differently)."""
+    """Concurrent calls on one OpenVINO segmenter are bit-identical to serial calls. Checked in FP32: in BF16 OpenVINO
+    is not bit-reproducible even serially (its kernels for a dynamic shape change over the first calls; logits move by
+    ~5e-3), and random-init sets differ too little for a tolerance to see a mix-up."""
     from trt_fakes import assert_threads_match_serial
 
-    seg = results[0]["bf16"]
+    seg = results[0]["fp32"]
     one, two = seg.encode_supports(episode.supports[:1]), seg.encode_supports(episode.supports[1:3])
     jobs = [(episode.query, one), (episode.supports[3][0], two), (episode.query, {"a": one, "b": two})]
     assert assert_threads_match_serial(seg, jobs, threads=3, repeats=2) == 6
