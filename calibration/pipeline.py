@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import dataclasses
 import json
 import logging
@@ -97,6 +98,11 @@ class ConversionResult:
     manifest: Manifest
     reports: dict[str, FidelityReport]  # per distinct file set: "standard", else the providers running it ("cpu+cuda")
     seconds: dict[str, float]
+
+
+def converter(opts: PrecisionOptions) -> Callable[[Path, Path, bool], ConversionResult]:
+    """`opts` bound into a converter for `fssam2_export.export.export_artifacts(convert=...)`."""
+    return lambda fp32_dir, out_dir, progress: convert_artifacts(fp32_dir, out_dir, opts, progress)
 
 
 def graph_precisions(precision: str, module_precision: dict[str, str]) -> dict[str, str]:

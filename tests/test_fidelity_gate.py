@@ -22,7 +22,7 @@ EXPORT = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp("gate") / "fp32"
     assert main(EXPORT + ["--out", str(out), "--no-ort-optimize"]) == 0
@@ -146,7 +146,7 @@ def test_reference_runs_once_per_episode_for_all_candidates_and_stops_early(fp32
 def test_export_gate_exit_codes(fp32, tmp_path, monkeypatch, capsys):
     """fssam2-export: 1 for a broken conversion, 2 when the gate cannot judge, 0 for a faithful one (with phase times)."""
     import calibration.pipeline as pipeline
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     args = EXPORT + ["--precision", "mixed", "--module-precision", "mask_decoder=fp16", "--calib-episodes", "1",
                      "--gate-episodes", "2", "--no-ort-optimize"]

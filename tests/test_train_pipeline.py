@@ -62,7 +62,7 @@ def test_resume_continues_exactly(run, tmp_path):
 
 
 def test_merge_eval_export_eval(run, tmp_path, record_metric):
-    from fssam2_export.cli import main as export_main
+    from calibration.export_cli import main as export_main
     from sam2.build_sam import build_sam2
 
     ckpt = tmp_path / "fssam2_demo.pt"

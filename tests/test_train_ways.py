@@ -23,7 +23,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    from fssam2_export.cli import main as export_main
+    from calibration.export_cli import main as export_main
 
     out = tmp_path_factory.mktemp("ways") / "artifacts"
     assert export_main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE),
