@@ -35,6 +35,7 @@ from runtime.manifest import (
     TensorSpec,
     file_sha256,
 )
+from runtime.outputs import replace_dir
 
 from .engines import EngineSettings, build_engines
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
@@ -172,7 +173,7 @@ def export_artifacts(
             seconds["ort_flavours"] = time.perf_counter() - t0
         if engines is not None:
             manifest = build_engines(tmp, engines, progress=progress).manifest
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -225,16 +226,3 @@ def _export_into(loaded: LoadedModel, tmp: Path, opset: int, progress: bool):
     )
     (tmp / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest, seconds
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-    out.rename(old)
-    tmp.rename(out)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()

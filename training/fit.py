@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fssam2_export.reference import episode_forward
+from runtime.outputs import recover_dir, replace_dir
 
 from .batches import Augment, TrainEpisodes, episode_loss, prepare
 from .datasets import build_dataset
@@ -109,12 +110,6 @@ def _optimizer(model: nn.Module, config: RunConfig, device: torch.device) -> tor
                              betas=(0.9, 0.999), fused=device.type == "cuda")
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
 class _Log:
     def __init__(self, path: Path | None):
         self.path = path
@@ -141,6 +136,11 @@ def fit(config: RunConfig | None, out: str | Path, *, resume: bool = False, stop
 def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | None, dd: _Dist, progress: bool) -> FitResult:
     if resume:
         config = read_config(out)
+        if dd.main:
+            for which in ("last", "best"):  # a save interrupted between its two renames
+                recover_dir(out / which)
+        if dd.world > 1:
+            dist.barrier()  # recovered before any rank looks
         if not (out / "last" / TRAINER_STATE).is_file():
             raise FileNotFoundError(f"nothing to resume in {out}: no last/{TRAINER_STATE}")
     elif config is None:
@@ -207,7 +207,7 @@ def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | No
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                             "best_val_miou": result.best_val_miou}, tmp / TRAINER_STATE)
             (tmp / "state.json").write_text(json.dumps({"step": step, "val_miou": val_miou}) + "\n")
-            _replace_dir(tmp, out / which)
+            replace_dir(tmp, out / which)
         if dd.world > 1:
             dist.barrier()
 
