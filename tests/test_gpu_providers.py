@@ -297,3 +297,28 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
         backend.load(artifacts / spec.file, spec)
     assert (tmp_path / "cache").is_dir()
+
+
+@pytest.mark.parametrize("installed, says", [
+    ({"onnxruntime"}, "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"),
+    ({"onnxruntime", "onnxruntime-gpu"}, "onnxruntime and onnxruntime-gpu are installed together and overwrite each "
+                                        "other's `onnxruntime` module; keep only the GPU build: "
+                                        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"),
+    ({"onnxruntime-gpu"}, "onnxruntime-gpu is installed but does not offer it"),
+    ({"onnxruntime-openvino"}, "pip uninstall -y onnxruntime-openvino && pip install onnxruntime-gpu"),
+])
+def test_missing_cuda_provider_says_what_to_uninstall(monkeypatch, installed, says):
+    """The hint follows the installed ONNX Runtime distributions (metadata faked); it never suggests adding
+    onnxruntime-gpu beside another build."""
+    import runtime.backends as backends
+
+    def version(dist):
+        if dist not in installed:
+            raise backends.metadata.PackageNotFoundError(dist)
+        return "1.0"
+
+    monkeypatch.setattr(backends.metadata, "version", version)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderUnavailableError) as err:
+        OrtBackend("cuda")
+    assert says in str(err.value) and "fssam2[gpu]" not in str(err.value)
