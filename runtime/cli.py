@@ -170,7 +170,7 @@ def _info(args) -> int:
             print(f"made by the same model as {args.artifacts}: usable with these artifacts")
         return 0
     m = load_manifest(args.artifacts)
-    src = "random-init, seed %s" % m.model.seed if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
+    src = f"random-init, seed {m.model.seed}" if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
     print(f"{m.model.name} ({m.model.config}), {src}")
     print(f"precision {m.precision}, image {m.preprocess.image_size}px, schema v{m.schema_version}, created {m.created}")
     for name, g in m.graphs.items():

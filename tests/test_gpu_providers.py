@@ -115,7 +115,7 @@ def test_gpu_providers_disable_cpu_fallback_in_the_options_passed(artifacts, tmp
             backend.load(artifacts / spec.file, spec)
     _CapturedSession.active = ["CPUExecutionProvider"]
     OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         _CapturedSession.made[-1].options.get_session_config_entry("session.disable_cpu_ep_fallback")  # not set
 
 
