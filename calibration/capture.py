@@ -18,7 +18,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
 
-from runtime.fidelity import CALIBRATION_STREAM, Episode, recording_segmenter, run_episode, synthetic_episodes
+from runtime.fidelity import recording_segmenter, run_episode
+from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
 
 FP16_MAX = 65504.0

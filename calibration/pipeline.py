@@ -31,7 +31,6 @@ from fssam2_export.onnx_passes import check_tensorrt_compat
 from fssam2_export.ort_fusion import add_ort_flavours
 from runtime.backends import OrtBackend
 from runtime.fidelity import (
-    CHECK_STREAM,
     FidelityReport,
     GateThresholds,
     StandardGraphs,
@@ -39,6 +38,7 @@ from runtime.fidelity import (
     recording_segmenter,
     run_episode,
 )
+from runtime.synthetic import CHECK_STREAM
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
 
 from .capture import CalibrationData, EpisodeSource, capture

@@ -22,7 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runtime.backends import Graph, OrtBackend
-from runtime.fidelity import StandardGraphs, check_comparable, recording_segmenter, run_episode, synthetic_episodes
+from runtime.fidelity import StandardGraphs, check_comparable, recording_segmenter, run_episode
+from runtime.synthetic import synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, load_manifest
 from runtime.segmenter import FewShotSegmenter
 

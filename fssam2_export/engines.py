@@ -37,13 +37,13 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import OrtBackend
-from runtime.fidelity import (CHECK_STREAM, FidelityReport, GateThresholds, StandardGraphs, compare_artifacts,
-                              recording_segmenter, synthetic_episodes)
+from runtime.fidelity import (FidelityReport, GateThresholds, StandardGraphs, compare_artifacts,
+                              recording_segmenter)
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
 from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
+from runtime.synthetic import CHECK_STREAM, synthetic_episodes, write_episode
 from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
 
-from .synthetic import write_episode
 
 TIMING_CACHE = "timing.cache"
 DEFAULT_WORKSPACE_GB = 4.0

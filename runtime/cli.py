@@ -11,7 +11,8 @@ import numpy as np
 
 from .backends import PROVIDERS, create_backend
 from .errors import Error, FidelityError, InputError
-from .fidelity import GateThresholds, compare_artifacts, synthetic_episodes
+from .fidelity import GateThresholds, compare_artifacts
+from .synthetic import synthetic_episodes
 from . import label, serve
 from .image import load_image, overlay
 from .manifest import load_manifest

@@ -42,7 +42,7 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def episode(tmp_path_factory):
-    from fssam2_export.synthetic import write_episode
+    from runtime.synthetic import write_episode
 
     return write_episode(tmp_path_factory.mktemp("episode"), shots=5, seed=1)
 

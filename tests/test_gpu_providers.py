@@ -14,8 +14,9 @@ from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, crea
 from runtime.backends import ORT_PROVIDERS
 from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
 from runtime.device import DeviceCopies, DeviceTensor, is_support_array
-from runtime.fidelity import Episode as Episode_, recording_segmenter, run_episode
+from runtime.fidelity import recording_segmenter, run_episode
 from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
+from runtime.synthetic import Episode as Episode_
 from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
 from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
 from trt_fakes import BoundCpuBackend

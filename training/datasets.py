@@ -30,7 +30,7 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from fssam2_export.synthetic import class_image
+from runtime.synthetic import class_image
 
 from .splits import read_classwise, read_names
 
@@ -409,7 +409,7 @@ class FssDataset(FewShotDataset):
 
 
 class SyntheticDataset(FewShotDataset):
-    """Generated in memory (fssam2_export.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
+    """Generated in memory (runtime.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
     40 images per class, half of them with a second object of another class. `val` queries are images 36-39
     of the training classes (never used in `trn`); 100 test episodes by default."""
 
