@@ -10,6 +10,7 @@ at most `max_samples` calls per graph.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from runtime.fidelity import recording_segmenter, run_episode
 from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
+from runtime.outputs import write_atomic
 
 FP16_MAX = 65504.0
 
@@ -42,11 +44,12 @@ class CalibrationData:
     feeds: dict[str, list[dict[str, np.ndarray]]]  # graph -> calls -> input name -> array
 
     def save(self, path: str | Path) -> str:
-        """Write a compressed .npz; returns its sha256."""
+        """Write a compressed .npz atomically (a later run loads it as it is); returns its sha256."""
         arrays = {f"{g}/{i:05d}/{k}": v for g, calls in self.feeds.items() for i, feeds in enumerate(calls) for k, v in feeds.items()}
         arrays["__info__"] = np.frombuffer(json.dumps(asdict(self.info)).encode(), np.uint8)
-        np.savez_compressed(path, **arrays)
-        return file_sha256(Path(path))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return file_sha256(write_atomic(path, buf.getbuffer()))
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationData":

@@ -40,6 +40,7 @@ from runtime.backends import OrtBackend
 from runtime.fidelity import (FidelityReport, GateThresholds, StandardGraphs, compare_artifacts,
                               recording_segmenter)
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
+from runtime.outputs import write_atomic
 from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
 from runtime.synthetic import CHECK_STREAM, synthetic_episodes, write_episode
 from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
@@ -325,9 +326,7 @@ def _with_engines(manifest: Manifest, flavours: dict[str, Flavour], version: str
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
     """Replace `root/manifest.json` atomically."""
-    tmp = root / f".{MANIFEST_NAME}.partial"
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, root / MANIFEST_NAME)
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
 
 
 def _version(dist: str) -> str:

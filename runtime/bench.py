@@ -28,6 +28,7 @@ import numpy as np
 
 from .backends import create_backend
 from .manifest import GRAPH_NAMES, Manifest, load_manifest
+from .outputs import write_atomic
 from .segmenter import FewShotSegmenter
 
 SCHEMA = "fssam2-bench/1"
@@ -378,7 +379,4 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())

@@ -16,7 +16,7 @@ from .synthetic import synthetic_episodes
 from . import label, serve
 from .image import load_image, overlay
 from .manifest import load_manifest
-from .outputs import save_png as _save_png
+from .outputs import save_png as _save_png, write_atomic
 from .profiles import DEFAULT_MAX_SHOTS
 from .segmenter import FewShotSegmenter, MultiClassSegmentation
 from .support_set import SupportSet
@@ -201,7 +201,7 @@ def _check(args) -> int:
                                progress=True, stop_early=True)
     print(report.table())
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_atomic(args.json, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
     return report.verdict().exit_code
 
 

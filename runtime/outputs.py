@@ -14,7 +14,7 @@ from PIL import Image
 from .image import label_palette
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
+def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
     """Write `data` to `path` atomically: a temporary file in the same directory, fsynced, then renamed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

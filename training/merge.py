@@ -8,8 +8,8 @@ training configuration and best validation score, the merged file's sha256.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +18,7 @@ import torch
 
 from fssam2_export.models import TRAINING_RECORD_SUFFIX
 from runtime.manifest import file_sha256
+from runtime.outputs import write_atomic
 
 from .lora import load_lora, merge_lora
 from .run import adapters_dir, read_config
@@ -45,10 +46,9 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best") -> MergeRes
     if shapes != base_shapes:
         extra, missing = sorted(set(shapes) - set(base_shapes)), sorted(set(base_shapes) - set(shapes))
         raise RuntimeError(f"merged state dict differs from the base model's: extra {extra[:8]}, missing {missing[:8]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    torch.save({"model": state}, buf)
+    write_atomic(out, buf.getbuffer())
     sha = file_sha256(out)
     adir = adapters_dir(run, which)
     state_file = run / which / "state.json"
@@ -68,7 +68,7 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best") -> MergeRes
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record_path = out.with_name(out.name + TRAINING_RECORD_SUFFIX)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return MergeResult(out, record_path, sha, len(state))
 
 
