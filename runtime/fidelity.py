@@ -27,6 +27,7 @@ import numpy as np
 from .backends import Backend, Graph, OrtBackend
 from .errors import FidelityError
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+from .progress import progress as progress_bar
 from .segmenter import FewShotSegmenter, Segmentation
 from .synthetic import Episode
 
@@ -70,13 +71,13 @@ class RecordingBackend:
         return Recorded()
 
 
-class StandardGraphs:
-    """Wraps a backend under a provider name no flavour lists, so every graph runs from its standard ONNX."""
+class ProviderFiles:
+    """Runs on `inner` (ORT CPU) the graph files the runtime picks for `provider`, so a gate judges exactly those.
+    The default, "standard" (a provider name no flavour lists), runs every graph from its standard ONNX."""
 
-    provider = "standard"
-
-    def __init__(self, inner: Backend):
-        self.inner, self.name = inner, f"{inner.name}-standard"
+    def __init__(self, inner: Backend, provider: str = "standard"):
+        self.inner, self.provider = inner, provider
+        self.name = f"{inner.name}-standard" if provider == "standard" else f"{inner.name}-as-{provider}"
 
     def load(self, path: Path, spec: GraphSpec) -> Graph:
         return self.inner.load(path, spec)
@@ -460,7 +461,7 @@ def compare_candidates(
                             graph_precisions={n: getattr(rec.graphs[n], "precision", g.precision) for n, g in seg.manifest.graphs.items()})
         for key, (seg, rec) in runs.items()}
     clock = seconds if seconds is not None else {}
-    for i, ep in enumerate(_progress(episodes, progress)):
+    for i, ep in enumerate(progress_bar(episodes, desc="fidelity", unit="episode", enabled=progress)):
         t0 = time.perf_counter()
         ref_rec.clear()
         ref = run_episode(ref_seg, ep)
@@ -496,11 +497,3 @@ def compare_artifacts(
                               progress, stop_early)["candidate"]
 
 
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is not a runtime dependency
-        return items
-    return tqdm(items, desc="fidelity", unit="episode")
