@@ -33,7 +33,7 @@ from runtime.backends import OrtBackend
 from runtime.fidelity import (
     FidelityReport,
     GateThresholds,
-    StandardGraphs,
+    ProviderFiles,
     compare_candidates,
     recording_segmenter,
     run_episode,
@@ -262,16 +262,6 @@ def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOpti
     return reports
 
 
-class ProviderFiles:
-    """Runs on `inner` (ORT CPU) the files the runtime picks for `provider`, so the gate judges exactly those."""
-
-    def __init__(self, inner, provider: str):
-        self.inner, self.provider, self.name = inner, provider, f"{inner.name}-as-{provider}"
-
-    def load(self, path: Path, spec: GraphSpec):
-        return self.inner.load(path, spec)
-
-
 def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
     """One backend per distinct set of files the ONNX providers run, keyed "standard" (the standard graphs, what
     TensorRT runs) or by the providers sharing it ("cpu+cuda")."""
@@ -282,7 +272,7 @@ def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
     backends = {}
     for files, providers in sets.items():
         if files == tuple(standard.values()):
-            backends["standard"] = StandardGraphs(cpu)
+            backends["standard"] = ProviderFiles(cpu)
         else:
             backends["+".join(providers)] = ProviderFiles(cpu, providers[0])
     return backends
