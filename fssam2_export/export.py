@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +35,7 @@ from runtime.manifest import (
     file_sha256,
 )
 from runtime.outputs import replace_dir
+from runtime.versions import dist_version
 
 from .engines import EngineSettings, build_engines
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
@@ -80,15 +80,9 @@ def _tensor_specs(values) -> list[TensorSpec]:
     ]
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
 
 def tool_versions(opset: int) -> dict[str, str]:
-    versions = {d: _version(d) for d in ("fssam2", "torch", "sam2", "onnx", "onnxruntime")}
+    versions = {d: dist_version(d) or "not installed" for d in ("fssam2", "torch", "sam2", "onnx", "onnxruntime")}
     return versions | {"python": platform.python_version(), "opset": str(opset), "exporter": "torch.onnx (TorchScript)"}
 
 

@@ -19,7 +19,6 @@ import functools
 import os
 import tempfile
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Protocol
 
@@ -30,6 +29,7 @@ from .manifest import GraphSpec, Manifest, source_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
 from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
+from .versions import dist_version
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -103,7 +103,7 @@ ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "
 def gpu_install_hint() -> str:
     """How to get ONNX Runtime's GPU providers, given the ONNX Runtime distributions installed: they all install the
     one `onnxruntime` module, so a second one (`pip install onnxruntime-gpu` beside `onnxruntime`) shadows the first."""
-    installed = [d for d in ORT_DISTRIBUTIONS if _installed(d)]
+    installed = [d for d in ORT_DISTRIBUTIONS if dist_version(d) is not None]
     if "onnxruntime-gpu" not in installed:
         drop = " ".join(installed) or "onnxruntime"
         return f"replace the installed onnxruntime with the GPU build: pip uninstall -y {drop} && pip install onnxruntime-gpu"
@@ -113,14 +113,6 @@ def gpu_install_hint() -> str:
                 f"keep only the GPU build: pip uninstall -y {' '.join(installed)} && pip install onnxruntime-gpu")
     return ("onnxruntime-gpu is installed but does not offer it: check that its CUDA / cuDNN (and TensorRT) libraries "
             "are the versions it was built for and on the library path")
-
-
-def _installed(dist: str) -> bool:
-    try:
-        metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 class OrtBackend:

@@ -311,14 +311,14 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
 def test_missing_cuda_provider_says_what_to_uninstall(monkeypatch, installed, says):
     """The hint follows the installed ONNX Runtime distributions (metadata faked); it never suggests adding
     onnxruntime-gpu beside another build."""
-    import runtime.backends as backends
+    import runtime.versions as versions
 
     def version(dist):
         if dist not in installed:
-            raise backends.metadata.PackageNotFoundError(dist)
+            raise versions.metadata.PackageNotFoundError(dist)
         return "1.0"
 
-    monkeypatch.setattr(backends.metadata, "version", version)
+    monkeypatch.setattr(versions.metadata, "version", version)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ProviderUnavailableError) as err:
         OrtBackend("cuda")

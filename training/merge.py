@@ -19,6 +19,7 @@ import torch
 from fssam2_export.models import TRAINING_RECORD_SUFFIX
 from runtime.manifest import file_sha256
 from runtime.outputs import write_atomic
+from runtime.versions import dist_version
 
 from .lora import load_lora, merge_lora
 from .run import adapters_dir, read_config
@@ -64,18 +65,9 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best") -> MergeRes
         "run": {"dir": str(run.resolve()), "which": which,
                 "state": json.loads(state_file.read_text()) if state_file.is_file() else None,
                 "config": json.loads(config.to_json())},
-        "tools": {"torch": torch.__version__, "peft": _version("peft"), "sam2": _version("sam2"), "fssam2": _version("fssam2")},
+        "tools": {"torch": torch.__version__, "peft": dist_version("peft"), "sam2": dist_version("sam2"), "fssam2": dist_version("fssam2")},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record_path = out.with_name(out.name + TRAINING_RECORD_SUFFIX)
     write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return MergeResult(out, record_path, sha, len(state))
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
