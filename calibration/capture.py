@@ -111,7 +111,7 @@ class EpisodeSource:
         out = []
         for i in range(count):
             ep, k = data.episode(i), int(rng.integers(shots[0], shots[1] + 1))
-            out.append(Episode([(im, m == 1) for im, m in zip(ep.support_images[:k], ep.support_masks[:k])], ep.query_image))
+            out.append(Episode(ep.supports[:k], ep.query))
         return out
 
 

@@ -83,10 +83,10 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     assert loaded.source.training_record["checkpoint_sha256"] == loaded.source.checkpoint_sha256
     peft_model = load_run_model(run)
     ds_episode = build_dataset("synthetic", None, 0, "test", 2).episode(0)
-    supports = list(zip(ds_episode.support_images, ds_episode.support_masks))
-    with_adapters = reference_episode(peft_model, supports, ds_episode.query_image).logits
-    merged = reference_episode(loaded.model, supports, ds_episode.query_image).logits
-    plain = reference_episode(base, supports, ds_episode.query_image).logits
+    supports = ds_episode.supports
+    with_adapters = reference_episode(peft_model, supports, ds_episode.query).logits
+    merged = reference_episode(loaded.model, supports, ds_episode.query).logits
+    plain = reference_episode(base, supports, ds_episode.query).logits
     err = float(np.abs(merged - with_adapters).max())
     record_metric("merged vs peft run logits max-abs", err)
     assert err <= 1e-5 and np.abs(with_adapters - plain).max() > 1e-4
