@@ -34,7 +34,7 @@ from runtime.manifest import (
     TensorSpec,
     file_sha256,
 )
-from runtime.outputs import replace_dir
+from runtime.outputs import recover_dir, replace_dir
 from runtime.versions import dist_version
 
 from .engines import EngineSettings, build_engines
@@ -142,6 +142,7 @@ def export_artifacts(
     if not 9 <= opset <= 20:
         raise ValueError(f"opset {opset} is outside TensorRT 10's range 9-20")
     out = Path(out_dir)
+    recover_dir(out)  # an earlier replace interrupted between its renames: its old copy is `out` again
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,3 +30,14 @@ def test_recover_dir_after_a_crash_between_the_renames(tmp_path):
     _dir(tmp_path / ".out.old", "stale")  # a crash after the new copy was in: the aside copy goes
     replace_dir(_dir(tmp_path / "new", "new"), final)
     assert (final / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_export_after_an_interrupted_replace_restores_and_keeps_the_old_artifacts(tmp_path):
+    """An export whose replace crashed between the renames left only `.art.old`: the next export puts it back and,
+    without overwrite, refuses to replace it (checked before anything is exported)."""
+    from fssam2_export.export import export_artifacts
+
+    _dir(tmp_path / ".art.old", "old")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_artifacts(None, tmp_path / "art", progress=False)
+    assert (tmp_path / "art" / "f").read_text() == "old" and not (tmp_path / ".art.old").exists()
