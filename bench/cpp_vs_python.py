@@ -3,7 +3,7 @@ same artifacts, same episode, same machine, one after the other. Prints a table;
 
     python bench/cpp_vs_python.py --artifacts artifacts/ [--shots 1 5] [--queries 10] [--build build/cpp]
 
-The episode is synthetic (fssam2_export.synthetic) unless --episode DIR names one written by it. Both
+The episode is synthetic (runtime.synthetic) unless --episode DIR names one written by it. Both
 sides time preprocessing + the graphs + postprocessing of an already decoded query, with --threads
 ONNX Runtime intra-op threads (default 1: steadier on a shared machine). The ONNX Runtimes differ: 1.29
 in C++ (scripts/get_onnxruntime.sh), the installed wheel in Python.
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         episode = args.episode
         if episode is None:
-            from fssam2_export.synthetic import write_episode
+            from runtime.synthetic import write_episode
 
             episode = Path(tmp)
             write_episode(episode, shots=max(args.shots), seed=1)

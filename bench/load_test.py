@@ -75,7 +75,7 @@ def synthetic_images(seed: int = 0) -> tuple[list[tuple[bytes, bytes]], list[tup
     set_a = [tuple(map(_png, scene(96, 128, red, (40 + 8 * i, 60, 25, 35)))) for i in range(2)]
     set_b = [tuple(map(_png, scene(112, 96, blue, (60, 40 + 6 * i, 30, 20)))) for i in range(2)]
     queries = []
-    for i, (h, w) in enumerate([(120, 160), (100, 100), (90, 140), (128, 112)]):
+    for h, w in [(120, 160), (100, 100), (90, 140), (128, 112)]:
         img, _ = scene(h, w, red, (h // 2, w // 3, h // 4, w // 5))
         img[h // 4: h // 2, w // 2: w - 5] = blue
         queries.append(_png(img))

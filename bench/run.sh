@@ -11,7 +11,7 @@ OUT=${OUT:-bench-out}
 FP32=$OUT/art-fp32-1024
 mkdir -p "$OUT"
 if [ ! -f "$FP32/manifest.json" ]; then
-  python -m fssam2_export.cli --model sam2.1_hiera_t --random-init --seed 0 --image-size 1024 --out "$FP32" --quiet
+  python -m calibration.export_cli --model sam2.1_hiera_t --random-init --seed 0 --image-size 1024 --out "$FP32" --quiet
 fi
 threads=()
 if [ -n "${THREADS:-}" ]; then threads=(--threads "$THREADS"); fi

@@ -10,6 +10,7 @@ at most `max_samples` calls per graph.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
 
-from runtime.fidelity import CALIBRATION_STREAM, Episode, recording_segmenter, run_episode, synthetic_episodes
+from runtime.fidelity import recording_segmenter, run_episode
+from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
+from runtime.outputs import write_atomic
 
 FP16_MAX = 65504.0
 
@@ -41,11 +44,12 @@ class CalibrationData:
     feeds: dict[str, list[dict[str, np.ndarray]]]  # graph -> calls -> input name -> array
 
     def save(self, path: str | Path) -> str:
-        """Write a compressed .npz; returns its sha256."""
+        """Write a compressed .npz atomically (a later run loads it as it is); returns its sha256."""
         arrays = {f"{g}/{i:05d}/{k}": v for g, calls in self.feeds.items() for i, feeds in enumerate(calls) for k, v in feeds.items()}
         arrays["__info__"] = np.frombuffer(json.dumps(asdict(self.info)).encode(), np.uint8)
-        np.savez_compressed(path, **arrays)
-        return file_sha256(Path(path))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return file_sha256(write_atomic(path, buf.getbuffer()))
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationData":
@@ -107,7 +111,7 @@ class EpisodeSource:
         out = []
         for i in range(count):
             ep, k = data.episode(i), int(rng.integers(shots[0], shots[1] + 1))
-            out.append(Episode([(im, m == 1) for im, m in zip(ep.support_images[:k], ep.support_masks[:k])], ep.query_image))
+            out.append(Episode(ep.supports[:k], ep.query))
         return out
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import dataclasses
 import json
 import logging
@@ -30,14 +31,14 @@ from fssam2_export.onnx_passes import check_tensorrt_compat
 from fssam2_export.ort_fusion import add_ort_flavours
 from runtime.backends import OrtBackend
 from runtime.fidelity import (
-    CHECK_STREAM,
     FidelityReport,
     GateThresholds,
-    StandardGraphs,
+    ProviderFiles,
     compare_candidates,
     recording_segmenter,
     run_episode,
 )
+from runtime.synthetic import CHECK_STREAM
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
 
 from .capture import CalibrationData, EpisodeSource, capture
@@ -97,6 +98,11 @@ class ConversionResult:
     manifest: Manifest
     reports: dict[str, FidelityReport]  # per distinct file set: "standard", else the providers running it ("cpu+cuda")
     seconds: dict[str, float]
+
+
+def converter(opts: PrecisionOptions) -> Callable[[Path, Path, bool], ConversionResult]:
+    """`opts` bound into a converter for `fssam2_export.export.export_artifacts(convert=...)`."""
+    return lambda fp32_dir, out_dir, progress: convert_artifacts(fp32_dir, out_dir, opts, progress)
 
 
 def graph_precisions(precision: str, module_precision: dict[str, str]) -> dict[str, str]:
@@ -256,16 +262,6 @@ def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOpti
     return reports
 
 
-class ProviderFiles:
-    """Runs on `inner` (ORT CPU) the files the runtime picks for `provider`, so the gate judges exactly those."""
-
-    def __init__(self, inner, provider: str):
-        self.inner, self.provider, self.name = inner, provider, f"{inner.name}-as-{provider}"
-
-    def load(self, path: Path, spec: GraphSpec):
-        return self.inner.load(path, spec)
-
-
 def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
     """One backend per distinct set of files the ONNX providers run, keyed "standard" (the standard graphs, what
     TensorRT runs) or by the providers sharing it ("cpu+cuda")."""
@@ -276,7 +272,7 @@ def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
     backends = {}
     for files, providers in sets.items():
         if files == tuple(standard.values()):
-            backends["standard"] = StandardGraphs(cpu)
+            backends["standard"] = ProviderFiles(cpu)
         else:
             backends["+".join(providers)] = ProviderFiles(cpu, providers[0])
     return backends

@@ -22,7 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runtime.backends import Graph, OrtBackend
-from runtime.fidelity import StandardGraphs, check_comparable, recording_segmenter, run_episode, synthetic_episodes
+from runtime.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
+from runtime.synthetic import synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, load_manifest
 from runtime.segmenter import FewShotSegmenter
 
@@ -45,7 +46,7 @@ def _variants(dirs: list[Path], threads: int | None) -> list[Variant]:
         cpu = OrtBackend("cpu", intra_op_threads=threads)
         backends = [(f"{d.name} ({m.precision})", cpu)]
         if any(g.flavours for g in m.graphs.values()):
-            backends = [(f"{d.name} ({m.precision}, cpu flavours)", cpu), (f"{d.name} ({m.precision}, standard)", StandardGraphs(cpu))]
+            backends = [(f"{d.name} ({m.precision}, cpu flavours)", cpu), (f"{d.name} ({m.precision}, standard)", ProviderFiles(cpu))]
         for label, backend in backends:
             files = {n: g.artifact_for(backend.provider).file for n, g in m.graphs.items()}
             seg, rec = recording_segmenter(d, backend)

@@ -30,20 +30,21 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import OrtBackend
-from runtime.fidelity import (CHECK_STREAM, FidelityReport, GateThresholds, StandardGraphs, compare_artifacts,
-                              recording_segmenter, synthetic_episodes)
+from runtime.fidelity import (FidelityReport, GateThresholds, ProviderFiles, compare_artifacts,
+                              recording_segmenter)
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
+from runtime.outputs import write_atomic
 from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
+from runtime.synthetic import CHECK_STREAM, synthetic_episodes, write_episode
 from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
+from runtime.versions import dist_version
 
-from .synthetic import write_episode
 
 TIMING_CACHE = "timing.cache"
 DEFAULT_WORKSPACE_GB = 4.0
@@ -274,7 +275,7 @@ def _end_to_end(root: Path, manifest: Manifest, engines: list[Path], settings: E
         shots = (1, min(4, settings.max_shots))
         episodes = synthetic_episodes(settings.gate_episodes, 0, shots, manifest.preprocess.image_size, CHECK_STREAM)
         report = compare_artifacts(staging, root, episodes, backend=backend or _native_backend(),
-                                   reference_backend=StandardGraphs(OrtBackend("cpu")),
+                                   reference_backend=ProviderFiles(OrtBackend("cpu")),
                                    thresholds=GateThresholds.for_precision(lowest))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -308,7 +309,7 @@ def _flavour(name: str, spec: GraphSpec, blob: bytes, version: str, device: Devi
             "profiles": {n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for n, p in profiles.items()},
             "shots": {"min": 1, "opt": memory.opt // memory.min, "max": memory.max // memory.min, "tokens_per_support": memory.min},
             "builder": {"strongly_typed": True, "precision_flags": None, "tf32": False, "workspace_bytes": settings.workspace_bytes,
-                        "timing_cache": TIMING_CACHE, "polygraphy": _version("polygraphy")},
+                        "timing_cache": TIMING_CACHE, "polygraphy": (dist_version("polygraphy") or "not installed")},
             "comparison": figures,
         },
     )
@@ -319,22 +320,14 @@ def _with_engines(manifest: Manifest, flavours: dict[str, Flavour], version: str
         name: dataclasses.replace(g, flavours=[f for f in g.flavours if f.kind != ENGINE_KIND] + [flavours[name]])
         for name, g in manifest.graphs.items()
     }
-    tools = manifest.tools | {"tensorrt": version, "polygraphy": _version("polygraphy")}
+    tools = manifest.tools | {"tensorrt": version, "polygraphy": (dist_version("polygraphy") or "not installed")}
     return dataclasses.replace(manifest, graphs=graphs, tools=tools)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
     """Replace `root/manifest.json` atomically."""
-    tmp = root / f".{MANIFEST_NAME}.partial"
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, root / MANIFEST_NAME)
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
 
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,10 +12,11 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 import onnx
 import torch
@@ -33,6 +34,8 @@ from runtime.manifest import (
     TensorSpec,
     file_sha256,
 )
+from runtime.outputs import recover_dir, replace_dir
+from runtime.versions import dist_version
 
 from .engines import EngineSettings, build_engines
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph
@@ -41,7 +44,6 @@ from .onnx_passes import simplify_and_validate
 from .ort_fusion import add_ort_flavours
 from .reference import IMAGENET_MEAN, IMAGENET_STD
 
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 FP32_REFERENCE_DIR = "fp32-reference"  # inside the temp dir: the gate's reference, not kept
 DEFAULT_OPSET = 17
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # FS-SAM2: support mask {0,1} -> logits {-10, 10}
@@ -55,6 +57,18 @@ class ExportReport:
     fidelity_table: str | None = None  # the gate's printed report, for reduced precision
 
 
+class Conversion(Protocol):
+    """What a converter returns (calibration.pipeline.ConversionResult)."""
+
+    manifest: Manifest
+    reports: dict  # per file set: an object with .table()
+    seconds: dict[str, float]
+
+
+# (fp32_dir, out_dir, progress) -> Conversion: writes reduced-precision graphs + manifest into out_dir, gated
+Converter = Callable[[Path, Path, bool], Conversion]
+
+
 def _tensor_specs(values) -> list[TensorSpec]:
     return [
         TensorSpec(
@@ -66,15 +80,9 @@ def _tensor_specs(values) -> list[TensorSpec]:
     ]
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
 
 def tool_versions(opset: int) -> dict[str, str]:
-    versions = {d: _version(d) for d in ("fssam2", "torch", "sam2", "onnx", "onnxruntime")}
+    versions = {d: dist_version(d) or "not installed" for d in ("fssam2", "torch", "sam2", "onnx", "onnxruntime")}
     return versions | {"python": platform.python_version(), "opset": str(opset), "exporter": "torch.onnx (TorchScript)"}
 
 
@@ -115,28 +123,26 @@ def export_artifacts(
     loaded: LoadedModel,
     out_dir: str | Path,
     *,
-    precision: str = "fp32",
+    convert: Converter | None = None,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: bool = True,
-    precision_options=None,
     ort_optimize: bool = True,
     engines: EngineSettings | None = None,
 ) -> ExportReport:
     """Export `loaded` to `out_dir` (graphs + manifest.json). Refuses to replace a non-empty
     directory unless `overwrite`; the replacement happens only after a complete, valid export.
 
-    For fp16 / int8 / mixed, the FP32 graphs are exported into the temp dir first, converted by
-    `calibration.pipeline.convert_artifacts` (a `PrecisionOptions`, default from `precision`) and gated
-    against them; the FP32 reference is not kept. A failing gate raises and writes nothing.
-    `ort_optimize` adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to the final graphs (before the
-    gate for reduced precisions, so the gate judges them),
-    and `engines` builds TensorRT engines from them (`engines.build_engines`)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    Without `convert` the graphs are FP32. With it (reduced precision: `calibration.pipeline.converter`), the FP32
+    graphs are exported into the temp dir first and `convert` writes the converted, gated graphs from them; the FP32
+    reference is not kept and a failing gate raises and writes nothing.
+    `ort_optimize` adds fused-attention flavours for ONNX Runtime (`ort_fusion`) to FP32 graphs (a converter adds
+    its own, before its gate, so the gate judges them),
+    and `engines` builds TensorRT engines from the final graphs (`engines.build_engines`)."""
     if not 9 <= opset <= 20:
         raise ValueError(f"opset {opset} is outside TensorRT 10's range 9-20")
     out = Path(out_dir)
+    recover_dir(out)  # an earlier replace interrupted between its renames: its old copy is `out` again
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,22 +150,17 @@ def export_artifacts(
     tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
     table = None
     try:
-        if precision == "fp32":
-            manifest, seconds = _export_into(loaded, tmp, precision, opset, progress)
+        if convert is None:
+            manifest, seconds = _export_into(loaded, tmp, opset, progress)
         else:
-            from calibration.pipeline import PrecisionOptions, convert_artifacts
-
-            options = dataclasses.replace(precision_options or PrecisionOptions(precision), ort_flavours=ort_optimize)
-            if options.precision != precision:
-                raise ValueError(f"precision {precision!r} but precision options for {options.precision!r}")
             reference = tmp / FP32_REFERENCE_DIR
             reference.mkdir()
-            _, seconds = _export_into(loaded, reference, "fp32", opset, progress)
-            result = convert_artifacts(reference, tmp, options, progress)
+            _, seconds = _export_into(loaded, reference, opset, progress)
+            result = convert(reference, tmp, progress)
             shutil.rmtree(reference)
             manifest, seconds = result.manifest, seconds | result.seconds
             table = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in result.reports.items())
-        if ort_optimize and precision == "fp32":  # reduced precisions: made before their gate, which judges them
+        if ort_optimize and convert is None:  # reduced precisions: made before their gate, which judges them
             t0 = time.perf_counter()
             graphs = add_ort_flavours(tmp, manifest.graphs, {"num_memory_tokens": manifest.episode.tokens_per_support}, progress)
             manifest = dataclasses.replace(manifest, graphs=graphs)
@@ -167,14 +168,14 @@ def export_artifacts(
             seconds["ort_flavours"] = time.perf_counter() - t0
         if engines is not None:
             manifest = build_engines(tmp, engines, progress=progress).manifest
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportReport(out, manifest, seconds, table)
 
 
-def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, progress: bool):
+def _export_into(loaded: LoadedModel, tmp: Path, opset: int, progress: bool):
     graphs = build_graphs(loaded)
     examples = _examples(loaded, graphs)
     specs, seconds = {}, {}
@@ -201,7 +202,7 @@ def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, pro
     s, e = loaded.image_size, loaded.embed_size
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
-        precision=precision,
+        precision="fp32",
         model=ModelInfo(
             name=src.name,
             config=src.config,
@@ -220,16 +221,3 @@ def _export_into(loaded: LoadedModel, tmp: Path, precision: str, opset: int, pro
     )
     (tmp / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest, seconds
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-    out.rename(old)
-    tmp.rename(out)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()

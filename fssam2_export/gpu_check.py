@@ -33,8 +33,8 @@ from runtime.fidelity import (
     episode_fidelity,
 )
 from runtime.segmenter import ModuleTiming, Segmentation
+from runtime.synthetic import write_episode
 
-from .synthetic import write_episode
 
 MODULES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 EPISODE_TRIES = 8  # seeded episodes tried for a judgeable reference mask

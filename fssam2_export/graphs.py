@@ -86,17 +86,25 @@ class MaskDecoderGraph(nn.Module):
         self.mask_decoder = sam.sam_mask_decoder
 
     def forward(self, conditioned_embed, high_res_feat0, high_res_feat1):
-        sparse, dense = self.prompt_encoder(points=padding_point(), boxes=None, masks=None)
-        masks, iou, _, obj = self.mask_decoder(
-            image_embeddings=conditioned_embed,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-            repeat_image=False,
-            high_res_features=[high_res_feat0, high_res_feat1],
-        )
-        return masks, iou, obj
+        return decode_single_mask(self.prompt_encoder, self.mask_decoder, conditioned_embed, padding_point(),
+                                  [high_res_feat0, high_res_feat1])
+
+
+def decode_single_mask(prompt_encoder: nn.Module, mask_decoder: nn.Module, embeddings: torch.Tensor,
+                       points: tuple[torch.Tensor, torch.Tensor], high_res_features: list[torch.Tensor]):
+    """SAM2's mask decoder as FS-SAM2 runs it: the point prompt `points` (the padding point: no prompt), one mask
+    output. Returns (low-res mask logits, IoU score, object score logits)."""
+    sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)
+    masks, iou, _, obj = mask_decoder(
+        image_embeddings=embeddings,
+        image_pe=prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+        repeat_image=False,
+        high_res_features=high_res_features,
+    )
+    return masks, iou, obj
 
 
 def padding_point() -> tuple[torch.Tensor, torch.Tensor]:

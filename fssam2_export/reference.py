@@ -22,7 +22,7 @@ from PIL import Image
 
 from runtime.image import ImageLike, load_image, load_mask
 
-from .graphs import padding_point
+from .graphs import decode_single_mask, padding_point
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,20 +96,9 @@ def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, suppor
     )
     conditioned = conditioned.permute(1, 2, 0).reshape(pix_feat.shape)
     points, labels = padding_point()
-    sparse, dense = model.sam_prompt_encoder(
-        points=(points.to(pix_feat.device).expand(b, -1, -1), labels.to(pix_feat.device).expand(b, -1)),
-        boxes=None,
-        masks=None,
-    )
-    low, ious, _, obj = model.sam_mask_decoder(
-        image_embeddings=conditioned,
-        image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=feats[:-1],
-    )
+    batch_points = (points.to(pix_feat.device).expand(b, -1, -1), labels.to(pix_feat.device).expand(b, -1))
+    low, ious, obj = decode_single_mask(model.sam_prompt_encoder, model.sam_mask_decoder, conditioned, batch_points,
+                                        list(feats[:-1]))
     low = low.float()
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
     return EpisodeOutput(low, full, ious.float(), obj.float())

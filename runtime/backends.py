@@ -29,6 +29,7 @@ from .manifest import GraphSpec, Manifest, source_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
 from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
+from .versions import dist_version
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -96,6 +97,24 @@ class OrtGraph:
         return dict(zip(self._outputs, self._session.run(self._outputs, dict(feeds))))
 
 
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-qnn")
+
+
+def gpu_install_hint() -> str:
+    """How to get ONNX Runtime's GPU providers, given the ONNX Runtime distributions installed: they all install the
+    one `onnxruntime` module, so a second one (`pip install onnxruntime-gpu` beside `onnxruntime`) shadows the first."""
+    installed = [d for d in ORT_DISTRIBUTIONS if dist_version(d) is not None]
+    if "onnxruntime-gpu" not in installed:
+        drop = " ".join(installed) or "onnxruntime"
+        return f"replace the installed onnxruntime with the GPU build: pip uninstall -y {drop} && pip install onnxruntime-gpu"
+    others = [d for d in installed if d != "onnxruntime-gpu"]
+    if others:
+        return (f"{' and '.join(installed)} are installed together and overwrite each other's `onnxruntime` module; "
+                f"keep only the GPU build: pip uninstall -y {' '.join(installed)} && pip install onnxruntime-gpu")
+    return ("onnxruntime-gpu is installed but does not offer it: check that its CUDA / cuDNN (and TensorRT) libraries "
+            "are the versions it was built for and on the library path")
+
+
 class OrtBackend:
     """ONNX Runtime with provider `cpu`, `cuda` or `tensorrt`; refuses to run elsewhere than asked.
 
@@ -122,11 +141,8 @@ class OrtBackend:
         wanted = self._providers[0]
         available = ort.get_available_providers()
         if wanted not in available:
-            hint = {"cuda": "pip install 'fssam2[gpu]' (onnxruntime-gpu)", "tensorrt": "onnxruntime-gpu built with TensorRT"}
             raise ProviderUnavailableError(
-                f"provider {provider!r} needs {wanted}, but this onnxruntime offers {available}; "
-                f"install {hint.get(provider, 'a build that has it')}"
-            )
+                f"provider {provider!r} needs {wanted}, but this onnxruntime offers {available}; {gpu_install_hint()}")
         self._threads = intra_op_threads
         self._shared_arena = shared_arena
         if shared_arena:

@@ -28,6 +28,8 @@ import numpy as np
 
 from .backends import create_backend
 from .manifest import GRAPH_NAMES, Manifest, load_manifest
+from .outputs import write_atomic
+from .progress import progress as progress_bar
 from .segmenter import FewShotSegmenter
 
 SCHEMA = "fssam2-bench/1"
@@ -284,7 +286,7 @@ def run_bench(artifacts: list[Path], providers: list[str], s: BenchSettings, sho
     """All (artifacts, provider) pairs over all K; returns the JSON-ready report."""
     total = len(artifacts) * len(providers) * ((s.warmup + s.supports) + (len(s.shots) + len(s.ways)) * (s.warmup + s.queries))
     runs = []
-    with _progress(total, show_progress) as progress:
+    with progress_bar(total=total, unit="call", enabled=show_progress) as progress:
         for a in artifacts:
             for p in providers:
                 progress.set_description(f"{Path(a).name}/{p}")
@@ -299,25 +301,6 @@ def run_bench(artifacts: list[Path], providers: list[str], s: BenchSettings, sho
         "environment": environment(),
         "runs": [asdict(r) for r in runs],
     }
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None: ...
-
-    def set_description(self, text: str) -> None: ...
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None: ...
-
-
-def _progress(total: int, show: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, unit="call", disable=not show, file=sys.stderr)
 
 
 def format_table(report: dict) -> str:
@@ -378,7 +361,4 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())

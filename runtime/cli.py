@@ -11,11 +11,12 @@ import numpy as np
 
 from .backends import PROVIDERS, create_backend
 from .errors import Error, FidelityError, InputError
-from .fidelity import GateThresholds, compare_artifacts, synthetic_episodes
+from .fidelity import GateThresholds, compare_artifacts
+from .synthetic import synthetic_episodes
 from . import label, serve
 from .image import load_image, overlay
 from .manifest import load_manifest
-from .outputs import save_png as _save_png
+from .outputs import save_png as _save_png, write_atomic
 from .profiles import DEFAULT_MAX_SHOTS
 from .segmenter import FewShotSegmenter, MultiClassSegmentation
 from .support_set import SupportSet
@@ -170,7 +171,7 @@ def _info(args) -> int:
             print(f"made by the same model as {args.artifacts}: usable with these artifacts")
         return 0
     m = load_manifest(args.artifacts)
-    src = "random-init, seed %s" % m.model.seed if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
+    src = f"random-init, seed {m.model.seed}" if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
     print(f"{m.model.name} ({m.model.config}), {src}")
     print(f"precision {m.precision}, image {m.preprocess.image_size}px, schema v{m.schema_version}, created {m.created}")
     for name, g in m.graphs.items():
@@ -200,7 +201,7 @@ def _check(args) -> int:
                                progress=True, stop_early=True)
     print(report.table())
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_atomic(args.json, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
     return report.verdict().exit_code
 
 

@@ -12,8 +12,7 @@ every candidate on it:
   of the IoU (an IoU of two full masks says nothing).
 
 `GateThresholds` + `FidelityReport.verdict()` turn a report into pass / fail / refused (too few judgeable
-episodes). `synthetic_episodes` makes seeded episodes (textured polygons on textured backgrounds, numpy +
-Pillow) for calibration and checks.
+episodes). The episodes judged are `runtime.synthetic.synthetic_episodes` or a benchmark's (calibration).
 """
 
 from __future__ import annotations
@@ -24,55 +23,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from .backends import Backend, Graph, OrtBackend
-from .errors import FidelityError, InputError
+from .errors import FidelityError
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+from .progress import progress as progress_bar
 from .segmenter import FewShotSegmenter, Segmentation
-
-# Seed streams: calibration and the gate draw episodes from different streams of the same seed.
-CALIBRATION_STREAM, CHECK_STREAM = 0, 1
-
-
-@dataclass(frozen=True)
-class Episode:
-    supports: list[tuple[np.ndarray, np.ndarray]]  # (RGB uint8 (H, W, 3), bool mask (H, W)) per shot
-    query: np.ndarray
-
-
-def _sample(rng: np.random.Generator, h: int, w: int, color: np.ndarray, sides: int) -> tuple[np.ndarray, np.ndarray]:
-    coarse = rng.uniform(0, 255, size=(max(h // 32, 2), max(w // 32, 2), 3)).astype(np.uint8)
-    bg = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), np.float32)
-    bg += rng.normal(0, 12, size=(h, w, 3))
-    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, rng.uniform(0.15, 0.3) * min(h, w)
-    angles = np.sort(rng.uniform(0, 2 * np.pi, sides))
-    radii = r * rng.uniform(0.7, 1.0, sides)
-    poly = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(poly).polygon([(float(cx + q * np.cos(a)), float(cy + q * np.sin(a))) for a, q in zip(angles, radii)], fill=255)
-    mask = np.asarray(poly) > 0
-    yy, xx = np.mgrid[0:h, 0:w]
-    texture = color + 25 * (np.sin(xx / 4.0) * np.cos(yy / 4.0))[..., None]
-    bg[mask] = texture[mask]
-    return np.clip(bg, 0, 255).astype(np.uint8), mask
-
-
-def synthetic_episodes(count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CHECK_STREAM) -> list[Episode]:
-    """`count` episodes with K drawn uniformly from `shots` = (min, max) inclusive; images of varied
-    sizes around `size`. Episode i depends only on (stream, seed, i)."""
-    lo, hi = shots
-    if not 1 <= lo <= hi:
-        raise InputError(f"shots range must satisfy 1 <= min <= max, got {shots}")
-    episodes = []
-    for i in range(count):
-        rng = np.random.default_rng([stream, seed, i])
-        k = int(rng.integers(lo, hi + 1))
-        color, sides = rng.uniform(40, 215, 3), int(rng.integers(3, 9))
-        dims = [tuple(int(v) for v in rng.integers(size * 3 // 4, size * 5 // 4 + 1, 2)) for _ in range(k + 1)]
-        samples = [_sample(rng, h, w, color, sides) for h, w in dims]
-        episodes.append(Episode(samples[:k], samples[k][0]))
-    return episodes
-
+from .synthetic import Episode
 
 def run_episode(seg: FewShotSegmenter, episode: Episode):
     return seg.segment(episode.query, seg.encode_supports(episode.supports))
@@ -114,13 +71,13 @@ class RecordingBackend:
         return Recorded()
 
 
-class StandardGraphs:
-    """Wraps a backend under a provider name no flavour lists, so every graph runs from its standard ONNX."""
+class ProviderFiles:
+    """Runs on `inner` (ORT CPU) the graph files the runtime picks for `provider`, so a gate judges exactly those.
+    The default, "standard" (a provider name no flavour lists), runs every graph from its standard ONNX."""
 
-    provider = "standard"
-
-    def __init__(self, inner: Backend):
-        self.inner, self.name = inner, f"{inner.name}-standard"
+    def __init__(self, inner: Backend, provider: str = "standard"):
+        self.inner, self.provider = inner, provider
+        self.name = f"{inner.name}-standard" if provider == "standard" else f"{inner.name}-as-{provider}"
 
     def load(self, path: Path, spec: GraphSpec) -> Graph:
         return self.inner.load(path, spec)
@@ -504,7 +461,7 @@ def compare_candidates(
                             graph_precisions={n: getattr(rec.graphs[n], "precision", g.precision) for n, g in seg.manifest.graphs.items()})
         for key, (seg, rec) in runs.items()}
     clock = seconds if seconds is not None else {}
-    for i, ep in enumerate(_progress(episodes, progress)):
+    for i, ep in enumerate(progress_bar(episodes, desc="fidelity", unit="episode", enabled=progress)):
         t0 = time.perf_counter()
         ref_rec.clear()
         ref = run_episode(ref_seg, ep)
@@ -540,11 +497,3 @@ def compare_artifacts(
                               progress, stop_early)["candidate"]
 
 
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is not a runtime dependency
-        return items
-    return tqdm(items, desc="fidelity", unit="episode")

@@ -8,14 +8,13 @@ decoder logits upsampled bilinearly (torch semantics) to the model size, then to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
 
 from .errors import InputError
 
-ImageLike = Union[str, Path, np.ndarray, Image.Image]
+ImageLike = str | Path | np.ndarray | Image.Image
 
 
 def load_image(src: ImageLike) -> np.ndarray:

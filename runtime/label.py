@@ -28,6 +28,7 @@ from .errors import Error, InputError
 from .guard import ImageLimits, decode_image, read_bytes
 from .image import overlay as draw_overlay
 from .outputs import save_png, write_atomic
+from .progress import progress as progress_bar
 from .store import set_digest
 from .support_set import SupportSet
 
@@ -224,33 +225,22 @@ def run_job(items: list[Item], job: LabelJob, sets: Mapping[str, SupportSet],
     journal = Journal(job, job_description(sets, job.overlay))
     todo = [it for it in items if it.key not in journal.done]
     summary = Summary(skipped=len(items) - len(todo))
-    bar = _progress(len(items), summary.skipped, progress)
+    bar = progress_bar(total=len(items), initial=summary.skipped, unit="img", desc="label", dynamic_ncols=True,
+                       enabled=progress)
     t0 = time.perf_counter()
     try:
         for record in process(todo):
             journal.append(record)
             summary.add(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(failed=summary.failed, refresh=False)
+            bar.update(1)
+            bar.set_postfix(failed=summary.failed, refresh=False)
     finally:
         summary.seconds = time.perf_counter() - t0
         journal.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     if table == "parquet":
         write_parquet(journal.records(), job.out / PARQUET)
     return summary
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="img", desc="label", dynamic_ncols=True)
 
 
 def run_local(labeler: Labeler, items: list[Item], **kwargs) -> Summary:

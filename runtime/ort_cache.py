@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .outputs import write_atomic
+
 CACHE_DIRNAME = ".ort_cache"  # ONNX Runtime's; other kinds (`runtime.ov_backend`) use .<kind>_cache
 
 
@@ -80,18 +82,15 @@ class CacheEntry:
     def commit(self, tmp_model: Path) -> None:
         """Move a freshly written optimised model into place, then its sidecar (both atomically)."""
         os.replace(tmp_model, self.model)
-        _write_atomic(self.sidecar, json.dumps({"key": asdict(self.key), "size": self.model.stat().st_size}, indent=2))
+        self._seal()
 
+    def write(self, data: bytes) -> None:
+        """Write the model's bytes into place, then its sidecar (both atomically)."""
+        write_atomic(self.model, data)
+        self._seal()
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def _seal(self) -> None:
+        write_atomic(self.sidecar, json.dumps({"key": asdict(self.key), "size": self.model.stat().st_size}, indent=2).encode())
 
 
 def _writable_dir(path: Path) -> bool:

@@ -17,7 +17,6 @@ time). openvino is an optional dependency (`pip install 'fssam2[openvino]'`), im
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import warnings
@@ -159,16 +158,10 @@ class OpenVinoBackend:
                 warnings.warn(f"rebuilding unreadable OpenVINO cache entry {entry.model}: {e}", stacklevel=3)
         compiled = self._compile(path, config)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{entry.model.name}.", suffix=".blob", dir=entry.model.parent)
+            entry.write(compiled.export_model().getvalue())
         except OSError as e:  # a read-only directory that held a valid (now unreadable) entry
             warnings.warn(f"cannot rewrite OpenVINO cache entry {entry.model} ({e}); not cached", stacklevel=3)
             return compiled, None, "off"
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(compiled.export_model().getbuffer())
-            entry.commit(Path(tmp))
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return compiled, None, "built"
 
     def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph:

@@ -53,8 +53,8 @@ def input_profiles(spec: GraphSpec, dims: dict[str, DimRange]) -> dict[str, Inpu
         unknown = [d for d in t.shape if isinstance(d, str) and d not in dims]
         if unknown:
             raise InputError(f"input '{t.name}' has dynamic axis {unknown[0]!r} with no range (known: {sorted(dims)})")
-        pick = lambda k: tuple(getattr(dims[d], k) if isinstance(d, str) else d for d in t.shape)  # noqa: E731
-        out[t.name] = InputProfile(pick("min"), pick("opt"), pick("max"))
+        out[t.name] = InputProfile(*(tuple(getattr(dims[d], k) if isinstance(d, str) else d for d in t.shape)
+                                     for k in ("min", "opt", "max")))
     return out
 
 

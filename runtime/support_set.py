@@ -9,25 +9,18 @@ with `save` and read back with `SupportSet.load(path, seg)`; the file format is 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SupportSetError
 from .manifest import Manifest
+from .versions import dist_version
 
 FORMAT = "fssam2-support-set"
 FORMAT_VERSION = 1
 SUFFIX = ".fssam2"
 TENSORS = ("memory", "memory_pos", "image_sizes", "mask_areas")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("fssam2")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ class SupportSet:
     image_sizes: np.ndarray  # (K, 2) int32: each support image's (height, width)
     mask_areas: np.ndarray  # (K,) int64: each support mask's foreground pixels, in its source size
     fingerprint: Fingerprint
-    fssam2_version: str = _version()
+    fssam2_version: str = dist_version("fssam2") or "unknown"
 
     def __post_init__(self):
         f = self.fingerprint

@@ -36,7 +36,7 @@ except ImportError as e:
 PY
 
 echo "== export: sam2.1_hiera_t, random-init, ${SIZE}px, fp32 -> $WORK/artifacts"
-python -m fssam2_export.cli --model sam2.1_hiera_t --random-init --seed 0 --image-size "$SIZE" \
+python -m calibration.export_cli --model sam2.1_hiera_t --random-init --seed 0 --image-size "$SIZE" \
   --out "$WORK/artifacts" --overwrite --quiet
 
 if python -c "import tensorrt" 2>/dev/null; then

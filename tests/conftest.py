@@ -31,7 +31,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Path:
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp("export") / "artifacts"
     rc = main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", str(SMALL),
@@ -42,7 +42,7 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def episode(tmp_path_factory):
-    from fssam2_export.synthetic import write_episode
+    from runtime.synthetic import write_episode
 
     return write_episode(tmp_path_factory.mktemp("episode"), shots=5, seed=1)
 
@@ -68,7 +68,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def artifacts_128(tmp_path_factory) -> Path:
     """The tiny model at 128x128: label / serve / Ray tests, where many queries run."""
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp("export128") / "artifacts"
     rc = main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", "128",

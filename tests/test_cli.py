@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fssam2_export import cli as export_cli
+from calibration import export_cli
 from fssam2_export import export as export_mod
 from runtime import FewShotSegmenter
 from runtime import cli as runtime_cli

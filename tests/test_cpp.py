@@ -595,11 +595,21 @@ def _provider_options(lib, artifacts: Path, options, graph: str) -> list:
     return [(ep, opts) if opts else ep for ep, opts in eps.items()]
 
 
-@pytest.mark.parametrize("provider,device_id,max_shots,cache", [("tensorrt", 0, 8, None), ("tensorrt", 1, 3, "/var/cache/x"),
-                                                                ("cuda", 2, 8, None), ("cpu", 0, 8, None)])
-def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_shots, cache):
-    """The C options give ORT the same providers, TensorRT EP caches and memory-axis profiles as the Python
-    backend (runtime.ort_gpu / runtime.profiles), per graph; written, not run on a GPU."""
+# every ONNX Runtime provider, and every option of the C struct that reaches ORT, away from its default at least once
+PROVIDER_OPTION_CASES = [("tensorrt", 0, 8, None, None), ("tensorrt", 1, 3, "/var/cache/x", 1 << 28),
+                         ("cuda", 2, 8, None, None), ("cpu", 0, 8, None, None)]
+
+
+def test_provider_option_cases_cover_every_ort_provider():
+    from runtime.backends import ORT_PROVIDERS
+
+    assert {case[0] for case in PROVIDER_OPTION_CASES} == set(ORT_PROVIDERS)
+
+
+@pytest.mark.parametrize("provider,device_id,max_shots,cache,workspace", PROVIDER_OPTION_CASES)
+def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_shots, cache, workspace):
+    """The C options give ORT the same providers, TensorRT EP caches, workspace and memory-axis profiles as the
+    Python backend (runtime.ort_gpu / runtime.profiles), per graph; written, not run on a GPU."""
     from runtime.backends import ORT_PROVIDERS
     from runtime.manifest import load_manifest
     from runtime.ort_gpu import ORT_TRT_CACHE_DIR, ort_provider_list
@@ -610,10 +620,11 @@ def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_
     lib.fssam2_options_init_sized(C.byref(opts), C.sizeof(Options))
     opts.provider, opts.device_id, opts.max_shots = provider.encode(), device_id, max_shots
     opts.trt_cache_dir = cache.encode() if cache else None
+    opts.trt_workspace_bytes = workspace or 0  # 0: the default
     for name, spec in manifest.graphs.items():
         profiles = input_profiles(spec, memory_dim_ranges(manifest.episode, max_shots)) if provider == "tensorrt" else {}
         expected = ort_provider_list(ORT_PROVIDERS[provider], profiles, Path(cache or artifacts / ORT_TRT_CACHE_DIR),
-                                     device_id=device_id)
+                                     device_id=device_id, **({"workspace_bytes": workspace} if workspace else {}))
         assert _provider_options(lib, artifacts, opts, name) == expected, name
     assert not (artifacts / ORT_TRT_CACHE_DIR).exists()
 

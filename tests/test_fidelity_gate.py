@@ -15,6 +15,7 @@ from graph_edits import edit_outputs
 from runtime import cli as runtime_cli
 from runtime import fidelity
 from runtime.manifest import MANIFEST_NAME, file_sha256, load_manifest
+from runtime.synthetic import synthetic_episodes
 
 SIZE = 128
 EXPORT = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE), "--quiet"]
@@ -22,7 +23,7 @@ EXPORT = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp("gate") / "fp32"
     assert main(EXPORT + ["--out", str(out), "--no-ort-optimize"]) == 0
@@ -127,7 +128,7 @@ def test_reference_runs_once_per_episode_for_all_candidates_and_stops_early(fp32
     runs: list[str] = []
     real = fidelity.run_episode
     monkeypatch.setattr(fidelity, "run_episode", lambda seg, ep: runs.append(str(seg.artifacts_dir)) or real(seg, ep))
-    episodes = fidelity.synthetic_episodes(3, 0, (1, 2), SIZE)
+    episodes = synthetic_episodes(3, 0, (1, 2), SIZE)
     thresholds = fidelity.GateThresholds.for_precision("fp16")
     seconds: dict[str, float] = {}
     reports = fidelity.compare_candidates({"a": (same, None), "b": (same, None)}, fp32, episodes, thresholds=thresholds,
@@ -146,7 +147,7 @@ def test_reference_runs_once_per_episode_for_all_candidates_and_stops_early(fp32
 def test_export_gate_exit_codes(fp32, tmp_path, monkeypatch, capsys):
     """fssam2-export: 1 for a broken conversion, 2 when the gate cannot judge, 0 for a faithful one (with phase times)."""
     import calibration.pipeline as pipeline
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     args = EXPORT + ["--precision", "mixed", "--module-precision", "mask_decoder=fp16", "--calib-episodes", "1",
                      "--gate-episodes", "2", "--no-ort-optimize"]

@@ -14,8 +14,9 @@ from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, crea
 from runtime.backends import ORT_PROVIDERS
 from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
 from runtime.device import DeviceCopies, DeviceTensor, is_support_array
-from runtime.fidelity import Episode as Episode_, recording_segmenter, run_episode
+from runtime.fidelity import recording_segmenter, run_episode
 from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
+from runtime.synthetic import Episode as Episode_
 from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
 from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
 from trt_fakes import BoundCpuBackend
@@ -115,7 +116,7 @@ def test_gpu_providers_disable_cpu_fallback_in_the_options_passed(artifacts, tmp
             backend.load(artifacts / spec.file, spec)
     _CapturedSession.active = ["CPUExecutionProvider"]
     OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         _CapturedSession.made[-1].options.get_session_config_entry("session.disable_cpu_ep_fallback")  # not set
 
 
@@ -297,3 +298,28 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
         backend.load(artifacts / spec.file, spec)
     assert (tmp_path / "cache").is_dir()
+
+
+@pytest.mark.parametrize("installed, says", [
+    ({"onnxruntime"}, "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"),
+    ({"onnxruntime", "onnxruntime-gpu"}, "onnxruntime and onnxruntime-gpu are installed together and overwrite each "
+                                        "other's `onnxruntime` module; keep only the GPU build: "
+                                        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"),
+    ({"onnxruntime-gpu"}, "onnxruntime-gpu is installed but does not offer it"),
+    ({"onnxruntime-openvino"}, "pip uninstall -y onnxruntime-openvino && pip install onnxruntime-gpu"),
+])
+def test_missing_cuda_provider_says_what_to_uninstall(monkeypatch, installed, says):
+    """The hint follows the installed ONNX Runtime distributions (metadata faked); it never suggests adding
+    onnxruntime-gpu beside another build."""
+    import runtime.versions as versions
+
+    def version(dist):
+        if dist not in installed:
+            raise versions.metadata.PackageNotFoundError(dist)
+        return "1.0"
+
+    monkeypatch.setattr(versions.metadata, "version", version)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderUnavailableError) as err:
+        OrtBackend("cuda")
+    assert says in str(err.value) and "fssam2[gpu]" not in str(err.value)

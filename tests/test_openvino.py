@@ -15,7 +15,8 @@ pytest.importorskip("openvino")
 
 from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
-from runtime.fidelity import GateThresholds, iou, pearson, run_episode, synthetic_episodes  # noqa: E402
+from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
+from runtime.synthetic import synthetic_episodes  # noqa: E402
 from runtime.manifest import file_sha256  # noqa: E402
 from runtime.ov_backend import OpenVinoBackend  # noqa: E402
 

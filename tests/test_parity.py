@@ -62,7 +62,7 @@ def test_more_supports_change_the_prediction(segmenter, episode):
 
 def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episode, tmp_path):
     """A checkpoint in sam2's format drives both sides: CLI export from it, reference built from it."""
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
     from fssam2_export.models import build_model, save_checkpoint
 
     ckpt = tmp_path / "tiny.pt"

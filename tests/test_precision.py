@@ -23,7 +23,7 @@ NOT_TRT = ("QLinear", "Integer", "DynamicQuantizeLinear")
 
 
 def _export(tmp_path_factory, name, *extra):
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp(name) / "art"
     assert main(ARGS + ["--out", str(out), *extra]) == 0
@@ -214,7 +214,7 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_pa
     out = tmp_path / "art"
     loaded = build_model("sam2.1_hiera_t", random_init=True, seed=0, image_size=SIZE)
     with pytest.raises(pipeline.GateError, match="worst graph memory_attention") as err:
-        export_artifacts(loaded, out, precision="mixed", progress=False, precision_options=options)
+        export_artifacts(loaded, out, convert=pipeline.converter(options), progress=False)
     assert "first diverging node /memory_attention/layers.0/" in str(err.value)
     assert not list(tmp_path.iterdir()), "a failed gate must leave nothing behind"
 
@@ -283,7 +283,7 @@ def test_calibration_from_a_real_benchmark_layout(artifacts, tmp_path, monkeypat
 
     import training.datasets as datasets
     from calibration.capture import EpisodeSource, capture
-    from fssam2_export import cli as export_cli
+    from calibration import export_cli
 
     rng = np.random.default_rng(0)
     lists = tmp_path / "lists" / "fss"

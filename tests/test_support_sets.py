@@ -32,7 +32,7 @@ def test_encode_supports_makes_an_immutable_set(seg, episode, sets):
     assert cats.memory.flags.c_contiguous and cats.memory_pos.flags.c_contiguous
     from PIL import Image
 
-    for (image, mask), size, area in zip(episode.supports[:2], cats.image_sizes, cats.mask_areas):
+    for (_, mask), size, area in zip(episode.supports[:2], cats.image_sizes, cats.mask_areas):
         m = np.asarray(Image.open(mask)) > 0
         assert tuple(size) == m.shape and area == m.sum() and 0 < area < m.size
     with pytest.raises(ValueError, match="read-only"):

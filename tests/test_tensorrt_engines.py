@@ -312,7 +312,7 @@ def test_export_cli_without_tensorrt_fails_before_exporting(tmp_path, capsys):
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    from fssam2_export.cli import main
+    from calibration.export_cli import main
 
     rc = main(["--random-init", "--seed", "0", "--image-size", "64", "--engine", "tensorrt", "--out", str(tmp_path / "a"), "--quiet"])
     assert rc == 2 and "needs TensorRT" in capsys.readouterr().err

@@ -79,9 +79,9 @@ def test_pascal_test_episodes_are_fs_sam2s(pascal_root):
         q, sup, c = _reference_pascal_episode(names, classwise, ds.class_ids, 42, idx, 2, labels)
         assert (spec.query, list(spec.supports), spec.class_id) == (q, sup, c)
     ep = ds.episode(3)
-    assert ep.spec == ds.spec(3) and ep.query_image.shape == (40, 48, 3)
+    assert ep.spec == ds.spec(3) and ep.query.shape == (40, 48, 3)
     assert set(np.unique(ep.query_mask)) <= {0, 1, IGNORE} and (ep.query_mask[20] == IGNORE).all()
-    assert all(set(np.unique(m)) <= {0, 1} and m.any() for m in ep.support_masks)  # ignore -> background in supports
+    assert all(set(np.unique(m)) <= {0, 1} and m.any() for _, m in ep.supports)  # ignore -> background in supports
 
 
 def test_pascal_validation_is_held_out_and_disjoint_from_training(pascal_root):
@@ -196,8 +196,8 @@ def test_synthetic_episodes_are_deterministic_and_split_by_class():
     trn = build_dataset("synthetic", None, 1, "trn", 3)
     assert test.class_ids == [5, 6, 7, 8, 9] and not set(test.class_ids) & set(trn.class_ids)
     a, b = test.episode(7), test.episode(7)
-    assert a.spec == b.spec and np.array_equal(a.query_image, b.query_image) and np.array_equal(a.query_mask, b.query_mask)
-    assert a.query_mask.any() and all(m.any() for m in a.support_masks)
+    assert a.spec == b.spec and np.array_equal(a.query, b.query) and np.array_equal(a.query_mask, b.query_mask)
+    assert a.query_mask.any() and all(m.any() for _, m in a.supports)
 
 
 def test_unknown_dataset_and_fold():

@@ -3,6 +3,7 @@ fit (+ exact resume), eval of the run, merge into an official checkpoint, sam2's
 and eval of the exported artifacts through the runtime on the same episodes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_resume_continues_exactly(run, tmp_path):
 
 
 def test_merge_eval_export_eval(run, tmp_path, record_metric):
-    from fssam2_export.cli import main as export_main
+    from calibration.export_cli import main as export_main
     from sam2.build_sam import build_sam2
 
     ckpt = tmp_path / "fssam2_demo.pt"
@@ -82,10 +83,10 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     assert loaded.source.training_record["checkpoint_sha256"] == loaded.source.checkpoint_sha256
     peft_model = load_run_model(run)
     ds_episode = build_dataset("synthetic", None, 0, "test", 2).episode(0)
-    supports = list(zip(ds_episode.support_images, ds_episode.support_masks))
-    with_adapters = reference_episode(peft_model, supports, ds_episode.query_image).logits
-    merged = reference_episode(loaded.model, supports, ds_episode.query_image).logits
-    plain = reference_episode(base, supports, ds_episode.query_image).logits
+    supports = ds_episode.supports
+    with_adapters = reference_episode(peft_model, supports, ds_episode.query).logits
+    merged = reference_episode(loaded.model, supports, ds_episode.query).logits
+    plain = reference_episode(base, supports, ds_episode.query).logits
     err = float(np.abs(merged - with_adapters).max())
     record_metric("merged vs peft run logits max-abs", err)
     assert err <= 1e-5 and np.abs(with_adapters - plain).max() > 1e-4
@@ -107,3 +108,27 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     record_metric("eval per-episode IoU |torch - runtime| max", max(diffs))
     assert max(diffs) <= 5e-3 and abs(t.miou - r.miou) <= 5e-3
     assert any(0 < e.iou[0] < 1 for e in t.episodes), "degenerate predictions would make the comparison vacuous"
+
+
+def test_a_crash_while_saving_keeps_the_resume_state(run, tmp_path, monkeypatch):
+    """A crash between the two renames of `last/` (old aside, new in) loses nothing: the resume finds the aside
+    copy and continues exactly (the delete-then-rename it replaces lost `last/` here)."""
+    out = tmp_path / "crashed"
+    assert main(FIT + ["--out", str(out), "--stop-after", "2"]) == 0
+    rename = Path.rename
+
+    def crash_before_the_new_copy(self, target):
+        if self.name == ".last.tmp":
+            raise KeyboardInterrupt("killed while saving")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_before_the_new_copy)
+    with pytest.raises(KeyboardInterrupt):
+        main(["fit", "--resume", "--out", str(out), "--quiet", "--stop-after", "1"])
+    monkeypatch.undo()
+    assert not (out / "last").exists()
+    assert json.loads((out / ".last.old" / "state.json").read_text())["step"] == 2
+    assert main(["fit", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert not (out / ".last.old").exists()
+    a, b = _adapters(run), _adapters(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])

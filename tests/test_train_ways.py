@@ -23,7 +23,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    from fssam2_export.cli import main as export_main
+    from calibration.export_cli import main as export_main
 
     out = tmp_path_factory.mktemp("ways") / "artifacts"
     assert export_main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE),
@@ -33,15 +33,15 @@ def art(tmp_path_factory):
 
 def test_reference_ways_equals_one_episode_per_class(model, record_metric):
     ep = build_dataset("synthetic", None, 0, "test", 2).ways_episode(0, WAYS)
-    ways = reference_ways(model, ep.supports, ep.query_image)
-    singles = [reference_episode(model, supports, ep.query_image) for supports in ep.supports]
+    ways = reference_ways(model, ep.supports, ep.query)
+    singles = [reference_episode(model, supports, ep.query) for supports in ep.supports]
     err = max(float(np.abs(w.logits - s.logits).max()) for w, s in zip(ways, singles))
     record_metric("N-way torch forward vs N 1-way episodes, logits max-abs", err)
     assert err <= 1e-5
     assert all(abs(w.object_score - s.object_score) <= 1e-5 for w, s in zip(ways, singles))
     assert np.abs(ways[0].logits - ways[1].logits).max() > 1e-3  # the classes' supports matter
     with pytest.raises(ValueError, match="same number of supports"):
-        reference_ways(model, [ep.supports[0], ep.supports[1][:1]], ep.query_image)
+        reference_ways(model, [ep.supports[0], ep.supports[1][:1]], ep.query)
     x = torch.zeros(3, 2, 3, SIZE, SIZE)
     with pytest.raises(ValueError, match="2 queries for 3 episodes"):
         episode_forward(model, x, torch.ones(3, 2, SIZE, SIZE), torch.zeros(2, 3, SIZE, SIZE))

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pathlib import Path
-
 from runtime.manifest import GraphSpec
 from runtime.ort_gpu import OrtDeviceGraph
 from runtime.profiles import InputProfile

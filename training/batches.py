@@ -44,9 +44,9 @@ class TrainEpisodes(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ep = self.dataset.episode(index, self.epoch)
         return {
-            "support_images": torch.stack([_image(im, self.size) for im in ep.support_images]),  # (K, 3, S, S)
-            "support_masks": torch.stack([_mask(m, self.size) for m in ep.support_masks]),  # (K, S, S)
-            "query_image": _image(ep.query_image, self.size),  # (3, S, S)
+            "support_images": torch.stack([_image(im, self.size) for im, _ in ep.supports]),  # (K, 3, S, S)
+            "support_masks": torch.stack([_mask(m, self.size) for _, m in ep.supports]),  # (K, S, S)
+            "query_image": _image(ep.query, self.size),  # (3, S, S)
             "query_mask": _mask(ep.query_mask, self.size),  # (S, S), IGNORE kept
             "class_id": torch.tensor(ep.spec.class_id),
         }

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, CheckpointError
+from runtime.outputs import write_atomic
 
 from .datasets import BENCHMARKS, DatasetLayoutError, build_dataset
 from .lora import parse_lora_overrides
@@ -140,8 +141,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ways = f"{args.ways}way-" if args.ways > 1 else ""
     name = f"{args.dataset}-f{args.fold}-{ways}{args.shots}shot-{args.split}.json"
     out = Path(args.out) if args.out else (Path(args.run) / "eval" / name if args.run else Path(f"fssam2-eval-{source['kind']}-{name}"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.to_json())
+    write_atomic(out, report.to_json().encode())
     if not args.quiet:
         print(report.table())
         print(f"report: {out} ({report.seconds:.1f} s)")

@@ -7,8 +7,9 @@ set of episodes; here it is not: for PASCAL-5i, COCO-20i and the synthetic set, 
 ~5 % of the *training* images (by a hash of their name), never used in `trn`, on the training classes;
 FSS-1000 has its own validation categories. So model selection never sees a test class.
 
-An `Episode` keeps every image at its own size: images (H, W, 3) uint8, support masks {0, 1}, the query
-mask {0, 1} with `IGNORE` (255) where a pixel is excluded (PASCAL's object boundaries).
+A `LabeledEpisode` (the runtime's `Episode` plus its spec and the query's ground truth) keeps every image at its own
+size: images (H, W, 3) uint8, support masks {0, 1}, the query mask {0, 1} with `IGNORE` (255) where a pixel is
+excluded (PASCAL's object boundaries).
 
 N-way episodes (`ways_episode`, evaluation only; PANet's protocol): episode i first makes exactly the draws of
 the 1-way episode i (its class, query and K supports: the query always shows that first class), then, from
@@ -30,7 +31,7 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from fssam2_export.synthetic import class_image
+from runtime.synthetic import Episode, class_image
 
 from .splits import read_classwise, read_names
 
@@ -54,12 +55,12 @@ class EpisodeSpec:
     supports: tuple[str, ...]
 
 
-@dataclass
-class Episode:
+@dataclass(frozen=True)
+class LabeledEpisode(Episode):
+    """A benchmark episode: supports ((H, W, 3) uint8 image, (H, W) uint8 {0, 1} mask) and query image, as the
+    runtime takes them, with the spec they were drawn by and the query's ground truth."""
+
     spec: EpisodeSpec
-    support_images: list[np.ndarray]  # (H, W, 3) uint8, each its own size
-    support_masks: list[np.ndarray]  # (H, W) uint8 {0, 1}
-    query_image: np.ndarray
     query_mask: np.ndarray  # (H, W) uint8 {0, 1, IGNORE}
 
 
@@ -71,11 +72,11 @@ class WaysSpec:
     supports: tuple[tuple[str, ...], ...]  # K per class, in class order
 
 
-@dataclass
+@dataclass(frozen=True)
 class WaysEpisode:
     spec: WaysSpec
     supports: list[list[tuple[np.ndarray, np.ndarray]]]  # per class: K (image (H, W, 3) uint8, mask {0, 1})
-    query_image: np.ndarray
+    query: np.ndarray
     query_label: np.ndarray  # (H, W) uint8: 0 background, j + 1 = class_ids[j], IGNORE
 
 
@@ -146,17 +147,13 @@ class FewShotDataset(ABC):
     def _rng(self, index: int, epoch: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, index, epoch + 1))
 
-    def load(self, spec: EpisodeSpec) -> Episode:
-        labels = [self.read_label(n) for n in spec.supports]
-        return Episode(
-            spec,
-            [self.read_image(n) for n in spec.supports],
-            [self.binary(label, spec.class_id, ignore=False) for label in labels],
-            self.read_image(spec.query),
-            self.binary(self.read_label(spec.query), spec.class_id, ignore=True),
-        )
+    def load(self, spec: EpisodeSpec) -> LabeledEpisode:
+        supports = [(self.read_image(n), self.binary(self.read_label(n), spec.class_id, ignore=False))
+                    for n in spec.supports]
+        return LabeledEpisode(supports, self.read_image(spec.query), spec,
+                              self.binary(self.read_label(spec.query), spec.class_id, ignore=True))
 
-    def episode(self, index: int, epoch: int = -1) -> Episode:
+    def episode(self, index: int, epoch: int = -1) -> LabeledEpisode:
         return self.load(self.spec(index, epoch))
 
     @abstractmethod
@@ -409,7 +406,7 @@ class FssDataset(FewShotDataset):
 
 
 class SyntheticDataset(FewShotDataset):
-    """Generated in memory (fssam2_export.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
+    """Generated in memory (runtime.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
     40 images per class, half of them with a second object of another class. `val` queries are images 36-39
     of the training classes (never used in `trn`); 100 test episodes by default."""
 

@@ -86,7 +86,7 @@ def torch_predictor(model: torch.nn.Module, amp: bool = False) -> Predictor:
     def predict(ep: WaysEpisode) -> np.ndarray:
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
         with ctx:
-            results = reference_ways(model, ep.supports, ep.query_image)
+            results = reference_ways(model, ep.supports, ep.query)
         return label_map(np.stack([r.logits for r in results]))
 
     return predict
@@ -97,7 +97,7 @@ def runtime_predictor(artifacts: str | Path, provider: str = "cpu") -> Predictor
     from runtime import FewShotSegmenter
 
     seg = FewShotSegmenter(artifacts, provider=provider)
-    return lambda ep: segment_ways(seg, ep.supports, ep.query_image)
+    return lambda ep: segment_ways(seg, ep.supports, ep.query)
 
 
 def segment_ways(seg: FewShotSegmenter, classes: list[list[tuple[np.ndarray, np.ndarray]]], query: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fssam2_export.reference import episode_forward
+from runtime.outputs import recover_dir, replace_dir
 
 from .batches import Augment, TrainEpisodes, episode_loss, prepare
 from .datasets import build_dataset
@@ -109,12 +110,6 @@ def _optimizer(model: nn.Module, config: RunConfig, device: torch.device) -> tor
                              betas=(0.9, 0.999), fused=device.type == "cuda")
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
 class _Log:
     def __init__(self, path: Path | None):
         self.path = path
@@ -139,14 +134,7 @@ def fit(config: RunConfig | None, out: str | Path, *, resume: bool = False, stop
 
 
 def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | None, dd: _Dist, progress: bool) -> FitResult:
-    if resume:
-        config = read_config(out)
-        if not (out / "last" / TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"nothing to resume in {out}: no last/{TRAINER_STATE}")
-    elif config is None:
-        raise ValueError("fit needs a RunConfig unless resuming")
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"run directory {out} is not empty; use --resume to continue it, or another --out")
+    config = _open_run(config, out, resume, dd)
     trn = build_dataset(config.dataset, config.data_root, config.fold, "trn", config.shots, config.seed)
     val = build_dataset(config.dataset, config.data_root, config.fold, "val", config.shots, config.seed,
                         num_episodes=config.val_episodes)
@@ -155,110 +143,170 @@ def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | No
     if dd.main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_NAME).write_text(config.to_json())
-    log = _Log(out / LOG_NAME if dd.main else None)
+    session = _Session.start(config, out, resume, trn, val, dd, progress)
+    session.run(stop_after, progress)
+    return session.result
 
-    torch.manual_seed(config.seed)  # identical fresh adapters on every rank
+
+def _open_run(config: RunConfig | None, out: Path, resume: bool, dd: _Dist) -> RunConfig:
+    """The run's config: `config` for a new run into an empty `out`, else (resume) the one saved there."""
+    if resume:
+        config = read_config(out)
+        if dd.main:
+            for which in ("last", "best"):  # a save interrupted between its two renames
+                recover_dir(out / which)
+        if dd.world > 1:
+            dist.barrier()  # recovered before any rank looks
+        if not (out / "last" / TRAINER_STATE).is_file():
+            raise FileNotFoundError(f"nothing to resume in {out}: no last/{TRAINER_STATE}")
+    elif config is None:
+        raise ValueError("fit needs a RunConfig unless resuming")
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"run directory {out} is not empty; use --resume to continue it, or another --out")
+    return config
+
+
+def _lora_model(config: RunConfig, out: Path, resume: bool, dd: _Dist) -> nn.Module:
+    """SAM2 with fresh (seeded, identical on every rank) or resumed LoRA adapters, on the device, in train mode."""
+    torch.manual_seed(config.seed)
     sam = config.base.build().model
     if resume:
         load_lora(sam, adapters_dir(out, "last"), trainable=True)
     else:
         add_lora(sam, config.lora)
-    sam.to(dd.device).train()
-    rows = trainable_table(sam)
-    if dd.main and progress:
-        print(format_trainable(rows))
-    amp = use_amp(config.amp, dd.device)
-    if dd.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    return sam.to(dd.device).train()
 
-    episodes = TrainEpisodes(trn, config.base.image_size)
-    sampler = DistributedSampler(episodes, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=config.seed)
-    per_epoch = len(sampler) // config.batch_size
-    if per_epoch == 0:
-        raise ValueError(f"{len(episodes)} training episodes over {dd.world} process(es) make no batch of {config.batch_size}")
-    total = config.steps or config.epochs * per_epoch
-    val_every = config.val_every or per_epoch
 
-    optimizer = _optimizer(sam, config, dd.device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    step, best = 0, None
-    if resume:
-        state = torch.load(out / "last" / TRAINER_STATE, map_location=dd.device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, best = int(state["step"]), state["best_val_miou"]
-    module: nn.Module = EpisodeModule(sam)
-    if dd.world > 1:
-        module = DistributedDataParallel(module, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
-    augment = Augment() if config.augment else None
-    log("start" if not resume else "resume", step=step, total_steps=total, steps_per_epoch=per_epoch, world_size=dd.world,
-        amp=amp, device=str(dd.device), trainable={name: t for name, t, _ in rows})
+@dataclass
+class _Session:
+    """One training session: the model, its optimiser state and the loop's steps (train, validate, save)."""
 
-    result = FitResult(out, step, best_val_miou=best)
-    end = total if stop_after is None else min(total, step + stop_after)
-    bar = tqdm(total=end, initial=step, disable=not (progress and dd.main), desc="fit", unit="step")
+    config: RunConfig
+    out: Path
+    dd: _Dist
+    sam: nn.Module
+    module: nn.Module  # the episode forward (DDP-wrapped with several processes)
+    amp: bool
+    episodes: TrainEpisodes
+    sampler: DistributedSampler
+    val: object  # the validation dataset
+    per_epoch: int
+    total: int
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    augment: Augment | None
+    log: _Log
+    result: FitResult
 
-    def save(which: str, val_miou: float | None = None) -> None:
-        if dd.main:
-            tmp = out / f".{which}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_lora(sam, tmp / "adapters")
-            if which == "last":
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                            "best_val_miou": result.best_val_miou}, tmp / TRAINER_STATE)
-            (tmp / "state.json").write_text(json.dumps({"step": step, "val_miou": val_miou}) + "\n")
-            _replace_dir(tmp, out / which)
+    @classmethod
+    def start(cls, config: RunConfig, out: Path, resume: bool, trn, val, dd: _Dist, progress: bool) -> _Session:
+        log = _Log(out / LOG_NAME if dd.main else None)
+        sam = _lora_model(config, out, resume, dd)
+        rows = trainable_table(sam)
+        if dd.main and progress:
+            print(format_trainable(rows))
+        amp = use_amp(config.amp, dd.device)
+        if dd.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+
+        episodes = TrainEpisodes(trn, config.base.image_size)
+        sampler = DistributedSampler(episodes, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=config.seed)
+        per_epoch = len(sampler) // config.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{len(episodes)} training episodes over {dd.world} process(es) make no batch of {config.batch_size}")
+        total = config.steps or config.epochs * per_epoch
+
+        optimizer = _optimizer(sam, config, dd.device)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        step, best = 0, None
+        if resume:
+            state = torch.load(out / "last" / TRAINER_STATE, map_location=dd.device, weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, best = int(state["step"]), state["best_val_miou"]
+        module: nn.Module = EpisodeModule(sam)
         if dd.world > 1:
-            dist.barrier()
+            module = DistributedDataParallel(module, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
+        log("start" if not resume else "resume", step=step, total_steps=total, steps_per_epoch=per_epoch,
+            world_size=dd.world, amp=amp, device=str(dd.device), trainable={name: t for name, t, _ in rows})
+        return cls(config, out, dd, sam, module, amp, episodes, sampler, val, per_epoch, total, optimizer, scheduler,
+                   Augment() if config.augment else None, log, FitResult(out, step, best_val_miou=best))
 
-    def validate() -> None:
-        acc, _ = run_episodes(torch_predictor(sam, amp), val, range(dd.rank, len(val), dd.world), progress=False)
+    def run(self, stop_after: int | None, progress: bool) -> None:
+        """Train to the run's end (or `stop_after` more steps), validating every `val_every` steps; save `last/`."""
+        config, dd, result = self.config, self.dd, self.result
+        val_every = config.val_every or self.per_epoch
+        end = self.total if stop_after is None else min(self.total, result.step + stop_after)
+        bar = tqdm(total=end, initial=result.step, disable=not (progress and dd.main), desc="fit", unit="step")
+        while result.step < end:
+            epoch = result.step // self.per_epoch
+            self.sampler.set_epoch(epoch)
+            self.episodes.set_epoch(epoch)
+            indices = list(self.sampler)[(result.step % self.per_epoch) * config.batch_size: self.per_epoch * config.batch_size]
+            loader = DataLoader(self.episodes, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
+                                drop_last=True, pin_memory=dd.device.type == "cuda")
+            for batch in loader:
+                loss, lr = self.train_step(batch, epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if result.step % val_every == 0 or result.step == self.total:
+                    self.validate()
+                if result.step >= end:
+                    break
+        bar.close()
+        self.save("last")
+        self.log("end" if result.step >= self.total else "stop", step=result.step, best_val_miou=result.best_val_miou)
+
+    def train_step(self, batch, epoch: int) -> tuple[float, float]:
+        """One optimiser step on `batch`; returns the loss (mean over processes) and the learning rate used."""
+        config, dd, result = self.config, self.dd, self.result
+        torch.manual_seed(_step_seed(config.seed, dd.rank, result.step))
+        si, sm, qi, qm = prepare(batch, dd.device, self.augment)
+        with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.module(si, sm, qi)
+        loss, bce, dice = episode_loss(logits, qm)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        result.step += 1
+        stats = torch.stack([loss.detach(), bce.detach(), dice.detach()]).float()
+        if dd.world > 1:
+            dist.all_reduce(stats)
+            stats /= dd.world
+        loss_v, bce_v, dice_v = (float(v) for v in stats)
+        result.losses.append(loss_v)
+        self.log("train", step=result.step, epoch=epoch, loss=loss_v, bce=bce_v, dice=dice_v, lr=lr)
+        return loss_v, lr
+
+    def validate(self) -> None:
+        """Validation mIoU over all processes; a new best is saved to `best/`."""
+        dd, result = self.dd, self.result
+        acc, _ = run_episodes(torch_predictor(self.sam, self.amp), self.val, range(dd.rank, len(self.val), dd.world),
+                              progress=False)
         if dd.world > 1:
             t = torch.from_numpy(acc.as_array()).to(dd.device)
             dist.all_reduce(t)
             acc.load_array(t.cpu().numpy())
-        sam.train()
+        self.sam.train()
         miou, is_best = acc.miou(), result.best_val_miou is None or acc.miou() > result.best_val_miou
-        result.val_miou.append((step, miou))
-        log("val", step=step, miou=miou, fbiou=acc.fbiou(), episodes=int(acc.episodes.sum()), best=is_best)
+        result.val_miou.append((result.step, miou))
+        self.log("val", step=result.step, miou=miou, fbiou=acc.fbiou(), episodes=int(acc.episodes.sum()), best=is_best)
         if is_best:
             result.best_val_miou = miou
-            save("best", miou)
+            self.save("best", miou)
 
-    while step < end:
-        epoch = step // per_epoch
-        sampler.set_epoch(epoch)
-        episodes.set_epoch(epoch)
-        indices = list(sampler)[(step % per_epoch) * config.batch_size: per_epoch * config.batch_size]
-        loader = DataLoader(episodes, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
-                            drop_last=True, pin_memory=dd.device.type == "cuda")
-        for batch in loader:
-            torch.manual_seed(_step_seed(config.seed, dd.rank, step))
-            si, sm, qi, qm = prepare(batch, dd.device, augment)
-            with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = module(si, sm, qi)
-            loss, bce, dice = episode_loss(logits, qm)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            stats = torch.stack([loss.detach(), bce.detach(), dice.detach()]).float()
-            if dd.world > 1:
-                dist.all_reduce(stats)
-                stats /= dd.world
-            loss_v, bce_v, dice_v = (float(v) for v in stats)
-            result.losses.append(loss_v)
-            log("train", step=step, epoch=epoch, loss=loss_v, bce=bce_v, dice=dice_v, lr=lr)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}")
-            if step % val_every == 0 or step == total:
-                validate()
-            if step >= end:
-                break
-    bar.close()
-    result.step = step
-    save("last")
-    log("end" if step >= total else "stop", step=step, best_val_miou=result.best_val_miou)
-    return result
+    def save(self, which: str, val_miou: float | None = None) -> None:
+        """Adapters (+ optimiser state for `last`) into `out/<which>/`, replaced safely (`replace_dir`)."""
+        if self.dd.main:
+            tmp = self.out / f".{which}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_lora(self.sam, tmp / "adapters")
+            if which == "last":
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                            "step": self.result.step, "best_val_miou": self.result.best_val_miou}, tmp / TRAINER_STATE)
+            (tmp / "state.json").write_text(json.dumps({"step": self.result.step, "val_miou": val_miou}) + "\n")
+            replace_dir(tmp, self.out / which)
+        if self.dd.world > 1:
+            dist.barrier()

@@ -8,8 +8,8 @@ training configuration and best validation score, the merged file's sha256.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +18,8 @@ import torch
 
 from fssam2_export.models import TRAINING_RECORD_SUFFIX
 from runtime.manifest import file_sha256
+from runtime.outputs import write_atomic
+from runtime.versions import dist_version
 
 from .lora import load_lora, merge_lora
 from .run import adapters_dir, read_config
@@ -45,10 +47,9 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best") -> MergeRes
     if shapes != base_shapes:
         extra, missing = sorted(set(shapes) - set(base_shapes)), sorted(set(base_shapes) - set(shapes))
         raise RuntimeError(f"merged state dict differs from the base model's: extra {extra[:8]}, missing {missing[:8]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    torch.save({"model": state}, buf)
+    write_atomic(out, buf.getbuffer())
     sha = file_sha256(out)
     adir = adapters_dir(run, which)
     state_file = run / which / "state.json"
@@ -64,18 +65,9 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best") -> MergeRes
         "run": {"dir": str(run.resolve()), "which": which,
                 "state": json.loads(state_file.read_text()) if state_file.is_file() else None,
                 "config": json.loads(config.to_json())},
-        "tools": {"torch": torch.__version__, "peft": _version("peft"), "sam2": _version("sam2"), "fssam2": _version("fssam2")},
+        "tools": {"torch": torch.__version__, "peft": dist_version("peft"), "sam2": dist_version("sam2"), "fssam2": dist_version("fssam2")},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record_path = out.with_name(out.name + TRAINING_RECORD_SUFFIX)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return MergeResult(out, record_path, sha, len(state))
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None

@@ -1,4 +1,8 @@
-"""`fssam2-export`: build/load a SAM2 model and export the four ONNX graphs + manifest."""
+"""`fssam2-export`: build/load a SAM2 model and export the four ONNX graphs + manifest.
+
+The command lives in the top stage (calibration) because reduced precision and real-data calibration need
+calibration and training; `fssam2_export` itself imports neither.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from calibration.capture import EpisodeSource
-from calibration.int8 import METHODS
-from calibration.pipeline import GateError, PrecisionOptions, graph_precisions
+from fssam2_export.engines import EngineBuildError, add_engine_arguments, current_device, require_tensorrt, settings_from
+from fssam2_export.export import DEFAULT_OPSET, export_artifacts
+from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
 from runtime.fidelity import GateThresholds
+from training.datasets import build_dataset
 
-from .engines import EngineBuildError, add_engine_arguments, current_device, require_tensorrt, settings_from
-from .export import DEFAULT_OPSET, PRECISIONS, export_artifacts
-from .models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
+from .capture import EpisodeSource
+from .int8 import METHODS
+from .pipeline import GateError, PrecisionOptions, converter, graph_precisions
+
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,7 +87,7 @@ def _precision_options(args) -> PrecisionOptions | None:
         precision=args.precision, module_precision=args.module_precision, calib_episodes=args.calib_episodes,
         calib_seed=args.calib_seed, calib_shots=tuple(args.calib_shots), calib_method=args.calib_method,
         calib_file=args.calib_file, calib_source=_calib_source(args), int8_rest=args.int8_rest, int8_heads=args.int8_heads,
-        cpu_int8_flavour=not args.no_cpu_int8, gate=not args.no_gate, gate_episodes=args.gate_episodes, thresholds=thresholds,
+        cpu_int8_flavour=not args.no_cpu_int8, ort_flavours=args.ort_optimize, gate=not args.no_gate, gate_episodes=args.gate_episodes, thresholds=thresholds,
     )
 
 
@@ -88,8 +95,6 @@ def _calib_source(args) -> EpisodeSource:
     if (args.calib_dataset == "synthetic") != (args.calib_data is None):
         raise ValueError("--calib-data DIR goes with --calib-dataset pascal|coco|fss (and only with them)")
     if args.calib_data is not None:
-        from training.datasets import build_dataset
-
         build_dataset(args.calib_dataset, args.calib_data, args.calib_fold, "trn", 1)  # layout errors before exporting
     return EpisodeSource(args.calib_dataset, args.calib_data, args.calib_fold)
 
@@ -109,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             current_device()
         loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
         t1 = time.perf_counter()
-        report = export_artifacts(loaded, args.out, precision=args.precision, opset=args.opset, overwrite=args.overwrite,
-                                  progress=not args.quiet, precision_options=options, ort_optimize=args.ort_optimize, engines=engines)
+        report = export_artifacts(loaded, args.out, convert=None if options is None else converter(options), opset=args.opset,
+                                  overwrite=args.overwrite, progress=not args.quiet, ort_optimize=args.ort_optimize, engines=engines)
     except GateError as e:  # a broken conversion: exit 1 (a refusal to judge is a ValueError: exit 2)
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 1

@@ -1,9 +1,10 @@
-"""Synthetic few-shot data: object classes (textured shapes) on textured backgrounds.
+"""Synthetic few-shot data: object classes (textured shapes) on textured backgrounds; numpy + Pillow only.
 
-Images differ in size and aspect ratio so resizing paths are exercised. numpy + Pillow only.
-`write_episode` writes one single-class episode to disk (`python -m fssam2_export.synthetic --out example/
---shots 2`); `class_image` draws image `index` of class `class_id` (with an optional object of another
-class) as a label map, deterministically, for the episodic dataset that `training/` meta-trains on.
+Images differ in size and aspect ratio so resizing paths are exercised. `synthetic_episodes` makes seeded
+in-memory episodes (calibration, the fidelity gate, checks); `write_episode` writes one single-class episode to
+disk (`python -m runtime.synthetic --out example/ --shots 2`); `class_image` draws image `index` of class
+`class_id` (with an optional object of another class) as a label map, deterministically, for the episodic dataset
+that `training/` meta-trains on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .errors import InputError
+
+# Seed streams: calibration and the gate draw episodes from different streams of the same seed.
+CALIBRATION_STREAM, CHECK_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class Episode:
+    """K supports and a query in memory: what a segmenter is given."""
+
+    supports: list[tuple[np.ndarray, np.ndarray]]  # (RGB uint8 (H, W, 3), bool mask (H, W)) per shot
+    query: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,23 @@ def class_image(class_id: int, index: int, num_classes: int, seed: int = 0,
         obj, mask = make_sample(rng, h, w, color, sides)
         image[mask], label[mask] = obj[mask], c + 1
     return image, label
+
+
+def synthetic_episodes(count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CHECK_STREAM) -> list[Episode]:
+    """`count` episodes with K drawn uniformly from `shots` = (min, max) inclusive; images of varied
+    sizes around `size`; one class (colour, polygon) per episode. Episode i depends only on (stream, seed, i)."""
+    lo, hi = shots
+    if not 1 <= lo <= hi:
+        raise InputError(f"shots range must satisfy 1 <= min <= max, got {shots}")
+    episodes = []
+    for i in range(count):
+        rng = np.random.default_rng([stream, seed, i])
+        k = int(rng.integers(lo, hi + 1))
+        color, sides = rng.uniform(40, 215, 3), int(rng.integers(3, 9))
+        dims = [tuple(int(v) for v in rng.integers(size * 3 // 4, size * 5 // 4 + 1, 2)) for _ in range(k + 1)]
+        samples = [make_sample(rng, h, w, color, sides) for h, w in dims]
+        episodes.append(Episode(samples[:k], samples[k][0]))
+    return episodes
 
 
 def write_episode(out_dir: str | Path, shots: int, seed: int = 0, sizes=((240, 320), (300, 260), (256, 256), (200, 360))) -> EpisodeFiles:
