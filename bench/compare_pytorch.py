@@ -31,7 +31,8 @@ from fssam2_export.reference import reference_episode
 from runtime import FewShotSegmenter, create_backend, load_manifest
 from runtime.backends import PROVIDERS
 from runtime.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
-from runtime.fidelity import iou as mask_iou, pearson
+from runtime.fidelity import iou as mask_iou
+from runtime.fidelity import pearson
 
 SCHEMA = "fssam2-compare-pytorch/2"
 TORCH_MODULES = {  # sam2 attribute -> runtime module it corresponds to
@@ -93,25 +94,47 @@ TORCH_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 def _autocast(model: torch.nn.Module, dtype: str):
     """fp32: plain; bf16: torch.autocast on the model's device (CPU: oneDNN's AMX kernels where the CPU has them)."""
     device = next(model.parameters()).device.type
-    return contextlib.nullcontext() if TORCH_DTYPES[dtype] is None else torch.autocast(device, dtype=TORCH_DTYPES[dtype])
+    return (
+        contextlib.nullcontext() if TORCH_DTYPES[dtype] is None else torch.autocast(device, dtype=TORCH_DTYPES[dtype])
+    )
 
 
-def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input_size: tuple[int, int], threads: int | None,
-            model: torch.nn.Module, clock: TorchClock, progress, providers: list[str] = ("cpu",),
-            torch_dtypes: list[str] = ("fp32",)) -> dict:
+def compare(
+    artifacts: Path,
+    shots: list[int],
+    episodes: int,
+    warmup: int,
+    input_size: tuple[int, int],
+    threads: int | None,
+    model: torch.nn.Module,
+    clock: TorchClock,
+    progress,
+    providers: list[str] = ("cpu",),
+    torch_dtypes: list[str] = ("fp32",),
+) -> dict:
     """All K for one artifacts directory: every runtime provider and every PyTorch dtype, interleaved (the order
     rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU / logits correlation
     against the first PyTorch dtype. `clock` is attached to `model`."""
     recs = {p: PhaseRecorder() for p in providers}
-    segs = {p: FewShotSegmenter(artifacts, backend=create_backend(p, intra_op_threads=threads), on_timing=recs[p]) for p in providers}
+    segs = {
+        p: FewShotSegmenter(artifacts, backend=create_backend(p, intra_op_threads=threads), on_timing=recs[p])
+        for p in providers
+    }
     manifest = next(iter(segs.values())).manifest
     w, h = input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(shots) + 1)]
     query = images[-1][0]
-    out = {"artifacts": str(artifacts), "precision": manifest.precision, "image_size": manifest.preprocess.image_size,
-           "model": manifest.model.name, "graph_precisions": {p: {g: getattr(graph, "precision", manifest.graphs[g].precision)
-                                                                  for g, graph in seg.graphs.items()} for p, seg in segs.items()},
-           "by_shots": []}
+    out = {
+        "artifacts": str(artifacts),
+        "precision": manifest.precision,
+        "image_size": manifest.preprocess.image_size,
+        "model": manifest.model.name,
+        "graph_precisions": {
+            p: {g: getattr(graph, "precision", manifest.graphs[g].precision) for g, graph in seg.graphs.items()}
+            for p, seg in segs.items()
+        },
+        "by_shots": [],
+    }
     sides = [("runtime", p) for p in providers] + [("torch", d) for d in torch_dtypes]
     for k in shots:
         supports = images[:k]
@@ -120,7 +143,7 @@ def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input
         last = {}
         for i in range(warmup + episodes):
             keep = i >= warmup
-            for kind, name in sides[i % len(sides):] + sides[:i % len(sides)]:
+            for kind, name in sides[i % len(sides) :] + sides[: i % len(sides)]:
                 if kind == "runtime":
                     seg, rec, acc = segs[name], recs[name], rt[name]
                     rec.phase = None
@@ -152,10 +175,23 @@ def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input
                         for module, v in clock.calls.items():
                             acc["modules"].setdefault(module, []).append(v[-1] if module == "image_encoder" else sum(v))
             progress.update()
-        runtime_ms = {p: {"support_phase": _median(a["support"]), "query_cached": _median(a["query"]),
-                          "query_modules": {m: _median(v) for m, v in a["modules"].items()}} for p, a in rt.items()}
-        pytorch_ms = {d: {"support_phase": _median(a["support"]), "query_phase": _median(a["query"]), "forward": _median(a["forward"]),
-                          "modules": {m: _median(v) for m, v in a["modules"].items()}} for d, a in pt.items()}
+        runtime_ms = {
+            p: {
+                "support_phase": _median(a["support"]),
+                "query_cached": _median(a["query"]),
+                "query_modules": {m: _median(v) for m, v in a["modules"].items()},
+            }
+            for p, a in rt.items()
+        }
+        pytorch_ms = {
+            d: {
+                "support_phase": _median(a["support"]),
+                "query_phase": _median(a["query"]),
+                "forward": _median(a["forward"]),
+                "modules": {m: _median(v) for m, v in a["modules"].items()},
+            }
+            for d, a in pt.items()
+        }
         ratios = {}  # runtime / PyTorch; < 1 = the runtime is faster
         for p, r in runtime_ms.items():
             for d, t in pytorch_ms.items():
@@ -164,57 +200,99 @@ def compare(artifacts: Path, shots: list[int], episodes: int, warmup: int, input
                     "query_cached_vs_forward": r["query_cached"] / t["forward"],
                     "support_phase": r["support_phase"] / t["support_phase"],
                     "episode_vs_forward": (r["support_phase"] + r["query_cached"]) / t["forward"],
-                    **{f"module:{m}": r["query_modules"][m] / v for m, v in t["modules"].items() if m in r["query_modules"] and m != "memory_encoder"},
+                    **{
+                        f"module:{m}": r["query_modules"][m] / v
+                        for m, v in t["modules"].items()
+                        if m in r["query_modules"] and m != "memory_encoder"
+                    },
                 }
         ref = last[f"torch-{torch_dtypes[0]}"]
-        embed, channels = manifest.graphs["memory_attention"].inputs[0].shape, manifest.graphs["memory_attention"].inputs[2].shape[2]
+        embed, channels = (
+            manifest.graphs["memory_attention"].inputs[0].shape,
+            manifest.graphs["memory_attention"].inputs[2].shape[2],
+        )
         gflop = memory_attention_gflop(embed[2], embed[1], channels, k * manifest.episode.tokens_per_support)
-        out["by_shots"].append({
-            "shots": k, "runtime_ms": runtime_ms, "memory_attention_gflop": gflop,
-            "memory_attention_gflops": {p: gflop / (r["query_modules"]["memory_attention"] / 1e3) for p, r in runtime_ms.items()}
-                                       | {f"torch-{d}": gflop / (t["modules"]["memory_attention"] / 1e3) for d, t in pytorch_ms.items()}, "pytorch_ms": pytorch_ms, "ratios": ratios,
-            "support_cache_speedup": {p: (r["support_phase"] + r["query_cached"]) / r["query_cached"] for p, r in runtime_ms.items()},
-            "fidelity_reference": f"pytorch {torch_dtypes[0]}",  # last round's masks/logits of each side against it
-            "fidelity": {side: {"mask_iou": mask_iou(res.mask, ref.mask), "logits_pearson": pearson(res.logits, ref.logits)}
-                         for side, res in last.items()},
-        })
+        out["by_shots"].append(
+            {
+                "shots": k,
+                "runtime_ms": runtime_ms,
+                "memory_attention_gflop": gflop,
+                "memory_attention_gflops": {
+                    p: gflop / (r["query_modules"]["memory_attention"] / 1e3) for p, r in runtime_ms.items()
+                }
+                | {f"torch-{d}": gflop / (t["modules"]["memory_attention"] / 1e3) for d, t in pytorch_ms.items()},
+                "pytorch_ms": pytorch_ms,
+                "ratios": ratios,
+                "support_cache_speedup": {
+                    p: (r["support_phase"] + r["query_cached"]) / r["query_cached"] for p, r in runtime_ms.items()
+                },
+                "fidelity_reference": f"pytorch {torch_dtypes[0]}",  # last round's masks/logits of each side against it
+                "fidelity": {
+                    side: {"mask_iou": mask_iou(res.mask, ref.mask), "logits_pearson": pearson(res.logits, ref.logits)}
+                    for side, res in last.items()
+                },
+            }
+        )
     return out
 
 
 def format_table(report: dict) -> str:
     lines = []
     for run in report["runs"]:
-        lines.append(f"{Path(run['artifacts']).name} ({run['model']} @ {run['image_size']}px, {run['precision']} export); "
-                     + "; ".join(f"{p}: " + ", ".join(f"{g} {v}" for g, v in gp.items()) for p, gp in run["graph_precisions"].items()))
+        lines.append(
+            f"{Path(run['artifacts']).name} ({run['model']} @ {run['image_size']}px, {run['precision']} export); "
+            + "; ".join(
+                f"{p}: " + ", ".join(f"{g} {v}" for g, v in gp.items()) for p, gp in run["graph_precisions"].items()
+            )
+        )
         for k in run["by_shots"]:
-            lines.append(f" K={k['shots']}  medians in ms; ratios runtime/PyTorch (< 1: runtime faster); fidelity vs {k['fidelity_reference']}")
-            lines.append(f"  memory attention {k['memory_attention_gflop']:.1f} GFLOP: "
-                         + ", ".join(f"{side} {v:.0f} GFLOP/s" for side, v in k["memory_attention_gflops"].items()))
+            lines.append(
+                f" K={k['shots']}  medians in ms; ratios runtime/PyTorch (< 1: runtime faster); fidelity vs {k['fidelity_reference']}"
+            )
+            lines.append(
+                f"  memory attention {k['memory_attention_gflop']:.1f} GFLOP: "
+                + ", ".join(f"{side} {v:.0f} GFLOP/s" for side, v in k["memory_attention_gflops"].items())
+            )
             for p, r in k["runtime_ms"].items():
                 f = k["fidelity"][p]
-                lines.append(f"  runtime {p:<9} query(cached) {r['query_cached']:8.0f}  support phase {r['support_phase']:8.0f}"
-                             f"  IoU {f['mask_iou']:.4f} corr {f['logits_pearson']:.5f}")
+                lines.append(
+                    f"  runtime {p:<9} query(cached) {r['query_cached']:8.0f}  support phase {r['support_phase']:8.0f}"
+                    f"  IoU {f['mask_iou']:.4f} corr {f['logits_pearson']:.5f}"
+                )
             for d, t in k["pytorch_ms"].items():
                 f = k["fidelity"][f"torch-{d}"]
-                lines.append(f"  pytorch {d:<9} query phase   {t['query_phase']:8.0f}  support phase {t['support_phase']:8.0f}"
-                             f"  forward {t['forward']:8.0f}  IoU {f['mask_iou']:.4f} corr {f['logits_pearson']:.5f}")
+                lines.append(
+                    f"  pytorch {d:<9} query phase   {t['query_phase']:8.0f}  support phase {t['support_phase']:8.0f}"
+                    f"  forward {t['forward']:8.0f}  IoU {f['mask_iou']:.4f} corr {f['logits_pearson']:.5f}"
+                )
             for pair, x in k["ratios"].items():
                 modules = ", ".join(f"{m.split(':')[1]} {v:.2f}" for m, v in x.items() if m.startswith("module:"))
-                lines.append(f"  {pair:<15} query {x['query_cached_vs_query_phase']:.2f}  vs forward {x['query_cached_vs_forward']:.2f}"
-                             f"  support {x['support_phase']:.2f}  | {modules}")
+                lines.append(
+                    f"  {pair:<15} query {x['query_cached_vs_query_phase']:.2f}  vs forward {x['query_cached_vs_forward']:.2f}"
+                    f"  support {x['support_phase']:.2f}  | {modules}"
+                )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compare_pytorch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--artifacts", nargs="+", required=True, help="artifacts directories (e.g. FP32 and INT8 of one model)")
+    p.add_argument(
+        "--artifacts", nargs="+", required=True, help="artifacts directories (e.g. FP32 and INT8 of one model)"
+    )
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5])
-    p.add_argument("--episodes", type=int, default=10, help="timed rounds per K (each: one runtime episode, one PyTorch forward)")
+    p.add_argument(
+        "--episodes", type=int, default=10, help="timed rounds per K (each: one runtime episode, one PyTorch forward)"
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
     p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="runtime providers, side by side")
-    p.add_argument("--torch-dtype", nargs="+", default=["fp32"], choices=sorted(TORCH_DTYPES),
-                   help="PyTorch modes, side by side (bf16: torch.autocast); fidelity is measured against the first")
+    p.add_argument(
+        "--torch-dtype",
+        nargs="+",
+        default=["fp32"],
+        choices=sorted(TORCH_DTYPES),
+        help="PyTorch modes, side by side (bf16: torch.autocast); fidelity is measured against the first",
+    )
     p.add_argument("--threads", type=int, help="threads for the runtime and torch (default: each library's own)")
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true")
@@ -227,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     shots = sorted(set(args.shots))
     models: dict[tuple, tuple[torch.nn.Module, TorchClock]] = {}
     runs = []
-    with tqdm(total=len(args.artifacts) * len(shots) * (args.warmup + args.episodes), unit="round", disable=args.quiet, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(args.artifacts) * len(shots) * (args.warmup + args.episodes),
+        unit="round",
+        disable=args.quiet,
+        file=sys.stderr,
+    ) as bar:
         for a in map(Path, args.artifacts):
             manifest = load_manifest(a, verify_files=False)
             m = manifest.model
@@ -236,13 +319,33 @@ def main(argv: list[str] | None = None) -> int:
                 model, clock = torch_model(a), TorchClock(shots[0])
                 clock.attach(model)
                 models[key] = (model, clock)
-            runs.append(compare(a, shots, args.episodes, args.warmup, (w, h), args.threads, *models[key], bar,
-                                providers=args.providers, torch_dtypes=args.torch_dtype))
+            runs.append(
+                compare(
+                    a,
+                    shots,
+                    args.episodes,
+                    args.warmup,
+                    (w, h),
+                    args.threads,
+                    *models[key],
+                    bar,
+                    providers=args.providers,
+                    torch_dtypes=args.torch_dtype,
+                )
+            )
     report = {
         "schema": SCHEMA,
-        "settings": {"shots": shots, "episodes": args.episodes, "warmup": args.warmup, "input_size": [w, h], "threads": args.threads,
-                     "providers": args.providers, "torch_dtypes": args.torch_dtype,
-                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "settings": {
+            "shots": shots,
+            "episodes": args.episodes,
+            "warmup": args.warmup,
+            "input_size": [w, h],
+            "threads": args.threads,
+            "providers": args.providers,
+            "torch_dtypes": args.torch_dtype,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "environment": environment(),
         "runs": runs,
     }

@@ -25,7 +25,9 @@ from runtime import FewShotSegmenter, OrtBackend
 from runtime.image import load_image
 
 
-def python_latency(artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int) -> float:
+def python_latency(
+    artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int
+) -> float:
     seg = FewShotSegmenter(artifacts, backend=OrtBackend("cpu", intra_op_threads=threads or None))
     for i in range(shots):
         image, mask = supports[i % len(supports)]
@@ -41,9 +43,25 @@ def python_latency(artifacts: Path, supports, query: Path, shots: int, queries: 
     return statistics.median(times)
 
 
-def cpp_latency(bench: Path, artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int) -> float:
-    cmd = [str(bench), "--artifacts", str(artifacts), "--query", str(query), "--queries", str(queries),
-           "--warmup", str(warmup), "--threads", str(threads), "--json", "--shots", str(shots)]
+def cpp_latency(
+    bench: Path, artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int
+) -> float:
+    cmd = [
+        str(bench),
+        "--artifacts",
+        str(artifacts),
+        "--query",
+        str(query),
+        "--queries",
+        str(queries),
+        "--warmup",
+        str(warmup),
+        "--threads",
+        str(threads),
+        "--json",
+        "--shots",
+        str(shots),
+    ]
     for image, mask in supports:
         cmd += ["--support", str(image), str(mask)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -57,12 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     p.add_argument("--queries", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads on both sides (0 = its default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime intra-op threads on both sides (0 = its default)"
+    )
     p.add_argument("--build", type=Path, default=Path("build/cpp"))
     args = p.parse_args(argv)
     bench = args.build / "fssam2_bench"
     if not bench.is_file():
-        p.error(f"{bench} not found: cmake -S runtime/cpp -B {args.build} -DONNXRUNTIME_ROOT=third_party/onnxruntime && cmake --build {args.build}")
+        p.error(
+            f"{bench} not found: cmake -S runtime/cpp -B {args.build} -DONNXRUNTIME_ROOT=third_party/onnxruntime && cmake --build {args.build}"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         episode = args.episode
         if episode is None:
@@ -72,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
             write_episode(episode, shots=max(args.shots), seed=1)
         supports = sorted((i, i.with_name(i.stem + "_mask.png")) for i in episode.glob("support*[0-9].png"))
         query = episode / "query.png"
-        print(f"per-query latency, median of {args.queries} after {args.warmup} warm-up, {args.threads or 'default'} "
-              f"intra-op thread(s) (python: onnxruntime {onnxruntime.__version__}; C++: libfssam2, {bench})")
+        print(
+            f"per-query latency, median of {args.queries} after {args.warmup} warm-up, {args.threads or 'default'} "
+            f"intra-op thread(s) (python: onnxruntime {onnxruntime.__version__}; C++: libfssam2, {bench})"
+        )
         print(f"{'K':>3} {'python ms':>10} {'C++ ms':>10} {'C++/python':>11}")
         for k in args.shots:  # C++ then Python for each K, so both see the same machine load
             cpp = cpp_latency(bench, args.artifacts, supports, query, k, args.queries, args.warmup, args.threads)

@@ -77,7 +77,7 @@ def synthetic_images(seed: int = 0) -> tuple[list[tuple[bytes, bytes]], list[tup
     queries = []
     for h, w in [(120, 160), (100, 100), (90, 140), (128, 112)]:
         img, _ = scene(h, w, red, (h // 2, w // 3, h // 4, w // 5))
-        img[h // 4: h // 2, w // 2: w - 5] = blue
+        img[h // 4 : h // 2, w // 2 : w - 5] = blue
         queries.append(_png(img))
     return set_a, set_b, queries
 
@@ -124,8 +124,9 @@ def create_sets(client, sets_images) -> list[str]:
     return ids
 
 
-def run_level(url: str, target: str, cases: list[Case], concurrency: int, count: int, time_limit: float,
-              token: str | None = None) -> LevelResult:
+def run_level(
+    url: str, target: str, cases: list[Case], concurrency: int, count: int, time_limit: float, token: str | None = None
+) -> LevelResult:
     """`count` requests from `concurrency` threads, cycling through `cases`; each answer checked."""
     import httpx
 
@@ -143,8 +144,9 @@ def run_level(url: str, target: str, cases: list[Case], concurrency: int, count:
         case = cases[i % len(cases)]
         t0 = time.perf_counter()
         try:
-            r = local.client.post("/v1/segment", files={"query": ("q.png", case.query, "image/png")},
-                                  data={"set": list(case.sets)})
+            r = local.client.post(
+                "/v1/segment", files={"query": ("q.png", case.query, "image/png")}, data={"set": list(case.sets)}
+            )
         except httpx.HTTPError:
             return "lost", time.perf_counter() - t0
         ms = (time.perf_counter() - t0) * 1e3
@@ -163,9 +165,19 @@ def run_level(url: str, target: str, cases: list[Case], concurrency: int, count:
     ms = [m for k, m in outcomes if k in ("ok", "wrong")]
     p50, p99 = np.percentile(ms, [50, 99]) if ms else (float("nan"), float("nan"))
     answered = kinds.count("ok") + kinds.count("wrong")
-    return LevelResult(target, concurrency, count - kinds.count("unsent"), answered, kinds.count("lost"),
-                       kinds.count("wrong"), kinds.count("unsent"), round(seconds, 3), round(answered / seconds, 3),
-                       round(float(p50), 1), round(float(p99), 1))
+    return LevelResult(
+        target,
+        concurrency,
+        count - kinds.count("unsent"),
+        answered,
+        kinds.count("lost"),
+        kinds.count("wrong"),
+        kinds.count("unsent"),
+        round(seconds, 3),
+        round(answered / seconds, 3),
+        round(float(p50), 1),
+        round(float(p99), 1),
+    )
 
 
 def free_port() -> int:
@@ -192,12 +204,27 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
 
 def start_process(artifacts: str, store: str, port: int, extra: list[str]) -> subprocess.Popen:
     """`fssam2 serve` in a subprocess on 127.0.0.1:port (stop it with `proc.kill()`)."""
-    cmd = [sys.executable, "-m", "runtime.cli", "serve", "--artifacts", artifacts, "--store", store,
-           "--host", "127.0.0.1", "--port", str(port), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime.cli",
+        "serve",
+        "--artifacts",
+        artifacts,
+        "--store",
+        store,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
 
 
-def run_target(target: str, url: str, artifacts: str, levels: list[int], count: int, time_limit: float) -> list[LevelResult]:
+def run_target(
+    target: str, url: str, artifacts: str, levels: list[int], count: int, time_limit: float
+) -> list[LevelResult]:
     import httpx
 
     set_a, set_b, queries = synthetic_images()
@@ -229,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         store = args.store or tmp
         if "process" in args.targets:
             port = free_port()
-            proc = start_process(artifacts, store, port, ["--threads", str(args.threads),
-                                                          "--concurrency", str(args.server_concurrency)])
+            proc = start_process(
+                artifacts, store, port, ["--threads", str(args.threads), "--concurrency", str(args.server_concurrency)]
+            )
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_ready(url, 300, proc)
@@ -245,17 +273,24 @@ def main(argv: list[str] | None = None) -> int:
             from runtime.serve import ServeConfig
             from runtime.serve_ray import RayServeOptions, start
 
-            ray.init(address="local", num_cpus=max(2, args.replicas), include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
+            ray.init(
+                address="local",
+                num_cpus=max(2, args.replicas),
+                include_dashboard=False,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
             try:
                 port = free_port()
-                config = ServeConfig(artifacts, os.path.abspath(store), threads=args.threads,
-                                     concurrency=args.server_concurrency)
+                config = ServeConfig(
+                    artifacts, os.path.abspath(store), threads=args.threads, concurrency=args.server_concurrency
+                )
                 start(config, RayServeOptions(port=port, replicas=args.replicas))
                 url = f"http://127.0.0.1:{port}"
                 wait_ready(url, 300)
-                results += run_target(f"ray-serve x{args.replicas}", url, artifacts, args.concurrency, args.requests,
-                                      args.time_limit)
+                results += run_target(
+                    f"ray-serve x{args.replicas}", url, artifacts, args.concurrency, args.requests, args.time_limit
+                )
             finally:
                 serve.shutdown()
                 ray.shutdown()
@@ -267,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(results: list[LevelResult]) -> str:
     head = f"{'target':<14} {'conc':>4} {'sent':>5} {'ok':>5} {'lost':>4} {'wrong':>5} {'unsent':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}"
-    rows = [f"{r.target:<14} {r.concurrency:>4} {r.sent:>5} {r.answered - r.wrong:>5} {r.lost:>4} {r.wrong:>5} "
-            f"{r.unsent:>6} {r.throughput:>7.2f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f}" for r in results]
+    rows = [
+        f"{r.target:<14} {r.concurrency:>4} {r.sent:>5} {r.answered - r.wrong:>5} {r.lost:>4} {r.wrong:>5} "
+        f"{r.unsent:>6} {r.throughput:>7.2f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f}"
+        for r in results
+    ]
     return "\n".join([head, *rows])
 
 

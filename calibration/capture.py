@@ -20,9 +20,9 @@ from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
 
 from runtime.fidelity import recording_segmenter, run_episode
-from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
 from runtime.outputs import write_atomic
+from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
 
 FP16_MAX = 65504.0
 
@@ -45,14 +45,19 @@ class CalibrationData:
 
     def save(self, path: str | Path) -> str:
         """Write a compressed .npz atomically (a later run loads it as it is); returns its sha256."""
-        arrays = {f"{g}/{i:05d}/{k}": v for g, calls in self.feeds.items() for i, feeds in enumerate(calls) for k, v in feeds.items()}
+        arrays = {
+            f"{g}/{i:05d}/{k}": v
+            for g, calls in self.feeds.items()
+            for i, feeds in enumerate(calls)
+            for k, v in feeds.items()
+        }
         arrays["__info__"] = np.frombuffer(json.dumps(asdict(self.info)).encode(), np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return file_sha256(write_atomic(path, buf.getbuffer()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "CalibrationData":
+    def load(cls, path: str | Path) -> CalibrationData:
         with np.load(path) as z:
             d = json.loads(z["__info__"].tobytes())
             info = CalibrationInfo(**(d | {"shots": tuple(d["shots"])}))
@@ -97,7 +102,9 @@ class EpisodeSource:
     root: Path | None = None
     fold: int = 0
 
-    def episodes(self, count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CALIBRATION_STREAM) -> list[Episode]:
+    def episodes(
+        self, count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CALIBRATION_STREAM
+    ) -> list[Episode]:
         """`count` episodes of `stream` (CALIBRATION_STREAM, or CHECK_STREAM for the gate's held-out episodes)."""
         if self.dataset == "synthetic":
             return synthetic_episodes(count, seed, shots, size, stream=stream)
@@ -115,22 +122,37 @@ class EpisodeSource:
         return out
 
 
-def capture(fp32_artifacts: str | Path, episodes: int, seed: int, shots: tuple[int, int] = (1, 4),
-            max_samples: int = 64, progress: bool = True, source: EpisodeSource = EpisodeSource()) -> CalibrationData:
+def capture(
+    fp32_artifacts: str | Path,
+    episodes: int,
+    seed: int,
+    shots: tuple[int, int] = (1, 4),
+    max_samples: int = 64,
+    progress: bool = True,
+    source: EpisodeSource = EpisodeSource(),
+) -> CalibrationData:
     """Run `episodes` episodes of `source` through the FP32 artifacts and keep each graph's feeds."""
     if episodes < 1:
         raise ValueError("calibration needs at least one episode")
-    size = load_manifest(fp32_artifacts, verify_files=False).preprocess.image_size  # the segmenter below verifies the files
+    size = load_manifest(
+        fp32_artifacts, verify_files=False
+    ).preprocess.image_size  # the segmenter below verifies the files
     seg, rec = recording_segmenter(fp32_artifacts)
     feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in GRAPH_NAMES}
-    for ep in tqdm(source.episodes(episodes, seed, shots, size), desc="calibration", unit="episode", disable=not progress):
+    for ep in tqdm(
+        source.episodes(episodes, seed, shots, size), desc="calibration", unit="episode", disable=not progress
+    ):
         rec.clear()
         run_episode(seg, ep)
         for graph, calls in rec.calls.items():
             room = max_samples - len(feeds[graph])
             feeds[graph] += [{k: _compact(v) for k, v in call.items()} for call in calls[:room]]
     info = CalibrationInfo(
-        episodes=episodes, seed=seed, shots=tuple(shots), dataset=source.dataset, image_size=size,
+        episodes=episodes,
+        seed=seed,
+        shots=tuple(shots),
+        dataset=source.dataset,
+        image_size=size,
         samples={g: len(c) for g, c in feeds.items()},
         memory_tokens=[int(c["memory"].shape[1]) for c in feeds["memory_attention"]],
     )

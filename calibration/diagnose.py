@@ -8,9 +8,9 @@ falls below the threshold is reported, else the least correlated one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import onnx
@@ -34,7 +34,9 @@ class NodeDrift:
         return asdict(self)
 
 
-def _run_with_outputs(model: onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _run_with_outputs(
+    model: onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
@@ -66,7 +68,9 @@ def _chunks(order: list, sizes: dict[str, int]):
         yield chunk
 
 
-def first_diverging_node(reference: Path, candidate: Path, feeds: Mapping[str, np.ndarray], threshold: float) -> NodeDrift | None:
+def first_diverging_node(
+    reference: Path, candidate: Path, feeds: Mapping[str, np.ndarray], threshold: float
+) -> NodeDrift | None:
     ref, cand = onnx.load(str(reference)), onnx.load(str(candidate))
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     typed = {v.name for v in ref.graph.value_info if v.type.tensor_type.elem_type in float_types}

@@ -11,7 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from fssam2_export.engines import EngineBuildError, add_engine_arguments, current_device, require_tensorrt, settings_from
+from fssam2_export.engines import (
+    EngineBuildError,
+    add_engine_arguments,
+    current_device,
+    require_tensorrt,
+    settings_from,
+)
 from fssam2_export.export import DEFAULT_OPSET, export_artifacts
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
 from runtime.fidelity import GateThresholds
@@ -28,41 +34,93 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fssam2-export", description=__doc__)
     p.add_argument("--model", default="sam2.1_hiera_t", choices=sorted(MODEL_CONFIGS), help="sam2 model (hydra config)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="official-format .pt ({'model': state_dict}), e.g. a merged FS-SAM2 checkpoint")
-    src.add_argument("--random-init", action="store_true", help="random weights (needs --seed); for testing the pipeline only")
+    src.add_argument(
+        "--checkpoint", help="official-format .pt ({'model': state_dict}), e.g. a merged FS-SAM2 checkpoint"
+    )
+    src.add_argument(
+        "--random-init", action="store_true", help="random weights (needs --seed); for testing the pipeline only"
+    )
     p.add_argument("--seed", type=int, help="seed for --random-init")
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size, a multiple of 32")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp16: FP16 with FP32 islands; int8: INT8 QDQ where safe (+ --int8-rest elsewhere); mixed: per --module-precision")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp16: FP16 with FP32 islands; int8: INT8 QDQ where safe (+ --int8-rest elsewhere); mixed: per --module-precision",
+    )
     q = p.add_argument_group("reduced precision (fp16 / int8 / mixed)")
-    q.add_argument("--module-precision", type=_module_precision, default={}, metavar="GRAPH=PREC[,...]",
-                   help="per-graph precision (fp32|fp16|int8), e.g. image_encoder=int8,memory_attention=fp16")
+    q.add_argument(
+        "--module-precision",
+        type=_module_precision,
+        default={},
+        metavar="GRAPH=PREC[,...]",
+        help="per-graph precision (fp32|fp16|int8), e.g. image_encoder=int8,memory_attention=fp16",
+    )
     q.add_argument("--calib-episodes", type=int, default=32, help="K-shot episodes run for calibration")
-    q.add_argument("--calib-dataset", default="synthetic", choices=("synthetic", "pascal", "coco", "fss"),
-                   help="where calibration episodes come from: synthetic, or a benchmark's training episodes (needs --calib-data)")
-    q.add_argument("--calib-data", type=Path, help="data root of --calib-dataset, in FS-SAM2's layout (see README, Training)")
+    q.add_argument(
+        "--calib-dataset",
+        default="synthetic",
+        choices=("synthetic", "pascal", "coco", "fss"),
+        help="where calibration episodes come from: synthetic, or a benchmark's training episodes (needs --calib-data)",
+    )
+    q.add_argument(
+        "--calib-data", type=Path, help="data root of --calib-dataset, in FS-SAM2's layout (see README, Training)"
+    )
     q.add_argument("--calib-fold", type=int, default=0, help="fold of --calib-dataset whose training classes are used")
-    q.add_argument("--calib-seed", type=int, default=0, help="seed of the calibration episodes (the gate uses another stream of it)")
-    q.add_argument("--calib-shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range of the episodes")
-    q.add_argument("--calib-method", default="minmax", choices=sorted(METHODS), help="INT8 activation range calibration")
-    q.add_argument("--calib-file", type=Path, help="calibration .npz: loaded if it exists, else captured and saved there")
-    q.add_argument("--int8-rest", default="fp16", choices=("fp16", "fp32"), help="precision of what INT8 leaves unquantised")
-    q.add_argument("--int8-heads", action=argparse.BooleanOptionalAction, default=True, help="quantise the mask decoder's MLP heads")
+    q.add_argument(
+        "--calib-seed",
+        type=int,
+        default=0,
+        help="seed of the calibration episodes (the gate uses another stream of it)",
+    )
+    q.add_argument(
+        "--calib-shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range of the episodes"
+    )
+    q.add_argument(
+        "--calib-method", default="minmax", choices=sorted(METHODS), help="INT8 activation range calibration"
+    )
+    q.add_argument(
+        "--calib-file", type=Path, help="calibration .npz: loaded if it exists, else captured and saved there"
+    )
+    q.add_argument(
+        "--int8-rest", default="fp16", choices=("fp16", "fp32"), help="precision of what INT8 leaves unquantised"
+    )
+    q.add_argument(
+        "--int8-heads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="quantise the mask decoder's MLP heads",
+    )
     q.add_argument("--no-cpu-int8", action="store_true", help="no ORT-CPU dynamic INT8 flavour next to INT8 graphs")
-    q.add_argument("--no-gate", action="store_true", help="keep the export even if the fidelity gate fails (recorded in the manifest)")
+    q.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="keep the export even if the fidelity gate fails (recorded in the manifest)",
+    )
     q.add_argument("--gate-episodes", type=int, default=16, help="held-out episodes of the fidelity gate")
     q.add_argument("--gate-iou", type=float, help="min mean mask IoU (default 0.99 fp16, 0.97 int8)")
     q.add_argument("--gate-correlation", type=float, help="min logits correlation (default 0.999 fp16, 0.99 int8)")
-    q.add_argument("--gate-min-judgeable", type=int,
-                   help="fewer gate episodes with a judgeable (non-degenerate) FP32 mask refuse the export, exit 2 (default 2)")
+    q.add_argument(
+        "--gate-min-judgeable",
+        type=int,
+        help="fewer gate episodes with a judgeable (non-degenerate) FP32 mask refuse the export, exit 2 (default 2)",
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--out", required=True, help="artifacts directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (only after a complete export)")
-    p.add_argument("--ort-optimize", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write fused-attention copies of the graphs for ONNX Runtime's cpu/cuda providers (manifest flavours)")
+    p.add_argument(
+        "--ort-optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write fused-attention copies of the graphs for ONNX Runtime's cpu/cuda providers (manifest flavours)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--engine", choices=("none", "tensorrt"), default="none",
-                   help="also build TensorRT engines (needs TensorRT and a GPU: build on the target machine)")
+    p.add_argument(
+        "--engine",
+        choices=("none", "tensorrt"),
+        default="none",
+        help="also build TensorRT engines (needs TensorRT and a GPU: build on the target machine)",
+    )
     add_engine_arguments(p)
     return p
 
@@ -77,17 +135,31 @@ def _module_precision(text: str) -> dict[str, str]:
 def _precision_options(args) -> PrecisionOptions | None:
     if args.precision == "fp32":
         if args.module_precision:
-            raise ValueError("--module-precision needs --precision mixed (or fp16/int8 as the default for the other graphs)")
+            raise ValueError(
+                "--module-precision needs --precision mixed (or fp16/int8 as the default for the other graphs)"
+            )
         return None
     graph_precisions(args.precision, args.module_precision)  # fail before the export, not after
     lowest = "int8" if "int8" in {args.precision, *args.module_precision.values()} else "fp16"
     thresholds = GateThresholds.for_precision(lowest).with_overrides(
-        mask_iou=args.gate_iou, logits_pearson=args.gate_correlation, min_judgeable=args.gate_min_judgeable)
+        mask_iou=args.gate_iou, logits_pearson=args.gate_correlation, min_judgeable=args.gate_min_judgeable
+    )
     return PrecisionOptions(
-        precision=args.precision, module_precision=args.module_precision, calib_episodes=args.calib_episodes,
-        calib_seed=args.calib_seed, calib_shots=tuple(args.calib_shots), calib_method=args.calib_method,
-        calib_file=args.calib_file, calib_source=_calib_source(args), int8_rest=args.int8_rest, int8_heads=args.int8_heads,
-        cpu_int8_flavour=not args.no_cpu_int8, ort_flavours=args.ort_optimize, gate=not args.no_gate, gate_episodes=args.gate_episodes, thresholds=thresholds,
+        precision=args.precision,
+        module_precision=args.module_precision,
+        calib_episodes=args.calib_episodes,
+        calib_seed=args.calib_seed,
+        calib_shots=tuple(args.calib_shots),
+        calib_method=args.calib_method,
+        calib_file=args.calib_file,
+        calib_source=_calib_source(args),
+        int8_rest=args.int8_rest,
+        int8_heads=args.int8_heads,
+        cpu_int8_flavour=not args.no_cpu_int8,
+        ort_flavours=args.ort_optimize,
+        gate=not args.no_gate,
+        gate_episodes=args.gate_episodes,
+        thresholds=thresholds,
     )
 
 
@@ -112,10 +184,24 @@ def main(argv: list[str] | None = None) -> int:
         if engines is not None:  # fail before exporting when engines cannot be built here
             require_tensorrt()
             current_device()
-        loaded = build_model(args.model, checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, image_size=args.image_size)
+        loaded = build_model(
+            args.model,
+            checkpoint=args.checkpoint,
+            random_init=args.random_init,
+            seed=args.seed,
+            image_size=args.image_size,
+        )
         t1 = time.perf_counter()
-        report = export_artifacts(loaded, args.out, convert=None if options is None else converter(options), opset=args.opset,
-                                  overwrite=args.overwrite, progress=not args.quiet, ort_optimize=args.ort_optimize, engines=engines)
+        report = export_artifacts(
+            loaded,
+            args.out,
+            convert=None if options is None else converter(options),
+            opset=args.opset,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            ort_optimize=args.ort_optimize,
+            engines=engines,
+        )
     except GateError as e:  # a broken conversion: exit 1 (a refusal to judge is a ValueError: exit 2)
         print(f"fssam2-export: error: {e}", file=sys.stderr)
         return 1

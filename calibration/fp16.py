@@ -67,7 +67,9 @@ def fp16_range_report(model: onnx.ModelProto, ranges: dict[str, tuple[float, flo
     return hits
 
 
-def convert_fp16(src: Path, dst: Path, extra_blocked_nodes: list[str] = (), op_block_extra: tuple[str, ...] = ()) -> onnx.ModelProto:
+def convert_fp16(
+    src: Path, dst: Path, extra_blocked_nodes: list[str] = (), op_block_extra: tuple[str, ...] = ()
+) -> onnx.ModelProto:
     """Write the FP16 version of `src` to `dst`: FP32 I/O; `FP32_OPS`, `op_block_extra` (op types) and
     `extra_blocked_nodes` (node names) in FP32."""
     model = convert_float_to_float16(

@@ -48,7 +48,11 @@ FLOAT_OPS: dict[str, str] = {
     "Add": "residual stream: quantising residual Adds distorts transformer outputs",
     "Erf": "GELU",
 }
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # ORT's QDQ quantiser also quantises the *outputs* of Conv/MatMul/Gemm (this option stops it), and hands a quantised
 # tensor's DequantizeLinear output to every consumer, quantised or not (`keep_float_consumers` undoes that).
@@ -78,9 +82,17 @@ def int8_exclusions(model: onnx.ModelProto, quantise_heads: bool = True) -> dict
     return out
 
 
-def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: str = "minmax", rest: str = "fp16",
-                 quantise_heads: bool = True, exclusions: bool = True, extra_blocked_nodes: list[str] = (),
-                 minmax_ranges: TensorsData | None = None) -> QuantisationResult:
+def quantize_qdq(
+    src: Path,
+    dst: Path,
+    reader: CalibrationDataReader,
+    method: str = "minmax",
+    rest: str = "fp16",
+    quantise_heads: bool = True,
+    exclusions: bool = True,
+    extra_blocked_nodes: list[str] = (),
+    minmax_ranges: TensorsData | None = None,
+) -> QuantisationResult:
     """Write the QDQ INT8 version of `src` to `dst`; `rest` = precision of what is not quantised (with
     `extra_blocked_nodes` kept FP32 when it is fp16). `exclusions=False` quantises the inputs of every
     node, LayerNorm / Softmax / Adds / attention included: only for demonstrating a failing gate.
@@ -101,7 +113,9 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
             ranges = calibrate(src, reader, METHODS[method], {"symmetric": True})
         save_tensors_data(ranges, cache)
         quantize_static(
-            model, qdq, None,
+            model,
+            qdq,
+            None,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             per_channel=True,
@@ -126,7 +140,11 @@ def quantize_qdq(src: Path, dst: Path, reader: CalibrationDataReader, method: st
         else:
             onnx.save(onnx.load(str(qdq)), str(dst))
     result = onnx.load(str(dst))
-    quantised = sum(1 for n in result.graph.node if n.op_type in QUANTISED_OPS and any(i.endswith("DequantizeLinear_Output") for i in n.input))
+    quantised = sum(
+        1
+        for n in result.graph.node
+        if n.op_type in QUANTISED_OPS and any(i.endswith("DequantizeLinear_Output") for i in n.input)
+    )
     return QuantisationResult(excluded, quantised)
 
 
@@ -141,7 +159,9 @@ def keep_float_consumers(model: onnx.ModelProto) -> onnx.ModelProto:
         q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
         if q is not None and q.op_type == "QuantizeLinear":
             if dq.output[0] in outputs:
-                raise GraphCheckError(f"graph output {dq.output[0]} is INT8-dequantised; the policy keeps graph outputs float")
+                raise GraphCheckError(
+                    f"graph output {dq.output[0]} is INT8-dequantised; the policy keeps graph outputs float"
+                )
             source[dq.output[0]] = q.input[0]
     for n in graph.node:
         if n.op_type not in QUANTISED_OPS:
@@ -178,8 +198,13 @@ def quantize_dynamic_cpu(src: Path, dst: Path) -> tuple[list[str], int]:
         onnx.save(model, str(fused))
         quant_pre_process(str(fused), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        quantize_dynamic(model, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=False,
-                         weight_type=QuantType.QInt8,
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            model,
+            dst,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=False,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     out = onnx.load(str(dst))
     return sorted(n.name for n in out.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")), attentions

@@ -15,13 +15,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +38,8 @@ from runtime.fidelity import (
     recording_segmenter,
     run_episode,
 )
-from runtime.synthetic import CHECK_STREAM
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
+from runtime.synthetic import CHECK_STREAM
 
 from .capture import CalibrationData, EpisodeSource, capture
 from .diagnose import first_diverging_node
@@ -82,13 +82,23 @@ class PrecisionOptions:
 
     def __post_init__(self):
         lo, hi = self.calib_shots
-        problems = [msg for bad, msg in [
-            (self.precision not in ("fp16", "int8", "mixed"), f"precision {self.precision!r} is not fp16 / int8 / mixed"),
-            (self.calib_episodes < 1 or self.gate_episodes < 1, "calibration and gate need at least one episode each"),
-            (not 1 <= lo <= hi, f"shots range must satisfy 1 <= MIN <= MAX, got {lo} {hi}"),
-            (self.calib_method not in METHODS, f"calibration method must be one of {sorted(METHODS)}"),
-            (self.int8_rest not in ("fp16", "fp32"), "--int8-rest must be fp16 or fp32"),
-        ] if bad]
+        problems = [
+            msg
+            for bad, msg in [
+                (
+                    self.precision not in ("fp16", "int8", "mixed"),
+                    f"precision {self.precision!r} is not fp16 / int8 / mixed",
+                ),
+                (
+                    self.calib_episodes < 1 or self.gate_episodes < 1,
+                    "calibration and gate need at least one episode each",
+                ),
+                (not 1 <= lo <= hi, f"shots range must satisfy 1 <= MIN <= MAX, got {lo} {hi}"),
+                (self.calib_method not in METHODS, f"calibration method must be one of {sorted(METHODS)}"),
+                (self.int8_rest not in ("fp16", "fp32"), "--int8-rest must be fp16 or fp32"),
+            ]
+            if bad
+        ]
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -109,7 +119,9 @@ def graph_precisions(precision: str, module_precision: dict[str, str]) -> dict[s
     """Per-graph precision: `precision` for all graphs (fp32 for `mixed`), then the overrides."""
     bad = {g: p for g, p in module_precision.items() if g not in GRAPH_NAMES or p not in GRAPH_PRECISIONS}
     if bad:
-        raise ValueError(f"--module-precision: unknown graph or precision in {bad}; graphs {GRAPH_NAMES}, precisions {GRAPH_PRECISIONS}")
+        raise ValueError(
+            f"--module-precision: unknown graph or precision in {bad}; graphs {GRAPH_NAMES}, precisions {GRAPH_PRECISIONS}"
+        )
     if precision == "mixed" and not module_precision:
         raise ValueError("--precision mixed needs --module-precision graph=precision[,...]")
     base = "fp32" if precision == "mixed" else precision
@@ -139,10 +151,19 @@ def _calibration(fp32_dir: Path, opts: PrecisionOptions, progress: bool) -> tupl
         data = CalibrationData.load(opts.calib_file)
         size = load_manifest(fp32_dir, verify_files=False).preprocess.image_size
         if data.info.image_size != size:
-            raise ValueError(f"calibration file {opts.calib_file} was captured at {data.info.image_size}px, the model runs at {size}px")
+            raise ValueError(
+                f"calibration file {opts.calib_file} was captured at {data.info.image_size}px, the model runs at {size}px"
+            )
         return data, file_sha256(Path(opts.calib_file))
-    data = capture(fp32_dir, opts.calib_episodes, opts.calib_seed, opts.calib_shots, opts.calib_max_samples, progress,
-                   opts.calib_source)
+    data = capture(
+        fp32_dir,
+        opts.calib_episodes,
+        opts.calib_seed,
+        opts.calib_shots,
+        opts.calib_max_samples,
+        progress,
+        opts.calib_source,
+    )
     if opts.calib_file:
         return data, data.save(opts.calib_file)
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,8 +203,17 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
                 check_tensorrt_compat(onnx.load(str(dst)))
             else:
                 with _quiet_root_logger():
-                    q = quantize_qdq(src, dst, calib.reader(name), opts.calib_method, opts.int8_rest, opts.int8_heads,
-                                     opts.int8_exclusions, extra_blocked_nodes=blocked, minmax_ranges=ranges)
+                    q = quantize_qdq(
+                        src,
+                        dst,
+                        calib.reader(name),
+                        opts.calib_method,
+                        opts.int8_rest,
+                        opts.int8_heads,
+                        opts.int8_exclusions,
+                        extra_blocked_nodes=blocked,
+                        minmax_ranges=ranges,
+                    )
                 check_qdq(onnx.load(str(dst)))
                 int8_info[name] = {"excluded_nodes": q.excluded_nodes, "quantised_nodes": q.quantised_nodes}
         sha = file_sha256(dst)
@@ -191,11 +221,26 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
             cpu_file = f"{name}.cpu-int8.onnx"
             with _quiet_root_logger():
                 quantised, attentions = quantize_dynamic_cpu(src, out_dir / cpu_file)
-            flavours.append(Flavour("onnx", cpu_file, file_sha256(out_dir / cpu_file), ["cpu"], CPU_INT8_PRECISION, sha,
-                                    {"quantizer": "onnxruntime.quantization.quantize_dynamic", "ops": ["MatMul", "Gemm"],
-                                     "weights": "int8 per-tensor symmetric", "activations": "dynamic uint8 per call",
-                                     "quantised_nodes": len(quantised), "made_from": "fp32",
-                                     "fused_attentions": attentions, "fusion": "com.microsoft.MultiHeadAttention"}))
+            flavours.append(
+                Flavour(
+                    "onnx",
+                    cpu_file,
+                    file_sha256(out_dir / cpu_file),
+                    ["cpu"],
+                    CPU_INT8_PRECISION,
+                    sha,
+                    {
+                        "quantizer": "onnxruntime.quantization.quantize_dynamic",
+                        "ops": ["MatMul", "Gemm"],
+                        "weights": "int8 per-tensor symmetric",
+                        "activations": "dynamic uint8 per call",
+                        "quantised_nodes": len(quantised),
+                        "made_from": "fp32",
+                        "fused_attentions": attentions,
+                        "fusion": "com.microsoft.MultiHeadAttention",
+                    },
+                )
+            )
         specs[name] = dataclasses.replace(spec, sha256=sha, precision=prec, flavours=flavours)
         seconds[f"convert {name}"] = time.perf_counter() - t0
     if opts.ort_flavours:
@@ -205,44 +250,73 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
 
     info = calib.info
     calibration = {
-        "dataset": info.dataset, "episodes": info.episodes, "seed": info.seed, "shots": list(info.shots),
-        "method": opts.calib_method, "samples": info.samples,
-        "memory_tokens": sorted(set(info.memory_tokens)), "sha256": calib_sha,
+        "dataset": info.dataset,
+        "episodes": info.episodes,
+        "seed": info.seed,
+        "shots": list(info.shots),
+        "method": opts.calib_method,
+        "samples": info.samples,
+        "memory_tokens": sorted(set(info.memory_tokens)),
+        "sha256": calib_sha,
         "file": str(opts.calib_file) if opts.calib_file else None,
         "graph_precision": plan,
-        "fp16": {"converter": "onnxruntime.transformers.float16", "io": "float32", "blocked_ops": FP32_OPS, "graphs": fp16_info},
-        "int8": {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ", "symmetric": True,
-                 "per_channel_weights": True, "quantised_ops": QUANTISED_OPS, "float_ops": FLOAT_OPS,
-                 "rest": opts.int8_rest, "heads_quantised": opts.int8_heads, "graphs": int8_info},
+        "fp16": {
+            "converter": "onnxruntime.transformers.float16",
+            "io": "float32",
+            "blocked_ops": FP32_OPS,
+            "graphs": fp16_info,
+        },
+        "int8": {
+            "quantizer": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "symmetric": True,
+            "per_channel_weights": True,
+            "quantised_ops": QUANTISED_OPS,
+            "float_ops": FLOAT_OPS,
+            "rest": opts.int8_rest,
+            "heads_quantised": opts.int8_heads,
+            "graphs": int8_info,
+        },
     }
     notes = list(base.notes)
     if fp16_info:
-        notes.append("FP16 parts: native on CUDA / TensorRT; ONNX Runtime CPU has few FP16 kernels and inserts Casts, "
-                     "so on CPU they are partly emulated in FP32")
+        notes.append(
+            "FP16 parts: native on CUDA / TensorRT; ONNX Runtime CPU has few FP16 kernels and inserts Casts, "
+            "so on CPU they are partly emulated in FP32"
+        )
     if int8_info:
-        notes.append("INT8 standard graphs are QDQ for TensorRT / CUDA; provider 'cpu' runs the int8-dynamic flavours "
-                     "(ORT's QDQ kernels on CPU are not faster than FP32)")
-    manifest = dataclasses.replace(base, precision=overall_precision(plan), graphs=specs, calibration=calibration, notes=notes)
+        notes.append(
+            "INT8 standard graphs are QDQ for TensorRT / CUDA; provider 'cpu' runs the int8-dynamic flavours "
+            "(ORT's QDQ kernels on CPU are not faster than FP32)"
+        )
+    manifest = dataclasses.replace(
+        base, precision=overall_precision(plan), graphs=specs, calibration=calibration, notes=notes
+    )
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
 
     reports = _gate(fp32_dir, out_dir, manifest, opts, progress, seconds)
-    manifest = dataclasses.replace(manifest, fidelity={"gate": "on" if opts.gate else "off (--no-gate)"}
-                                   | {k: r.summary() for k, r in reports.items()})
+    manifest = dataclasses.replace(
+        manifest,
+        fidelity={"gate": "on" if opts.gate else "off (--no-gate)"} | {k: r.summary() for k, r in reports.items()},
+    )
     (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
     return ConversionResult(manifest, reports, seconds)
 
 
-def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOptions, progress: bool,
-          seconds: dict[str, float]) -> dict[str, FidelityReport]:
+def _gate(
+    fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOptions, progress: bool, seconds: dict[str, float]
+) -> dict[str, FidelityReport]:
     """Judge the standard graphs (and the CPU flavours) on held-out episodes; the FP32 reference runs once per episode."""
     lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
     thresholds = opts.thresholds or GateThresholds.for_precision(lowest)
-    episodes = opts.calib_source.episodes(opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size,
-                                          CHECK_STREAM)
+    episodes = opts.calib_source.episodes(
+        opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM
+    )
     candidates = {key: (out_dir, backend) for key, backend in provider_file_sets(manifest, OrtBackend("cpu")).items()}
     clock: dict[str, float] = {}
-    reports = compare_candidates(candidates, fp32_dir, episodes, thresholds=thresholds, progress=progress,
-                                 stop_early=opts.gate, seconds=clock)
+    reports = compare_candidates(
+        candidates, fp32_dir, episodes, thresholds=thresholds, progress=progress, stop_early=opts.gate, seconds=clock
+    )
     seconds |= {f"gate {k}": v for k, v in clock.items()}
     t0 = time.perf_counter()
     for report in reports.values():
@@ -256,9 +330,13 @@ def _gate(fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOpti
     (out_dir / REPORT_TEXT).write_text(text + "\n")
     verdicts = {k: r.verdict().status for k, r in reports.items()}
     if opts.gate and "fail" in verdicts.values():
-        raise GateError(f"fidelity gate failed ({', '.join(k for k, v in verdicts.items() if v == 'fail')}); nothing written:\n{text}")
+        raise GateError(
+            f"fidelity gate failed ({', '.join(k for k, v in verdicts.items() if v == 'fail')}); nothing written:\n{text}"
+        )
     if opts.gate and "refused" in verdicts.values():
-        raise GateRefused(f"fidelity gate refused to judge; nothing written (--no-gate keeps the export unjudged):\n{text}")
+        raise GateRefused(
+            f"fidelity gate refused to judge; nothing written (--no-gate keeps the export unjudged):\n{text}"
+        )
     return reports
 
 
@@ -278,10 +356,14 @@ def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
     return backends
 
 
-def _diagnose(fp32_dir: Path, out_dir: Path, manifest: Manifest, report: FidelityReport, episode, thresholds: GateThresholds) -> dict:
+def _diagnose(
+    fp32_dir: Path, out_dir: Path, manifest: Manifest, report: FidelityReport, episode, thresholds: GateThresholds
+) -> dict:
     graph, _, _ = report.worst_graph
     seg, rec = recording_segmenter(fp32_dir)
     run_episode(seg, episode)
     candidate = out_dir / report.graph_files[graph]
-    drift = first_diverging_node(fp32_dir / manifest.graphs[graph].file, candidate, rec.calls[graph][-1], thresholds.logits_pearson)
+    drift = first_diverging_node(
+        fp32_dir / manifest.graphs[graph].file, candidate, rec.calls[graph][-1], thresholds.logits_pearson
+    )
     return drift.to_dict() if drift else {}

@@ -59,18 +59,22 @@ def _in_node_order() -> ort.SessionOptions:
     return opts
 
 
-def calibrate(model_path: Path, reader: CalibrationDataReader, method: CalibrationMethod, extra_options: dict) -> TensorsData:
+def calibrate(
+    model_path: Path, reader: CalibrationDataReader, method: CalibrationMethod, extra_options: dict
+) -> TensorsData:
     """Tensor ranges of every float tensor of `model_path` over the reader's feeds."""
     original_nodes = len(onnx.load(str(model_path)).graph.node)
     with tempfile.TemporaryDirectory() as tmp:
         augmented = Path(tmp) / "augmented.onnx"
-        cal = create_calibrator(model_path, None, augmented_model_path=augmented, calibrate_method=method, extra_options=extra_options)
+        cal = create_calibrator(
+            model_path, None, augmented_model_path=augmented, calibrate_method=method, extra_options=extra_options
+        )
         interleave_added_nodes(augmented, original_nodes)
-        cal.infer_session = ort.InferenceSession(str(augmented), sess_options=_in_node_order(), providers=cal.execution_providers)
+        cal.infer_session = ort.InferenceSession(
+            str(augmented), sess_options=_in_node_order(), providers=cal.execution_providers
+        )
         cal.collect_data(reader)
         return cal.compute_data()
-
-
 
 
 def minmax(model_path: Path, reader: CalibrationDataReader) -> TensorsData:

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from runtime.backends import Graph, OrtBackend
 from runtime.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
-from runtime.synthetic import synthetic_episodes
 from runtime.manifest import GRAPH_NAMES, load_manifest
 from runtime.segmenter import FewShotSegmenter
+from runtime.synthetic import synthetic_episodes
 
 
 @dataclass
@@ -46,7 +46,10 @@ def _variants(dirs: list[Path], threads: int | None) -> list[Variant]:
         cpu = OrtBackend("cpu", intra_op_threads=threads)
         backends = [(f"{d.name} ({m.precision})", cpu)]
         if any(g.flavours for g in m.graphs.values()):
-            backends = [(f"{d.name} ({m.precision}, cpu flavours)", cpu), (f"{d.name} ({m.precision}, standard)", ProviderFiles(cpu))]
+            backends = [
+                (f"{d.name} ({m.precision}, cpu flavours)", cpu),
+                (f"{d.name} ({m.precision}, standard)", ProviderFiles(cpu)),
+            ]
         for label, backend in backends:
             files = {n: g.artifact_for(backend.provider).file for n, g in m.graphs.items()}
             seg, rec = recording_segmenter(d, backend)
@@ -103,7 +106,9 @@ def table(variants: list[Variant]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m calibration.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m calibration.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--artifacts", nargs="+", required=True, type=Path, help="artifact dirs; the first is the baseline")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--shots", type=int, default=2, help="K of the timed episode")

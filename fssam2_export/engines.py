@@ -28,7 +28,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +35,21 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import OrtBackend
-from runtime.fidelity import (FidelityReport, GateThresholds, ProviderFiles, compare_artifacts,
-                              recording_segmenter)
+from runtime.fidelity import FidelityReport, GateThresholds, ProviderFiles, compare_artifacts, recording_segmenter
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
 from runtime.outputs import write_atomic
-from runtime.profiles import DEFAULT_MAX_SHOTS, DEFAULT_OPT_SHOTS, MEMORY_AXIS, DimRange, InputProfile, input_profiles, memory_dim_ranges
+from runtime.profiles import (
+    DEFAULT_MAX_SHOTS,
+    DEFAULT_OPT_SHOTS,
+    MEMORY_AXIS,
+    DimRange,
+    InputProfile,
+    input_profiles,
+    memory_dim_ranges,
+)
 from runtime.synthetic import CHECK_STREAM, synthetic_episodes, write_episode
 from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
 from runtime.versions import dist_version
-
 
 TIMING_CACHE = "timing.cache"
 DEFAULT_WORKSPACE_GB = 4.0
@@ -55,13 +60,18 @@ QUANTILE = 0.999
 @dataclass(frozen=True)
 class EngineTolerance:
     """Per output, |engine - onnx| over all comparison inputs, in units of the ONNX output's spread."""
+
     max: float  # largest error
     quantile: float  # 99.9th percentile of the error
 
 
 # Written, not run on a GPU: set from the precisions' own rounding (FP32 without TF32; FP16 ~1e-3 per op, ORT CPU
 # partly emulating it; INT8 one quantisation step ~ range / 127 on either side), not from measured engines.
-TOLERANCES = {"fp32": EngineTolerance(1e-3, 1e-4), "fp16": EngineTolerance(5e-2, 1e-2), "int8": EngineTolerance(0.25, 5e-2)}
+TOLERANCES = {
+    "fp32": EngineTolerance(1e-3, 1e-4),
+    "fp16": EngineTolerance(5e-2, 1e-2),
+    "int8": EngineTolerance(0.25, 5e-2),
+}
 
 
 class EngineBuildError(RuntimeError):
@@ -101,8 +111,10 @@ def require_tensorrt():
     try:
         import tensorrt
     except ImportError as e:
-        raise ImportError(f"building engines needs TensorRT ({e}): desktop: pip install 'fssam2[trt]' "
-                          "(NVIDIA's wheels) or a TensorRT tarball; Jetson: JetPack's python3-libnvinfer") from e
+        raise ImportError(
+            f"building engines needs TensorRT ({e}): desktop: pip install 'fssam2[trt]' "
+            "(NVIDIA's wheels) or a TensorRT tarball; Jetson: JetPack's python3-libnvinfer"
+        ) from e
     return tensorrt
 
 
@@ -163,17 +175,27 @@ def engine_errors(engine_runs: list[dict], onnx_runs: list[dict], tol: EngineTol
         finite = np.concatenate([np.isfinite(g).ravel() | ~np.isfinite(w).ravel() for g, w in zip(got, want)])
         worst = float(diff.max()) / scale if finite.all() else float("inf")
         quantile = float(np.quantile(np.where(finite, diff, np.inf), QUANTILE)) / scale
-        figures[name] = {"spread": scale, "max_over_spread": worst, "q999_over_spread": quantile,
-                         "non_finite": int((~finite).sum())}
+        figures[name] = {
+            "spread": scale,
+            "max_over_spread": worst,
+            "q999_over_spread": quantile,
+            "non_finite": int((~finite).sum()),
+        }
         if not finite.all():
             failures.append(f"{name}: {int((~finite).sum())} non-finite values where the ONNX graph's are finite")
-        elif worst > tol.max or (diff.size * (1 - QUANTILE) >= 1 and quantile > tol.quantile):  # small outputs: max only
-            failures.append(f"{name}: max |diff| {worst:.3g} x spread (<= {tol.max}), 99.9th percentile {quantile:.3g} x spread "
-                            f"(<= {tol.quantile}); spread {scale:.3g}")
+        elif worst > tol.max or (
+            diff.size * (1 - QUANTILE) >= 1 and quantile > tol.quantile
+        ):  # small outputs: max only
+            failures.append(
+                f"{name}: max |diff| {worst:.3g} x spread (<= {tol.max}), 99.9th percentile {quantile:.3g} x spread "
+                f"(<= {tol.quantile}); spread {scale:.3g}"
+            )
     return failures, figures
 
 
-def compare_engine(blob: bytes, onnx_path: Path, feeds: list[dict[str, np.ndarray]], precision: str) -> tuple[list[str], dict]:
+def compare_engine(
+    blob: bytes, onnx_path: Path, feeds: list[dict[str, np.ndarray]], precision: str
+) -> tuple[list[str], dict]:
     """Run the engine (TrtRunner) and the ONNX graph (OnnxrtRunner, CPU) on `feeds`; (failures, figures)."""
     from polygraphy import comparator
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -210,8 +232,14 @@ def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> di
     return dict(feeds)
 
 
-def build_engines(artifacts_dir: str | Path, settings: EngineSettings = EngineSettings(), *, progress: bool = True,
-                  device: DeviceInfo | None = None, runtime_backend=None) -> EngineReport:
+def build_engines(
+    artifacts_dir: str | Path,
+    settings: EngineSettings = EngineSettings(),
+    *,
+    progress: bool = True,
+    device: DeviceInfo | None = None,
+    runtime_backend=None,
+) -> EngineReport:
     """Build, compare and record a TensorRT engine for each graph of `artifacts_dir` (replacing earlier
     engines). Nothing in the directory changes unless every engine passed its comparison and the engines
     together passed the end-to-end gate (run by `runtime_backend`, default `TensorRTBackend()`)."""
@@ -235,15 +263,19 @@ def build_engines(artifacts_dir: str | Path, settings: EngineSettings = EngineSe
                 raise EngineBuildError(f"{name}: TensorRT could not build an engine from {spec.file}: {e}") from e
             failures, figures = compare_engine(blob, root / spec.file, feeds[name], spec.precision)
             if failures:
-                raise EngineBuildError(f"{name}: the engine differs from {spec.file} beyond the {spec.precision} tolerance: "
-                                       f"{'; '.join(failures)}; nothing was written")
+                raise EngineBuildError(
+                    f"{name}: the engine differs from {spec.file} beyond the {spec.precision} tolerance: "
+                    f"{'; '.join(failures)}; nothing was written"
+                )
             partial.append(root / f".{name}.engine.partial")
             partial[-1].write_bytes(blob)
             flavours[name] = _flavour(name, spec, blob, trt.__version__, device, profiles, settings, dims, figures)
             seconds[name] = time.perf_counter() - t0
             worst = max(o["max_over_spread"] for o in figures["outputs"].values())
-            tqdm.write(f"{name}: engine {len(blob) / 2**20:.1f} MiB ({spec.precision}) in {seconds[name]:.1f}s; "
-                       f"max |engine - onnx| {worst:.2e} x spread over {figures['inputs']} inputs")
+            tqdm.write(
+                f"{name}: engine {len(blob) / 2**20:.1f} MiB ({spec.precision}) in {seconds[name]:.1f}s; "
+                f"max |engine - onnx| {worst:.2e} x spread over {figures['inputs']} inputs"
+            )
         manifest = _with_engines(manifest, flavours, trt.__version__)
         gate = _end_to_end(root, manifest, partial[1:], settings, runtime_backend)
         for name, path in zip(flavours, partial[1:]):
@@ -259,7 +291,9 @@ def build_engines(artifacts_dir: str | Path, settings: EngineSettings = EngineSe
     return EngineReport(manifest, flavours, seconds)
 
 
-def _end_to_end(root: Path, manifest: Manifest, engines: list[Path], settings: EngineSettings, backend) -> FidelityReport:
+def _end_to_end(
+    root: Path, manifest: Manifest, engines: list[Path], settings: EngineSettings, backend
+) -> FidelityReport:
     """The ONNX fidelity gate for the new engines (`tensorrt-native`) against the standard ONNX graphs on ORT CPU,
     run from a staging directory (links to the graphs, the engines, the new manifest); EngineBuildError if it fails."""
     staging = root / ENGINE_STAGING
@@ -274,15 +308,22 @@ def _end_to_end(root: Path, manifest: Manifest, engines: list[Path], settings: E
         lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
         shots = (1, min(4, settings.max_shots))
         episodes = synthetic_episodes(settings.gate_episodes, 0, shots, manifest.preprocess.image_size, CHECK_STREAM)
-        report = compare_artifacts(staging, root, episodes, backend=backend or _native_backend(),
-                                   reference_backend=ProviderFiles(OrtBackend("cpu")),
-                                   thresholds=GateThresholds.for_precision(lowest))
+        report = compare_artifacts(
+            staging,
+            root,
+            episodes,
+            backend=backend or _native_backend(),
+            reference_backend=ProviderFiles(OrtBackend("cpu")),
+            thresholds=GateThresholds.for_precision(lowest),
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.candidate, report.reference = "tensorrt engines", "onnx (ORT CPU)"
     if not report.passed:
-        raise EngineBuildError(f"the engines fail the end-to-end fidelity gate against the ONNX graphs; nothing was written:\n"
-                               f"{report.table()}")
+        raise EngineBuildError(
+            f"the engines fail the end-to-end fidelity gate against the ONNX graphs; nothing was written:\n"
+            f"{report.table()}"
+        )
     return report
 
 
@@ -292,8 +333,17 @@ def _native_backend():
     return TensorRTBackend()
 
 
-def _flavour(name: str, spec: GraphSpec, blob: bytes, version: str, device: DeviceInfo, profiles: dict[str, InputProfile],
-             settings: EngineSettings, dims: dict[str, DimRange], figures: dict) -> Flavour:
+def _flavour(
+    name: str,
+    spec: GraphSpec,
+    blob: bytes,
+    version: str,
+    device: DeviceInfo,
+    profiles: dict[str, InputProfile],
+    settings: EngineSettings,
+    dims: dict[str, DimRange],
+    figures: dict,
+) -> Flavour:
     memory = dims[MEMORY_AXIS]
     return Flavour(
         kind=ENGINE_KIND,
@@ -307,9 +357,20 @@ def _flavour(name: str, spec: GraphSpec, blob: bytes, version: str, device: Devi
             "gpu": device.name,
             "compute_capability": device.compute_capability,
             "profiles": {n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for n, p in profiles.items()},
-            "shots": {"min": 1, "opt": memory.opt // memory.min, "max": memory.max // memory.min, "tokens_per_support": memory.min},
-            "builder": {"strongly_typed": True, "precision_flags": None, "tf32": False, "workspace_bytes": settings.workspace_bytes,
-                        "timing_cache": TIMING_CACHE, "polygraphy": (dist_version("polygraphy") or "not installed")},
+            "shots": {
+                "min": 1,
+                "opt": memory.opt // memory.min,
+                "max": memory.max // memory.min,
+                "tokens_per_support": memory.min,
+            },
+            "builder": {
+                "strongly_typed": True,
+                "precision_flags": None,
+                "tf32": False,
+                "workspace_bytes": settings.workspace_bytes,
+                "timing_cache": TIMING_CACHE,
+                "polygraphy": (dist_version("polygraphy") or "not installed"),
+            },
             "comparison": figures,
         },
     )
@@ -329,9 +390,10 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
 
 
-
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-shots", type=int, default=DEFAULT_MAX_SHOTS, help="largest K the engines' memory profile covers")
+    p.add_argument(
+        "--max-shots", type=int, default=DEFAULT_MAX_SHOTS, help="largest K the engines' memory profile covers"
+    )
     p.add_argument("--opt-shots", type=int, help="K the profile is tuned for (default: min(5, max shots))")
     p.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE_GB, help="TensorRT builder workspace limit")
 
@@ -341,8 +403,11 @@ def settings_from(args: argparse.Namespace) -> EngineSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fssam2-engines", description="Build TensorRT engines for an fssam2 artifacts directory "
-                                "(on the machine that will run them) and record them in its manifest.")
+    p = argparse.ArgumentParser(
+        prog="fssam2-engines",
+        description="Build TensorRT engines for an fssam2 artifacts directory "
+        "(on the machine that will run them) and record them in its manifest.",
+    )
     p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_arguments(p)
@@ -354,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = sum(report.seconds.values())
     some = next(iter(report.flavours.values())).meta
-    print(f"built {len(report.flavours)} engines in {total:.1f}s (TensorRT {some['tensorrt']}, {some['gpu']}, "
-          f"cc {some['compute_capability']}, K 1..{some['shots']['max']}) into {args.artifacts}")
+    print(
+        f"built {len(report.flavours)} engines in {total:.1f}s (TensorRT {some['tensorrt']}, {some['gpu']}, "
+        f"cc {some['compute_capability']}, K 1..{some['shots']['max']}) into {args.artifacts}"
+    )
     return 0
 
 

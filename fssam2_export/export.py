@@ -80,7 +80,6 @@ def _tensor_specs(values) -> list[TensorSpec]:
     ]
 
 
-
 def tool_versions(opset: int) -> dict[str, str]:
     versions = {d: dist_version(d) or "not installed" for d in ("fssam2", "torch", "sam2", "onnx", "onnxruntime")}
     return versions | {"python": platform.python_version(), "opset": str(opset), "exporter": "torch.onnx (TorchScript)"}
@@ -93,7 +92,9 @@ def _examples(loaded: LoadedModel, graphs: dict[str, torch.nn.Module]) -> dict[s
     s = loaded.image_size
     g = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, s, s, generator=g)
-    mask_logits = torch.where(torch.rand(1, 1, s, s, generator=g) > 0.5, MASK_LOGIT_SCALE + MASK_LOGIT_BIAS, MASK_LOGIT_BIAS)
+    mask_logits = torch.where(
+        torch.rand(1, 1, s, s, generator=g) > 0.5, MASK_LOGIT_SCALE + MASK_LOGIT_BIAS, MASK_LOGIT_BIAS
+    )
     ex = {"image_encoder": ((image,), graphs["image_encoder"](image))}
     f0, f1, embed, pos = ex["image_encoder"][1]
     ex["memory_encoder"] = ((embed, mask_logits), graphs["memory_encoder"](embed, mask_logits))
@@ -162,7 +163,9 @@ def export_artifacts(
             table = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in result.reports.items())
         if ort_optimize and convert is None:  # reduced precisions: made before their gate, which judges them
             t0 = time.perf_counter()
-            graphs = add_ort_flavours(tmp, manifest.graphs, {"num_memory_tokens": manifest.episode.tokens_per_support}, progress)
+            graphs = add_ort_flavours(
+                tmp, manifest.graphs, {"num_memory_tokens": manifest.episode.tokens_per_support}, progress
+            )
             manifest = dataclasses.replace(manifest, graphs=graphs)
             (tmp / MANIFEST_NAME).write_text(manifest.to_json())
             seconds["ort_flavours"] = time.perf_counter() - t0
@@ -196,7 +199,9 @@ def _export_into(loaded: LoadedModel, tmp: Path, opset: int, progress: bool):
             )
         shapes = {n: list(t.shape) for n, t in zip(module.output_names, examples[name][1])}
         model = simplify_and_validate(path, shapes)
-        specs[name] = GraphSpec(path.name, file_sha256(path), _tensor_specs(model.graph.input), _tensor_specs(model.graph.output))
+        specs[name] = GraphSpec(
+            path.name, file_sha256(path), _tensor_specs(model.graph.input), _tensor_specs(model.graph.output)
+        )
         seconds[name] = time.perf_counter() - t0
     src = loaded.source
     s, e = loaded.image_size, loaded.embed_size

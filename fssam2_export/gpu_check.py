@@ -35,7 +35,6 @@ from runtime.fidelity import (
 from runtime.segmenter import ModuleTiming, Segmentation
 from runtime.synthetic import write_episode
 
-
 MODULES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 EPISODE_TRIES = 8  # seeded episodes tried for a judgeable reference mask
 
@@ -62,7 +61,11 @@ def available_providers(artifacts: Path) -> list[str]:
     try:
         import tensorrt  # noqa: F401
 
-        if any(f.kind == "tensorrt-engine" for g in load_manifest(artifacts, verify_files=False).graphs.values() for f in g.flavours):
+        if any(
+            f.kind == "tensorrt-engine"
+            for g in load_manifest(artifacts, verify_files=False).graphs.values()
+            for f in g.flavours
+        ):
             out.append("tensorrt-native")
     except ImportError:
         pass
@@ -72,13 +75,19 @@ def available_providers(artifacts: Path) -> list[str]:
 def machine_summary() -> list[str]:
     """GPU, driver and (on Jetson) power mode lines to print with every figure."""
     lines = []
-    for cmd, label in ((["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"], "gpu"),
-                       (["nvpmodel", "-q"], "nvpmodel"), (["jetson_clocks", "--show"], "jetson_clocks")):
+    for cmd, label in (
+        (["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"], "gpu"),
+        (["nvpmodel", "-q"], "nvpmodel"),
+        (["jetson_clocks", "--show"], "jetson_clocks"),
+    ):
         if shutil.which(cmd[0]) is None:
             continue
         proc = subprocess.run(cmd, capture_output=True, text=True)
         text = " | ".join(s.strip() for s in (proc.stdout or proc.stderr).splitlines()[:3] if s.strip())
-        lines.append(f"{label}: {text or 'no output'}" + ("" if proc.returncode == 0 else f" (exit {proc.returncode}; needs sudo?)"))
+        lines.append(
+            f"{label}: {text or 'no output'}"
+            + ("" if proc.returncode == 0 else f" (exit {proc.returncode}; needs sudo?)")
+        )
     return lines or ["gpu: nvidia-smi not found"]
 
 
@@ -97,11 +106,20 @@ def _judgeable_episode(reference: FewShotSegmenter, shots: int, episode_dir: Pat
         ref = _episode(reference, episode.supports, episode.query)
         if lo <= ref.mask.mean() <= hi:
             return episode, ref
-    raise ValueError(f"no judgeable reference mask ({lo:.0%}..{hi:.0%} foreground) in {EPISODE_TRIES} episodes: parity would be vacuous")
+    raise ValueError(
+        f"no judgeable reference mask ({lo:.0%}..{hi:.0%} foreground) in {EPISODE_TRIES} episodes: parity would be vacuous"
+    )
 
 
-def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir: Path, reference: FewShotSegmenter,
-          thresholds: GateThresholds) -> Check:
+def check(
+    artifacts: Path,
+    provider: str,
+    shots: int,
+    repeats: int,
+    episode_dir: Path,
+    reference: FewShotSegmenter,
+    thresholds: GateThresholds,
+) -> Check:
     result = Check(provider, shots)
     try:
         episode, ref = _judgeable_episode(reference, shots, episode_dir)
@@ -116,7 +134,11 @@ def check(artifacts: Path, provider: str, shots: int, repeats: int, episode_dir:
         timings: dict[str, ModuleTiming] = seg.timings() | {"memory_encoder": memory_encoder}
         result.ms = {m: timings[m].mean_ms for m in MODULES}
         judged = episode_fidelity(got, ref, shots)
-        result.iou, result.sign_agreement, result.rel_error = judged.mask_iou, judged.sign_agreement, judged.logits_rel_error
+        result.iou, result.sign_agreement, result.rel_error = (
+            judged.mask_iou,
+            judged.sign_agreement,
+            judged.logits_rel_error,
+        )
         result.max_abs_logits = float(np.nan_to_num(np.abs(got.low_res_logits - ref.low_res_logits), nan=np.inf).max())
         report = FidelityReport(provider, "cpu", provider, {}, {}, [judged], thresholds)
         result.failures = report.verdict().reasons
@@ -147,12 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     providers = args.providers or ["cpu", *gpu]  # cpu: the latency baseline
     for line in machine_summary():
         print(line)
-    print(f"artifacts: {manifest.model.name} @ {manifest.preprocess.image_size}px, precision {manifest.precision}; "
-          f"reference: the CPU runtime on {reference_dir}; providers: {', '.join(providers) or 'none available'}")
+    print(
+        f"artifacts: {manifest.model.name} @ {manifest.preprocess.image_size}px, precision {manifest.precision}; "
+        f"reference: the CPU runtime on {reference_dir}; providers: {', '.join(providers) or 'none available'}"
+    )
     if not args.providers and not gpu:
         print("note: no GPU provider is available here (onnxruntime-gpu's CUDA/TensorRT EPs, or TensorRT + engines)")
-    header = (f"{'provider':<16}{'K':>3}{'IoU':>8}{'sign.agr':>10}{'rel.err':>10}{'max|dlogit|':>13}"
-              + "".join(f"{m:>18}" for m in MODULES) + "   (ms/call)")
+    header = (
+        f"{'provider':<16}{'K':>3}{'IoU':>8}{'sign.agr':>10}{'rel.err':>10}{'max|dlogit|':>13}"
+        + "".join(f"{m:>18}" for m in MODULES)
+        + "   (ms/call)"
+    )
     print(header)
     failed = False
     reference = FewShotSegmenter(reference_dir, "cpu")
@@ -163,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                 if r.error:
                     print(f"{provider:<16}{shots:>3}  FAILED: {r.error}")
                 else:
-                    print(f"{provider:<16}{shots:>3}{r.iou:>8.4f}{r.sign_agreement:>10.5f}{r.rel_error:>10.2e}{r.max_abs_logits:>13.2e}"
-                          + "".join(f"{r.ms[m]:>18.2f}" for m in MODULES)
-                          + (f"   PARITY FAIL: {'; '.join(r.failures)}" if r.failures else ""))
+                    print(
+                        f"{provider:<16}{shots:>3}{r.iou:>8.4f}{r.sign_agreement:>10.5f}{r.rel_error:>10.2e}{r.max_abs_logits:>13.2e}"
+                        + "".join(f"{r.ms[m]:>18.2f}" for m in MODULES)
+                        + (f"   PARITY FAIL: {'; '.join(r.failures)}" if r.failures else "")
+                    )
                 failed |= bool(r.error or r.failures)
     failed |= not args.providers and not gpu
     print("gpu check: " + ("FAILED" if failed else "all checks passed"))

@@ -86,12 +86,18 @@ class MaskDecoderGraph(nn.Module):
         self.mask_decoder = sam.sam_mask_decoder
 
     def forward(self, conditioned_embed, high_res_feat0, high_res_feat1):
-        return decode_single_mask(self.prompt_encoder, self.mask_decoder, conditioned_embed, padding_point(),
-                                  [high_res_feat0, high_res_feat1])
+        return decode_single_mask(
+            self.prompt_encoder, self.mask_decoder, conditioned_embed, padding_point(), [high_res_feat0, high_res_feat1]
+        )
 
 
-def decode_single_mask(prompt_encoder: nn.Module, mask_decoder: nn.Module, embeddings: torch.Tensor,
-                       points: tuple[torch.Tensor, torch.Tensor], high_res_features: list[torch.Tensor]):
+def decode_single_mask(
+    prompt_encoder: nn.Module,
+    mask_decoder: nn.Module,
+    embeddings: torch.Tensor,
+    points: tuple[torch.Tensor, torch.Tensor],
+    high_res_features: list[torch.Tensor],
+):
     """SAM2's mask decoder as FS-SAM2 runs it: the point prompt `points` (the padding point: no prompt), one mask
     output. Returns (low-res mask logits, IoU score, object score logits)."""
     sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)

@@ -111,7 +111,9 @@ def build_model(
     overrides = hydra_overrides(image_size) + POSTPROCESSING_OVERRIDES
     if random_init:
         torch.manual_seed(seed)
-    model = build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=overrides, apply_postprocessing=False)
+    model = build_sam2(
+        config, None, device="cpu", mode="eval", hydra_overrides_extra=overrides, apply_postprocessing=False
+    )
     ckpt_path, sha, record = None, None, None
     if checkpoint is not None:
         ckpt_path = Path(checkpoint)

@@ -12,8 +12,16 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 # Element types TensorRT 10 can hold in a network (DOUBLE, strings, 16-bit ints etc. are not among them).
-TRT_DTYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT32,
-              TensorProto.INT64, TensorProto.INT8, TensorProto.UINT8, TensorProto.BOOL}
+TRT_DTYPES = {
+    TensorProto.FLOAT,
+    TensorProto.FLOAT16,
+    TensorProto.BFLOAT16,
+    TensorProto.INT32,
+    TensorProto.INT64,
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.BOOL,
+}
 
 
 class GraphCheckError(ValueError):
@@ -43,13 +51,28 @@ def check_tensorrt_compat(model: onnx.ModelProto) -> None:
     if opset is None or not lo <= opset <= hi:
         problems.append(f"opset {opset} outside TensorRT 10's range {lo}-{hi}")
     ops = table["operators"]
-    bad_ops = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx") or not ops.get(n.op_type, {}).get("supported")})
+    bad_ops = sorted(
+        {
+            n.op_type
+            for n in _all_nodes(model.graph)
+            if n.domain not in ("", "ai.onnx") or not ops.get(n.op_type, {}).get("supported")
+        }
+    )
     if bad_ops:
         problems.append(f"ops TensorRT 10 does not parse: {', '.join(bad_ops)}")
     infos = list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
-    bad_types = sorted({f"{v.name}:{TensorProto.DataType.Name(v.type.tensor_type.elem_type)}" for v in infos
-                        if v.type.tensor_type.elem_type and v.type.tensor_type.elem_type not in TRT_DTYPES})
-    bad_types += sorted(f"{t.name}:{TensorProto.DataType.Name(t.data_type)}" for t in model.graph.initializer if t.data_type not in TRT_DTYPES)
+    bad_types = sorted(
+        {
+            f"{v.name}:{TensorProto.DataType.Name(v.type.tensor_type.elem_type)}"
+            for v in infos
+            if v.type.tensor_type.elem_type and v.type.tensor_type.elem_type not in TRT_DTYPES
+        }
+    )
+    bad_types += sorted(
+        f"{t.name}:{TensorProto.DataType.Name(t.data_type)}"
+        for t in model.graph.initializer
+        if t.data_type not in TRT_DTYPES
+    )
     if bad_types:
         problems.append(f"tensors of types TensorRT does not support: {', '.join(bad_types[:10])}")
     if problems:
@@ -84,7 +107,9 @@ def set_output_shapes(model: onnx.ModelProto, shapes: dict[str, list[int | str]]
         dims = out.type.tensor_type.shape.dim
         del dims[:]
         for d in shapes[out.name]:
-            dims.add().CopyFrom(onnx.TensorShapeProto.Dimension(**({"dim_param": d} if isinstance(d, str) else {"dim_value": d})))
+            dims.add().CopyFrom(
+                onnx.TensorShapeProto.Dimension(**({"dim_param": d} if isinstance(d, str) else {"dim_value": d}))
+            )
 
 
 def simplify_and_validate(path, output_shapes: dict[str, list[int | str]]) -> onnx.ModelProto:

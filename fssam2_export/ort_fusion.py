@@ -71,7 +71,9 @@ class _Graph:
         shape = self.shapes.get(name)
         return shape is not None and all(d == 1 for d in shape)
 
-    def split_scalar_mul(self, name: str, consumer: onnx.NodeProto) -> tuple[str, list[tuple[str, int]], list[onnx.NodeProto]]:
+    def split_scalar_mul(
+        self, name: str, consumer: onnx.NodeProto
+    ) -> tuple[str, list[tuple[str, int]], list[onnx.NodeProto]]:
         """`name` = Mul(x, scalar) used only by `consumer` -> (x, [(scalar, +1)], [mul]); else (name, [], [])."""
         node = self.producer.get(name)
         if node is None or node.op_type != "Mul" or not self.only_used_by(name, consumer):
@@ -90,7 +92,12 @@ class _Graph:
         if rank != 4 or axis not in (-1, 3):
             return None
         users = self.consumers.get(softmax.output[0], [])
-        if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != softmax.output[0] or softmax.output[0] in self.outputs:
+        if (
+            len(users) != 1
+            or users[0].op_type != "MatMul"
+            or users[0].input[0] != softmax.output[0]
+            or softmax.output[0] in self.outputs
+        ):
             return None
         pv = users[0]
         removed, factors = [softmax, pv], []
@@ -115,8 +122,16 @@ class _Graph:
         heads, dv = q_shape[1], v_shape[3]
         if heads is None or dv is None or q_shape[3] is None:
             return None
-        return _Attention(q, kt, pv.input[1], pv.output[0], heads, dv, tuple(factors + fq + fk),
-                          tuple(id(n) for n in removed + mq + mk))
+        return _Attention(
+            q,
+            kt,
+            pv.input[1],
+            pv.output[0],
+            heads,
+            dv,
+            tuple(factors + fq + fk),
+            tuple(id(n) for n in removed + mq + mk),
+        )
 
 
 def _evaluate_scalars(g: _Graph, names: list[str]) -> dict[str, float]:
@@ -154,17 +169,28 @@ def _evaluate_scalars(g: _Graph, names: list[str]) -> dict[str, float]:
                 dims = [sentinel if d is None else d for d in g.shapes.get(n.input[0], [])]
                 if not dims:
                     return constant
-                dims = dims[attrs.get("start", 0):attrs.get("end", len(dims))]
-                body.append(helper.make_node("Constant", [], list(n.output), value=numpy_helper.from_array(np.array(dims, np.int64))))
+                dims = dims[attrs.get("start", 0) : attrs.get("end", len(dims))]
+                body.append(
+                    helper.make_node(
+                        "Constant", [], list(n.output), value=numpy_helper.from_array(np.array(dims, np.int64))
+                    )
+                )
             else:
                 body.append(n)
-        graph = helper.make_graph(body, "scales", [], [helper.make_tensor_value_info(x, onnx.TensorProto.UNDEFINED, None) for x in names],
-                                  [g.inits[i] for i in needed if i in g.inits])
+        graph = helper.make_graph(
+            body,
+            "scales",
+            [],
+            [helper.make_tensor_value_info(x, onnx.TensorProto.UNDEFINED, None) for x in names],
+            [g.inits[i] for i in needed if i in g.inits],
+        )
         sub = helper.make_model(graph, opset_imports=list(g.model.opset_import), ir_version=g.model.ir_version)
         from onnx.reference import ReferenceEvaluator
 
         results.append(ReferenceEvaluator(sub).run(None, {}))
-    return constant | {n: float(np.asarray(a).reshape(-1)[0]) for n, a, b in zip(names, *results) if np.array_equal(a, b)}
+    return constant | {
+        n: float(np.asarray(a).reshape(-1)[0]) for n, a, b in zip(names, *results) if np.array_equal(a, b)
+    }
 
 
 def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -190,7 +216,15 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             helper.make_node("Reshape", [f"{p}_k4", "fssam2_mha_flat"], [f"{p}_k"]),
             helper.make_node("Transpose", [m.v], [f"{p}_v4"], perm=[0, 2, 1, 3]),
             helper.make_node("Reshape", [f"{p}_v4", "fssam2_mha_flat"], [f"{p}_v"]),
-            helper.make_node(FUSION, [f"{p}_q", f"{p}_k", f"{p}_v"], [f"{p}_o"], domain=MS_DOMAIN, num_heads=m.heads, scale=scale, name=f"{p}"),
+            helper.make_node(
+                FUSION,
+                [f"{p}_q", f"{p}_k", f"{p}_v"],
+                [f"{p}_o"],
+                domain=MS_DOMAIN,
+                num_heads=m.heads,
+                scale=scale,
+                name=f"{p}",
+            ),
             helper.make_node("Reshape", [f"{p}_o", split.name], [f"{p}_o4"]),
             helper.make_node("Transpose", [f"{p}_o4"], [m.out], perm=[0, 2, 1, 3]),
         ]
@@ -236,21 +270,27 @@ def _random_feeds(spec: GraphSpec, dynamic: dict[str, int]) -> dict[str, np.ndar
     }
 
 
-def check_parity(standard: Path, fused: Path, spec: GraphSpec, dynamic: dict[str, int], atol: float | None = None) -> float:
+def check_parity(
+    standard: Path, fused: Path, spec: GraphSpec, dynamic: dict[str, int], atol: float | None = None
+) -> float:
     """Run both files in ONNX Runtime (CPU) on the same random inputs; max-abs difference, raises above
     `atol` (default by the graph's precision)."""
     import onnxruntime as ort
 
     atol = PARITY_ATOL.get(spec.precision, PARITY_ATOL["fp32"]) if atol is None else atol
     feeds = _random_feeds(spec, dynamic)
-    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds) for p in (standard, fused))
+    a, b = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds) for p in (standard, fused)
+    )
     err = max(float(np.abs(x.astype(np.float64) - y).max()) for x, y in zip(a, b))
     if not err <= atol:
         raise FusionError(f"{fused.name}: fused graph differs from {standard.name} by {err:.2e} (> {atol:.0e})")
     return err
 
 
-def add_ort_flavours(out_dir: Path, specs: dict[str, GraphSpec], dynamic: dict[str, int], progress: bool = False) -> dict[str, GraphSpec]:
+def add_ort_flavours(
+    out_dir: Path, specs: dict[str, GraphSpec], dynamic: dict[str, int], progress: bool = False
+) -> dict[str, GraphSpec]:
     """Write `<graph>.mha.onnx` beside each standard graph in which attention was fused, check it against
     the standard graph (values for dynamic axes from `dynamic`) and return the specs with the flavour added."""
     import onnxruntime as ort

@@ -12,8 +12,8 @@ and `reference_episode` (the export parity reference, one episode from image fil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -60,8 +60,9 @@ class EpisodeOutput:
     object_score: torch.Tensor  # (B, 1)
 
 
-def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, support_masks: torch.Tensor,
-                    query_images: torch.Tensor) -> EpisodeOutput:
+def episode_forward(
+    model: torch.nn.Module, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+) -> EpisodeOutput:
     """FS-SAM2's episode for B episodes of K supports, differentiable (the training forward).
 
     support_images (B, K, 3, S, S) and query_images (B, 3, S, S) are normalised; support_masks (B, K, S, S)
@@ -97,22 +98,26 @@ def episode_forward(model: torch.nn.Module, support_images: torch.Tensor, suppor
     conditioned = conditioned.permute(1, 2, 0).reshape(pix_feat.shape)
     points, labels = padding_point()
     batch_points = (points.to(pix_feat.device).expand(b, -1, -1), labels.to(pix_feat.device).expand(b, -1))
-    low, ious, obj = decode_single_mask(model.sam_prompt_encoder, model.sam_mask_decoder, conditioned, batch_points,
-                                        list(feats[:-1]))
+    low, ious, obj = decode_single_mask(
+        model.sam_prompt_encoder, model.sam_mask_decoder, conditioned, batch_points, list(feats[:-1])
+    )
     low = low.float()
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
     return EpisodeOutput(low, full, ious.float(), obj.float())
 
 
 @torch.no_grad()
-def reference_episode(model: torch.nn.Module, supports: Sequence[tuple[ImageLike, ImageLike]], query: ImageLike) -> ReferenceResult:
+def reference_episode(
+    model: torch.nn.Module, supports: Sequence[tuple[ImageLike, ImageLike]], query: ImageLike
+) -> ReferenceResult:
     """Run one K-shot episode (K = len(supports) >= 1) through sam2's modules, on the model's device."""
     return reference_ways(model, [supports], query)[0]
 
 
 @torch.no_grad()
-def reference_ways(model: torch.nn.Module, classes: Sequence[Sequence[tuple[ImageLike, ImageLike]]],
-                   query: ImageLike) -> list[ReferenceResult]:
+def reference_ways(
+    model: torch.nn.Module, classes: Sequence[Sequence[tuple[ImageLike, ImageLike]]], query: ImageLike
+) -> list[ReferenceResult]:
     """N-way: one K-shot episode per class (the same K >= 1 for all), the query encoded once; a result per class."""
     if not classes or not all(classes):
         raise ValueError("an episode needs at least one class and one support per class")
@@ -125,6 +130,13 @@ def reference_ways(model: torch.nn.Module, classes: Sequence[Sequence[tuple[Imag
     rgb = load_image(query)
     out = episode_forward(model, images, masks, image_tensor(rgb, size).to(device))
     logits = F.interpolate(out.logits.float(), rgb.shape[:2], mode="bilinear", align_corners=True)[:, 0].cpu().numpy()
-    return [ReferenceResult(logits[i], logits[i] > 0, out.low_res_logits[i, 0].float().cpu().numpy(),
-                            float(out.iou_score[i].reshape(-1)[0]), float(out.object_score[i].reshape(-1)[0]))
-            for i in range(len(classes))]
+    return [
+        ReferenceResult(
+            logits[i],
+            logits[i] > 0,
+            out.low_res_logits[i, 0].float().cpu().numpy(),
+            float(out.iou_score[i].reshape(-1)[0]),
+            float(out.object_score[i].reshape(-1)[0]),
+        )
+        for i in range(len(classes))
+    ]

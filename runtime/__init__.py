@@ -1,8 +1,18 @@
 """fssam2 runtime: torch-free K-shot FS-SAM2 inference over exported ONNX graphs (numpy + onnxruntime)."""
 
 from .backends import PROVIDERS, Backend, Graph, OrtBackend, create_backend
-from .errors import (BackendError, CudaError, EngineMismatchError, Error, FidelityError, InputError, ManifestError,
-                     ProviderUnavailableError, ShotLimitError, SupportSetError)
+from .errors import (
+    BackendError,
+    CudaError,
+    EngineMismatchError,
+    Error,
+    FidelityError,
+    InputError,
+    ManifestError,
+    ProviderUnavailableError,
+    ShotLimitError,
+    SupportSetError,
+)
 from .manifest import Flavour, GraphSpec, Manifest, load_manifest
 from .segmenter import FewShotSegmenter, ModuleTiming, MultiClassSegmentation, Segmentation
 from .support_set import Fingerprint, SupportSet

@@ -19,8 +19,9 @@ import functools
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -55,9 +56,16 @@ class Backend(Protocol):
     def load(self, path: Path, spec: GraphSpec) -> Graph: ...
 
 
-def create_backend(provider: str, manifest: Manifest | None = None, *, max_shots: int = DEFAULT_MAX_SHOTS,
-                   intra_op_threads: int | None = None, device_id: int = 0, cache: bool = True,
-                   precisions: Mapping[str, str] | None = None) -> Backend:
+def create_backend(
+    provider: str,
+    manifest: Manifest | None = None,
+    *,
+    max_shots: int = DEFAULT_MAX_SHOTS,
+    intra_op_threads: int | None = None,
+    device_id: int = 0,
+    cache: bool = True,
+    precisions: Mapping[str, str] | None = None,
+) -> Backend:
     """The backend for `provider`. ORT's TensorRT EP gets profiles for K = 1..max_shots from the manifest;
     `tensorrt-native` takes its profiles from the engines themselves; `cache` as in `OrtBackend`.
     `precisions` (openvino only): inference precision by graph name, "*" for all (default: bf16 where offered)."""
@@ -67,8 +75,9 @@ def create_backend(provider: str, manifest: Manifest | None = None, *, max_shots
         from .ov_backend import OpenVinoBackend
 
         per_graph = {g: p for g, p in (precisions or {}).items() if g != "*"}
-        return OpenVinoBackend(precision=(precisions or {}).get("*", "auto"), precisions=per_graph,
-                               threads=intra_op_threads, cache=cache)
+        return OpenVinoBackend(
+            precision=(precisions or {}).get("*", "auto"), precisions=per_graph, threads=intra_op_threads, cache=cache
+        )
     if provider == "tensorrt-native":
         from .trt_backend import TensorRTBackend
 
@@ -97,7 +106,13 @@ class OrtGraph:
         return dict(zip(self._outputs, self._session.run(self._outputs, dict(feeds))))
 
 
-ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-qnn")
+ORT_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "onnxruntime-directml",
+    "onnxruntime-qnn",
+)
 
 
 def gpu_install_hint() -> str:
@@ -109,10 +124,14 @@ def gpu_install_hint() -> str:
         return f"replace the installed onnxruntime with the GPU build: pip uninstall -y {drop} && pip install onnxruntime-gpu"
     others = [d for d in installed if d != "onnxruntime-gpu"]
     if others:
-        return (f"{' and '.join(installed)} are installed together and overwrite each other's `onnxruntime` module; "
-                f"keep only the GPU build: pip uninstall -y {' '.join(installed)} && pip install onnxruntime-gpu")
-    return ("onnxruntime-gpu is installed but does not offer it: check that its CUDA / cuDNN (and TensorRT) libraries "
-            "are the versions it was built for and on the library path")
+        return (
+            f"{' and '.join(installed)} are installed together and overwrite each other's `onnxruntime` module; "
+            f"keep only the GPU build: pip uninstall -y {' '.join(installed)} && pip install onnxruntime-gpu"
+        )
+    return (
+        "onnxruntime-gpu is installed but does not offer it: check that its CUDA / cuDNN (and TensorRT) libraries "
+        "are the versions it was built for and on the library path"
+    )
 
 
 class OrtBackend:
@@ -126,10 +145,19 @@ class OrtBackend:
     ranges (`profiles.memory_dim_ranges`); the TensorRT EP needs them for its profiles. Its engine and timing
     caches go to `trt_cache_dir` (default: `ort_trt_cache/` beside the graphs)."""
 
-    def __init__(self, provider: str = "cpu", intra_op_threads: int | None = None, *, cache: bool = True,
-                 cache_dir: str | Path | None = None, dims: Mapping[str, DimRange] | None = None, device_id: int = 0,
-                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, trt_cache_dir: Path | None = None,
-                 shared_arena: bool = True):
+    def __init__(
+        self,
+        provider: str = "cpu",
+        intra_op_threads: int | None = None,
+        *,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        dims: Mapping[str, DimRange] | None = None,
+        device_id: int = 0,
+        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        trt_cache_dir: Path | None = None,
+        shared_arena: bool = True,
+    ):
         if provider not in ORT_PROVIDERS:
             raise InputError(f"unknown provider {provider!r}; choose one of {sorted(ORT_PROVIDERS)}")
         import onnxruntime as ort
@@ -142,7 +170,8 @@ class OrtBackend:
         available = ort.get_available_providers()
         if wanted not in available:
             raise ProviderUnavailableError(
-                f"provider {provider!r} needs {wanted}, but this onnxruntime offers {available}; {gpu_install_hint()}")
+                f"provider {provider!r} needs {wanted}, but this onnxruntime offers {available}; {gpu_install_hint()}"
+            )
         self._threads = intra_op_threads
         self._shared_arena = shared_arena
         if shared_arena:
@@ -151,7 +180,9 @@ class OrtBackend:
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._dims = dict(dims or {})
         self._device_id, self._workspace, self._trt_cache_dir = device_id, workspace_bytes, trt_cache_dir
-        self._consumed: set[str] = set()  # input names of all graphs loaded so far: outputs feeding them stay on the device
+        self._consumed: set[str] = (
+            set()
+        )  # input names of all graphs loaded so far: outputs feeding them stay on the device
 
     def _options(self, optimized_model: Path | None = None, optimize: bool = True):
         options = self._ort.SessionOptions()
@@ -173,12 +204,16 @@ class OrtBackend:
             return self._ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # ORT raises its own exception types for corrupt files / bad graphs
             if "fallback to CPU EP has been explicitly disabled" in str(e):
-                raise ProviderUnavailableError(f"{path.name}: provider {self.provider!r} cannot run every node of the graph "
-                                               f"and CPU fallback is disabled ({e})") from e
+                raise ProviderUnavailableError(
+                    f"{path.name}: provider {self.provider!r} cannot run every node of the graph "
+                    f"and CPU fallback is disabled ({e})"
+                ) from e
             raise BackendError(f"onnxruntime could not load {path}: {e}") from e
 
     def _entry(self, path: Path, spec: GraphSpec) -> CacheEntry | None:
-        key = CacheKey(source_sha256(path, spec), self.provider, f"onnxruntime {self._ort.__version__}", machine_fingerprint())
+        key = CacheKey(
+            source_sha256(path, spec), self.provider, f"onnxruntime {self._ort.__version__}", machine_fingerprint()
+        )
         return cache_entry(path, key, self._cache_dir)
 
     def _cached_session(self, path: Path, entry: CacheEntry, providers: list):
@@ -208,14 +243,19 @@ class OrtBackend:
             try:
                 profiles = input_profiles(spec, self._dims)
             except ValueError as e:
-                raise InputError(f"{path.name}: the TensorRT EP needs a range for every dynamic axis ({e}); "
-                                 "make the backend with create_backend('tensorrt', manifest, max_shots=K)") from e
+                raise InputError(
+                    f"{path.name}: the TensorRT EP needs a range for every dynamic axis ({e}); "
+                    "make the backend with create_backend('tensorrt', manifest, max_shots=K)"
+                ) from e
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise BackendError(f"cannot create the TensorRT EP cache {cache_dir} ({e}); pass OrtBackend(trt_cache_dir=...)") from e
-        providers = ort_provider_list(self._providers, profiles, cache_dir, device_id=self._device_id,
-                                      workspace_bytes=self._workspace)
+                raise BackendError(
+                    f"cannot create the TensorRT EP cache {cache_dir} ({e}); pass OrtBackend(trt_cache_dir=...)"
+                ) from e
+        providers = ort_provider_list(
+            self._providers, profiles, cache_dir, device_id=self._device_id, workspace_bytes=self._workspace
+        )
         return providers, profiles
 
     def load(self, path: Path, spec: GraphSpec) -> Graph:
@@ -228,10 +268,20 @@ class OrtBackend:
         active = session.get_providers()
         missing = [ep for ep in self._providers if ep not in active]
         if missing:
-            raise ProviderUnavailableError(f"{path.name}: requested {self._providers} but the session runs on {active} "
-                                           f"(missing {missing})")
+            raise ProviderUnavailableError(
+                f"{path.name}: requested {self._providers} but the session runs on {active} (missing {missing})"
+            )
         self._consumed.update(t.name for t in spec.inputs)
         if self.provider == "cpu":
             return OrtGraph(session, [o.name for o in spec.outputs], status)
-        return OrtDeviceGraph(session, spec, owner=self, device="cuda", device_id=self._device_id, consumed=self._consumed,
-                              profiles=profiles, label=Path(path).stem, cache=status)
+        return OrtDeviceGraph(
+            session,
+            spec,
+            owner=self,
+            device="cuda",
+            device_id=self._device_id,
+            consumed=self._consumed,
+            profiles=profiles,
+            label=Path(path).stem,
+            cache=status,
+        )

@@ -19,10 +19,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Stats:
     min: float
 
     @classmethod
-    def of(cls, samples: Iterable[float]) -> "Stats":
+    def of(cls, samples: Iterable[float]) -> Stats:
         a = np.asarray(list(samples), dtype=np.float64)
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
         return cls(len(a), float(p50), float(p90), float(p99), float(a.mean()), float(a.min()))
@@ -133,10 +133,16 @@ def environment() -> dict:
         fields = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in info if ":" in line}
         cpu["model"] = fields.get("model name") or fields.get("Model") or platform.processor()
         flags = (fields.get("flags") or fields.get("Features") or "").split()
-        cpu["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "asimd", "sve", "neon", "f16c", "vnni")))
+        cpu["simd_flags"] = sorted(
+            f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "asimd", "sve", "neon", "f16c", "vnni"))
+        )
         cpu["physical_cores"] = len({(line.split(":")[1]) for line in info if line.startswith("core id")}) or None
-        cpu["matrix_units"] = {"amx_bf16": "amx_bf16" in flags, "amx_int8": "amx_int8" in flags, "avx512_bf16": "avx512_bf16" in flags,
-                               "vnni": bool({"avx512_vnni", "avx_vnni"} & set(flags))}
+        cpu["matrix_units"] = {
+            "amx_bf16": "amx_bf16" in flags,
+            "amx_int8": "amx_int8" in flags,
+            "avx512_bf16": "avx512_bf16" in flags,
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & set(flags)),
+        }
     except OSError:
         cpu["model"] = platform.processor()
     env = {
@@ -154,8 +160,11 @@ def environment() -> dict:
     try:
         import openvino  # optional: the openvino provider
 
-        env["openvino"] = {"version": openvino.__version__, "devices": openvino.Core().available_devices,
-                           "cpu_capabilities": openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")}
+        env["openvino"] = {
+            "version": openvino.__version__,
+            "devices": openvino.Core().available_devices,
+            "cpu_capabilities": openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+        }
     except ImportError:
         pass
     try:
@@ -183,7 +192,9 @@ class RunResult:
     files: dict[str, str] = field(default_factory=dict)  # graph -> file run (standard or flavour)
     providers_used: dict[str, list[str]] = field(default_factory=dict)
     cache: dict[str, str] = field(default_factory=dict)  # graph -> ORT / OpenVINO cache hit / built / off
-    graph_precisions: dict[str, str] = field(default_factory=dict)  # graph -> precision it ran in (OpenVINO: compiled for)
+    graph_precisions: dict[str, str] = field(
+        default_factory=dict
+    )  # graph -> precision it ran in (OpenVINO: compiled for)
     load_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # "first" / "warm" -> graph -> ms (+ "total")
     manifest_verify_ms: float = 0.0
     support: dict[str, Stats] = field(default_factory=dict)
@@ -205,10 +216,18 @@ class BenchSettings:
     ways: list[int] = field(default_factory=lambda: [1, 3])  # class counts N for the N-way comparison
 
 
-def _load(artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder) -> tuple[FewShotSegmenter, dict[str, float], float]:
+def _load(
+    artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder
+) -> tuple[FewShotSegmenter, dict[str, float], float]:
     """(segmenter, session load ms per graph and total, ms spent checking the files' sha256)."""
-    backend = create_backend(provider, manifest, max_shots=max(s.shots), intra_op_threads=s.threads, cache=s.cache,
-                             precisions=s.precisions if provider == "openvino" else None)
+    backend = create_backend(
+        provider,
+        manifest,
+        max_shots=max(s.shots),
+        intra_op_threads=s.threads,
+        cache=s.cache,
+        precisions=s.precisions if provider == "openvino" else None,
+    )
     seg = FewShotSegmenter(artifacts, backend=backend, on_timing=rec)
     loads = {g: v[-1] for g, v in rec.take("load").items()}
     return seg, loads | {"total": sum(loads.values())}, sum(v[-1] for v in rec.take("verify").values())
@@ -218,14 +237,22 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
     """Benchmark one artifacts directory on one provider over all K in `s.shots`."""
     result = RunResult(str(artifacts), provider)
     manifest = load_manifest(artifacts, verify_files=False)  # the segmenters check the files they run
-    result.model, result.image_size, result.precision = manifest.model.name, manifest.preprocess.image_size, manifest.precision
+    result.model, result.image_size, result.precision = (
+        manifest.model.name,
+        manifest.preprocess.image_size,
+        manifest.precision,
+    )
     rec = PhaseRecorder()
-    _, result.load_ms["first"], result.manifest_verify_ms = _load(artifacts, manifest, provider, s, rec)  # may build the ORT cache
+    _, result.load_ms["first"], result.manifest_verify_ms = _load(
+        artifacts, manifest, provider, s, rec
+    )  # may build the ORT cache
     seg, result.load_ms["warm"], _ = _load(artifacts, manifest, provider, s, rec)
     result.files = {g: manifest.graphs[g].artifact_for(provider).file for g in GRAPH_NAMES}
     result.providers_used = {g: getattr(seg.graphs[g], "providers", []) for g in GRAPH_NAMES}
     result.cache = {g: getattr(seg.graphs[g], "cache", "off") for g in GRAPH_NAMES}
-    result.graph_precisions = {g: getattr(seg.graphs[g], "precision", manifest.graphs[g].precision) for g in GRAPH_NAMES}
+    result.graph_precisions = {
+        g: getattr(seg.graphs[g], "precision", manifest.graphs[g].precision) for g in GRAPH_NAMES
+    }
     w, h = s.input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(s.shots) + 1)]
     query = images[-1][0]
@@ -252,15 +279,17 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
         q = rec.take("query")
         stats = {name: Stats.of(v) for name, v in q.items()}
         gflop = memory_attention_gflop(embed[2], embed[1], mem_channels, k * manifest.episode.tokens_per_support)
-        result.shots.append({
-            "shots": k,
-            "query": stats,
-            "queries_per_s": 1e3 / stats["total"].mean,
-            "glue_fraction": float(np.median(np.asarray(q["glue"]) / np.asarray(q["total"]))),
-            "memory_attention_gflop": gflop,
-            "memory_attention_gflops": gflop / (stats["memory_attention"].p50 / 1e3),
-            "peak_rss_mb": peak_rss_mb(),
-        })
+        result.shots.append(
+            {
+                "shots": k,
+                "query": stats,
+                "queries_per_s": 1e3 / stats["total"].mean,
+                "glue_fraction": float(np.median(np.asarray(q["glue"]) / np.asarray(q["total"]))),
+                "memory_attention_gflop": gflop,
+                "memory_attention_gflops": gflop / (stats["memory_attention"].p50 / 1e3),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
     rec.phase = None
     sets = [seg.encode_supports([images[i % max(s.shots)]]) for i in range(max(s.ways, default=0))]  # one-shot classes
     for n in s.ways:
@@ -284,7 +313,11 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
 
 def run_bench(artifacts: list[Path], providers: list[str], s: BenchSettings, show_progress: bool = True) -> dict:
     """All (artifacts, provider) pairs over all K; returns the JSON-ready report."""
-    total = len(artifacts) * len(providers) * ((s.warmup + s.supports) + (len(s.shots) + len(s.ways)) * (s.warmup + s.queries))
+    total = (
+        len(artifacts)
+        * len(providers)
+        * ((s.warmup + s.supports) + (len(s.shots) + len(s.ways)) * (s.warmup + s.queries))
+    )
     runs = []
     with progress_bar(total=total, unit="call", enabled=show_progress) as progress:
         for a in artifacts:
@@ -314,21 +347,31 @@ def format_table(report: dict) -> str:
             continue
         load = r["load_ms"]
         lines.append(title)
-        lines.append(f"  session load {load['first']['total']:.0f} ms first, {load['warm']['total']:.0f} ms warm "
-                     f"(cache: {', '.join(f'{g} {c}' for g, c in r['cache'].items())}); sha256 of the files run {r['manifest_verify_ms']:.0f} ms")
+        lines.append(
+            f"  session load {load['first']['total']:.0f} ms first, {load['warm']['total']:.0f} ms warm "
+            f"(cache: {', '.join(f'{g} {c}' for g, c in r['cache'].items())}); sha256 of the files run {r['manifest_verify_ms']:.0f} ms"
+        )
         lines.append(f"  precision per graph: {', '.join(f'{g} {p}' for g, p in r['graph_precisions'].items())}")
-        blocks = [("support (one add_support)", r["support"])] + [(f"query, K={k['shots']}", k["query"]) for k in r["shots"]]
+        blocks = [("support (one add_support)", r["support"])] + [
+            (f"query, K={k['shots']}", k["query"]) for k in r["shots"]
+        ]
         for name, stats in blocks:
             lines += [f" {name}", head]
             for module, st in stats.items():
-                lines.append(f"  {module:<18}{st['p50']:9.1f}{st['p90']:9.1f}{st['p99']:9.1f}{st['mean']:9.1f}{st['min']:9.1f}")
+                lines.append(
+                    f"  {module:<18}{st['p50']:9.1f}{st['p90']:9.1f}{st['p99']:9.1f}{st['mean']:9.1f}{st['min']:9.1f}"
+                )
         for k in r["shots"]:
-            lines.append(f"  K={k['shots']}: {k['queries_per_s']:.2f} queries/s, glue {100 * k['glue_fraction']:.2f} % of a query, "
-                         f"memory attention {k['memory_attention_gflop']:.1f} GFLOP at {k['memory_attention_gflops']:.1f} GFLOP/s, "
-                         f"peak RSS {k['peak_rss_mb']:.0f} MB")
+            lines.append(
+                f"  K={k['shots']}: {k['queries_per_s']:.2f} queries/s, glue {100 * k['glue_fraction']:.2f} % of a query, "
+                f"memory attention {k['memory_attention_gflop']:.1f} GFLOP at {k['memory_attention_gflops']:.1f} GFLOP/s, "
+                f"peak RSS {k['peak_rss_mb']:.0f} MB"
+            )
         for w in r.get("ways", []):
-            lines.append(f"  {w['classes']}-way (1-shot classes): one call {w['n_way']['p50']:.1f} ms p50 vs {w['classes']} one-way "
-                         f"calls {w['separate']['p50']:.1f} ms p50 = {w['ratio_p50']:.2f}x (one image encoding instead of {w['classes']})")
+            lines.append(
+                f"  {w['classes']}-way (1-shot classes): one call {w['n_way']['p50']:.1f} ms p50 vs {w['classes']} one-way "
+                f"calls {w['separate']['p50']:.1f} ms p50 = {w['ratio_p50']:.2f}x (one image encoding instead of {w['classes']})"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -340,8 +383,12 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(f"{Path(r['artifacts']).name}/{r['provider']} K={k['shots']}", k["query"])
-              for r in report["runs"] if not r["error"] for k in r["shots"]]
+    groups = [
+        (f"{Path(r['artifacts']).name}/{r['provider']} K={k['shots']}", k["query"])
+        for r in report["runs"]
+        if not r["error"]
+        for k in r["shots"]
+    ]
     modules = [m for m in QUERY_MODULES + ("glue",) if any(m in q for _, q in groups)]
     fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + 0.9 * len(modules) + 0.25 * len(modules) * len(groups)), 4.5))
     width = 0.8 / max(1, len(groups))

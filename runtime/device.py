@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -71,8 +72,12 @@ class DeviceCopies:
     """Device copies of support-set arrays, keyed by the array's identity; a copy is dropped (`release`)
     when its array is garbage-collected or `clear` is called. Thread-safe (`lock`, reentrant)."""
 
-    def __init__(self, upload: Callable[[np.ndarray], Any], release: Callable[[Any], None] = lambda handle: None,
-                 lock: threading.RLock | None = None):
+    def __init__(
+        self,
+        upload: Callable[[np.ndarray], Any],
+        release: Callable[[Any], None] = lambda handle: None,
+        lock: threading.RLock | None = None,
+    ):
         self._upload, self._release = upload, release
         self._lock = lock if lock is not None else threading.RLock()
         self._copies: dict[int, Any] = {}

@@ -18,9 +18,9 @@ episodes). The episodes judged are `runtime.synthetic.synthetic_episodes` or a b
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
 from .progress import progress as progress_bar
 from .segmenter import FewShotSegmenter, Segmentation
 from .synthetic import Episode
+
 
 def run_episode(seg: FewShotSegmenter, episode: Episode):
     return seg.segment(episode.query, seg.encode_supports(episode.supports))
@@ -83,7 +84,9 @@ class ProviderFiles:
         return self.inner.load(path, spec)
 
 
-def recording_segmenter(artifacts: str | Path, backend: Backend | None = None) -> tuple[FewShotSegmenter, RecordingBackend]:
+def recording_segmenter(
+    artifacts: str | Path, backend: Backend | None = None
+) -> tuple[FewShotSegmenter, RecordingBackend]:
     manifest = load_manifest(artifacts, verify_files=False)  # FewShotSegmenter verifies the files below
     files = {f.file: name for name, g in manifest.graphs.items() for f in [g.standard, *g.flavours]}
     rec = RecordingBackend(backend or OrtBackend("cpu"), files)
@@ -170,7 +173,9 @@ class OutputFidelity:
         self.calls += 1
         self.nonfinite += nonfinite(got, ref)
         self.cosine = min(self.cosine, cosine(got, ref))
-        self.pearson = None if ref.size == 1 else min(self.pearson if self.pearson is not None else 1.0, pearson(got, ref))
+        self.pearson = (
+            None if ref.size == 1 else min(self.pearson if self.pearson is not None else 1.0, pearson(got, ref))
+        )
         self.rel_max_error = max(self.rel_max_error, rel_max_error(got, ref))
         a, b = _finite_pair(got, ref)
         self.max_abs_error = max(self.max_abs_error, float(np.abs(a - b).max()) if a.size else 0.0)
@@ -220,21 +225,26 @@ class GateThresholds:
     mask_iou: float  # mean mask IoU over the judgeable episodes, at least
     logits_pearson: float  # query-logits Pearson correlation in every episode, at least
     sign_agreement: float  # fraction of query pixels whose decision agrees, in every episode, at least
-    logits_rel_error: float  # RMS(candidate - reference) / RMS(reference) of the query logits, in every episode, at most
+    logits_rel_error: (
+        float  # RMS(candidate - reference) / RMS(reference) of the query logits, in every episode, at most
+    )
     scalar_error: float  # |a - b| / (1 + |b|) of iou_score and object_score_logits, in every episode, at most
     min_judgeable: int = 2  # episodes with a judgeable reference mask below which the gate refuses to judge
 
     @classmethod
-    def for_precision(cls, precision: str) -> "GateThresholds":
+    def for_precision(cls, precision: str) -> GateThresholds:
         """FP16 (and FP32): IoU >= 0.99, correlation >= 0.999, agreement >= 0.995, rel. error <= 0.05, scalars <= 0.02;
         BF16 (OpenVINO on AMX; 8 mantissa bits): IoU >= 0.98, correlation >= 0.999, agreement >= 0.99, rel. error <= 0.1,
         scalars <= 0.05, between FP16 and INT8 (measured at 256², random-init tiny, 16 episodes: IoU mean 0.99, logits
         correlation min 0.9997); INT8 (and mixed): IoU >= 0.97, correlation >= 0.99, agreement >= 0.98, rel. error
         <= 0.15, scalars <= 0.1."""
-        return {"fp16": cls(0.99, 0.999, 0.995, 0.05, 0.02), "fp32": cls(0.99, 0.999, 0.995, 0.05, 0.02),
-                "bf16": cls(0.98, 0.999, 0.99, 0.1, 0.05)}.get(precision, cls(0.97, 0.99, 0.98, 0.15, 0.1))
+        return {
+            "fp16": cls(0.99, 0.999, 0.995, 0.05, 0.02),
+            "fp32": cls(0.99, 0.999, 0.995, 0.05, 0.02),
+            "bf16": cls(0.98, 0.999, 0.99, 0.1, 0.05),
+        }.get(precision, cls(0.97, 0.99, 0.98, 0.15, 0.1))
 
-    def with_overrides(self, **values) -> "GateThresholds":
+    def with_overrides(self, **values) -> GateThresholds:
         """These thresholds with the values that are not None replaced (command-line overrides)."""
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
@@ -259,7 +269,9 @@ class FidelityReport:
     episodes: list[EpisodeFidelity]
     thresholds: GateThresholds | None = None
     diagnosis: dict = field(default_factory=dict)  # filled by the exporter: worst node of the worst graph
-    graph_precisions: dict[str, str] = field(default_factory=dict)  # what each graph ran in (the backend's, else the manifest's)
+    graph_precisions: dict[str, str] = field(
+        default_factory=dict
+    )  # what each graph ran in (the backend's, else the manifest's)
     planned_episodes: int | None = None  # episodes it was to run; more than len(episodes) when the gate stopped early
 
     def add_call(self, graph: str, have: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> None:
@@ -290,15 +302,19 @@ class FidelityReport:
         """(graph, output, Pearson) of the least faithful graph output: one with non-finite values first (Pearson -1)."""
         if bad := self.nonfinite_outputs:
             return bad[0][0], bad[0][1], -1.0
-        return min(((g, o, f.pearson) for g, outs in self.graphs.items() for o, f in outs.items() if f.pearson is not None),
-                   key=lambda t: t[2])
+        return min(
+            ((g, o, f.pearson) for g, outs in self.graphs.items() for o, f in outs.items() if f.pearson is not None),
+            key=lambda t: t[2],
+        )
 
     def failures(self, remaining: int = 0) -> list[str]:
         """What already fails the thresholds; with `remaining` episodes still to run, only what they cannot repair."""
         if self.thresholds is None or not self.episodes:
             return []
         t, e, problems = self.thresholds, self.episodes, []
-        problems += [f"non-finite values in {g} {o} ({n} values where FP32 is finite)" for g, o, n in self.nonfinite_outputs]
+        problems += [
+            f"non-finite values in {g} {o} ({n} values where FP32 is finite)" for g, o, n in self.nonfinite_outputs
+        ]
         if n := sum(x.logits_nonfinite for x in e):
             problems.append(f"non-finite query logits ({n} pixels where FP32 is finite)")
         ious = [x.mask_iou for x in self.judgeable]
@@ -311,8 +327,11 @@ class FidelityReport:
             ("max iou_score error", max(x.score_error for x in e), "<=", t.scalar_error),
             ("max object_score error", max(x.object_score_error for x in e), "<=", t.scalar_error),
         ]
-        problems += [f"{name} {value:.5g} (needs {op} {limit})" for name, value, op, limit in checks
-                     if not (value >= limit if op == ">=" else value <= limit)]
+        problems += [
+            f"{name} {value:.5g} (needs {op} {limit})"
+            for name, value, op, limit in checks
+            if not (value >= limit if op == ">=" else value <= limit)
+        ]
         if flips := sum(not x.object_agrees for x in e):
             problems.append(f"object presence decided differently in {flips} of {len(e)} episodes")
         return problems
@@ -324,11 +343,15 @@ class FidelityReport:
         n, need = len(self.judgeable), self.thresholds.min_judgeable if self.thresholds else 0
         if n < need:
             lo, hi = JUDGEABLE_FOREGROUND
-            return Verdict("refused", [
-                f"only {n} of {len(self.episodes)} reference masks are judgeable ({lo:.0%}..{hi:.0%} foreground), the gate "
-                f"needs {need}: the FP32 model predicts (nearly) empty or full masks on these episodes, so agreement says "
-                "little. Run more episodes (fssam2 check --episodes, fssam2-export --gate-episodes) or real episodes "
-                "(fssam2-export --calib-dataset pascal|coco|fss --calib-data ROOT), ideally with trained weights"])
+            return Verdict(
+                "refused",
+                [
+                    f"only {n} of {len(self.episodes)} reference masks are judgeable ({lo:.0%}..{hi:.0%} foreground), the gate "
+                    f"needs {need}: the FP32 model predicts (nearly) empty or full masks on these episodes, so agreement says "
+                    "little. Run more episodes (fssam2 check --episodes, fssam2-export --gate-episodes) or real episodes "
+                    "(fssam2-export --calib-dataset pascal|coco|fss --calib-data ROOT), ideally with trained weights"
+                ],
+            )
         return Verdict("pass", [])
 
     @property
@@ -368,37 +391,61 @@ class FidelityReport:
 
     def to_dict(self) -> dict:
         """The summary plus the per-episode figures: what `fidelity.json` / `fssam2 check --json` hold."""
-        return self.summary() | {"candidate": self.candidate, "reference": self.reference,
-                                 "per_episode": [asdict(e) for e in self.episodes]}
+        return self.summary() | {
+            "candidate": self.candidate,
+            "reference": self.reference,
+            "per_episode": [asdict(e) for e in self.episodes],
+        }
 
     def table(self) -> str:
-        ran = f"{len(self.episodes)} episodes" + (f" of {self.planned_episodes}, stopped early: the failure was certain"
-                                                  if self.planned_episodes and self.planned_episodes > len(self.episodes) else "")
-        lines = [f"fidelity of {self.candidate} vs {self.reference} (provider {self.provider}, {ran})",
-                 f"{'graph':<17} {'output':<20} {'cosine':>9} {'pearson':>9} {'rel.max.err':>12} {'max.abs.err':>12} {'non-finite':>10}  file"]
+        ran = f"{len(self.episodes)} episodes" + (
+            f" of {self.planned_episodes}, stopped early: the failure was certain"
+            if self.planned_episodes and self.planned_episodes > len(self.episodes)
+            else ""
+        )
+        lines = [
+            f"fidelity of {self.candidate} vs {self.reference} (provider {self.provider}, {ran})",
+            f"{'graph':<17} {'output':<20} {'cosine':>9} {'pearson':>9} {'rel.max.err':>12} {'max.abs.err':>12} {'non-finite':>10}  file",
+        ]
         for name, outs in self.graphs.items():
             for out, f in outs.items():
                 p = "n/a" if f.pearson is None else f"{f.pearson:.5f}"
                 ran = f" ({self.graph_precisions[name]})" if name in self.graph_precisions else ""
-                lines.append(f"{name:<17} {out:<20} {f.cosine:9.5f} {p:>9} {f.rel_max_error:12.3e} {f.max_abs_error:12.3e} "
-                             f"{f.nonfinite:>10}  {self.graph_files[name]}{ran}")
+                lines.append(
+                    f"{name:<17} {out:<20} {f.cosine:9.5f} {p:>9} {f.rel_max_error:12.3e} {f.max_abs_error:12.3e} "
+                    f"{f.nonfinite:>10}  {self.graph_files[name]}{ran}"
+                )
         s = self.summary()
-        iou_text = "n/a (no judgeable reference mask)" if s["mean_mask_iou"] is None else f"{s['mean_mask_iou']:.4f} (min {s['min_mask_iou']:.4f})"
-        lines += [f"end to end: mask IoU mean {iou_text}; logits pearson min {s['min_logits_pearson']:.5f}, "
-                  f"sign agreement min {s['min_sign_agreement']:.5f}, rel. RMS error max {s['max_logits_rel_error']:.3e}, "
-                  f"non-finite {s['nonfinite_logits']}; iou_score error max {s['max_score_error']:.3e}, "
-                  f"object_score error max {s['max_object_score_error']:.3e}, object presence differs in "
-                  f"{s['object_disagreements']}; {s['degenerate_episodes']} degenerate reference masks"]
+        iou_text = (
+            "n/a (no judgeable reference mask)"
+            if s["mean_mask_iou"] is None
+            else f"{s['mean_mask_iou']:.4f} (min {s['min_mask_iou']:.4f})"
+        )
+        lines += [
+            f"end to end: mask IoU mean {iou_text}; logits pearson min {s['min_logits_pearson']:.5f}, "
+            f"sign agreement min {s['min_sign_agreement']:.5f}, rel. RMS error max {s['max_logits_rel_error']:.3e}, "
+            f"non-finite {s['nonfinite_logits']}; iou_score error max {s['max_score_error']:.3e}, "
+            f"object_score error max {s['max_object_score_error']:.3e}, object presence differs in "
+            f"{s['object_disagreements']}; {s['degenerate_episodes']} degenerate reference masks"
+        ]
         if self.thresholds:
             t, v = self.thresholds, self.verdict()
-            verdict = {"pass": "PASS", "fail": "FAIL: ", "refused": "REFUSED (cannot judge): "}[v.status] + "; ".join(v.reasons)
+            verdict = {"pass": "PASS", "fail": "FAIL: ", "refused": "REFUSED (cannot judge): "}[v.status] + "; ".join(
+                v.reasons
+            )
             g, o, p = self.worst_graph
-            where = f"; worst graph {g} ({o}, " + ("non-finite values" if p == -1.0 and self.nonfinite_outputs else f"pearson {p:.5f}") + ")"
+            where = (
+                f"; worst graph {g} ({o}, "
+                + ("non-finite values" if p == -1.0 and self.nonfinite_outputs else f"pearson {p:.5f}")
+                + ")"
+            )
             if self.diagnosis.get("node"):
                 where += f", first diverging node {self.diagnosis['node']} ({self.diagnosis.get('op_type')})"
-            lines.append(f"gate (IoU >= {t.mask_iou}, correlation >= {t.logits_pearson}, sign agreement >= {t.sign_agreement}, "
-                         f"rel. RMS error <= {t.logits_rel_error}, scalar error <= {t.scalar_error}, "
-                         f"judgeable episodes >= {t.min_judgeable}): {verdict}{where}")
+            lines.append(
+                f"gate (IoU >= {t.mask_iou}, correlation >= {t.logits_pearson}, sign agreement >= {t.sign_agreement}, "
+                f"rel. RMS error <= {t.logits_rel_error}, scalar error <= {t.scalar_error}, "
+                f"judgeable episodes >= {t.min_judgeable}): {verdict}{where}"
+            )
         return "\n".join(lines)
 
 
@@ -410,7 +457,9 @@ def check_comparable(candidate: Manifest, reference: Manifest) -> None:
     if _weights(candidate) != _weights(reference):
         problems.append(f"weights {_weights(candidate)} vs {_weights(reference)}")
     if candidate.preprocess != reference.preprocess:
-        problems.append(f"preprocessing/image size {candidate.preprocess.image_size} vs {reference.preprocess.image_size}")
+        problems.append(
+            f"preprocessing/image size {candidate.preprocess.image_size} vs {reference.preprocess.image_size}"
+        )
     if candidate.episode != reference.episode:
         problems.append("episode constants differ")
     for name in GRAPH_NAMES:
@@ -422,10 +471,13 @@ def check_comparable(candidate: Manifest, reference: Manifest) -> None:
 
 
 def _weights(m: Manifest) -> str:
-    return f"random-init seed {m.model.seed}" if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
+    return (
+        f"random-init seed {m.model.seed}" if m.model.random_init else f"checkpoint sha256 {m.model.checkpoint_sha256}"
+    )
 
 
 # ---- running candidates against one reference ----------------------------------------------------------------------
+
 
 def _same_feeds(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -454,12 +506,21 @@ def compare_candidates(
     ref_seg, ref_rec = recording_segmenter(reference, reference_backend)
     runs = {key: recording_segmenter(path, backend) for key, (path, backend) in candidates.items()}
     reports = {
-        key: FidelityReport(str(candidates[key][0]), str(reference), rec.provider,
-                            {n: g.artifact_for(rec.provider).file for n, g in seg.manifest.graphs.items()},
-                            {n: {o.name: OutputFidelity() for o in ref_seg.manifest.graphs[n].outputs} for n in GRAPH_NAMES},
-                            [], thresholds, planned_episodes=len(episodes),
-                            graph_precisions={n: getattr(rec.graphs[n], "precision", g.precision) for n, g in seg.manifest.graphs.items()})
-        for key, (seg, rec) in runs.items()}
+        key: FidelityReport(
+            str(candidates[key][0]),
+            str(reference),
+            rec.provider,
+            {n: g.artifact_for(rec.provider).file for n, g in seg.manifest.graphs.items()},
+            {n: {o.name: OutputFidelity() for o in ref_seg.manifest.graphs[n].outputs} for n in GRAPH_NAMES},
+            [],
+            thresholds,
+            planned_episodes=len(episodes),
+            graph_precisions={
+                n: getattr(rec.graphs[n], "precision", g.precision) for n, g in seg.manifest.graphs.items()
+            },
+        )
+        for key, (seg, rec) in runs.items()
+    }
     clock = seconds if seconds is not None else {}
     for i, ep in enumerate(progress_bar(episodes, desc="fidelity", unit="episode", enabled=progress)):
         t0 = time.perf_counter()
@@ -493,7 +554,6 @@ def compare_artifacts(
     stop_early: bool = False,
 ) -> FidelityReport:
     """Run `candidate` and `reference` artifacts over `episodes` and measure how far the candidate drifts."""
-    return compare_candidates({"candidate": (candidate, backend)}, reference, episodes, reference_backend, thresholds,
-                              progress, stop_early)["candidate"]
-
-
+    return compare_candidates(
+        {"candidate": (candidate, backend)}, reference, episodes, reference_backend, thresholds, progress, stop_early
+    )["candidate"]

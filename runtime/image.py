@@ -116,15 +116,28 @@ def postprocess_logits(low_res: np.ndarray, model_size: int, out_hw: tuple[int, 
 
 
 # Label colours (Tableau 10, then evenly spaced hues): distinct on photos and for most colour-blind readers.
-_TABLEAU = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+_TABLEAU = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def class_colors(n: int) -> list[tuple[int, int, int]]:
     """RGB colours for labels 1..n."""
     import colorsys
 
-    extra = [tuple(round(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95)) for i in range(max(0, n - 10))]
+    extra = [
+        tuple(round(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95))
+        for i in range(max(0, n - 10))
+    ]
     return (_TABLEAU + extra)[:n]
 
 

@@ -18,9 +18,9 @@ import glob
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -58,8 +58,12 @@ class LabelJob:
     def complete(self, record: Mapping) -> bool:
         """A record whose image is done: status ok and every output present."""
         key = record.get("key") if isinstance(record, dict) else None
-        return (isinstance(key, str) and record.get("status") == "ok" and self.mask_path(key).exists()
-                and (not self.overlay or self.overlay_path(key).exists()))
+        return (
+            isinstance(key, str)
+            and record.get("status") == "ok"
+            and self.mask_path(key).exists()
+            and (not self.overlay or self.overlay_path(key).exists())
+        )
 
 
 def collect_inputs(spec: str) -> list[Item]:
@@ -100,8 +104,16 @@ class Labeler:
 
     def __call__(self, item: Item) -> dict:
         t0 = time.perf_counter()
-        record: dict = {"path": item.path, "key": item.key, "mask": None, "width": None, "height": None,
-                        "status": "ok", "error": None, "fg_area": None}
+        record: dict = {
+            "path": item.path,
+            "key": item.key,
+            "mask": None,
+            "width": None,
+            "height": None,
+            "status": "ok",
+            "error": None,
+            "fg_area": None,
+        }
         for name in self.job.classes:
             record.update({f"score.{name}": None, f"object_score.{name}": None, f"area.{name}": None})
         try:
@@ -111,8 +123,9 @@ class Labeler:
             labels = result.label_map
             areas = np.bincount(labels.ravel(), minlength=len(self.job.classes) + 1)
             for i, (name, r) in enumerate(result.items(), 1):
-                record.update({f"score.{name}": r.score, f"object_score.{name}": r.object_score,
-                               f"area.{name}": int(areas[i])})
+                record.update(
+                    {f"score.{name}": r.score, f"object_score.{name}": r.object_score, f"area.{name}": int(areas[i])}
+                )
             record["fg_area"] = int(areas[1:].sum())
             if self.job.overlay:
                 save_png(draw_overlay(rgb, labels, list(self.job.classes)), self.job.overlay_path(item.key))
@@ -151,8 +164,9 @@ class Journal:
         if desc_path.exists():
             old = json.loads(desc_path.read_text())
             if old != description:
-                raise InputError(f"{job.out} holds the outputs of another job ({desc_path}: {old}); "
-                                 f"use another --out or delete it")
+                raise InputError(
+                    f"{job.out} holds the outputs of another job ({desc_path}: {old}); use another --out or delete it"
+                )
         else:
             write_atomic(desc_path, (json.dumps(description, indent=2) + "\n").encode())
         self.done = {r["key"]: r for r in self._read() if job.complete(r)}
@@ -212,21 +226,29 @@ class Summary:
     def line(self) -> str:
         n = self.done + self.failed
         rate = n / self.seconds if self.seconds > 0 else 0.0
-        p50, p99 = (np.percentile(self.ms, [50, 99]) if self.ms else (0.0, 0.0))
-        return (f"{self.done} done, {self.skipped} skipped (complete), {self.failed} failed; "
-                f"{rate:.2f} images/s; per image p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        p50, p99 = np.percentile(self.ms, [50, 99]) if self.ms else (0.0, 0.0)
+        return (
+            f"{self.done} done, {self.skipped} skipped (complete), {self.failed} failed; "
+            f"{rate:.2f} images/s; per image p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+        )
 
 
-def run_job(items: list[Item], job: LabelJob, sets: Mapping[str, SupportSet],
-            process: Callable[[list[Item]], Iterable[dict]], progress: bool = True,
-            table: str = "jsonl") -> Summary:
+def run_job(
+    items: list[Item],
+    job: LabelJob,
+    sets: Mapping[str, SupportSet],
+    process: Callable[[list[Item]], Iterable[dict]],
+    progress: bool = True,
+    table: str = "jsonl",
+) -> Summary:
     """Open the journal, skip complete images, feed the rest to `process` (which yields records as images
     finish, in any order), journal each record, write the table; the summary of this run."""
     journal = Journal(job, job_description(sets, job.overlay))
     todo = [it for it in items if it.key not in journal.done]
     summary = Summary(skipped=len(items) - len(todo))
-    bar = progress_bar(total=len(items), initial=summary.skipped, unit="img", desc="label", dynamic_ncols=True,
-                       enabled=progress)
+    bar = progress_bar(
+        total=len(items), initial=summary.skipped, unit="img", desc="label", dynamic_ncols=True, enabled=progress
+    )
     t0 = time.perf_counter()
     try:
         for record in process(todo):
@@ -261,21 +283,40 @@ def require(module: str, extra: str) -> None:
 def add_parser(sub) -> None:
     from .backends import PROVIDERS
 
-    p = sub.add_parser("label", help="segment every image of a collection with support sets (resumable; --ray: Ray Data)")
+    p = sub.add_parser(
+        "label", help="segment every image of a collection with support sets (resumable; --ray: Ray Data)"
+    )
     p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
-    p.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME=SET",
-                   help="a class and its support-set file (.fssam2); repeat for N classes (label i = i-th --class)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        required=True,
+        metavar="NAME=SET",
+        help="a class and its support-set file (.fssam2); repeat for N classes (label i = i-th --class)",
+    )
     p.add_argument("--images", required=True, help="a directory, a .txt/.lst list file or a glob ('photos/**/*.jpg')")
     p.add_argument("--out", required=True, help="output directory (masks/, overlays/, results.jsonl, job.json)")
     p.add_argument("--overlay", action="store_true", help="also write overlays/<image>.png")
-    p.add_argument("--table", choices=("jsonl", "parquet"), default="jsonl",
-                   help="results table format (results.jsonl is always written: it is the job's journal)")
+    p.add_argument(
+        "--table",
+        choices=("jsonl", "parquet"),
+        default="jsonl",
+        help="results table format (results.jsonl is always written: it is the job's journal)",
+    )
     p.add_argument("--provider", default="cpu", choices=PROVIDERS)
-    p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)")
+    p.add_argument(
+        "--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)"
+    )
     p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="larger files fail")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
-                   help="run on Ray Data: 'auto' (default) joins the running cluster, 'local' starts one")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run on Ray Data: 'auto' (default) joins the running cluster, 'local' starts one",
+    )
     p.add_argument("--workers", type=int, default=2, help="--ray: segmenter actors")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per actor")
     p.add_argument("--threads-per-worker", type=int, default=1, help="--ray: CPUs per actor (ONNX Runtime threads)")
@@ -316,13 +357,14 @@ def command(args) -> int:
         require("ray.data", "ray")
         from .label_ray import RayOptions, run_ray
 
-        ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker,
-                                 args.threads_per_worker, args.provider)
+        ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.threads_per_worker, args.provider)
         summary = run_ray(args.artifacts, sets, job, items, ray_options, **options)
     else:
         from .segmenter import FewShotSegmenter
 
-        summary = run_local(Labeler(FewShotSegmenter(args.artifacts, provider=args.provider), sets, job), items, **options)
+        summary = run_local(
+            Labeler(FewShotSegmenter(args.artifacts, provider=args.provider), sets, job), items, **options
+        )
     print(f"fssam2 label: {summary.line()}")
     print(f"fssam2 label: table {job.out / (PARQUET if args.table == 'parquet' else JOURNAL)}")
     return 1 if summary.failed else 0

@@ -9,8 +9,8 @@ record; the driver journals the records as they arrive, so resuming works as on 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -29,8 +29,10 @@ class RayOptions:
 
 def actor_resources(options: RayOptions) -> dict:
     """Resources each actor reserves: `--threads-per-worker` CPUs, `--gpus-per-worker` GPUs (if any)."""
-    return {"num_cpus": options.threads_per_worker,
-            **({"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {})}
+    return {
+        "num_cpus": options.threads_per_worker,
+        **({"num_gpus": options.gpus_per_worker} if options.gpus_per_worker else {}),
+    }
 
 
 class _Worker:
@@ -52,8 +54,9 @@ class _Worker:
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
 
-def run_ray(artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items: list[Item], options: RayOptions,
-            **kwargs) -> Summary:
+def run_ray(
+    artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items: list[Item], options: RayOptions, **kwargs
+) -> Summary:
     """Run the job on a Ray cluster; same outputs, journal and summary as `label.run_local`."""
     import ray
 
@@ -67,13 +70,23 @@ def run_ray(artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items
         def process(todo: list[Item]) -> Iterator[dict]:
             if not todo:
                 return
-            ds = ray.data.from_items([{"path": it.path, "key": it.key} for it in todo],
-                                     override_num_blocks=min(len(todo), 4 * options.workers))
-            out = ds.map_batches(_Worker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers),
-                                 fn_constructor_kwargs={"artifacts": str(artifacts), "provider": options.provider,
-                                                        "threads": options.threads_per_worker,
-                                                        "sets_box": [sets_ref], "job": job},
-                                 **actor_resources(options))
+            ds = ray.data.from_items(
+                [{"path": it.path, "key": it.key} for it in todo],
+                override_num_blocks=min(len(todo), 4 * options.workers),
+            )
+            out = ds.map_batches(
+                _Worker,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=options.workers),
+                fn_constructor_kwargs={
+                    "artifacts": str(artifacts),
+                    "provider": options.provider,
+                    "threads": options.threads_per_worker,
+                    "sets_box": [sets_ref],
+                    "job": job,
+                },
+                **actor_resources(options),
+            )
             for row in out.iter_rows():
                 yield json.loads(row["record"])
 

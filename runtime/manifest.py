@@ -116,7 +116,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         version = d.get("schema_version")
         if version not in SUPPORTED_SCHEMAS:
             raise ManifestError(
@@ -155,7 +155,9 @@ class Manifest:
             raise ManifestError(f"manifest lacks graphs: {', '.join(missing)}")
         pre = manifest.preprocess
         if (pre.image_resample, pre.mask_resample) != ("bicubic", "nearest"):
-            raise ManifestError(f"resampling {pre.image_resample}/{pre.mask_resample} is not implemented by this runtime (bicubic/nearest)")
+            raise ManifestError(
+                f"resampling {pre.image_resample}/{pre.mask_resample} is not implemented by this runtime (bicubic/nearest)"
+            )
         return manifest
 
 
@@ -169,7 +171,9 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def source_sha256(path: Path, spec: GraphSpec) -> str:
     """The manifest's sha256 of the file at `path` (one of the graph's files; hashed only if the manifest lacks it)."""
-    return next((f.sha256 for f in [spec.standard, *spec.flavours] if f.file == Path(path).name), None) or file_sha256(path)
+    return next((f.sha256 for f in [spec.standard, *spec.flavours] if f.file == Path(path).name), None) or file_sha256(
+        path
+    )
 
 
 def load_manifest(artifacts_dir: str | Path, verify_files: bool = True) -> Manifest:
@@ -186,7 +190,9 @@ def load_manifest(artifacts_dir: str | Path, verify_files: bool = True) -> Manif
     for name, g in manifest.graphs.items():
         for f in g.flavours:
             if f.source_sha256 != g.sha256:
-                raise ManifestError(f"graph '{name}': flavour {f.file} was made from another version of {g.file} (stale); re-export")
+                raise ManifestError(
+                    f"graph '{name}': flavour {f.file} was made from another version of {g.file} (stale); re-export"
+                )
         if verify_files:
             for f in [g.standard, *g.flavours]:
                 verify_file(root, name, f.file, f.sha256)

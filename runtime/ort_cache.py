@@ -90,7 +90,9 @@ class CacheEntry:
         self._seal()
 
     def _seal(self) -> None:
-        write_atomic(self.sidecar, json.dumps({"key": asdict(self.key), "size": self.model.stat().st_size}, indent=2).encode())
+        write_atomic(
+            self.sidecar, json.dumps({"key": asdict(self.key), "size": self.model.stat().st_size}, indent=2).encode()
+        )
 
 
 def _writable_dir(path: Path) -> bool:
@@ -104,8 +106,9 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
-def cache_entry(source: Path, key: CacheKey, cache_dir: Path | None = None, *, kind: str = "ort",
-                suffix: str = ".onnx") -> CacheEntry | None:
+def cache_entry(
+    source: Path, key: CacheKey, cache_dir: Path | None = None, *, kind: str = "ort", suffix: str = ".onnx"
+) -> CacheEntry | None:
     """Where the optimised (or compiled) copy of `source` lives: `cache_dir` if given, else
     `<source dir>/.<kind>_cache`, else the user cache; None (with a warning) if none of them is writable.
     A valid existing entry is returned even from a read-only directory."""
@@ -115,5 +118,8 @@ def cache_entry(source: Path, key: CacheKey, cache_dir: Path | None = None, *, k
         entry = CacheEntry(Path(directory) / name, key)
         if entry.valid() or _writable_dir(Path(directory)):
             return entry
-    warnings.warn(f"no writable {kind} cache directory ({', '.join(map(str, candidates))}); optimising {source.name} in memory", stacklevel=3)
+    warnings.warn(
+        f"no writable {kind} cache directory ({', '.join(map(str, candidates))}); optimising {source.name} in memory",
+        stacklevel=3,
+    )
     return None

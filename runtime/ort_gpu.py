@@ -12,8 +12,8 @@ support-set copies are shared under a lock. Written for CUDA, not run on a GPU h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -25,8 +25,13 @@ DEFAULT_WORKSPACE_BYTES = 4 << 30
 ORT_TRT_CACHE_DIR = "ort_trt_cache"  # ORT TensorRT EP engine + timing cache, beside the graphs
 
 
-def tensorrt_ep_options(profiles: Mapping[str, InputProfile], cache_dir: Path, *, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                        device_id: int = 0) -> dict[str, str]:
+def tensorrt_ep_options(
+    profiles: Mapping[str, InputProfile],
+    cache_dir: Path,
+    *,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    device_id: int = 0,
+) -> dict[str, str]:
     """ORT TensorRT EP options: engine + timing cache in `cache_dir`, explicit profiles for every dynamic
     input (the same values are needed to reuse a cached engine). No `trt_fp16_enable`: precision is the graph's."""
     opts = {
@@ -39,7 +44,9 @@ def tensorrt_ep_options(profiles: Mapping[str, InputProfile], cache_dir: Path, *
     }
     for key in ("min", "opt", "max"):
         if profiles:
-            opts[f"trt_profile_{key}_shapes"] = ",".join(f"{n}:{'x'.join(map(str, getattr(p, key)))}" for n, p in profiles.items())
+            opts[f"trt_profile_{key}_shapes"] = ",".join(
+                f"{n}:{'x'.join(map(str, getattr(p, key)))}" for n, p in profiles.items()
+            )
     return opts
 
 
@@ -48,11 +55,19 @@ def cuda_ep_options(device_id: int = 0) -> dict[str, str]:
     return {"device_id": str(device_id), "do_copy_in_default_stream": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
-def ort_provider_list(eps: list[str], profiles: Mapping[str, InputProfile], cache_dir: Path, *, device_id: int = 0,
-                      workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> list:
+def ort_provider_list(
+    eps: list[str],
+    profiles: Mapping[str, InputProfile],
+    cache_dir: Path,
+    *,
+    device_id: int = 0,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+) -> list:
     """The `providers=` argument of an InferenceSession for these execution providers, with options."""
     options = {
-        "TensorrtExecutionProvider": lambda: tensorrt_ep_options(profiles, cache_dir, workspace_bytes=workspace_bytes, device_id=device_id),
+        "TensorrtExecutionProvider": lambda: tensorrt_ep_options(
+            profiles, cache_dir, workspace_bytes=workspace_bytes, device_id=device_id
+        ),
         "CUDAExecutionProvider": lambda: cuda_ep_options(device_id),
     }
     return [(ep, options[ep]()) if ep in options else ep for ep in eps]
@@ -63,9 +78,19 @@ class OrtDeviceGraph:
     DeviceTensors are bound in place, a support set's tokens are uploaded once per set, and outputs
     another loaded graph consumes stay on the device. (`device="cpu"` runs the same path on the CPU EP.)"""
 
-    def __init__(self, session, spec: GraphSpec, *, owner=None, device: str = "cuda", device_id: int = 0,
-                 consumed: set[str] | None = None, profiles: Mapping[str, InputProfile] | None = None, label: str = "",
-                 cache: str = "off"):
+    def __init__(
+        self,
+        session,
+        spec: GraphSpec,
+        *,
+        owner=None,
+        device: str = "cuda",
+        device_id: int = 0,
+        consumed: set[str] | None = None,
+        profiles: Mapping[str, InputProfile] | None = None,
+        label: str = "",
+        cache: str = "off",
+    ):
         self._session = session
         self.providers: list[str] = session.get_providers()  # what ORT actually runs it on
         self.cache = cache  # ORT cache status, as OrtGraph.cache
@@ -80,8 +105,13 @@ class OrtDeviceGraph:
         self.support_copies = DeviceCopies(self._upload)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_memory_length(self._label, feeds, self._profiles, "the TensorRT EP profile",
-                            "create the backend with a larger max_shots (fssam2 segment sizes it to the supports given)")
+        check_memory_length(
+            self._label,
+            feeds,
+            self._profiles,
+            "the TensorRT EP profile",
+            "create the backend with a larger max_shots (fssam2 segment sizes it to the supports given)",
+        )
         b = self._session.io_binding()  # per call: concurrent runs share no binding
         keep = []  # host arrays bound by reference must outlive the run
         for name, value in feeds.items():
@@ -107,4 +137,6 @@ class OrtDeviceGraph:
         import onnxruntime as ort
 
         # on device "cpu" the OrtValue would alias `a` and keep it alive (so the copy could never be dropped): copy it
-        return ort.OrtValue.ortvalue_from_numpy(np.array(a) if self._device == "cpu" else a, self._device, self._device_id)
+        return ort.OrtValue.ortvalue_from_numpy(
+            np.array(a) if self._device == "cpu" else a, self._device, self._device_id
+        )

@@ -20,8 +20,8 @@ from __future__ import annotations
 import tempfile
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -37,7 +37,9 @@ def _openvino():
     try:
         import openvino
     except ImportError as e:
-        raise ProviderUnavailableError(f"provider 'openvino' needs OpenVINO ({e}); pip install 'fssam2[openvino]'") from e
+        raise ProviderUnavailableError(
+            f"provider 'openvino' needs OpenVINO ({e}); pip install 'fssam2[openvino]'"
+        ) from e
     return openvino
 
 
@@ -78,7 +80,9 @@ class OpenVinoGraph:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self._outputs = [o.get_any_name() for o in compiled.outputs]
-        self._mapped = mapped  # the imported blob: the compiled model and its requests point into it (its weights are not copied)
+        self._mapped = (
+            mapped  # the imported blob: the compiled model and its requests point into it (its weights are not copied)
+        )
         self.providers = [f"OpenVINO-{device}"]
         self.precision = precision  # what OpenVINO compiled it for (read back from the compiled model)
         self.cache = cache  # "hit" (compiled blob imported), "built" (compiled and exported now) or "off"
@@ -99,13 +103,23 @@ class OpenVinoBackend:
 
     provider = "openvino"
 
-    def __init__(self, device: str = "CPU", precision: str = "auto", precisions: Mapping[str, str] | None = None, *,
-                 threads: int | None = None, cache: bool = True, cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        device: str = "CPU",
+        precision: str = "auto",
+        precisions: Mapping[str, str] | None = None,
+        *,
+        threads: int | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+    ):
         ov = _openvino()
         self._ov, self._core, self.version = ov, ov.Core(), ov.__version__
         self.device, self.name = device, f"openvino-{device}"
         if device not in self._core.available_devices:
-            raise ProviderUnavailableError(f"OpenVINO device {device!r} is not available here (devices: {self._core.available_devices})")
+            raise ProviderUnavailableError(
+                f"OpenVINO device {device!r} is not available here (devices: {self._core.available_devices})"
+            )
         capabilities = self._core.get_property(device, "OPTIMIZATION_CAPABILITIES")
         self.offered = [p for p, cap in (("bf16", "BF16"), ("fp16", "FP16"), ("fp32", "FP32")) if cap in capabilities]
         bad = [g for g in (precisions or {}) if g not in GRAPH_NAMES]
@@ -117,7 +131,9 @@ class OpenVinoBackend:
             if p not in PRECISIONS:
                 raise InputError(f"unknown precision {p!r}; choose auto or one of {sorted(PRECISIONS)}")
             if p not in self.offered:
-                raise ProviderUnavailableError(f"OpenVINO {device} does not offer {p} here (offers {self.offered}); use precision fp32")
+                raise ProviderUnavailableError(
+                    f"OpenVINO {device} does not offer {p} here (offers {self.offered}); use precision fp32"
+                )
         self._threads, self._cache, self._cache_dir = threads, cache, Path(cache_dir) if cache_dir is not None else None
 
     def precision_for(self, graph: str) -> str:
@@ -130,7 +146,12 @@ class OpenVinoBackend:
         return config
 
     def _entry(self, path: Path, spec: GraphSpec, precision: str) -> CacheEntry | None:
-        key = CacheKey(source_sha256(path, spec), f"openvino-{self.device}-{precision}", f"openvino {self.version}", machine_fingerprint())
+        key = CacheKey(
+            source_sha256(path, spec),
+            f"openvino-{self.device}-{precision}",
+            f"openvino {self.version}",
+            machine_fingerprint(),
+        )
         return cache_entry(path, key, self._cache_dir, kind="openvino", suffix=".blob")
 
     def _compile(self, path: Path, config: dict):
@@ -168,6 +189,8 @@ class OpenVinoBackend:
         precision = self.precision_for(graph_name(path))
         config = self._config(precision)
         entry = self._entry(path, spec, precision) if self._cache else None
-        compiled, mapped, status = self._cached(path, entry, config) if entry is not None else (self._compile(path, config), None, "off")
+        compiled, mapped, status = (
+            self._cached(path, entry, config) if entry is not None else (self._compile(path, config), None, "off")
+        )
         ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         return OpenVinoGraph(compiled, self.device, _FROM_OV.get(ran, ran), status, mapped)

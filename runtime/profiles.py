@@ -33,7 +33,9 @@ class InputProfile:
     max: Shape
 
 
-def memory_dim_ranges(episode: Episode, max_shots: int = DEFAULT_MAX_SHOTS, opt_shots: int | None = None) -> dict[str, DimRange]:
+def memory_dim_ranges(
+    episode: Episode, max_shots: int = DEFAULT_MAX_SHOTS, opt_shots: int | None = None
+) -> dict[str, DimRange]:
     """{dynamic axis name: range} for K = 1..max_shots supports, opt at `opt_shots` (default min(5, max))."""
     opt = min(DEFAULT_OPT_SHOTS, max_shots) if opt_shots is None else opt_shots
     if max_shots < 1:
@@ -53,8 +55,9 @@ def input_profiles(spec: GraphSpec, dims: dict[str, DimRange]) -> dict[str, Inpu
         unknown = [d for d in t.shape if isinstance(d, str) and d not in dims]
         if unknown:
             raise InputError(f"input '{t.name}' has dynamic axis {unknown[0]!r} with no range (known: {sorted(dims)})")
-        out[t.name] = InputProfile(*(tuple(getattr(dims[d], k) if isinstance(d, str) else d for d in t.shape)
-                                     for k in ("min", "opt", "max")))
+        out[t.name] = InputProfile(
+            *(tuple(getattr(dims[d], k) if isinstance(d, str) else d for d in t.shape) for k in ("min", "opt", "max"))
+        )
     return out
 
 

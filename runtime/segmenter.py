@@ -20,10 +20,10 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -164,20 +164,29 @@ class FewShotSegmenter:
     def _encode_support(self, image: ImageLike, mask: ImageLike) -> SupportSet:
         rgb, m = load_image(image), load_mask(mask)
         if m.shape != rgb.shape[:2]:
-            raise InputError(f"support mask is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {rgb.shape[1]}x{rgb.shape[0]}")
+            raise InputError(
+                f"support mask is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {rgb.shape[1]}x{rgb.shape[0]}"
+            )
         pre, ep = self.manifest.preprocess, self.manifest.episode
         if not m.any():
             raise InputError("support mask is empty: a support must show at least one foreground pixel")
         small = resize_mask(m, pre.image_size)
         if not small.any():
-            raise InputError(f"support mask vanishes when resized to {pre.image_size}x{pre.image_size}: object too small")
+            raise InputError(
+                f"support mask vanishes when resized to {pre.image_size}x{pre.image_size}: object too small"
+            )
         if m.all():
             warnings.warn("support mask covers the whole image; the support carries no background", stacklevel=3)
         feats = self._encode_image(rgb)
         logits = small.astype(np.float32) * np.float32(ep.mask_logit_scale) + np.float32(ep.mask_logit_bias)
         out = self._run("memory_encoder", {"image_embed": feats["image_embed"], "mask_logits": logits[None, None]})
-        return SupportSet(np.asarray(out["memory"]), np.asarray(out["memory_pos"]), np.array([rgb.shape[:2]], np.int32),
-                          np.array([m.sum()], np.int64), fingerprint=self.fingerprint)
+        return SupportSet(
+            np.asarray(out["memory"]),
+            np.asarray(out["memory_pos"]),
+            np.array([rgb.shape[:2]], np.int32),
+            np.array([m.sum()], np.int64),
+            fingerprint=self.fingerprint,
+        )
 
     def segment(self, query: ImageLike, support: SupportSet | Mapping[str, SupportSet] | None = None):
         """Segment `query` with one support set (-> Segmentation) or N named sets (-> MultiClassSegmentation,
@@ -185,8 +194,9 @@ class FewShotSegmenter:
         if support is None:
             support = self._default
             if support is None:
-                raise InputError("segment() called before any add_support(): add at least one annotated support "
-                                 "or pass a SupportSet")
+                raise InputError(
+                    "segment() called before any add_support(): add at least one annotated support or pass a SupportSet"
+                )
         if isinstance(support, SupportSet):
             sets = {"": support}
         elif isinstance(support, Mapping):
@@ -194,7 +204,9 @@ class FewShotSegmenter:
             if not 1 <= len(sets) <= MAX_CLASSES:
                 raise InputError(f"N-way segment() takes 1..{MAX_CLASSES} classes, got {len(sets)}")
         else:
-            raise InputError(f"support must be a SupportSet or a mapping of class name to SupportSet, got {type(support).__name__}")
+            raise InputError(
+                f"support must be a SupportSet or a mapping of class name to SupportSet, got {type(support).__name__}"
+            )
         for name, s in sets.items():
             self._check_set(name, s)
         with self._timed("query"):
@@ -296,7 +308,11 @@ def _check_feeds(graph: str, spec: GraphSpec, feeds: Mapping[str, np.ndarray]) -
         a = feeds.get(t.name)
         if a is None:
             raise ManifestError(f"{graph}: no value for input '{t.name}'")
-        if a.dtype != np.dtype(t.dtype) or a.ndim != len(t.shape) or any(
-            isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape)
+        if (
+            a.dtype != np.dtype(t.dtype)
+            or a.ndim != len(t.shape)
+            or any(isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape))
         ):
-            raise ManifestError(f"{graph}: input '{t.name}' is {a.dtype}{list(a.shape)}, manifest says {t.dtype}{t.shape}")
+            raise ManifestError(
+                f"{graph}: input '{t.name}' is {a.dtype}{list(a.shape)}, manifest says {t.dtype}{t.shape}"
+            )

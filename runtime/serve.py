@@ -15,7 +15,6 @@ the segmenter at once (the others wait: the `queue` gauge). The segmenter is cal
 under the runtime's threading contract (runtime/segmenter.py module docstring).
 """
 
-
 import hmac
 import json
 import os
@@ -77,13 +76,20 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-        self.module = Histogram("fssam2_module_seconds", "Latency per runtime module (graphs, pre/postprocess, phases)",
-                                ["module"], registry=self.registry, buckets=buckets)
-        self.request = Histogram("fssam2_request_seconds", "Request latency", ["route"], registry=self.registry,
-                                 buckets=buckets)
+        self.module = Histogram(
+            "fssam2_module_seconds",
+            "Latency per runtime module (graphs, pre/postprocess, phases)",
+            ["module"],
+            registry=self.registry,
+            buckets=buckets,
+        )
+        self.request = Histogram(
+            "fssam2_request_seconds", "Request latency", ["route"], registry=self.registry, buckets=buckets
+        )
         self.requests = Counter("fssam2_requests", "Requests answered", ["route", "status"], registry=self.registry)
-        self.errors = Counter("fssam2_errors", "Requests answered with an error", ["route", "code"],
-                              registry=self.registry)
+        self.errors = Counter(
+            "fssam2_errors", "Requests answered with an error", ["route", "code"], registry=self.registry
+        )
         self.queue = Gauge("fssam2_queue", "Requests waiting for the segmenter", registry=self.registry)
         self.in_flight = Gauge("fssam2_in_flight", "Segmenter calls running", registry=self.registry)
 
@@ -114,8 +120,11 @@ class Service:
         from .segmenter import FewShotSegmenter
 
         try:
-            backend = create_backend(self.config.provider, load_manifest(self.config.artifacts, verify_files=False),
-                                     intra_op_threads=self.config.threads)
+            backend = create_backend(
+                self.config.provider,
+                load_manifest(self.config.artifacts, verify_files=False),
+                intra_op_threads=self.config.threads,
+            )
             self.seg = FewShotSegmenter(self.config.artifacts, backend=backend, on_timing=self.metrics.on_timing)
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
@@ -144,17 +153,27 @@ class Service:
 
     def create_set(self, images: list[tuple[str, bytes]], masks: list[tuple[str, bytes]]) -> tuple[str, object]:
         if not images or len(images) != len(masks):
-            raise ApiError(422, "invalid_input", f"send as many `masks` as `images` (at least one), got "
-                                                 f"{len(images)} images and {len(masks)} masks")
+            raise ApiError(
+                422,
+                "invalid_input",
+                f"send as many `masks` as `images` (at least one), got {len(images)} images and {len(masks)} masks",
+            )
         if len(images) > self.config.max_shots:
-            raise ApiError(422, "too_many_shots", f"{len(images)} supports, more than the limit of {self.config.max_shots}")
+            raise ApiError(
+                422, "too_many_shots", f"{len(images)} supports, more than the limit of {self.config.max_shots}"
+            )
         lim = self.config.limits
-        pairs = [(decode_image(i, f"image {n} ({iname})", lim), decode_mask(m, f"mask {n} ({mname})", lim))
-                 for n, ((iname, i), (mname, m)) in enumerate(zip(images, masks))]
+        pairs = [
+            (decode_image(i, f"image {n} ({iname})", lim), decode_mask(m, f"mask {n} ({mname})", lim))
+            for n, ((iname, i), (mname, m)) in enumerate(zip(images, masks))
+        ]
         for n, (rgb, m) in enumerate(pairs):
             if m.shape != rgb.shape[:2]:
-                raise ApiError(422, "mask_size_mismatch", f"mask {n} is {m.shape[1]}x{m.shape[0]} (WxH) but image {n} "
-                                                          f"is {rgb.shape[1]}x{rgb.shape[0]}")
+                raise ApiError(
+                    422,
+                    "mask_size_mismatch",
+                    f"mask {n} is {m.shape[1]}x{m.shape[0]} (WxH) but image {n} is {rgb.shape[1]}x{rgb.shape[0]}",
+                )
         with self._slot() as seg:
             s = seg.encode_supports(pairs)
         return self.store.put(s), s
@@ -164,7 +183,9 @@ class Service:
         if not fields:
             raise ApiError(422, "invalid_input", "name at least one support set: a `set` field with its id")
         if len(fields) > self.config.max_classes:
-            raise ApiError(422, "too_many_classes", f"{len(fields)} sets, more than the limit of {self.config.max_classes}")
+            raise ApiError(
+                422, "too_many_classes", f"{len(fields)} sets, more than the limit of {self.config.max_classes}"
+            )
         named: dict[str, str] = {}
         for f in fields:
             name, sep, set_id = f.partition("=")
@@ -203,8 +224,12 @@ def create_app(service: Service, load_on_startup: bool = True):
             threading.Thread(target=_load_quietly, args=(service,), daemon=True, name="fssam2-load").start()
         yield
 
-    app = FastAPI(title="fssam2", version="1", lifespan=lifespan,
-                  description="Few-shot segmentation (FS-SAM2): create support sets, segment queries with them.")
+    app = FastAPI(
+        title="fssam2",
+        version="1",
+        lifespan=lifespan,
+        description="Few-shot segmentation (FS-SAM2): create support sets, segment queries with them.",
+    )
     lim = service.config.limits
 
     def auth(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -254,8 +279,9 @@ def create_app(service: Service, load_on_startup: bool = True):
     @app.get("/readyz", tags=["health"])
     def readyz():
         if service.seg is None:
-            return JSONResponse({"status": "failed" if service.load_error else "loading", "error": service.load_error},
-                                status_code=503)
+            return JSONResponse(
+                {"status": "failed" if service.load_error else "loading", "error": service.load_error}, status_code=503
+            )
         return {"status": "ready", "model": service.seg.fingerprint.model, "weights": service.seg.fingerprint.weights}
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(auth)])
@@ -265,10 +291,13 @@ def create_app(service: Service, load_on_startup: bool = True):
         return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/support-sets", tags=["support sets"], dependencies=[Depends(auth)], status_code=201)
-    def create_support_set(images: Annotated[list[UploadFile], File(description="support images")],
-                           masks: Annotated[list[UploadFile], File(description="their masks, same order; nonzero = object")]) -> dict:
-        set_id, s = service.create_set([read(f, f"image {i}") for i, f in enumerate(images)],
-                                       [read(f, f"mask {i}") for i, f in enumerate(masks)])
+    def create_support_set(
+        images: Annotated[list[UploadFile], File(description="support images")],
+        masks: Annotated[list[UploadFile], File(description="their masks, same order; nonzero = object")],
+    ) -> dict:
+        set_id, s = service.create_set(
+            [read(f, f"image {i}") for i, f in enumerate(images)], [read(f, f"mask {i}") for i, f in enumerate(masks)]
+        )
         return _describe(set_id, s)
 
     @app.get("/v1/support-sets", tags=["support sets"], dependencies=[Depends(auth)])
@@ -279,22 +308,42 @@ def create_app(service: Service, load_on_startup: bool = True):
     def get_support_set(set_id: str) -> dict:
         return _describe(set_id, service.store.get(set_id))
 
-    @app.delete("/v1/support-sets/{set_id}", tags=["support sets"], dependencies=[Depends(auth)], status_code=204,
-                response_class=Response)
+    @app.delete(
+        "/v1/support-sets/{set_id}",
+        tags=["support sets"],
+        dependencies=[Depends(auth)],
+        status_code=204,
+        response_class=Response,
+    )
     def delete_support_set(set_id: str) -> None:
         service.store.delete(set_id)
 
-    @app.post("/v1/segment", tags=["segment"], dependencies=[Depends(auth)],
-              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
-    def segment(query: Annotated[UploadFile, File(description="image to segment")],
-                set: Annotated[list[str], Form(description="support set: `ID` or `NAME=ID`; repeat for N classes")],
-                format: Annotated[Literal["png", "json"], Form()] = "png") -> Response:
+    @app.post(
+        "/v1/segment",
+        tags=["segment"],
+        dependencies=[Depends(auth)],
+        responses={200: {"content": {"image/png": {}, "application/json": {}}}},
+    )
+    def segment(
+        query: Annotated[UploadFile, File(description="image to segment")],
+        set: Annotated[list[str], Form(description="support set: `ID` or `NAME=ID`; repeat for N classes")],
+        format: Annotated[Literal["png", "json"], Form()] = "png",
+    ) -> Response:
         named = service.parse_sets(set)
         result = service.segment(read(query, "query")[1], named)
         labels = result.label_map
         areas = np.bincount(labels.ravel(), minlength=len(named) + 1)
-        classes = [{"name": name, "set": named[name], "label": i, "score": r.score, "object_score": r.object_score,
-                    "area": int(areas[i])} for i, (name, r) in enumerate(result.items(), 1)]
+        classes = [
+            {
+                "name": name,
+                "set": named[name],
+                "label": i,
+                "score": r.score,
+                "object_score": r.object_score,
+                "area": int(areas[i]),
+            }
+            for i, (name, r) in enumerate(result.items(), 1)
+        ]
         if format == "json":
             for c in classes:
                 c["mask"] = rle_encode(labels == c["label"])
@@ -320,8 +369,16 @@ def _load_quietly(service: Service) -> None:
 
 def _describe(set_id: str, s) -> dict:
     f = s.fingerprint
-    return {"id": set_id, "shots": s.shots, "image_sizes": s.image_sizes.tolist(), "mask_areas": s.mask_areas.tolist(),
-            "model": f.model, "weights": f.weights, "image_size": f.image_size, "memory_dtype": f.memory_dtype}
+    return {
+        "id": set_id,
+        "shots": s.shots,
+        "image_sizes": s.image_sizes.tolist(),
+        "mask_areas": s.mask_areas.tolist(),
+        "model": f.model,
+        "weights": f.weights,
+        "image_size": f.image_size,
+        "memory_dtype": f.memory_dtype,
+    }
 
 
 def add_parser(sub) -> None:
@@ -338,10 +395,17 @@ def add_parser(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="per image, checked before decoding")
     p.add_argument("--max-classes", type=int, default=ServeConfig.max_classes, help="sets per segment request")
     p.add_argument("--max-shots", type=int, default=ServeConfig.max_shots, help="supports per created set")
-    p.add_argument("--concurrency", type=int, default=ServeConfig.concurrency, help="segmenter calls at once per process")
+    p.add_argument(
+        "--concurrency", type=int, default=ServeConfig.concurrency, help="segmenter calls at once per process"
+    )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per process")
-    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
-                   help="serve with Ray Serve: 'auto' (default) joins the running cluster, 'local' starts one")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="serve with Ray Serve: 'auto' (default) joins the running cluster, 'local' starts one",
+    )
     p.add_argument("--replicas", type=int, default=1, help="--ray: replicas (ignored with --max-replicas)")
     p.add_argument("--max-replicas", type=int, help="--ray: autoscale between --min-replicas and this")
     p.add_argument("--min-replicas", type=int, default=1)
@@ -352,9 +416,17 @@ def add_parser(sub) -> None:
 def config_from_args(args) -> ServeConfig:
     if min(args.concurrency, args.max_classes, args.max_shots, args.max_bytes, args.max_pixels) < 1:
         raise InputError("--concurrency, --max-classes, --max-shots, --max-bytes and --max-pixels must be >= 1")
-    return ServeConfig(os.path.abspath(args.artifacts), os.path.abspath(args.store), args.provider,
-                       args.token or os.environ.get(TOKEN_ENV) or None, ImageLimits(args.max_bytes, args.max_pixels),
-                       args.max_classes, args.max_shots, args.concurrency, args.threads)
+    return ServeConfig(
+        os.path.abspath(args.artifacts),
+        os.path.abspath(args.store),
+        args.provider,
+        args.token or os.environ.get(TOKEN_ENV) or None,
+        ImageLimits(args.max_bytes, args.max_pixels),
+        args.max_classes,
+        args.max_shots,
+        args.concurrency,
+        args.threads,
+    )
 
 
 def command(args) -> int:
@@ -367,9 +439,19 @@ def command(args) -> int:
         require("ray.serve", "ray")
         from .serve_ray import RayServeOptions, run_ray_serve
 
-        return run_ray_serve(config, RayServeOptions(args.ray, args.host, args.port,
-                                                     args.replicas, args.min_replicas, args.max_replicas,
-                                                     args.gpus_per_replica, args.cpus_per_replica))
+        return run_ray_serve(
+            config,
+            RayServeOptions(
+                args.ray,
+                args.host,
+                args.port,
+                args.replicas,
+                args.min_replicas,
+                args.max_replicas,
+                args.gpus_per_replica,
+                args.cpus_per_replica,
+            ),
+        )
     import uvicorn
 
     service = Service(config)

@@ -47,10 +47,21 @@ class Replica:
 
 def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
     """`serve.deployment` keywords: replicas or autoscaling, CPUs and GPUs per replica, requests per replica."""
-    scaling = ({"autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
-                                       "target_ongoing_requests": config.concurrency}}
-               if options.max_replicas else {"num_replicas": options.replicas})
-    actor = {"num_cpus": options.cpus_per_replica, **({"num_gpus": options.gpus_per_replica} if options.gpus_per_replica else {})}
+    scaling = (
+        {
+            "autoscaling_config": {
+                "min_replicas": options.min_replicas,
+                "max_replicas": options.max_replicas,
+                "target_ongoing_requests": config.concurrency,
+            }
+        }
+        if options.max_replicas
+        else {"num_replicas": options.replicas}
+    )
+    actor = {
+        "num_cpus": options.cpus_per_replica,
+        **({"num_gpus": options.gpus_per_replica} if options.gpus_per_replica else {}),
+    }
     return {"name": "fssam2", "ray_actor_options": actor, "max_ongoing_requests": 4 * config.concurrency, **scaling}
 
 

@@ -35,22 +35,31 @@ class Fingerprint:
     memory_channels: int  # C of the memory tokens (not in the file's metadata: the tensors' last axis)
 
     @classmethod
-    def of(cls, manifest: Manifest) -> "Fingerprint":
+    def of(cls, manifest: Manifest) -> Fingerprint:
         m = manifest.model
         weights = f"random-init:seed={m.seed}" if m.random_init else f"sha256:{m.checkpoint_sha256}"
         memory = next(t for t in manifest.graphs["memory_attention"].inputs if t.name == "memory")
-        return cls(m.name, weights, manifest.preprocess.image_size, memory.dtype, manifest.episode.tokens_per_support,
-                   int(memory.shape[2]))
+        return cls(
+            m.name,
+            weights,
+            manifest.preprocess.image_size,
+            memory.dtype,
+            manifest.episode.tokens_per_support,
+            int(memory.shape[2]),
+        )
 
-    def check(self, artifacts: "Fingerprint", what: str = "support set") -> None:
+    def check(self, artifacts: Fingerprint, what: str = "support set") -> None:
         """Raise SupportSetError naming every field in which this (a set's) differs from the artifacts'."""
         if diff := self.differences(artifacts):
             raise SupportSetError(f"{what} was made by another model than these artifacts': {'; '.join(diff)}")
 
-    def differences(self, other: "Fingerprint", mine: str = "set", theirs: str = "artifacts") -> list[str]:
+    def differences(self, other: Fingerprint, mine: str = "set", theirs: str = "artifacts") -> list[str]:
         """'field: <mine> value != <theirs> value' for every field that differs."""
-        return [f"{f.name}: {mine} {getattr(self, f.name)} != {theirs} {getattr(other, f.name)}"
-                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        return [
+            f"{f.name}: {mine} {getattr(self, f.name)} != {theirs} {getattr(other, f.name)}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -84,21 +93,33 @@ class SupportSet:
         if k < 1:
             problems.append(f"mask_areas is {list(self.mask_areas.shape)}: expected (K,) with K >= 1 supports")
         elif self.memory.shape != expected or self.memory_pos.shape != expected:
-            problems.append(f"memory is {list(self.memory.shape)} and memory_pos {list(self.memory_pos.shape)}, expected "
-                            f"{list(expected)} for K={k} supports of {f.tokens_per_support} tokens x {f.memory_channels} channels")
+            problems.append(
+                f"memory is {list(self.memory.shape)} and memory_pos {list(self.memory_pos.shape)}, expected "
+                f"{list(expected)} for K={k} supports of {f.tokens_per_support} tokens x {f.memory_channels} channels"
+            )
         if not str(self.memory.dtype) == str(self.memory_pos.dtype) == f.memory_dtype:
-            problems.append(f"memory is {self.memory.dtype} and memory_pos {self.memory_pos.dtype}, expected {f.memory_dtype}")
+            problems.append(
+                f"memory is {self.memory.dtype} and memory_pos {self.memory_pos.dtype}, expected {f.memory_dtype}"
+            )
         if k >= 1 and self.image_sizes.shape != (k, 2):
             problems.append(f"image_sizes is {list(self.image_sizes.shape)}, expected [{k}, 2]")
         if problems:
             raise SupportSetError("; ".join(problems))
-        for name, dtype in (("memory", None), ("memory_pos", None), ("image_sizes", np.int32), ("mask_areas", np.int64)):
+        for name, dtype in (
+            ("memory", None),
+            ("memory_pos", None),
+            ("image_sizes", np.int32),
+            ("mask_areas", np.int64),
+        ):
             value = getattr(self, name)
             object.__setattr__(self, name, _frozen(value if dtype is None else value.astype(dtype, copy=False)))
 
     def __reduce__(self):
         """Pickle (e.g. to a worker process) through the constructor, so the copy is read-only and owned again."""
-        return (SupportSet, (self.memory, self.memory_pos, self.image_sizes, self.mask_areas, self.fingerprint, self.fssam2_version))
+        return (
+            SupportSet,
+            (self.memory, self.memory_pos, self.image_sizes, self.mask_areas, self.fingerprint, self.fssam2_version),
+        )
 
     @property
     def shots(self) -> int:
@@ -112,14 +133,14 @@ class SupportSet:
     def __len__(self) -> int:
         return self.shots
 
-    def __add__(self, other: "SupportSet") -> "SupportSet":
+    def __add__(self, other: SupportSet) -> SupportSet:
         """The supports of both sets, `self`'s first; both must come from the same model."""
         if not isinstance(other, SupportSet):
             return NotImplemented
         return SupportSet.concat([self, other])
 
     @classmethod
-    def concat(cls, sets: list["SupportSet"]) -> "SupportSet":
+    def concat(cls, sets: list[SupportSet]) -> SupportSet:
         """One set holding the supports of `sets`, in order; all must come from the same model."""
         first = sets[0]
         for i, s in enumerate(sets[1:], 1):
@@ -131,9 +152,17 @@ class SupportSet:
     def metadata(self) -> dict[str, str]:
         """The file's `__metadata__` (docs/support-sets.md)."""
         f = self.fingerprint
-        return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "shots": str(self.shots),
-                "tokens_per_support": str(f.tokens_per_support), "model": f.model, "weights": f.weights,
-                "image_size": str(f.image_size), "memory_dtype": f.memory_dtype, "fssam2_version": self.fssam2_version}
+        return {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "shots": str(self.shots),
+            "tokens_per_support": str(f.tokens_per_support),
+            "model": f.model,
+            "weights": f.weights,
+            "image_size": str(f.image_size),
+            "memory_dtype": f.memory_dtype,
+            "fssam2_version": self.fssam2_version,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the set as a safetensors file, atomically (temporary file in the same directory, then rename)."""
@@ -144,7 +173,7 @@ class SupportSet:
         return write_atomic(path, save({n: getattr(self, n) for n in TENSORS}, metadata=self.metadata()))
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> "SupportSet":
+    def load(cls, path: str | Path, model=None) -> SupportSet:
         """Read a set written by `save` (or the C library). `model` (a FewShotSegmenter, a Manifest or a
         Fingerprint) is what the set must have been made by: every differing field is named. None: no check."""
         from safetensors import SafetensorError, safe_open
@@ -155,10 +184,14 @@ class SupportSet:
                 meta = f.metadata() or {}
                 names = set(f.keys())
                 if meta.get("format") != FORMAT:
-                    raise SupportSetError(f"{path}: not an fssam2 support set (format {meta.get('format')!r}, expected {FORMAT!r})")
+                    raise SupportSetError(
+                        f"{path}: not an fssam2 support set (format {meta.get('format')!r}, expected {FORMAT!r})"
+                    )
                 if meta.get("format_version") != str(FORMAT_VERSION):
-                    raise SupportSetError(f"{path}: support-set format version {meta.get('format_version')!r}; "
-                                          f"this runtime reads version {FORMAT_VERSION}")
+                    raise SupportSetError(
+                        f"{path}: support-set format version {meta.get('format_version')!r}; "
+                        f"this runtime reads version {FORMAT_VERSION}"
+                    )
                 if missing := [n for n in TENSORS if n not in names]:
                     raise SupportSetError(f"{path}: missing tensors {missing}")
                 tensors = {n: f.get_tensor(n) for n in TENSORS}
@@ -168,13 +201,22 @@ class SupportSet:
         if memory.ndim != 3:
             raise SupportSetError(f"{path}: memory is {list(memory.shape)}, expected (1, K*T, C)")
         try:
-            found = Fingerprint(meta["model"], meta["weights"], int(meta["image_size"]), meta["memory_dtype"],
-                                int(meta["tokens_per_support"]), memory.shape[2])
+            found = Fingerprint(
+                meta["model"],
+                meta["weights"],
+                int(meta["image_size"]),
+                meta["memory_dtype"],
+                int(meta["tokens_per_support"]),
+                memory.shape[2],
+            )
             shots = int(meta["shots"])
         except (KeyError, ValueError) as e:
             raise SupportSetError(f"{path}: malformed metadata ({e!r})") from e
         if model is not None:
-            found.check(model if isinstance(model, Fingerprint) else Fingerprint.of(getattr(model, "manifest", model)), str(path))
+            found.check(
+                model if isinstance(model, Fingerprint) else Fingerprint.of(getattr(model, "manifest", model)),
+                str(path),
+            )
         if len(tensors["mask_areas"]) != shots:
             raise SupportSetError(f"{path}: metadata says {shots} shots, the tensors hold {len(tensors['mask_areas'])}")
         try:
@@ -187,8 +229,9 @@ class SupportSet:
         f = self.fingerprint
         sizes = ", ".join(f"{w}x{h}" for h, w in self.image_sizes.tolist())
         areas = ", ".join(str(a) for a in self.mask_areas.tolist())
-        return (f"{self.shots} support{'s' if self.shots > 1 else ''}, {self.tokens} memory tokens x {self.memory.shape[2]} channels {f.memory_dtype} "
-                f"({self.memory.nbytes + self.memory_pos.nbytes} bytes)\n"
-                f"model {f.model}, weights {f.weights}, image size {f.image_size}px, {f.tokens_per_support} tokens per support\n"
-                f"support image sizes (WxH): {sizes}\nmask areas (px): {areas}\nwritten by fssam2 {self.fssam2_version}")
-
+        return (
+            f"{self.shots} support{'s' if self.shots > 1 else ''}, {self.tokens} memory tokens x {self.memory.shape[2]} channels {f.memory_dtype} "
+            f"({self.memory.nbytes + self.memory_pos.nbytes} bytes)\n"
+            f"model {f.model}, weights {f.weights}, image size {f.image_size}px, {f.tokens_per_support} tokens per support\n"
+            f"support image sizes (WxH): {sizes}\nmask areas (px): {areas}\nwritten by fssam2 {self.fssam2_version}"
+        )

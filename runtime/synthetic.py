@@ -58,7 +58,9 @@ def _object_mask(rng: np.random.Generator, h: int, w: int, sides: int) -> np.nda
     return np.asarray(img) > 0
 
 
-def make_sample(rng: np.random.Generator, h: int, w: int, color: np.ndarray, sides: int) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(
+    rng: np.random.Generator, h: int, w: int, color: np.ndarray, sides: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One image with the class object pasted on a random background, and its bool mask."""
     image = _background(rng, h, w)
     mask = _object_mask(rng, h, w, sides)
@@ -74,8 +76,9 @@ def class_style(class_id: int, seed: int = 0) -> tuple[np.ndarray, int]:
     return rng.uniform(40, 215, 3), int(rng.integers(0, 7))
 
 
-def class_image(class_id: int, index: int, num_classes: int, seed: int = 0,
-                size_range: tuple[int, int] = (96, 192)) -> tuple[np.ndarray, np.ndarray]:
+def class_image(
+    class_id: int, index: int, num_classes: int, seed: int = 0, size_range: tuple[int, int] = (96, 192)
+) -> tuple[np.ndarray, np.ndarray]:
     """Image `index` of class `class_id`: (H, W, 3) uint8 and an (H, W) uint8 label map (0 = background,
     c + 1 = class c). Half of the images also show an object of another class, drawn underneath."""
     rng = np.random.default_rng((seed, class_id, index))
@@ -91,7 +94,9 @@ def class_image(class_id: int, index: int, num_classes: int, seed: int = 0,
     return image, label
 
 
-def synthetic_episodes(count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CHECK_STREAM) -> list[Episode]:
+def synthetic_episodes(
+    count: int, seed: int, shots: tuple[int, int], size: int, stream: int = CHECK_STREAM
+) -> list[Episode]:
     """`count` episodes with K drawn uniformly from `shots` = (min, max) inclusive; images of varied
     sizes around `size`; one class (colour, polygon) per episode. Episode i depends only on (stream, seed, i)."""
     lo, hi = shots
@@ -108,7 +113,9 @@ def synthetic_episodes(count: int, seed: int, shots: tuple[int, int], size: int,
     return episodes
 
 
-def write_episode(out_dir: str | Path, shots: int, seed: int = 0, sizes=((240, 320), (300, 260), (256, 256), (200, 360))) -> EpisodeFiles:
+def write_episode(
+    out_dir: str | Path, shots: int, seed: int = 0, sizes=((240, 320), (300, 260), (256, 256), (200, 360))
+) -> EpisodeFiles:
     """Write `shots` supports and one query (PNG images + 0/255 PNG masks) into out_dir."""
     if shots < 1:
         raise ValueError("an episode needs at least one support")

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -85,11 +86,15 @@ def check_engine_compat(file: str, meta: Mapping, tensorrt_version: str, device:
     if meta.get("tensorrt") != tensorrt_version:
         problems.append(f"TensorRT {meta.get('tensorrt')} (this machine has TensorRT {tensorrt_version})")
     if meta.get("compute_capability") != device.compute_capability:
-        problems.append(f"compute capability {meta.get('compute_capability')}, {meta.get('gpu')} "
-                        f"(this GPU: compute capability {device.compute_capability}, {device.name})")
+        problems.append(
+            f"compute capability {meta.get('compute_capability')}, {meta.get('gpu')} "
+            f"(this GPU: compute capability {device.compute_capability}, {device.name})"
+        )
     if problems:
-        raise EngineMismatchError(f"{file} was built with {' and '.join(problems)}; an engine runs only on the TensorRT "
-                                  f"version and GPU architecture it was built for: {REBUILD_HINT}")
+        raise EngineMismatchError(
+            f"{file} was built with {' and '.join(problems)}; an engine runs only on the TensorRT "
+            f"version and GPU architecture it was built for: {REBUILD_HINT}"
+        )
 
 
 class TensorRTBackend:
@@ -109,18 +114,22 @@ class TensorRTBackend:
                     "pip install 'fssam2[trt]' (NVIDIA's wheels), Jetson: JetPack's python3-libnvinfer + pip install cuda-python"
                 ) from e
             except CudaError as e:
-                raise ProviderUnavailableError(f"provider 'tensorrt-native' found no usable CUDA device {device_id}: {e}") from e
+                raise ProviderUnavailableError(
+                    f"provider 'tensorrt-native' found no usable CUDA device {device_id}: {e}"
+                ) from e
         self.runtime, self.cuda = runtime, cuda
         self.device = cuda.device()
         self.stream = cuda.stream()
         self.lock = threading.RLock()  # one stream, buffers read across graphs: runs are serialised (module doc)
         self.consumed: set[str] = set()  # input names of every loaded graph: outputs feeding them stay on the device
 
-    def load(self, path: Path, spec: GraphSpec) -> "TrtGraph":
+    def load(self, path: Path, spec: GraphSpec) -> TrtGraph:
         flavour = spec.artifact_for(PROVIDER)
         if flavour.kind != ENGINE_KIND:
-            raise ManifestError(f"{spec.file}: the manifest lists no TensorRT engine for provider 'tensorrt-native'; "
-                                "build them with python -m fssam2_export.engines --artifacts DIR")
+            raise ManifestError(
+                f"{spec.file}: the manifest lists no TensorRT engine for provider 'tensorrt-native'; "
+                "build them with python -m fssam2_export.engines --artifacts DIR"
+            )
         check_engine_compat(flavour.file, flavour.meta, self.runtime.version, self.device)
         engine = self.runtime.deserialize(Path(path).read_bytes())
         self.consumed.update(t.name for t in spec.inputs)
@@ -167,8 +176,13 @@ class TrtGraph:
         weakref.finalize(self, _release, backend, list(self.buffers.values()), self._handed, self.support_copies)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_memory_length(self._label, feeds, self.profiles, "the profile built into the engine",
-                            "rebuild the engines with a larger --max-shots")
+        check_memory_length(
+            self._label,
+            feeds,
+            self.profiles,
+            "the profile built into the engine",
+            "rebuild the engines with a larger --max-shots",
+        )
         with self._b.lock:
             return self._run(feeds)
 
@@ -193,7 +207,9 @@ class TrtGraph:
         for t in self._outputs:
             shape, ptr = engine.output_shape(t.name), self.buffers[t.name]
             if t.name in b.consumed:
-                out[t.name] = DeviceTensor(shape, t.dtype, b, ptr, lambda p=ptr, s=shape, d=t.dtype: b.download(p, s, d), b.lock)
+                out[t.name] = DeviceTensor(
+                    shape, t.dtype, b, ptr, lambda p=ptr, s=shape, d=t.dtype: b.download(p, s, d), b.lock
+                )
                 self._handed.append(weakref.ref(out[t.name]))
             else:
                 out[t.name] = np.empty(shape, t.dtype)
@@ -270,7 +286,7 @@ class TensorRTRuntime:
         self.version = trt.__version__
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
 
-    def deserialize(self, blob: bytes) -> "TrtEngine":
+    def deserialize(self, blob: bytes) -> TrtEngine:
         engine = self._runtime.deserialize_cuda_engine(blob)
         if engine is None:
             raise BackendError("TensorRT could not deserialise the engine (see its log above)")
@@ -290,7 +306,9 @@ class TrtEngine:
             profile = None
             if is_input and -1 in shape:
                 profile = InputProfile(*(tuple(s) for s in engine.get_tensor_profile_shape(name, 0)))
-            self.tensors.append(TensorInfo(name, is_input, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), shape, profile))
+            self.tensors.append(
+                TensorInfo(name, is_input, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), shape, profile)
+            )
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, tuple(shape)):

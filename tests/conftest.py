@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+
 def unavailable(reason: str, require_env: str) -> None:
     """Skip what needs a missing dependency, or fail when `require_env` is set (.ci/run sets it: CI must run it)."""
     if os.environ.get(require_env):
@@ -34,8 +35,20 @@ def artifacts(tmp_path_factory) -> Path:
     from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp("export") / "artifacts"
-    rc = main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", str(SMALL),
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "--model",
+            "sam2.1_hiera_t",
+            "--random-init",
+            "--seed",
+            str(SEED),
+            "--image-size",
+            str(SMALL),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -71,7 +84,19 @@ def artifacts_128(tmp_path_factory) -> Path:
     from calibration.export_cli import main
 
     out = tmp_path_factory.mktemp("export128") / "artifacts"
-    rc = main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", "128",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "--model",
+            "sam2.1_hiera_t",
+            "--random-init",
+            "--seed",
+            str(SEED),
+            "--image-size",
+            "128",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return out

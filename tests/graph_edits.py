@@ -15,8 +15,13 @@ def edit_outputs(path, add: dict[str, np.ndarray | float], scale: dict[str, floa
         producer.output[list(producer.output).index(out)] = tag
         const = np.broadcast_to(np.asarray(value, np.float32), shapes[out]).copy()
         factor = np.float32((scale or {}).get(out, 1.0))
-        model.graph.initializer.extend([numpy_helper.from_array(const, f"{tag}_add"),
-                                        numpy_helper.from_array(np.asarray(factor), f"{tag}_scale")])
-        model.graph.node.extend([helper.make_node("Mul", [tag, f"{tag}_scale"], [f"{tag}_scaled"]),
-                                 helper.make_node("Add", [f"{tag}_scaled", f"{tag}_add"], [out], name=f"/edit/{tag}")])
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(const, f"{tag}_add"), numpy_helper.from_array(np.asarray(factor), f"{tag}_scale")]
+        )
+        model.graph.node.extend(
+            [
+                helper.make_node("Mul", [tag, f"{tag}_scale"], [f"{tag}_scaled"]),
+                helper.make_node("Add", [f"{tag}_scaled", f"{tag}_add"], [out], name=f"/edit/{tag}"),
+            ]
+        )
     onnx.save(model, str(path))

@@ -14,8 +14,12 @@ from runtime import SupportSet
 
 def write_set(path: Path, support_set: SupportSet, tensors: dict[str, np.ndarray] | None = None, **meta: str) -> None:
     """`support_set` as a file; `tensors` / `meta` override entries (for broken files)."""
-    data = {"memory": support_set.memory, "memory_pos": support_set.memory_pos,
-            "image_sizes": support_set.image_sizes, "mask_areas": support_set.mask_areas}
+    data = {
+        "memory": support_set.memory,
+        "memory_pos": support_set.memory_pos,
+        "image_sizes": support_set.image_sizes,
+        "mask_areas": support_set.mask_areas,
+    }
     save_file({**data, **(tensors or {})}, str(path), metadata={**support_set.metadata(), **meta})
 
 

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, load_manifest, ProviderUnavailableError
+from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, ProviderUnavailableError, load_manifest
 from runtime.image import load_image, nearest_indices
 
 
@@ -27,14 +27,17 @@ def rgb(episode):
     return load_image(episode.query)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros((32, 32, 3), np.float32), "uint8"),
-    (np.zeros((32, 32), np.uint8), r"\(H, W, 3\)"),
-    (np.zeros((32, 32, 4), np.uint8), r"\(H, W, 3\)"),
-    (np.zeros((1, 32, 32, 3), np.uint8), r"\(H, W, 3\)"),
-    ("no/such/image.png", "cannot read image"),
-    (12, "path, PIL image or numpy array"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((32, 32, 3), np.float32), "uint8"),
+        (np.zeros((32, 32), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((32, 32, 4), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((1, 32, 32, 3), np.uint8), r"\(H, W, 3\)"),
+        ("no/such/image.png", "cannot read image"),
+        (12, "path, PIL image or numpy array"),
+    ],
+)
 def test_bad_images(seg, bad, match):
     with pytest.raises(InputError, match=match):
         seg.segment(bad) if seg.num_supports else seg.add_support(bad, np.ones((32, 32), bool))

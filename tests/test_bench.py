@@ -18,7 +18,9 @@ def test_stats_and_flop_count():
     assert (s.n, s.min, s.p50, s.mean) == (4, 1.0, 2.5, 2.5) and s.p50 <= s.p90 <= s.p99 <= 4.0
     # SAM2 @1024, K=1: attention matmuls alone are 4 layers x 2 x (2 x 2 x 4096^2 x 256) = 137 GFLOP
     assert 137 < memory_attention_gflop(64, 256, 64, 4096) < 200
-    assert memory_attention_gflop(64, 256, 64, 5 * 4096) - memory_attention_gflop(64, 256, 64, 4096) == pytest.approx(4 * 2 * 4096 * 4 * 4096 * (256 + 64) / 1e9, rel=0.05)
+    assert memory_attention_gflop(64, 256, 64, 5 * 4096) - memory_attention_gflop(64, 256, 64, 4096) == pytest.approx(
+        4 * 2 * 4096 * 4 * 4096 * (256 + 64) / 1e9, rel=0.05
+    )
 
 
 def test_timing_hook_sees_every_module_and_phase(artifacts, episode):
@@ -26,10 +28,23 @@ def test_timing_hook_sees_every_module_and_phase(artifacts, episode):
     seg = FewShotSegmenter(artifacts, on_timing=lambda name, ms: seen.append(name))
     seg.add_support(*episode.supports[0])
     seg.segment(episode.query)
-    assert seen[:8] == [f"{kind}:{g}" for g in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
-                        for kind in ("verify", "load")]
-    assert seen[8:] == ["preprocess", "image_encoder", "memory_encoder", "support",
-                        "preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "query"]
+    assert seen[:8] == [
+        f"{kind}:{g}"
+        for g in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
+        for kind in ("verify", "load")
+    ]
+    assert seen[8:] == [
+        "preprocess",
+        "image_encoder",
+        "memory_encoder",
+        "support",
+        "preprocess",
+        "image_encoder",
+        "memory_attention",
+        "mask_decoder",
+        "postprocess",
+        "query",
+    ]
     assert seg.timings() == {}  # aggregates only with profile=True
 
 
@@ -60,12 +75,19 @@ def test_bench_cli_writes_versioned_report_and_plot(artifacts, tmp_path, capsys)
     assert [k["shots"] for k in run["shots"]] == [1, 2]
     for k in run["shots"]:
         assert set(k["query"]) == MODULES and k["query"]["total"]["n"] == 2
-        assert k["queries_per_s"] > 0 and 0 <= k["glue_fraction"] < 1 and k["memory_attention_gflops"] > 0 and k["peak_rss_mb"] > 0
+        assert (
+            k["queries_per_s"] > 0
+            and 0 <= k["glue_fraction"] < 1
+            and k["memory_attention_gflops"] > 0
+            and k["peak_rss_mb"] > 0
+        )
         q = k["query"]
         assert q["total"]["min"] >= q["image_encoder"]["min"]
     assert [w["classes"] for w in run["ways"]] == [1, 3]
     for w in run["ways"]:
-        assert w["n_way"]["n"] == w["separate"]["n"] == 2 and w["ratio_p50"] == pytest.approx(w["n_way"]["p50"] / w["separate"]["p50"])
+        assert w["n_way"]["n"] == w["separate"]["n"] == 2 and w["ratio_p50"] == pytest.approx(
+            w["n_way"]["p50"] / w["separate"]["p50"]
+        )
     table = capsys.readouterr().out
     assert "queries/s" in table and "memory_attention" in table and "3-way (1-shot classes): one call" in table
     if plot:
@@ -86,21 +108,50 @@ def test_compare_pytorch_smoke(artifacts, tmp_path):
     from bench.compare_pytorch import main
 
     out = tmp_path / "cmp.json"
-    assert main(["--artifacts", str(artifacts), "--shots", "1", "2", "--episodes", "1", "--warmup", "0",
-                 "--torch-dtype", "fp32", "bf16", "--input-size", "96x64", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--artifacts",
+                str(artifacts),
+                "--shots",
+                "1",
+                "2",
+                "--episodes",
+                "1",
+                "--warmup",
+                "0",
+                "--torch-dtype",
+                "fp32",
+                "bf16",
+                "--input-size",
+                "96x64",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["schema"] == "fssam2-compare-pytorch/2"
     (run,) = report["runs"]
     for k in run["by_shots"]:
         assert set(k["ratios"]) == {"cpu/fp32", "cpu/bf16"}
         for r in k["ratios"].values():
-            assert {"query_cached_vs_query_phase", "query_cached_vs_forward", "support_phase", "module:memory_attention",
-                    "module:mask_decoder"} <= set(r)
+            assert {
+                "query_cached_vs_query_phase",
+                "query_cached_vs_forward",
+                "support_phase",
+                "module:memory_attention",
+                "module:mask_decoder",
+            } <= set(r)
             assert all(np.isfinite(v) and v > 0 for v in r.values())
         assert k["support_cache_speedup"]["cpu"] > 1  # re-encoding supports costs time
         fid = k["fidelity"]  # against PyTorch FP32: the same model on the runtime side, autocast's drift on the other
         assert fid["cpu"]["mask_iou"] >= 0.99 and fid["torch-fp32"]["mask_iou"] == 1.0
-        assert 0.95 <= fid["torch-bf16"]["mask_iou"] and fid["torch-bf16"]["logits_pearson"] < 1.0, "autocast did not run in bf16"
+        assert 0.95 <= fid["torch-bf16"]["mask_iou"] and fid["torch-bf16"]["logits_pearson"] < 1.0, (
+            "autocast did not run in bf16"
+        )
         for d in ("fp32", "bf16"):
             assert k["pytorch_ms"][d]["support_phase"] > 0 and k["pytorch_ms"][d]["query_phase"] > 0
 

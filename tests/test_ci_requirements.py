@@ -23,8 +23,14 @@ def _collect_engine_tests(tmp_path: Path, require: bool) -> subprocess.Completed
     env["PYTHONPATH"] = os.pathsep.join([str(hidden), str(ROOT), env.get("PYTHONPATH", "")])
     if require:
         env["FSSAM2_REQUIRE_POLYGRAPHY"] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/test_tensorrt_engines.py"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/test_tensorrt_engines.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_engine_tests_fail_without_polygraphy_when_required(tmp_path):

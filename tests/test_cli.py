@@ -13,8 +13,18 @@ from runtime.manifest import load_manifest
 
 def test_segment_cli_writes_mask_and_overlay(artifacts, episode, tmp_path, capsys):
     out, ov = tmp_path / "q_mask.png", tmp_path / "sub" / "q_overlay.png"
-    args = ["segment", "--artifacts", str(artifacts), "--query", str(episode.query), "--out", str(out),
-            "--overlay", str(ov), "--profile"]
+    args = [
+        "segment",
+        "--artifacts",
+        str(artifacts),
+        "--query",
+        str(episode.query),
+        "--out",
+        str(out),
+        "--overlay",
+        str(ov),
+        "--profile",
+    ]
     for image, mask in episode.supports[:2]:
         args += ["--support", str(image), str(mask)]
     assert runtime_cli.main(args) == 0
@@ -32,11 +42,35 @@ def test_segment_cli_writes_mask_and_overlay(artifacts, episode, tmp_path, capsy
 
 
 def test_cli_errors_are_clean(artifacts, episode, tmp_path, capsys):
-    rc = runtime_cli.main(["segment", "--artifacts", str(tmp_path), "--support", str(episode.query), str(episode.query_mask),
-                           "--query", str(episode.query), "--out", str(tmp_path / "m.png")])
+    rc = runtime_cli.main(
+        [
+            "segment",
+            "--artifacts",
+            str(tmp_path),
+            "--support",
+            str(episode.query),
+            str(episode.query_mask),
+            "--query",
+            str(episode.query),
+            "--out",
+            str(tmp_path / "m.png"),
+        ]
+    )
     assert rc == 2 and "no manifest.json" in capsys.readouterr().err
-    rc = runtime_cli.main(["segment", "--artifacts", str(artifacts), "--support", str(episode.query), str(tmp_path / "nope.png"),
-                           "--query", str(episode.query), "--out", str(tmp_path / "m.png")])
+    rc = runtime_cli.main(
+        [
+            "segment",
+            "--artifacts",
+            str(artifacts),
+            "--support",
+            str(episode.query),
+            str(tmp_path / "nope.png"),
+            "--query",
+            str(episode.query),
+            "--out",
+            str(tmp_path / "m.png"),
+        ]
+    )
     assert rc == 2 and "cannot read mask" in capsys.readouterr().err
     assert not (tmp_path / "m.png").exists()
 
@@ -57,11 +91,41 @@ def test_export_refuses_nonempty_dir_and_bad_flags(tmp_path, capsys):
         export_cli.main(["--seed", "0", "--out", str(tmp_path / "x")])  # no weight source
     assert export_cli.main(["--random-init", "--seed", "0", "--image-size", "100", "--out", str(tmp_path / "x")]) == 2
     assert "multiple of 32" in capsys.readouterr().err
-    assert export_cli.main(["--random-init", "--seed", "0", "--precision", "mixed", "--image-size", "128",
-                            "--out", str(tmp_path / "x")]) == 2
+    assert (
+        export_cli.main(
+            [
+                "--random-init",
+                "--seed",
+                "0",
+                "--precision",
+                "mixed",
+                "--image-size",
+                "128",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--precision mixed needs --module-precision" in capsys.readouterr().err
-    assert export_cli.main(["--random-init", "--seed", "0", "--precision", "int8", "--module-precision", "image_encoder=int4",
-                            "--image-size", "128", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        export_cli.main(
+            [
+                "--random-init",
+                "--seed",
+                "0",
+                "--precision",
+                "int8",
+                "--module-precision",
+                "image_encoder=int4",
+                "--image-size",
+                "128",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "int4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -78,7 +142,9 @@ def test_failed_export_leaves_old_artifacts_untouched(artifacts, tmp_path, monke
 
     monkeypatch.setattr(export_mod, "simplify_and_validate", boom)
     with pytest.raises(RuntimeError, match="simulated"):
-        export_cli.main(["--random-init", "--seed", "1", "--image-size", "128", "--out", str(out), "--overwrite", "--quiet"])
+        export_cli.main(
+            ["--random-init", "--seed", "1", "--image-size", "128", "--out", str(out), "--overwrite", "--quiet"]
+        )
     assert load_manifest(out).created == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], "partial export left behind"
 
@@ -100,9 +166,28 @@ def test_support_sets_and_n_way_through_the_cli(artifacts, episode, tmp_path, ca
     assert "2 supports" in text and "random-init:seed=0" in text and "usable with these artifacts" in text
 
     labels, masks, ov = tmp_path / "labels.png", tmp_path / "masks", tmp_path / "ov.png"
-    assert runtime_cli.main(["segment", "--artifacts", str(artifacts), "--class", f"cat={cats}", "--class", f"dog={dogs}",
-                             "--query", str(episode.query), "--out", str(labels), "--class-masks", str(masks),
-                             "--overlay", str(ov)]) == 0
+    assert (
+        runtime_cli.main(
+            [
+                "segment",
+                "--artifacts",
+                str(artifacts),
+                "--class",
+                f"cat={cats}",
+                "--class",
+                f"dog={dogs}",
+                "--query",
+                str(episode.query),
+                "--out",
+                str(labels),
+                "--class-masks",
+                str(masks),
+                "--overlay",
+                str(ov),
+            ]
+        )
+        == 0
+    )
     seg = FewShotSegmenter(artifacts)
     want = seg.segment(episode.query, {"cat": seg.encode_supports(s[:2]), "dog": seg.encode_supports(s[2:3])})
     written = Image.open(labels)
@@ -116,19 +201,51 @@ def test_support_sets_and_n_way_through_the_cli(artifacts, episode, tmp_path, ca
     assert "2-way label map" in capsys.readouterr().out
 
     one = tmp_path / "one.png"
-    assert runtime_cli.main(["segment", "--artifacts", str(artifacts), "--support-set", str(cats), "--query", str(episode.query),
-                             "--out", str(one)]) == 0
+    assert (
+        runtime_cli.main(
+            [
+                "segment",
+                "--artifacts",
+                str(artifacts),
+                "--support-set",
+                str(cats),
+                "--query",
+                str(episode.query),
+                "--out",
+                str(one),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.asarray(Image.open(one)) > 0, want["cat"].mask)
 
     foreign = SupportSet.load(cats)
     foreign = dataclasses.replace(foreign, fingerprint=dataclasses.replace(foreign.fingerprint, weights="sha256:ab12"))
     foreign.save(tmp_path / "foreign.fssam2")
     capsys.readouterr()
-    for bad, match in ((["--class", f"cat={tmp_path / 'foreign.fssam2'}"], "weights: set sha256:ab12 != artifacts random-init:seed=0"),
-                       (["--class", "cat"], "NAME=SET"),
-                       (["--support-set", str(cats), "--class-masks", str(masks)], "--class-masks needs --class")):
-        assert runtime_cli.main(["segment", "--artifacts", str(artifacts), *bad, "--query", str(episode.query),
-                                 "--out", str(tmp_path / "x.png")]) == 2
+    for bad, match in (
+        (["--class", f"cat={tmp_path / 'foreign.fssam2'}"], "weights: set sha256:ab12 != artifacts random-init:seed=0"),
+        (["--class", "cat"], "NAME=SET"),
+        (["--support-set", str(cats), "--class-masks", str(masks)], "--class-masks needs --class"),
+    ):
+        assert (
+            runtime_cli.main(
+                [
+                    "segment",
+                    "--artifacts",
+                    str(artifacts),
+                    *bad,
+                    "--query",
+                    str(episode.query),
+                    "--out",
+                    str(tmp_path / "x.png"),
+                ]
+            )
+            == 2
+        )
         assert match in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
-    assert runtime_cli.main(["info", "--support-set", str(tmp_path / "foreign.fssam2"), "--artifacts", str(artifacts)]) == 2
+    assert (
+        runtime_cli.main(["info", "--support-set", str(tmp_path / "foreign.fssam2"), "--artifacts", str(artifacts)])
+        == 2
+    )

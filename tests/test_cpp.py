@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import PIL
 import pytest
+import support_set_files
+from conftest import unavailable
 from PIL import Image
 
-from conftest import unavailable
 from runtime import FewShotSegmenter, SupportSet
-from runtime.segmenter import label_map
 from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
-
-import support_set_files
+from runtime.segmenter import label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runtime" / "cpp"
@@ -45,8 +44,10 @@ def _unavailable(reason: str):
 
 def _cmake_build(build_dir: Path, *options: str, target: str | None = None) -> None:
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    steps = [["cmake", "-S", str(SOURCE), "-B", str(build_dir), *generator, f"-DONNXRUNTIME_ROOT={ORT_ROOT}", *options],
-             ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), *(["--target", target] if target else [])]]
+    steps = [
+        ["cmake", "-S", str(SOURCE), "-B", str(build_dir), *generator, f"-DONNXRUNTIME_ROOT={ORT_ROOT}", *options],
+        ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), *(["--target", target] if target else [])],
+    ]
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
@@ -73,13 +74,23 @@ class View(C.Structure):
 
 class OptionsV1(C.Structure):
     """fssam2_options as libfssam2 0.1 declared it (an older caller)."""
-    _fields_ = [("struct_size", C.c_uint32), ("provider", C.c_char_p), ("intra_op_threads", C.c_int32),
-                ("verify_sha256", C.c_int32)]
+
+    _fields_ = [
+        ("struct_size", C.c_uint32),
+        ("provider", C.c_char_p),
+        ("intra_op_threads", C.c_int32),
+        ("verify_sha256", C.c_int32),
+    ]
 
 
 class Options(C.Structure):
-    _fields_ = [*OptionsV1._fields_, ("device_id", C.c_int32), ("max_shots", C.c_int32), ("trt_cache_dir", C.c_char_p),
-                ("trt_workspace_bytes", C.c_int64)]
+    _fields_ = [
+        *OptionsV1._fields_,
+        ("device_id", C.c_int32),
+        ("max_shots", C.c_int32),
+        ("trt_cache_dir", C.c_char_p),
+        ("trt_workspace_bytes", C.c_int64),
+    ]
 
 
 class Result(C.Structure):
@@ -102,17 +113,38 @@ def lib(cpp_build) -> C.CDLL:
         "fssam2_num_supports": ([C.c_void_p, P(C.c_int32)], C.c_int),
         "fssam2_preprocess": ([C.c_void_p, P(View), C.c_void_p, C.c_size_t], C.c_int),
         "fssam2_resize_mask": ([P(View), C.c_int32, C.c_void_p, C.c_size_t], C.c_int),
-        "fssam2_postprocess_logits": ([C.c_void_p, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_void_p,
-                                       C.c_size_t], C.c_int),
+        "fssam2_postprocess_logits": (
+            [C.c_void_p, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_int32, C.c_void_p, C.c_size_t],
+            C.c_int,
+        ),
         "fssam2_support_set_encode": ([C.c_void_p, P(View), P(View), C.c_size_t, P(C.c_void_p)], C.c_int),
         "fssam2_support_set_load": ([C.c_void_p, C.c_char_p, P(C.c_void_p)], C.c_int),
         "fssam2_support_set_save": ([C.c_void_p, C.c_char_p], C.c_int),
         "fssam2_support_set_free": ([C.c_void_p], None),
-        "fssam2_segment_set": ([C.c_void_p, C.c_void_p, P(View), C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t, P(Result)],
-                               C.c_int),
-        "fssam2_segment_sets": ([C.c_void_p, P(C.c_void_p), C.c_size_t, P(View), C.c_void_p, C.c_size_t, C.c_void_p,
-                                 C.c_size_t, C.c_void_p, C.c_size_t, P(Result)], C.c_int),
-        "fssam2_provider_options": ([C.c_char_p, C.c_void_p, C.c_char_p, C.c_char_p, C.c_size_t, P(C.c_size_t)], C.c_int),
+        "fssam2_segment_set": (
+            [C.c_void_p, C.c_void_p, P(View), C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t, P(Result)],
+            C.c_int,
+        ),
+        "fssam2_segment_sets": (
+            [
+                C.c_void_p,
+                P(C.c_void_p),
+                C.c_size_t,
+                P(View),
+                C.c_void_p,
+                C.c_size_t,
+                C.c_void_p,
+                C.c_size_t,
+                C.c_void_p,
+                C.c_size_t,
+                P(Result),
+            ],
+            C.c_int,
+        ),
+        "fssam2_provider_options": (
+            [C.c_char_p, C.c_void_p, C.c_char_p, C.c_char_p, C.c_size_t, P(C.c_size_t)],
+            C.c_int,
+        ),
     }
     for name, (args, res) in sigs.items():
         getattr(so, name).argtypes, getattr(so, name).restype = args, res
@@ -169,8 +201,18 @@ class CppSegmenter:
         mask = np.zeros(rgb.shape[:2], np.uint8)
         logits = np.zeros(rgb.shape[:2], np.float32)
         res = Result()
-        self._check(self.lib.fssam2_segment_set(self.handle, handle, view(np.ascontiguousarray(rgb)), mask.ctypes.data,
-                                                mask.size, logits.ctypes.data, logits.size, C.byref(res)))
+        self._check(
+            self.lib.fssam2_segment_set(
+                self.handle,
+                handle,
+                view(np.ascontiguousarray(rgb)),
+                mask.ctypes.data,
+                mask.size,
+                logits.ctypes.data,
+                logits.size,
+                C.byref(res),
+            )
+        )
         return mask.astype(bool), logits, res
 
     def segment_sets(self, handles: list[C.c_void_p], rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,9 +221,21 @@ class CppSegmenter:
         labels = np.zeros((h, w), np.uint8)
         masks, logits = np.zeros((n, h, w), np.uint8), np.zeros((n, h, w), np.float32)
         sets = (C.c_void_p * n)(*handles)
-        self._check(self.lib.fssam2_segment_sets(self.handle, sets, n, view(np.ascontiguousarray(rgb)), labels.ctypes.data,
-                                                 labels.size, masks.ctypes.data, masks.size, logits.ctypes.data,
-                                                 logits.size, None))
+        self._check(
+            self.lib.fssam2_segment_sets(
+                self.handle,
+                sets,
+                n,
+                view(np.ascontiguousarray(rgb)),
+                labels.ctypes.data,
+                labels.size,
+                masks.ctypes.data,
+                masks.size,
+                logits.ctypes.data,
+                logits.size,
+                None,
+            )
+        )
         return labels, masks.astype(bool), logits
 
     def add_support(self, rgb: np.ndarray, mask: np.ndarray) -> None:
@@ -193,8 +247,11 @@ class CppSegmenter:
         mask = np.zeros(rgb.shape[:2], np.uint8)
         logits = np.zeros(rgb.shape[:2], np.float32)
         res = Result()
-        self._check(self.lib.fssam2_segment(self.handle, view(rgb), mask.ctypes.data, mask.size, logits.ctypes.data,
-                                            logits.size, C.byref(res)))
+        self._check(
+            self.lib.fssam2_segment(
+                self.handle, view(rgb), mask.ctypes.data, mask.size, logits.ctypes.data, logits.size, C.byref(res)
+            )
+        )
         return mask.astype(bool), logits, res
 
     def preprocess(self, rgb: np.ndarray, size: int) -> np.ndarray:
@@ -219,8 +276,20 @@ def _test_images(episode) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
     images = {p.name: load_image(p) for p, _ in episode.supports}
     images["query"] = load_image(episode.query)
-    for h, w in [(37, 53), (1000, 300), (300, 1000), (300, 260), (300, 280), (768, 512), (256, 256), (256, 400),
-                 (120, 256), (400, 256), (1, 1), (600, 257)]:
+    for h, w in [
+        (37, 53),
+        (1000, 300),
+        (300, 1000),
+        (300, 260),
+        (300, 280),
+        (768, 512),
+        (256, 256),
+        (256, 400),
+        (120, 256),
+        (400, 256),
+        (1, 1),
+        (600, 257),
+    ]:
         images[f"random{h}x{w}"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     return images
 
@@ -304,13 +373,22 @@ def test_schema_1_manifest_loads(lib, artifacts, episode, tmp_path):
 
 def test_flavour_selection(lib, artifacts, tmp_path):
     """The first ONNX flavour for the provider (or "*") is loaded; engines and other providers' flavours are not."""
+
     def with_flavours(providers: list[str], kind: str = "onnx", stale: bool = False):
         def edit(m, dest):
             (dest / "decoder_flavour.onnx").write_bytes(b"not a graph")  # loading it fails: proves it was picked
             g = m["graphs"]["mask_decoder"]
-            flavour = dict(kind=kind, file="decoder_flavour.onnx", sha256="0" * 64, providers=providers,
-                           precision="fp32", source_sha256="f" * 64 if stale else g["sha256"], meta={})
+            flavour = dict(
+                kind=kind,
+                file="decoder_flavour.onnx",
+                sha256="0" * 64,
+                providers=providers,
+                precision="fp32",
+                source_sha256="f" * 64 if stale else g["sha256"],
+                meta={},
+            )
             g["flavours"] = [flavour]
+
         return edit
 
     def create(name, edit):
@@ -379,13 +457,29 @@ def test_c_api_contract(cpp_build, artifacts, bad_artifacts):
 
 
 def test_c_api_contract_under_asan_ubsan(cpp_build, artifacts, bad_artifacts):
-    if not shutil.which("c++") or subprocess.run(["c++", "-fsanitize=address", "-x", "c++", "-", "-o", os.devnull],
-                                                input="int main(){}", text=True, capture_output=True).returncode:
+    if (
+        not shutil.which("c++")
+        or subprocess.run(
+            ["c++", "-fsanitize=address", "-x", "c++", "-", "-o", os.devnull],
+            input="int main(){}",
+            text=True,
+            capture_output=True,
+        ).returncode
+    ):
         _unavailable("the C++ compiler cannot build with -fsanitize=address")
-    _cmake_build(BUILD_ASAN, "-DFSSAM2_SANITIZE=ON", "-DFSSAM2_BUILD_TOOLS=OFF", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-                 target="fssam2_capi_check")
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1",
-               LSAN_OPTIONS=f"suppressions={SOURCE / 'tests' / 'lsan.supp'}")
+    _cmake_build(
+        BUILD_ASAN,
+        "-DFSSAM2_SANITIZE=ON",
+        "-DFSSAM2_BUILD_TOOLS=OFF",
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        target="fssam2_capi_check",
+    )
+    env = dict(
+        os.environ,
+        ASAN_OPTIONS="detect_leaks=1:abort_on_error=1",
+        UBSAN_OPTIONS="print_stacktrace=1",
+        LSAN_OPTIONS=f"suppressions={SOURCE / 'tests' / 'lsan.supp'}",
+    )
     out = _run_check(BUILD_ASAN / "fssam2_capi_check", artifacts, bad_artifacts, env=env)
     assert "ERROR: AddressSanitizer" not in out and "runtime error" not in out
 
@@ -395,11 +489,23 @@ def test_c_api_contract_under_tsan(cpp_build, artifacts, bad_artifacts):
     """The threading contract under ThreadSanitizer: one handle from 4 threads with mixed sets, two handles in two
     threads. libonnxruntime itself is not instrumented (its internal synchronisation is invisible to TSan), so
     this checks libfssam2's own state and the caller-visible buffers."""
-    if not shutil.which("c++") or subprocess.run(["c++", "-fsanitize=thread", "-x", "c++", "-", "-o", os.devnull],
-                                                input="int main(){}", text=True, capture_output=True).returncode:
+    if (
+        not shutil.which("c++")
+        or subprocess.run(
+            ["c++", "-fsanitize=thread", "-x", "c++", "-", "-o", os.devnull],
+            input="int main(){}",
+            text=True,
+            capture_output=True,
+        ).returncode
+    ):
         _unavailable("the C++ compiler cannot build with -fsanitize=thread")
-    _cmake_build(BUILD_TSAN, "-DFSSAM2_SANITIZE=thread", "-DFSSAM2_BUILD_TOOLS=OFF", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-                 target="fssam2_capi_check")
+    _cmake_build(
+        BUILD_TSAN,
+        "-DFSSAM2_SANITIZE=thread",
+        "-DFSSAM2_BUILD_TOOLS=OFF",
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        target="fssam2_capi_check",
+    )
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0")
     out = _run_check(BUILD_TSAN / "fssam2_capi_check", artifacts, bad_artifacts, env=env)
     assert "ThreadSanitizer" not in out
@@ -408,8 +514,20 @@ def test_c_api_contract_under_tsan(cpp_build, artifacts, bad_artifacts):
 def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
     out = tmp_path / "pred.png"
     supports = [a for image, mask in episode.supports[:2] for a in ("--support", str(image), str(mask))]
-    proc = subprocess.run([str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), *supports,
-                           "--query", str(episode.query), "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(cpp_build / "fssam2_segment"),
+            "--artifacts",
+            str(artifacts),
+            *supports,
+            "--query",
+            str(episode.query),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     py = FewShotSegmenter(artifacts)
     for image, mask in episode.supports[:2]:
@@ -422,30 +540,66 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
     # a saved set gives the same mask; N-way with the same set twice labels it 1 (ties to the lower index)
     tool = [str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), "--query", str(episode.query)]
     set_path, again, labels = tmp_path / "s.fssam2", tmp_path / "again.png", tmp_path / "labels.png"
-    for args in ([*supports, "--save-set", str(set_path), "--out", str(again)], ["--support-set", str(set_path), "--out", str(again)],
-                 ["--class", f"a={set_path}", "--class", f"b={set_path}", "--out", str(labels)]):
+    for args in (
+        [*supports, "--save-set", str(set_path), "--out", str(again)],
+        ["--support-set", str(set_path), "--out", str(again)],
+        ["--class", f"a={set_path}", "--class", f"b={set_path}", "--out", str(labels)],
+    ):
         proc = subprocess.run([*tool, *args], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert (np.asarray(Image.open(again)) > 0).tolist() == got.tolist()
     label_map = np.asarray(Image.open(labels))
     assert set(np.unique(label_map)) == {0, 1} and ((label_map == 1) == got).all() and "a " in proc.stdout
-    bad_set = subprocess.run([*tool, "--support-set", str(tmp_path / "none.fssam2"), "--out", str(again)], capture_output=True, text=True)
+    bad_set = subprocess.run(
+        [*tool, "--support-set", str(tmp_path / "none.fssam2"), "--out", str(again)], capture_output=True, text=True
+    )
     assert bad_set.returncode == 2 and "none.fssam2" in bad_set.stderr
 
-    proc = subprocess.run([str(cpp_build / "fssam2_bench"), "--artifacts", str(artifacts), "--shots", "1", "2",
-                           "--queries", "2", "--warmup", "0", "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(cpp_build / "fssam2_bench"),
+            "--artifacts",
+            str(artifacts),
+            "--shots",
+            "1",
+            "2",
+            "--queries",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["shots"] for r in rows] == [1, 2] and all(r["query_ms_mean"] > 0 for r in rows)
 
-    bad = subprocess.run([str(cpp_build / "fssam2_segment"), "--artifacts", str(tmp_path), "--support", "a", "b",
-                          "--query", "q", "--out", str(out)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            str(cpp_build / "fssam2_segment"),
+            "--artifacts",
+            str(tmp_path),
+            "--support",
+            "a",
+            "b",
+            "--query",
+            "q",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "error" in bad.stderr
 
     for example in ("fssam2_example", "fssam2_example_c"):
         proc = subprocess.run([str(cpp_build / example), str(artifacts)], capture_output=True, text=True)
         assert proc.returncode == 0 and "px foreground" in proc.stdout, proc.stderr
-    assert (SOURCE / "examples" / "minimal.cpp").read_text() in (ROOT / "README.md").read_text(), "README example is stale"
+    assert (SOURCE / "examples" / "minimal.cpp").read_text() in (ROOT / "README.md").read_text(), (
+        "README example is stale"
+    )
 
 
 # Support sets across languages (docs/support-sets.md): Python's SupportSet against libfssam2's.
@@ -501,7 +655,9 @@ def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode,
         cpp_seg.free_set(handle)
     tensors, meta = support_set_files.read_set(path)
     version = "fssam2_version"  # the writer's own version: libfssam2's, or the Python package's
-    assert {k: v for k, v in meta.items() if k != version} == {k: v for k, v in support_set.metadata().items() if k != version}
+    assert {k: v for k, v in meta.items() if k != version} == {
+        k: v for k, v in support_set.metadata().items() if k != version
+    }
     np.testing.assert_array_equal(tensors["image_sizes"], support_set.image_sizes)
     np.testing.assert_array_equal(tensors["mask_areas"], support_set.mask_areas)
     assert tensors["memory"].dtype == np.float32 and tensors["memory"].shape == support_set.memory.shape
@@ -586,8 +742,10 @@ def _provider_options(lib, artifacts: Path, options, graph: str) -> list:
     needed = C.c_size_t()
     lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), None, 0, C.byref(needed))
     buf = C.create_string_buffer(needed.value)
-    assert lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), buf, len(buf), None) == OK, \
-        lib.fssam2_last_error()
+    assert (
+        lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), buf, len(buf), None)
+        == OK
+    ), lib.fssam2_last_error()
     eps: dict[str, dict] = {}
     for line in buf.value.decode().splitlines():
         ep, *kv = line.split("\t")
@@ -596,8 +754,12 @@ def _provider_options(lib, artifacts: Path, options, graph: str) -> list:
 
 
 # every ONNX Runtime provider, and every option of the C struct that reaches ORT, away from its default at least once
-PROVIDER_OPTION_CASES = [("tensorrt", 0, 8, None, None), ("tensorrt", 1, 3, "/var/cache/x", 1 << 28),
-                         ("cuda", 2, 8, None, None), ("cpu", 0, 8, None, None)]
+PROVIDER_OPTION_CASES = [
+    ("tensorrt", 0, 8, None, None),
+    ("tensorrt", 1, 3, "/var/cache/x", 1 << 28),
+    ("cuda", 2, 8, None, None),
+    ("cpu", 0, 8, None, None),
+]
 
 
 def test_provider_option_cases_cover_every_ort_provider():
@@ -622,15 +784,23 @@ def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_
     opts.trt_cache_dir = cache.encode() if cache else None
     opts.trt_workspace_bytes = workspace or 0  # 0: the default
     for name, spec in manifest.graphs.items():
-        profiles = input_profiles(spec, memory_dim_ranges(manifest.episode, max_shots)) if provider == "tensorrt" else {}
-        expected = ort_provider_list(ORT_PROVIDERS[provider], profiles, Path(cache or artifacts / ORT_TRT_CACHE_DIR),
-                                     device_id=device_id, **({"workspace_bytes": workspace} if workspace else {}))
+        profiles = (
+            input_profiles(spec, memory_dim_ranges(manifest.episode, max_shots)) if provider == "tensorrt" else {}
+        )
+        expected = ort_provider_list(
+            ORT_PROVIDERS[provider],
+            profiles,
+            Path(cache or artifacts / ORT_TRT_CACHE_DIR),
+            device_id=device_id,
+            **({"workspace_bytes": workspace} if workspace else {}),
+        )
         assert _provider_options(lib, artifacts, opts, name) == expected, name
     assert not (artifacts / ORT_TRT_CACHE_DIR).exists()
 
 
 def test_older_callers_options_struct(lib, artifacts):
     """A 0.1 caller's smaller struct (its own fssam2_options_init, struct_size 24) gets the new fields' defaults."""
+
     class OldCaller(C.Structure):  # the 0.1 struct, and the caller's memory right after it
         _fields_ = [("options", OptionsV1), ("after", C.c_uint8 * 32)]
 
@@ -642,7 +812,9 @@ def test_older_callers_options_struct(lib, artifacts):
     assert bytes(caller.after) == b"\xab" * 32, "fssam2_options_init wrote past the 0.1 struct"
     assert old.struct_size == C.sizeof(OptionsV1) and new.struct_size == C.sizeof(Options) and new.max_shots == 8
     old.provider = new.provider = b"tensorrt"
-    assert _provider_options(lib, artifacts, old, "memory_attention") == _provider_options(lib, artifacts, new, "memory_attention")
+    assert _provider_options(lib, artifacts, old, "memory_attention") == _provider_options(
+        lib, artifacts, new, "memory_attention"
+    )
     old.provider = b"cpu"
     handle = C.c_void_p()
     assert lib.fssam2_create(str(artifacts).encode(), C.byref(old), C.byref(handle)) == OK, lib.fssam2_last_error()

@@ -115,6 +115,7 @@ def parser_of(module_name: str) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     if hasattr(module, "parser"):
         return module.parser()
+
     # a CLI module that builds its parser inside main(): take it at parse_args, before anything runs
     class Captured(Exception):
         pass
@@ -175,11 +176,13 @@ def check_commands(text: str, parsers: dict[str, argparse.ArgumentParser]) -> li
         matches = list(pattern.finditer(fragment))
         for i, m in enumerate(matches):
             end = matches[i + 1].start() if i + 1 < len(matches) else len(fragment)
-            rest = fragment[m.end():end]
+            rest = fragment[m.end() : end]
             if stop := COMMAND_END.search(rest):
-                rest = rest[:stop.start()]
-            problems += [Problem(number, f"`{m.group(1)}{rest.rstrip()}`: {p}")
-                         for p in check_arguments(parsers[m.group(1)], rest.split())]
+                rest = rest[: stop.start()]
+            problems += [
+                Problem(number, f"`{m.group(1)}{rest.rstrip()}`: {p}")
+                for p in check_arguments(parsers[m.group(1)], rest.split())
+            ]
     return problems
 
 
@@ -197,7 +200,7 @@ def check_arguments(parser: argparse.ArgumentParser, tokens: list[str]) -> list[
             return [f"no subcommand {positional!r} (has: {', '.join(subs)})"]
         parser = subs[positional]
         known |= options(parser)
-        tokens = tokens[tokens.index(positional) + 1:]
+        tokens = tokens[tokens.index(positional) + 1 :]
         subs = subcommands(parser)
     for token in tokens:
         if (flag := FLAG.match(token)) and flag.group(1) not in known:
@@ -219,8 +222,12 @@ def test_commands_parse(doc):
 
 def test_docs_show_every_command():
     """The checker sees the commands (a pattern that matched nothing would pass every page)."""
-    shown = {m.group(1) for doc in DOCS for _, fragment in command_fragments(doc.read_text())
-             for m in command_pattern(script_parsers()).finditer(fragment)}
+    shown = {
+        m.group(1)
+        for doc in DOCS
+        for _, fragment in command_fragments(doc.read_text())
+        for m in command_pattern(script_parsers()).finditer(fragment)
+    }
     assert shown == set(script_parsers())
 
 
@@ -238,15 +245,19 @@ def test_broken_links_are_caught(tmp_path):
 
 def test_unknown_flags_and_subcommands_are_caught():
     parsers = script_parsers()
-    good = ("```bash\nfssam2 segment --artifacts a/ --support s.png m.png \\\n"
-            "    --query q.png --out o.png  # --bogus\n"
-            "fssam2-export ... --precision int8 --out x/ && fssam2 info --artifacts x/\n```\n"
-            "Use `fssam2 check --artifacts A --reference B [--episodes N]` or `pip install 'fssam2[bench]'`.\n")
+    good = (
+        "```bash\nfssam2 segment --artifacts a/ --support s.png m.png \\\n"
+        "    --query q.png --out o.png  # --bogus\n"
+        "fssam2-export ... --precision int8 --out x/ && fssam2 info --artifacts x/\n```\n"
+        "Use `fssam2 check --artifacts A --reference B [--episodes N]` or `pip install 'fssam2[bench]'`.\n"
+    )
     assert check_commands(good, parsers) == []
-    bad = ("```bash\nfssam2 segment --artifacts a/ \\\n    --no-such-flag 1\nfssam2 segmentt --artifacts a/\n"
-           "fssam2-export --model t --precison fp16\n```\n"
-           "Run `fssam2-train fit --data-root d/\n--stepz 5` and `fssam2-engines --artifacts a/ --max-shot 8`.\n"
-           "```python\nprint('fssam2 segment --not-checked')\n```\n")
+    bad = (
+        "```bash\nfssam2 segment --artifacts a/ \\\n    --no-such-flag 1\nfssam2 segmentt --artifacts a/\n"
+        "fssam2-export --model t --precison fp16\n```\n"
+        "Run `fssam2-train fit --data-root d/\n--stepz 5` and `fssam2-engines --artifacts a/ --max-shot 8`.\n"
+        "```python\nprint('fssam2 segment --not-checked')\n```\n"
+    )
     problems = [str(p) for p in check_commands(bad, parsers)]
     assert len(problems) == 5, problems
     assert "line 2" in problems[0] and "unknown flag --no-such-flag" in problems[0]

@@ -10,8 +10,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from graph_edits import edit_outputs
+
 from runtime import cli as runtime_cli
 from runtime import fidelity
 from runtime.manifest import MANIFEST_NAME, file_sha256, load_manifest
@@ -30,7 +30,9 @@ def fp32(tmp_path_factory):
     return out
 
 
-def _variant(src, dst, add: dict[str, np.ndarray | float], precision: str = "fp16", scale: dict[str, float] | None = None):
+def _variant(
+    src, dst, add: dict[str, np.ndarray | float], precision: str = "fp16", scale: dict[str, float] | None = None
+):
     """Copy of the artifacts `src` whose mask decoder's outputs are edited by `edit_outputs`, labelled `precision`."""
     shutil.copytree(src, dst)
     manifest = json.loads((dst / MANIFEST_NAME).read_text())
@@ -43,7 +45,9 @@ def _variant(src, dst, add: dict[str, np.ndarray | float], precision: str = "fp1
 
 
 def _check(candidate, reference, *extra):
-    return runtime_cli.main(["check", "--artifacts", str(candidate), "--reference", str(reference), "--episodes", "3", *extra])
+    return runtime_cli.main(
+        ["check", "--artifacts", str(candidate), "--reference", str(reference), "--episodes", "3", *extra]
+    )
 
 
 def test_correct_conversion_passes_on_judgeable_masks(fp32, tmp_path, capsys):
@@ -67,7 +71,9 @@ def test_partial_nan_and_inf_fail_and_are_named(fp32, tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["graphs"]["mask_decoder"]["low_res_logits"]["nonfinite"] == 2 * report["episodes"]
     assert report["nonfinite_logits"] > 0
-    assert not any(isinstance(v, float) and np.isnan(v) for v in report["graphs"]["mask_decoder"]["low_res_logits"].values())
+    assert not any(
+        isinstance(v, float) and np.isnan(v) for v in report["graphs"]["mask_decoder"]["low_res_logits"].values()
+    )
 
 
 def test_nan_first_episode_cannot_pass_a_min():
@@ -118,7 +124,9 @@ def test_other_weights_are_not_the_same_model(fp32, tmp_path, capsys):
     assert "not the same model" in err and "weights random-init seed 1 vs random-init seed 0" in err
     with pytest.raises(fidelity.FidelityError, match="checkpoint sha256"):
         ckpt = load_manifest(fp32, verify_files=False)
-        other_ckpt = type(ckpt.model)(**(ckpt.model.__dict__ | {"random_init": False, "seed": None, "checkpoint_sha256": "ab" * 32}))
+        other_ckpt = type(ckpt.model)(
+            **(ckpt.model.__dict__ | {"random_init": False, "seed": None, "checkpoint_sha256": "ab" * 32})
+        )
         fidelity.check_comparable(ckpt, type(ckpt)(**(ckpt.__dict__ | {"model": other_ckpt})))
 
 
@@ -131,14 +139,16 @@ def test_reference_runs_once_per_episode_for_all_candidates_and_stops_early(fp32
     episodes = synthetic_episodes(3, 0, (1, 2), SIZE)
     thresholds = fidelity.GateThresholds.for_precision("fp16")
     seconds: dict[str, float] = {}
-    reports = fidelity.compare_candidates({"a": (same, None), "b": (same, None)}, fp32, episodes, thresholds=thresholds,
-                                          seconds=seconds)
+    reports = fidelity.compare_candidates(
+        {"a": (same, None), "b": (same, None)}, fp32, episodes, thresholds=thresholds, seconds=seconds
+    )
     assert runs.count(str(fp32)) == 3 and runs.count(str(same)) == 6
     assert {k: len(r.episodes) for k, r in reports.items()} == {"a": 3, "b": 3} and reports["a"].passed
     assert seconds.keys() == {"reference", "a", "b"}
     runs.clear()
-    reports = fidelity.compare_candidates({"ok": (same, None), "bad": (shifted, None)}, fp32, episodes,
-                                          thresholds=thresholds, stop_early=True)
+    reports = fidelity.compare_candidates(
+        {"ok": (same, None), "bad": (shifted, None)}, fp32, episodes, thresholds=thresholds, stop_early=True
+    )
     assert runs.count(str(fp32)) == 1, "a failure certain after one episode stops the gate"
     assert reports["bad"].verdict().status == "fail" and reports["bad"].planned_episodes == 3
     assert "stopped early" in reports["bad"].table()
@@ -149,8 +159,17 @@ def test_export_gate_exit_codes(fp32, tmp_path, monkeypatch, capsys):
     import calibration.pipeline as pipeline
     from calibration.export_cli import main
 
-    args = EXPORT + ["--precision", "mixed", "--module-precision", "mask_decoder=fp16", "--calib-episodes", "1",
-                     "--gate-episodes", "2", "--no-ort-optimize"]
+    args = EXPORT + [
+        "--precision",
+        "mixed",
+        "--module-precision",
+        "mask_decoder=fp16",
+        "--calib-episodes",
+        "1",
+        "--gate-episodes",
+        "2",
+        "--no-ort-optimize",
+    ]
     assert main(args + ["--out", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "time per phase:" in out and "gate reference" in out and "gate standard" in out and "calibration" in out
@@ -169,4 +188,3 @@ def test_export_gate_exit_codes(fp32, tmp_path, monkeypatch, capsys):
     assert main(args + ["--out", str(tmp_path / "broken")]) == 1
     err = capsys.readouterr().err
     assert "fidelity gate failed" in err and "min sign agreement" in err and not (tmp_path / "broken").exists()
-

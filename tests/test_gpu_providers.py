@@ -9,23 +9,28 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 import pytest
+from trt_fakes import BoundCpuBackend
 
 from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
 from runtime.backends import ORT_PROVIDERS
-from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
 from runtime.device import DeviceCopies, DeviceTensor, is_support_array
 from runtime.fidelity import recording_segmenter, run_episode
 from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
-from runtime.synthetic import Episode as Episode_
+from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
 from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
+from runtime.synthetic import Episode as Episode_
 from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
-from trt_fakes import BoundCpuBackend
 
 EPISODE = Episode(20.0, -10.0, tokens_per_support=256, low_res_size=64)
 ATTENTION = GraphSpec(
-    "memory_attention.onnx", "0" * 64,
-    inputs=[TensorSpec("image_embed", [1, 256, 16, 16], "float32"), TensorSpec("image_pos", [1, 256, 16, 16], "float32"),
-            TensorSpec("memory", [1, MEMORY_AXIS, 64], "float32"), TensorSpec("memory_pos", [1, MEMORY_AXIS, 64], "float32")],
+    "memory_attention.onnx",
+    "0" * 64,
+    inputs=[
+        TensorSpec("image_embed", [1, 256, 16, 16], "float32"),
+        TensorSpec("image_pos", [1, 256, 16, 16], "float32"),
+        TensorSpec("memory", [1, MEMORY_AXIS, 64], "float32"),
+        TensorSpec("memory_pos", [1, MEMORY_AXIS, 64], "float32"),
+    ],
     outputs=[TensorSpec("conditioned_embed", [1, 256, 16, 16], "float32")],
 )
 
@@ -35,7 +40,11 @@ def test_profiles_cover_one_to_max_shots_and_only_dynamic_inputs():
     assert (dims[MEMORY_AXIS].min, dims[MEMORY_AXIS].opt, dims[MEMORY_AXIS].max) == (256, 768, 2048)
     profiles = input_profiles(ATTENTION, dims)
     assert set(profiles) == {"memory", "memory_pos"}
-    assert profiles["memory"].min == (1, 256, 64) and profiles["memory"].opt == (1, 768, 64) and profiles["memory"].max == (1, 2048, 64)
+    assert (
+        profiles["memory"].min == (1, 256, 64)
+        and profiles["memory"].opt == (1, 768, 64)
+        and profiles["memory"].max == (1, 2048, 64)
+    )
     assert memory_dim_ranges(EPISODE, max_shots=2)[MEMORY_AXIS].opt == 512  # default opt: min(5, max)
     static = GraphSpec("x.onnx", "0" * 64, [TensorSpec("image", [1, 3, 64, 64], "float32")], [])
     assert input_profiles(static, dims) == {}
@@ -54,7 +63,9 @@ def test_profile_errors_name_the_problem():
 def test_shot_limit_names_both_sides():
     profiles = input_profiles(ATTENTION, memory_dim_ranges(EPISODE, max_shots=4))
     check_memory_length("g", {"memory": np.zeros((1, 4 * 256, 64))}, profiles, "the engine", "rebuild")
-    with pytest.raises(ShotLimitError, match=r"5 supports \(1280 memory tokens.*up to 4 supports \(1024 tokens\); rebuild"):
+    with pytest.raises(
+        ShotLimitError, match=r"5 supports \(1280 memory tokens.*up to 4 supports \(1024 tokens\); rebuild"
+    ):
         check_memory_length("g", {"memory": np.zeros((1, 5 * 256, 64))}, profiles, "the engine", "rebuild")
 
 
@@ -76,7 +87,9 @@ def test_provider_lists_put_tensorrt_before_cuda_and_never_cpu(tmp_path):
     trt = ort_provider_list(ORT_PROVIDERS["tensorrt"], {}, tmp_path)
     assert [p[0] for p in trt] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     assert trt[1][1]["do_copy_in_default_stream"] == "1"
-    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list(ORT_PROVIDERS["cuda"], {}, tmp_path)] == ["CUDAExecutionProvider"]
+    assert [p if isinstance(p, str) else p[0] for p in ort_provider_list(ORT_PROVIDERS["cuda"], {}, tmp_path)] == [
+        "CUDAExecutionProvider"
+    ]
     assert ort_provider_list(ORT_PROVIDERS["cpu"], {}, tmp_path) == ["CPUExecutionProvider"]
 
 
@@ -105,7 +118,9 @@ def test_gpu_providers_disable_cpu_fallback_in_the_options_passed(artifacts, tmp
     spec = manifest.graphs["image_encoder"]
     wanted = ORT_PROVIDERS[provider]
     _CapturedSession.made, _CapturedSession.active = [], [*wanted, "CPUExecutionProvider"]
-    backend = OrtBackend(provider, dims=memory_dim_ranges(manifest.episode, max_shots=2), trt_cache_dir=tmp_path, cache=False)
+    backend = OrtBackend(
+        provider, dims=memory_dim_ranges(manifest.episode, max_shots=2), trt_cache_dir=tmp_path, cache=False
+    )
     backend.load(artifacts / spec.file, spec)  # IO bindings are made per call, so the fake session loads
     session = _CapturedSession.made[-1]
     assert session.options.get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
@@ -135,7 +150,9 @@ def test_engine_compat_refuses_other_tensorrt_or_gpu():
     check_engine_compat("a.engine", meta, "10.3.0", DeviceInfo("Orin", "8.7"))
     with pytest.raises(EngineMismatchError, match=r"TensorRT 10\.3\.0 \(this machine has TensorRT 10\.8\.0\)"):
         check_engine_compat("a.engine", meta, "10.8.0", DeviceInfo("Orin", "8.7"))
-    with pytest.raises(EngineMismatchError, match=r"compute capability 8\.7, Orin \(this GPU: compute capability 9\.0, H100\)"):
+    with pytest.raises(
+        EngineMismatchError, match=r"compute capability 8\.7, Orin \(this GPU: compute capability 9\.0, H100\)"
+    ):
         check_engine_compat("a.engine", meta, "10.3.0", DeviceInfo("H100", "9.0"))
 
 
@@ -153,12 +170,16 @@ def test_device_copies_are_keyed_by_array_identity_and_dropped_with_it():
     assert released == [("device", 12.0)] and len(copies) == 1
     copies.clear()
     assert len(copies) == 0 and len(released) == 2
-    assert is_support_array(b) and not is_support_array(np.ones(3)) and not is_support_array(b[:, :2])  # writable; a view
+    assert (
+        is_support_array(b) and not is_support_array(np.ones(3)) and not is_support_array(b[:, :2])
+    )  # writable; a view
 
 
 def test_device_tensor_is_array_like_and_spills():
     calls = []
-    t = DeviceTensor((1, 2), "float32", owner=None, handle=123, fetch=lambda: calls.append(1) or np.ones((1, 2), np.float32))
+    t = DeviceTensor(
+        (1, 2), "float32", owner=None, handle=123, fetch=lambda: calls.append(1) or np.ones((1, 2), np.float32)
+    )
     assert (t.shape, t.dtype, t.ndim) == ((1, 2), np.float32, 2)
     assert np.asarray(t).sum() == 2 and np.concatenate([t, t], axis=1).shape == (1, 4)
     assert len(calls) == 1  # copied to host once
@@ -198,9 +219,25 @@ def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsy
 
         with pytest.raises(ProviderUnavailableError, match="tensorrt-native.*tensorrt"):
             create_backend("tensorrt-native")
-        rc = cli.main(["segment", "--artifacts", str(artifacts), "--support", *map(str, episode.supports[0]), "--query",
-                       str(episode.query), "--out", str(tmp_path / "m.png"), "--provider", "tensorrt-native"])
-        assert rc == 2 and "provider 'tensorrt-native' needs the tensorrt and cuda-python packages" in capsys.readouterr().err
+        rc = cli.main(
+            [
+                "segment",
+                "--artifacts",
+                str(artifacts),
+                "--support",
+                *map(str, episode.supports[0]),
+                "--query",
+                str(episode.query),
+                "--out",
+                str(tmp_path / "m.png"),
+                "--provider",
+                "tensorrt-native",
+            ]
+        )
+        assert (
+            rc == 2
+            and "provider 'tensorrt-native' needs the tensorrt and cuda-python packages" in capsys.readouterr().err
+        )
 
 
 def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
@@ -257,14 +294,17 @@ def test_gpu_check_reports_parity_latency_and_failures(artifacts, tmp_path, caps
     import json
     import shutil
 
+    from graph_edits import edit_outputs
+
     from fssam2_export import gpu_check
     from runtime.manifest import MANIFEST_NAME, file_sha256
-    from graph_edits import edit_outputs
 
     assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "cpu", "--shots", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("cpu "))
-    assert row.split()[1:6] == ["1", "1.0000", "1.00000", "0.00e+00", "0.00e+00"] and len(row.split()) == 6 + len(gpu_check.MODULES)
+    assert row.split()[1:6] == ["1", "1.0000", "1.00000", "0.00e+00", "0.00e+00"] and len(row.split()) == 6 + len(
+        gpu_check.MODULES
+    )
     assert "all checks passed" in out
     # a candidate whose logits are shifted (half the mask flips, correlation stays 1) must fail against the reference
     shifted = tmp_path / "shifted"
@@ -274,40 +314,72 @@ def test_gpu_check_reports_parity_latency_and_failures(artifacts, tmp_path, caps
     edit_outputs(shifted / spec["file"], {"low_res_logits": -3.0})
     spec["sha256"], spec["flavours"] = file_sha256(shifted / spec["file"]), []
     (shifted / MANIFEST_NAME).write_text(json.dumps(manifest))
-    assert gpu_check.main(["--artifacts", str(shifted), "--reference", str(artifacts), "--providers", "cpu", "--shots", "1",
-                           "--repeats", "1"]) == 1
+    assert (
+        gpu_check.main(
+            [
+                "--artifacts",
+                str(shifted),
+                "--reference",
+                str(artifacts),
+                "--providers",
+                "cpu",
+                "--shots",
+                "1",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert "PARITY FAIL" in out and "gpu check: FAILED" in out
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert gpu_check.main(["--artifacts", str(artifacts), "--providers", "tensorrt-native", "--shots", "1", "--repeats", "1"]) == 1
+        assert (
+            gpu_check.main(
+                ["--artifacts", str(artifacts), "--providers", "tensorrt-native", "--shots", "1", "--repeats", "1"]
+            )
+            == 1
+        )
         out = capsys.readouterr().out
         assert "tensorrt-native   1  FAILED: ProviderUnavailableError" in out and "gpu check: FAILED" in out
 
 
 def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
     """The TensorRT EP load path as far as a CPU-only onnxruntime goes: profiles, cache dir, no silent fallback."""
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
     manifest = load_manifest(artifacts)
     spec = manifest.graphs["memory_attention"]
     with pytest.raises(ValueError, match="num_memory_tokens.*create_backend"):
         create_backend("tensorrt").load(artifacts / spec.file, spec)
-    backend = OrtBackend("tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache")
+    backend = OrtBackend(
+        "tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache"
+    )
     with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="tensorrt.*CPU fallback is disabled"):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
         backend.load(artifacts / spec.file, spec)
     assert (tmp_path / "cache").is_dir()
 
 
-@pytest.mark.parametrize("installed, says", [
-    ({"onnxruntime"}, "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"),
-    ({"onnxruntime", "onnxruntime-gpu"}, "onnxruntime and onnxruntime-gpu are installed together and overwrite each "
-                                        "other's `onnxruntime` module; keep only the GPU build: "
-                                        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"),
-    ({"onnxruntime-gpu"}, "onnxruntime-gpu is installed but does not offer it"),
-    ({"onnxruntime-openvino"}, "pip uninstall -y onnxruntime-openvino && pip install onnxruntime-gpu"),
-])
+@pytest.mark.parametrize(
+    "installed, says",
+    [
+        ({"onnxruntime"}, "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"),
+        (
+            {"onnxruntime", "onnxruntime-gpu"},
+            "onnxruntime and onnxruntime-gpu are installed together and overwrite each "
+            "other's `onnxruntime` module; keep only the GPU build: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu",
+        ),
+        ({"onnxruntime-gpu"}, "onnxruntime-gpu is installed but does not offer it"),
+        ({"onnxruntime-openvino"}, "pip uninstall -y onnxruntime-openvino && pip install onnxruntime-gpu"),
+    ],
+)
 def test_missing_cuda_provider_says_what_to_uninstall(monkeypatch, installed, says):
     """The hint follows the installed ONNX Runtime distributions (metadata faked); it never suggests adding
     onnxruntime-gpu beside another build."""

@@ -14,7 +14,9 @@ BOUND = 1e-4  # max-abs, FP32
 
 @pytest.fixture(scope="module")
 def sessions(artifacts):
-    return {n: ort.InferenceSession(str(artifacts / f"{n}.onnx"), providers=["CPUExecutionProvider"]) for n in GRAPH_NAMES}
+    return {
+        n: ort.InferenceSession(str(artifacts / f"{n}.onnx"), providers=["CPUExecutionProvider"]) for n in GRAPH_NAMES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,13 @@ def test_image_encoder(sessions, torch_feats, record_metric):
 
 def test_memory_encoder(sessions, torch_feats, record_metric):
     f = torch_feats[0]
-    mem, pos = sessions["memory_encoder"].run(None, {"image_embed": f["fpn"][2].numpy(), "mask_logits": f["logits"].numpy()})
-    err = max(_maxabs(mem, f["mem"]["vision_features"].flatten(2).transpose(1, 2)),
-              _maxabs(pos, f["mem"]["vision_pos_enc"][0].flatten(2).transpose(1, 2)))
+    mem, pos = sessions["memory_encoder"].run(
+        None, {"image_embed": f["fpn"][2].numpy(), "mask_logits": f["logits"].numpy()}
+    )
+    err = max(
+        _maxabs(mem, f["mem"]["vision_features"].flatten(2).transpose(1, 2)),
+        _maxabs(pos, f["mem"]["vision_pos_enc"][0].flatten(2).transpose(1, 2)),
+    )
     record_metric("graph max-abs memory_encoder", err)
     assert err < BOUND
 
@@ -60,14 +66,26 @@ def test_memory_attention_dynamic_memory(sessions, torch_feats, tiny_model, reco
     pos = torch_feats[0]["mem"]["vision_pos_enc"][0].flatten(2).permute(2, 0, 1)
     memory, memory_pos = torch.cat(mems), torch.cat([pos] * k)
     with torch.no_grad():  # sam2's own memory attention, complex-number RoPE
-        expected = tiny_model.model.memory_attention(
-            curr=q["fpn"][2].flatten(2).permute(2, 0, 1), curr_pos=q["pos"].flatten(2).permute(2, 0, 1),
-            memory=memory, memory_pos=memory_pos, num_obj_ptr_tokens=0,
-        ).permute(1, 2, 0).reshape(q["fpn"][2].shape)
-    (got,) = sessions["memory_attention"].run(None, {
-        "image_embed": q["fpn"][2].numpy(), "image_pos": q["pos"].numpy(),
-        "memory": memory.transpose(0, 1).numpy(), "memory_pos": memory_pos.transpose(0, 1).numpy(),
-    })
+        expected = (
+            tiny_model.model.memory_attention(
+                curr=q["fpn"][2].flatten(2).permute(2, 0, 1),
+                curr_pos=q["pos"].flatten(2).permute(2, 0, 1),
+                memory=memory,
+                memory_pos=memory_pos,
+                num_obj_ptr_tokens=0,
+            )
+            .permute(1, 2, 0)
+            .reshape(q["fpn"][2].shape)
+        )
+    (got,) = sessions["memory_attention"].run(
+        None,
+        {
+            "image_embed": q["fpn"][2].numpy(),
+            "image_pos": q["pos"].numpy(),
+            "memory": memory.transpose(0, 1).numpy(),
+            "memory_pos": memory_pos.transpose(0, 1).numpy(),
+        },
+    )
     err = _maxabs(got, expected)
     record_metric(f"graph max-abs memory_attention K={k}", err)
     assert err < BOUND
@@ -79,11 +97,22 @@ def test_mask_decoder(sessions, torch_feats, tiny_model, record_metric):
     with torch.no_grad():
         sparse, dense = sam.sam_prompt_encoder(points=padding_point(), boxes=None, masks=None)
         low, iou, _, obj = sam.sam_mask_decoder(
-            image_embeddings=embed, image_pe=sam.sam_prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=False, repeat_image=False, high_res_features=q["fpn"][:2],
+            image_embeddings=embed,
+            image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            repeat_image=False,
+            high_res_features=q["fpn"][:2],
         )
-    got = sessions["mask_decoder"].run(None, {"conditioned_embed": embed.numpy(), "high_res_feat0": q["fpn"][0].numpy(),
-                                              "high_res_feat1": q["fpn"][1].numpy()})
+    got = sessions["mask_decoder"].run(
+        None,
+        {
+            "conditioned_embed": embed.numpy(),
+            "high_res_feat0": q["fpn"][0].numpy(),
+            "high_res_feat1": q["fpn"][1].numpy(),
+        },
+    )
     err = max(_maxabs(g, t) for g, t in zip(got, [low, iou, obj]))
     record_metric("graph max-abs mask_decoder", err)
     assert err < BOUND

@@ -9,7 +9,9 @@ from fssam2_export.reference import image_tensor, mask_tensor
 from runtime.image import load_image, preprocess_image, resize_bilinear, resize_mask
 
 
-@pytest.mark.parametrize("src,dst", [((64, 64), (256, 256)), ((64, 64), (240, 333)), ((256, 256), (97, 1000)), ((5, 7), (5, 7))])
+@pytest.mark.parametrize(
+    "src,dst", [((64, 64), (256, 256)), ((64, 64), (240, 333)), ((256, 256), (97, 1000)), ((5, 7), (5, 7))]
+)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_bilinear_matches_torch(src, dst, align_corners):
     x = np.random.default_rng(0).normal(size=src).astype(np.float32)
@@ -27,5 +29,8 @@ def test_mask_resize_matches_torch_nearest(hw):
 
 def test_preprocess_matches_reference(episode):
     rgb = load_image(episode.query)
-    np.testing.assert_allclose(preprocess_image(rgb, 256, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-                               image_tensor(rgb, 256).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        preprocess_image(rgb, 256, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        image_tensor(rgb, 256).numpy(),
+        atol=1e-6,
+    )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_fakes import bomb_png, png, truncated
 from PIL import Image
 
-from image_fakes import bomb_png, png, truncated
 from runtime import FewShotSegmenter
 from runtime.cli import main
 from runtime.errors import InputError
@@ -52,8 +52,11 @@ def collection(episode, tmp_path_factory):
     for rel, rgb in good.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rgb).save(root / rel)
-    bad = {"bad/notimage.png": b"this is not an image", "bad/truncated.png": truncated(png(good["ep/query.png"])),
-           "bad/bomb.png": bomb_png(40000, 40000)}
+    bad = {
+        "bad/notimage.png": b"this is not an image",
+        "bad/truncated.png": truncated(png(good["ep/query.png"])),
+        "bad/bomb.png": bomb_png(40000, 40000),
+    }
     (root / "bad").mkdir()
     for rel, data in bad.items():
         (root / rel).write_bytes(data)
@@ -76,11 +79,26 @@ def _summary(text: str) -> tuple[int, int, int]:
     return tuple(int(g) for g in m.groups())
 
 
-def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(seg, set_files, collection, tmp_path, capsys):
+def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(
+    seg, set_files, collection, tmp_path, capsys
+):
     root, good, bad = collection
     out = tmp_path / "out"
-    args = ["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}", "--class",
-            f"dog={set_files['dog']}", "--images", str(root), "--out", str(out), "--overlay", "--table", "parquet"]
+    args = [
+        "--artifacts",
+        str(seg.artifacts_dir),
+        "--class",
+        f"cat={set_files['cat']}",
+        "--class",
+        f"dog={set_files['dog']}",
+        "--images",
+        str(root),
+        "--out",
+        str(out),
+        "--overlay",
+        "--table",
+        "parquet",
+    ]
     rc, text = _label(args, capsys)
     assert rc == 1, text  # some images failed
     assert _summary(text) == (len(good), 0, len(bad))
@@ -99,7 +117,9 @@ def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(seg, 
         np.testing.assert_array_equal(labels, expected.label_map)
         assert (r["status"], r["error"], r["width"], r["height"]) == ("ok", None, rgb.shape[1], rgb.shape[0])
         assert r["fg_area"] == int((labels > 0).sum()) and r["area.dog"] == int((labels == 2).sum())
-        assert r["score.cat"] == pytest.approx(expected["cat"].score) and r["object_score.dog"] == pytest.approx(expected["dog"].object_score)
+        assert r["score.cat"] == pytest.approx(expected["cat"].score) and r["object_score.dog"] == pytest.approx(
+            expected["dog"].object_score
+        )
         assert (out / "overlays" / rel).exists()
         seen_labels |= set(np.unique(labels).tolist())
     assert seen_labels == {0, 1, 2}, "degenerate masks: the comparison would not see a wrong label"
@@ -116,8 +136,21 @@ def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(seg, 
 def test_one_class_mask_and_pixel_limit(seg, set_files, collection, tmp_path, capsys):
     root, good, _ = collection
     out = tmp_path / "out"
-    rc, text = _label(["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}",
-                       "--images", str(root / "noise" / "*.png"), "--out", str(out), "--max-pixels", "11000"], capsys)
+    rc, text = _label(
+        [
+            "--artifacts",
+            str(seg.artifacts_dir),
+            "--class",
+            f"cat={set_files['cat']}",
+            "--images",
+            str(root / "noise" / "*.png"),
+            "--out",
+            str(out),
+            "--max-pixels",
+            "11000",
+        ],
+        capsys,
+    )
     assert rc == 1 and _summary(text) == (2, 0, 1)
     records = {r["key"]: r for r in _records(out)}
     assert "15000 pixels, more than the limit of 11000" in records["n2.png"]["error"]
@@ -141,10 +174,22 @@ def test_resume_after_a_killed_job(seg, set_files, collection, tmp_path, capsys)
             shutil.copy(root / rel, copies / prefix / rel)
     listing.write_text("\n".join(f"copies/{p}/{rel}" for p in ("a", "b") for rel in good) + "\n# a comment\n")
     out = tmp_path / "out"
-    args = ["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}", "--images", str(listing),
-            "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "label", "--quiet", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "--artifacts",
+        str(seg.artifacts_dir),
+        "--class",
+        f"cat={set_files['cat']}",
+        "--images",
+        str(listing),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "label", "--quiet", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     journal = out / "results.jsonl"
     try:
         deadline = time.monotonic() + 240
@@ -174,14 +219,25 @@ def test_resume_after_a_killed_job(seg, set_files, collection, tmp_path, capsys)
     for rel, rgb in good.items():
         expected = seg.segment(rgb, cats).mask.astype(np.uint8) * 255
         for p in ("a", "b"):
-            np.testing.assert_array_equal(np.asarray(Image.open(out / "masks" / p / Path(rel).with_suffix(".png"))), expected)
+            np.testing.assert_array_equal(
+                np.asarray(Image.open(out / "masks" / p / Path(rel).with_suffix(".png"))), expected
+            )
 
 
 def test_rerun_redoes_what_is_incomplete_and_refuses_another_job(seg, set_files, collection, tmp_path, capsys):
     root, good, _ = collection
     out = tmp_path / "out"
-    args = ["--artifacts", str(seg.artifacts_dir), "--class", f"cat={set_files['cat']}",
-            "--images", str(root / "ep"), "--out", str(out), "--overlay"]
+    args = [
+        "--artifacts",
+        str(seg.artifacts_dir),
+        "--class",
+        f"cat={set_files['cat']}",
+        "--images",
+        str(root / "ep"),
+        "--out",
+        str(out),
+        "--overlay",
+    ]
     assert _label(args, capsys)[0] == 0
     first = _records(out)
     (out / first[0]["mask"]).unlink()  # a mask lost: its image must be redone
@@ -206,7 +262,10 @@ def test_collect_inputs(tmp_path):
     assert [i.key for i in collect_inputs(str(tmp_path / "*" / "a.png"))] == ["x/a.png", "y/a.png"]
     assert [i.key for i in collect_inputs(str(tmp_path / "**" / "*.jpg"))] == ["b.jpg"]
     (tmp_path / "list.txt").write_text("x/a.png\n\n# skipped\ny/a.png\n")
-    assert [i.path for i in collect_inputs(str(tmp_path / "list.txt"))] == [str(tmp_path / "x/a.png"), str(tmp_path / "y/a.png")]
+    assert [i.path for i in collect_inputs(str(tmp_path / "list.txt"))] == [
+        str(tmp_path / "x/a.png"),
+        str(tmp_path / "y/a.png"),
+    ]
     (tmp_path / "x" / "a.jpg").write_bytes(b"")
     with pytest.raises(InputError, match="would write the same mask a.png"):
         collect_inputs(str(tmp_path / "x"))

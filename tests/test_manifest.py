@@ -53,8 +53,16 @@ def test_flavour_is_picked_per_provider(copied):
 
     def add(d):
         d["graphs"]["mask_decoder"]["flavours"] = [
-            {"kind": "onnx", "file": "mask_decoder.cpu.onnx", "sha256": sha, "providers": ["cpu"],
-             "precision": "fp32", "source_sha256": sha, "meta": {"made_by": "test"}}]
+            {
+                "kind": "onnx",
+                "file": "mask_decoder.cpu.onnx",
+                "sha256": sha,
+                "providers": ["cpu"],
+                "precision": "fp32",
+                "source_sha256": sha,
+                "meta": {"made_by": "test"},
+            }
+        ]
 
     _edit(copied, add)
     loaded = []
@@ -78,8 +86,14 @@ def test_flavour_is_picked_per_provider(copied):
 def test_stale_or_corrupt_flavour_is_refused(copied):
     shutil.copy(copied / "mask_decoder.onnx", copied / "mask_decoder.cpu.onnx")
     sha = file_sha256(copied / "mask_decoder.onnx")
-    flavour = {"kind": "onnx", "file": "mask_decoder.cpu.onnx", "sha256": sha, "providers": ["cpu"],
-               "precision": "fp32", "source_sha256": "0" * 64}
+    flavour = {
+        "kind": "onnx",
+        "file": "mask_decoder.cpu.onnx",
+        "sha256": sha,
+        "providers": ["cpu"],
+        "precision": "fp32",
+        "source_sha256": "0" * 64,
+    }
     _edit(copied, lambda d: d["graphs"]["mask_decoder"].update(flavours=[flavour]))
     with pytest.raises(ManifestError, match="stale"):
         load_manifest(copied)

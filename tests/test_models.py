@@ -17,8 +17,10 @@ def test_every_config_builds_at_small_size(name):
 
 
 def test_sizes_differ():
-    counts = {n: sum(p.numel() for p in build_model(n, random_init=True, seed=0, image_size=128).model.parameters())
-              for n in ("sam2.1_hiera_t", "sam2.1_hiera_s")}
+    counts = {
+        n: sum(p.numel() for p in build_model(n, random_init=True, seed=0, image_size=128).model.parameters())
+        for n in ("sam2.1_hiera_t", "sam2.1_hiera_s")
+    }
     assert counts["sam2.1_hiera_t"] < counts["sam2.1_hiera_s"]
 
 
@@ -30,12 +32,15 @@ def test_random_init_is_seeded():
     assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({}, "exactly one weight source"),
-    ({"random_init": True, "checkpoint": "x.pt", "seed": 0}, "exactly one weight source"),
-    ({"random_init": True}, "explicit seed"),
-    ({"random_init": True, "seed": 0, "image_size": 1000}, "multiple of 32"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({}, "exactly one weight source"),
+        ({"random_init": True, "checkpoint": "x.pt", "seed": 0}, "exactly one weight source"),
+        ({"random_init": True}, "explicit seed"),
+        ({"random_init": True, "seed": 0, "image_size": 1000}, "multiple of 32"),
+    ],
+)
 def test_weight_source_and_size_are_explicit(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model("sam2.1_hiera_t", **kwargs)
@@ -50,7 +55,9 @@ def test_official_checkpoint_roundtrip(tiny_model, tmp_path):
     path = tmp_path / "tiny.pt"
     save_checkpoint(tiny_model.model, path)
     loaded = build_model("sam2.1_hiera_t", checkpoint=path, image_size=tiny_model.image_size)
-    assert not loaded.source.random_init and loaded.source.checkpoint_sha256 and len(loaded.source.checkpoint_sha256) == 64
+    assert (
+        not loaded.source.random_init and loaded.source.checkpoint_sha256 and len(loaded.source.checkpoint_sha256) == 64
+    )
     for k, v in tiny_model.model.state_dict().items():
         assert torch.equal(v, loaded.model.state_dict()[k]), k
 

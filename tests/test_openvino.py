@@ -16,9 +16,9 @@ pytest.importorskip("openvino")
 from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
-from runtime.synthetic import synthetic_episodes  # noqa: E402
 from runtime.manifest import file_sha256  # noqa: E402
 from runtime.ov_backend import OpenVinoBackend  # noqa: E402
+from runtime.synthetic import synthetic_episodes  # noqa: E402
 
 GRAPH = "memory_encoder"  # small and quick to compile
 
@@ -35,7 +35,10 @@ def art(artifacts, tmp_path_factory):
 def results(art):
     """Three episodes through ORT CPU and OpenVINO in FP32 and BF16 (one segmenter each)."""
     episodes = synthetic_episodes(3, 0, (1, 3), 256)
-    segs = {"ort": FewShotSegmenter(art), **{p: FewShotSegmenter(art, backend=OpenVinoBackend(precision=p)) for p in ("fp32", "bf16")}}
+    segs = {
+        "ort": FewShotSegmenter(art),
+        **{p: FewShotSegmenter(art, backend=OpenVinoBackend(precision=p)) for p in ("fp32", "bf16")},
+    }
     return segs, [{name: run_episode(seg, ep) for name, seg in segs.items()} for ep in episodes]
 
 
@@ -122,8 +125,12 @@ def test_a_cache_hit_runs_from_its_mapped_blob_and_exits_cleanly(tmp_path, art):
     """The imported model points into the blob's memory map: the map lives as long as the graph, a released graph
     does not unmap another's, and a process exiting with graphs alive exits cleanly (a subprocess: a map released
     too early is a segfault)."""
-    done = subprocess.run([sys.executable, "-c", _MAPPED_BLOB_SCRIPT, str(art), str(tmp_path / "cache"), GRAPH],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _MAPPED_BLOB_SCRIPT, str(art), str(tmp_path / "cache"), GRAPH],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
 
 
@@ -131,7 +138,9 @@ def test_missing_openvino_is_a_clear_error(monkeypatch, art, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(ProviderUnavailableError, match=r"pip install 'fssam2\[openvino\]'"):
         create_backend("openvino")
-    rc = runtime_cli.main(["check", "--artifacts", str(art), "--reference", str(art), "--provider", "openvino", "--episodes", "1"])
+    rc = runtime_cli.main(
+        ["check", "--artifacts", str(art), "--reference", str(art), "--provider", "openvino", "--episodes", "1"]
+    )
     assert rc == 2 and "fssam2[openvino]" in capsys.readouterr().err
 
 
@@ -177,13 +186,17 @@ def test_gate_judges_what_openvino_runs(art, artifacts, tmp_path, capsys):
     args = ["check", "--reference", str(artifacts), "--provider", "openvino", "--episodes", "2", "--shots", "1", "2"]
     assert runtime_cli.main([*args, "--artifacts", str(art), "--json", str(report)]) == 0
     ok = json.loads(report.read_text())
-    assert ok["passed"] and ok["thresholds"] == dataclasses.asdict(GateThresholds.for_precision("bf16"))  # the bf16 gate
+    assert ok["passed"] and ok["thresholds"] == dataclasses.asdict(
+        GateThresholds.for_precision("bf16")
+    )  # the bf16 gate
     assert ok["thresholds"]["mask_iou"] == 0.98 and ok["thresholds"]["sign_agreement"] == 0.99
     assert set(ok["graph_precisions"].values()) == {"bf16"} and ok["degenerate_episodes"] < 2
     assert "(bf16)" in capsys.readouterr().out
 
     bad = tmp_path / "bad.json"
-    assert runtime_cli.main([*args, "--artifacts", str(_broken_copy(art, tmp_path / "broken")), "--json", str(bad)]) == 1
+    assert (
+        runtime_cli.main([*args, "--artifacts", str(_broken_copy(art, tmp_path / "broken")), "--json", str(bad)]) == 1
+    )
     failed = json.loads(bad.read_text())
     assert not failed["passed"] and failed["worst"]["graph"] == "memory_attention"
 

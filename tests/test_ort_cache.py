@@ -38,7 +38,11 @@ def test_first_load_builds_then_hits_with_identical_outputs(art):
     plain, _ = _load(art, cache=False)
     assert (built.cache, hit.cache, plain.cache) == ("built", "hit", "off")
     entries = sorted(p.name for p in (art / CACHE_DIRNAME).iterdir())
-    assert len(entries) == 2 and entries[0].startswith(f"{GRAPH}.cpu.") and {p.rsplit(".", 1)[1] for p in entries} == {"json", "onnx"}
+    assert (
+        len(entries) == 2
+        and entries[0].startswith(f"{GRAPH}.cpu.")
+        and {p.rsplit(".", 1)[1] for p in entries} == {"json", "onnx"}
+    )
     feeds = _feeds(spec)
     ref = plain.run(feeds)
     for graph in (built, hit):
@@ -83,7 +87,6 @@ def test_unwritable_artifacts_dir_falls_back_to_user_cache_then_memory(art, tmp_
     with pytest.warns(UserWarning, match="in memory"):
         graph, _ = _load(art)
     assert graph.cache == "off"
-
 
 
 def _uses_env_allocators(graph) -> bool:

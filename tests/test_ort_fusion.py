@@ -37,13 +37,19 @@ def _attention_model(shared_softmax: bool = False) -> onnx.ModelProto:
     if shared_softmax:
         outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, H, SQ, "sk"]))
     graph = helper.make_graph(
-        nodes, "attn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SQ, H * D]),
-         helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, "sk", H, D]),
-         helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "sk", H, DV])],
+        nodes,
+        "attn",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SQ, H * D]),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, "sk", H, D]),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "sk", H, DV]),
+        ],
         outputs,
-        [c("q_shape", np.array([1, SQ, H, D], np.int64)), c("two", np.array([2.0], np.float32)),
-         c("unused", np.zeros(3, np.float32))],
+        [
+            c("q_shape", np.array([1, SQ, H, D], np.int64)),
+            c("two", np.array([2.0], np.float32)),
+            c("unused", np.zeros(3, np.float32)),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -63,8 +69,11 @@ def test_rewrite_matches_the_pattern_exactly(sk):
     attrs = {a.name: helper.get_attribute_value(a) for a in mha.attribute}
     assert attrs["num_heads"] == H and attrs["scale"] == pytest.approx(1 / (2 * np.sqrt(D)))
     rng = np.random.default_rng(0)
-    feeds = {"x": rng.standard_normal((1, SQ, H * D), np.float32), "k": rng.standard_normal((1, sk, H, D), np.float32),
-             "v": rng.standard_normal((1, sk, H, DV), np.float32)}
+    feeds = {
+        "x": rng.standard_normal((1, SQ, H * D), np.float32),
+        "k": rng.standard_normal((1, sk, H, D), np.float32),
+        "v": rng.standard_normal((1, sk, H, DV), np.float32),
+    }
     np.testing.assert_allclose(_run(fused, feeds)[0], _run(model, feeds)[0], atol=1e-5)
 
 
@@ -91,8 +100,12 @@ def test_exported_graphs_carry_checked_fused_flavours(artifacts):
 def test_fused_memory_attention_matches_standard(artifacts, record_metric, k):
     m = load_manifest(artifacts)
     spec = m.graphs["memory_attention"]
-    err = check_parity(artifacts / spec.file, artifacts / spec.flavours[0].file, spec,
-                       {"num_memory_tokens": k * m.episode.tokens_per_support})
+    err = check_parity(
+        artifacts / spec.file,
+        artifacts / spec.flavours[0].file,
+        spec,
+        {"num_memory_tokens": k * m.episode.tokens_per_support},
+    )
     record_metric(f"memory_attention fused vs standard max-abs K={k}", err)
     assert err <= 1e-4
 

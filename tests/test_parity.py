@@ -75,7 +75,9 @@ def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episod
     assert m.preprocess.image_size == 128 and m.episode.tokens_per_support == 64
     seg.add_support(*episode.supports[0])
     got = seg.segment(episode.query)
-    ref = reference_episode(build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=128).model, episode.supports[:1], episode.query)
+    ref = reference_episode(
+        build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=128).model, episode.supports[:1], episode.query
+    )
     assert _iou(got.mask, ref.mask) >= 0.999 and np.abs(got.logits - ref.logits).max() <= 1e-3
 
 

@@ -17,8 +17,23 @@ from runtime import FewShotSegmenter, load_manifest
 from runtime import cli as runtime_cli
 
 SIZE = 128
-ARGS = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE), "--quiet",
-        "--calib-episodes", "3", "--calib-shots", "1", "3", "--gate-episodes", "2"]
+ARGS = [
+    "--model",
+    "sam2.1_hiera_t",
+    "--random-init",
+    "--seed",
+    "0",
+    "--image-size",
+    str(SIZE),
+    "--quiet",
+    "--calib-episodes",
+    "3",
+    "--calib-shots",
+    "1",
+    "3",
+    "--gate-episodes",
+    "2",
+]
 NOT_TRT = ("QLinear", "Integer", "DynamicQuantizeLinear")
 
 
@@ -55,8 +70,11 @@ def dq_readers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
             node = producer.get(node.input[0])
         return node is not None and node.op_type == "DequantizeLinear"
 
-    return [n for n in model.graph.node if n.op_type not in ("Cast", "QuantizeLinear", "DequantizeLinear")
-            and any(dequantised(i) for i in n.input if i)]
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type not in ("Cast", "QuantizeLinear", "DequantizeLinear") and any(dequantised(i) for i in n.input if i)
+    ]
 
 
 class _Feeds:
@@ -77,16 +95,19 @@ def test_int8_policy_quantises_matmul_inputs_only(tmp_path, rest):
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), n) for n in ("w1", "w2")]
     inits.append(numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"))
-    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], name="ReduceMean", axes=[-1]),
-             helper.make_node("Sub", ["x", "mu"], ["xc"], name="Sub"),
-             helper.make_node("MatMul", ["xc", "w1"], ["h"], name="MatMul1"),
-             helper.make_node("Add", ["h", "b1"], ["hb"], name="BiasAdd"),
-             helper.make_node("Relu", ["hb"], ["r"], name="Relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="MatMul2"),
-             helper.make_node("Add", ["y", "xc"], ["out"], name="ResidualAdd")]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mu"], name="ReduceMean", axes=[-1]),
+        helper.make_node("Sub", ["x", "mu"], ["xc"], name="Sub"),
+        helper.make_node("MatMul", ["xc", "w1"], ["h"], name="MatMul1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="BiasAdd"),
+        helper.make_node("Relu", ["hb"], ["r"], name="Relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="MatMul2"),
+        helper.make_node("Add", ["y", "xc"], ["out"], name="ResidualAdd"),
+    ]
     io = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 16])  # noqa: E731
-    model = helper.make_model(helper.make_graph(nodes, "block", [io("x")], [io("out")], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "block", [io("x")], [io("out")], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     src, dst = tmp_path / "block.onnx", tmp_path / "block.int8.onnx"
     onnx.save(model, str(src))
     feeds = [{"x": rng.standard_normal((1, 8, 16)).astype(np.float32)} for _ in range(4)]
@@ -110,7 +131,10 @@ def _assert_gate_passed_on_real_masks(art, keys):
         assert f["passed"] and f["episodes"] == 2
         assert f["degenerate_episodes"] == 0, "reference masks empty or full: the IoU would be vacuous"
         assert all(0.02 < e["reference_foreground"] < 0.98 for e in report[key]["per_episode"])
-        assert f["mean_mask_iou"] >= f["thresholds"]["mask_iou"] and f["min_logits_pearson"] >= f["thresholds"]["logits_pearson"]
+        assert (
+            f["mean_mask_iou"] >= f["thresholds"]["mask_iou"]
+            and f["min_logits_pearson"] >= f["thresholds"]["logits_pearson"]
+        )
     assert "gate (IoU >=" in (art / "fidelity.txt").read_text()
     assert not list(art.glob("fp32-reference*")) and not list(art.glob("*.npz"))
 
@@ -124,7 +148,9 @@ def test_calibration_captures_k_shot_memories(fp32):
     assert data.info.samples["memory_encoder"] == sum(n // tokens for n in lengths)  # one call per support
     assert data.info.samples["image_encoder"] == data.info.samples["memory_encoder"] + 4  # supports + queries
     again = capture(fp32, episodes=4, seed=3, shots=(1, 3), progress=False)
-    np.testing.assert_array_equal(again.feeds["memory_attention"][2]["memory"], data.feeds["memory_attention"][2]["memory"])
+    np.testing.assert_array_equal(
+        again.feeds["memory_attention"][2]["memory"], data.feeds["memory_attention"][2]["memory"]
+    )
 
 
 def test_one_minmax_pass_gives_the_symmetric_int8_ranges(fp32):
@@ -137,7 +163,9 @@ def test_one_minmax_pass_gives_the_symmetric_int8_ranges(fp32):
     assert derived.data.keys() == direct.data.keys() and len(direct.data) > 10
     for name, r in direct.data.items():
         np.testing.assert_array_equal(np.asarray(derived.data[name].range_value), np.asarray(r.range_value))
-    assert any(not np.array_equal(-np.asarray(r.range_value[0]), np.asarray(r.range_value[1])) for r in once.data.values())
+    assert any(
+        not np.array_equal(-np.asarray(r.range_value[0]), np.asarray(r.range_value[1])) for r in once.data.values()
+    )
 
 
 def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
@@ -149,10 +177,14 @@ def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
         model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16 / spec.file)))
         types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         types |= {t.name: t.data_type for t in model.graph.initializer}
-        assert {i.type.tensor_type.elem_type for i in [*model.graph.input, *model.graph.output]} == {onnx.TensorProto.FLOAT}
+        assert {i.type.tensor_type.elem_type for i in [*model.graph.input, *model.graph.output]} == {
+            onnx.TensorProto.FLOAT
+        }
         for node in model.graph.node:
             if node.op_type in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
-                assert all(types.get(i, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for i in node.input if i), node.name
+                assert all(types.get(i, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for i in node.input if i), (
+                    node.name
+                )
         weights = [t for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= 16]
         assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
     _assert_gate_passed_on_real_masks(fp16, ["standard"])  # ORT CPU has no FP16 fused attention: no .mha flavours
@@ -176,7 +208,11 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
         wrong = [f"{n.name} ({n.op_type})" for n in readers if n.op_type not in QUANTISED_OPS or n.name in excluded]
         assert not wrong, f"{name}: read INT8-dequantised tensors against the policy: {wrong[:8]}"
         flavour = spec.flavours[0]  # ahead of any fused-attention flavour, so `cpu` runs it
-        assert flavour.providers == ["cpu"] and flavour.precision == "int8-dynamic" and flavour.source_sha256 == spec.sha256
+        assert (
+            flavour.providers == ["cpu"]
+            and flavour.precision == "int8-dynamic"
+            and flavour.source_sha256 == spec.sha256
+        )
         assert spec.artifact_for("tensorrt").file == spec.file and spec.artifact_for("cpu").file == flavour.file
     excluded = m.calibration["int8"]["graphs"]["memory_attention"]["excluded_nodes"]
     assert len(excluded) == 2 * 8  # QK^T and AV of 4 layers x (self + cross attention), found by pattern
@@ -220,13 +256,23 @@ def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_pa
 
     kept = tmp_path / "kept"
     kept.mkdir()
-    result = pipeline.convert_artifacts(fp32, kept, pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1,
-                                                                             gate_episodes=2, gate=False), progress=False)
+    result = pipeline.convert_artifacts(
+        fp32,
+        kept,
+        pipeline.PrecisionOptions("mixed", {"memory_attention": "fp16"}, calib_episodes=1, gate_episodes=2, gate=False),
+        progress=False,
+    )
     f = result.manifest.fidelity
     assert f["gate"].startswith("off") and f["standard"]["passed"] is False
-    assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"].startswith("/memory_attention/")
+    assert f["standard"]["worst"]["graph"] == "memory_attention" and f["standard"]["worst"]["node"].startswith(
+        "/memory_attention/"
+    )
     m = load_manifest(kept)
-    assert m.precision == "mixed" and m.graphs["memory_attention"].precision == "fp16" and m.graphs["image_encoder"].precision == "fp32"
+    assert (
+        m.precision == "mixed"
+        and m.graphs["memory_attention"].precision == "fp16"
+        and m.graphs["image_encoder"].precision == "fp32"
+    )
 
 
 def test_gate_judges_the_fused_flavours_the_runtime_will_run(fp32, tmp_path, monkeypatch):
@@ -272,7 +318,9 @@ def test_speed_command_prints_ratios_and_sizes(fp32, int8, capsys):
     rows = [line for line in out.splitlines() if line.startswith(("image_encoder", "query (segment)"))]
     # a directory with flavours (fused attention, CPU INT8) is measured twice: as the runtime runs it and standard
     columns = sum(2 if any(g.flavours for g in load_manifest(d).graphs.values()) else 1 for d in (fp32, int8))
-    assert len(rows) == 3 and all(line.count(" x") == columns and "x 1.00" in line for line in rows)  # 2 timing rows + 1 size row
+    assert len(rows) == 3 and all(
+        line.count(" x") == columns and "x 1.00" in line for line in rows
+    )  # 2 timing rows + 1 size row
 
 
 def test_calibration_from_a_real_benchmark_layout(artifacts, tmp_path, monkeypatch, capsys):
@@ -282,8 +330,8 @@ def test_calibration_from_a_real_benchmark_layout(artifacts, tmp_path, monkeypat
     from PIL import Image
 
     import training.datasets as datasets
-    from calibration.capture import EpisodeSource, capture
     from calibration import export_cli
+    from calibration.capture import EpisodeSource, capture
 
     rng = np.random.default_rng(0)
     lists = tmp_path / "lists" / "fss"
@@ -292,11 +340,13 @@ def test_calibration_from_a_real_benchmark_layout(artifacts, tmp_path, monkeypat
     for cat in ("apple", "zebra"):
         for i in range(1, 11):
             mask = np.zeros((40, 48), np.uint8)
-            mask[5:20 + i, 8:30] = 255
+            mask[5 : 20 + i, 8:30] = 255
             (tmp_path / "FSS-1000" / cat).mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(tmp_path / "FSS-1000" / cat / f"{i}.jpg")
             Image.fromarray(mask).save(tmp_path / "FSS-1000" / cat / f"{i}.png")
-    monkeypatch.setattr(datasets, "build_dataset", functools.partial(datasets.build_dataset, lists_dir=tmp_path / "lists"))
+    monkeypatch.setattr(
+        datasets, "build_dataset", functools.partial(datasets.build_dataset, lists_dir=tmp_path / "lists")
+    )
     data = capture(artifacts, episodes=3, seed=0, shots=(1, 3), progress=False, source=EpisodeSource("fss", tmp_path))
     per = load_manifest(artifacts).episode.tokens_per_support
     assert data.info.dataset == "fss" and data.info.samples["memory_attention"] == 3

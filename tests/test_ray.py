@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from image_fakes import bomb_png, png, truncated
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("fastapi")
@@ -55,8 +54,10 @@ def photos(episode, tmp_path_factory):
 
 
 def _table(out: Path) -> dict[str, dict]:
-    return {r["key"]: {k: v for k, v in r.items() if k != "ms"}
-            for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    return {
+        r["key"]: {k: v for k, v in r.items() if k != "ms"}
+        for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    }
 
 
 def _masks(out: Path) -> dict[str, np.ndarray]:
@@ -138,5 +139,8 @@ def test_resource_options_reach_ray():
     assert fixed["num_replicas"] == 4 and fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
     auto = deployment_options(config, RayServeOptions(min_replicas=2, max_replicas=8))
     assert "num_replicas" not in auto and auto["autoscaling_config"] == {
-        "min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 3}
+        "min_replicas": 2,
+        "max_replicas": 8,
+        "target_ongoing_requests": 3,
+    }
     serve.deployment(Replica, **auto)  # Serve accepts them

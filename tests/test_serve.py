@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from image_fakes import bomb_png, png, truncated
+from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -49,8 +48,9 @@ def client(service):
 
 
 def _set_files(pairs):
-    return ([("images", (f"i{n}.png", open(i, "rb").read(), "image/png")) for n, (i, _) in enumerate(pairs)]
-            + [("masks", (f"m{n}.png", open(m, "rb").read(), "image/png")) for n, (_, m) in enumerate(pairs)])
+    return [("images", (f"i{n}.png", open(i, "rb").read(), "image/png")) for n, (i, _) in enumerate(pairs)] + [
+        ("masks", (f"m{n}.png", open(m, "rb").read(), "image/png")) for n, (_, m) in enumerate(pairs)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +124,22 @@ def test_user_mistakes_get_4xx_json_errors(client, set_ids, episode, store, seg)
         (dict(files={"query": b"not an image"}, data={"set": [cat]}), 422, "invalid_input", "query: not an image"),
         (dict(files={"query": truncated(query)}, data={"set": [cat]}), 422, "invalid_input", "cannot decode"),
         (dict(files={"query": bomb_png(40000, 40000)}, data={"set": [cat]}), 413, "too_large", "pixels"),
-        (dict(files={"query": png(np.zeros((480, 480, 3), np.uint8))}, data={"set": [cat]}), 413, "too_large",
-         "230400 pixels, more than the limit of 200000"),
+        (
+            dict(files={"query": png(np.zeros((480, 480, 3), np.uint8))}, data={"set": [cat]}),
+            413,
+            "too_large",
+            "230400 pixels, more than the limit of 200000",
+        ),
         (dict(files={"query": noise}, data={"set": [cat]}), 413, "too_large", "more than the limit of 400000 bytes"),
         (dict(files={"query": query}, data={"set": ["0" * 64]}), 404, "unknown_set", "unknown support set"),
         (dict(files={"query": query}, data={"set": ["../../etc/passwd"]}), 404, "unknown_set", "64 lowercase hex"),
         (dict(files={"query": query}, data={"set": [foreign_id]}), 409, "set_mismatch", "weights: set sha256:ab12"),
-        (dict(files={"query": query}, data={"set": [f"c{i}={cat}" for i in range(4)]}), 422, "too_many_classes",
-         "4 sets, more than the limit of 3"),
+        (
+            dict(files={"query": query}, data={"set": [f"c{i}={cat}" for i in range(4)]}),
+            422,
+            "too_many_classes",
+            "4 sets, more than the limit of 3",
+        ),
         (dict(files={"query": query}, data={"set": [f"a={cat}", f"a={cat}"]}), 422, "invalid_input", "given twice"),
         (dict(files={"query": query}, data={"set": [cat], "format": "xml"}), 422, "invalid_request", "format"),
         (dict(data={"set": [cat]}), 422, "invalid_request", "query"),

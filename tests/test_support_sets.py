@@ -10,7 +10,6 @@ import pytest
 
 from runtime import Error, FewShotSegmenter, InputError, MultiClassSegmentation, SupportSet, SupportSetError
 from runtime.segmenter import label_map
-from runtime.support_set import Fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +78,15 @@ def test_save_load_round_trip(seg, sets, tmp_path):
         a, b = getattr(back, name), getattr(cats, name)
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     assert back.fingerprint == cats.fingerprint and not back.memory.flags.writeable
-    header = json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
+    header = json.loads(path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
     meta = header["__metadata__"]
     assert meta["format"] == "fssam2-support-set" and meta["format_version"] == "1" and meta["shots"] == "2"
     assert meta["weights"] == "random-init:seed=0" and meta["memory_dtype"] == "float32"
-    assert header["memory"]["dtype"] == "F32" and header["image_sizes"]["dtype"] == "I32" and header["mask_areas"]["dtype"] == "I64"
+    assert (
+        header["memory"]["dtype"] == "F32"
+        and header["image_sizes"]["dtype"] == "I32"
+        and header["mask_areas"]["dtype"] == "I64"
+    )
     assert os.listdir(tmp_path) == ["cats.fssam2"]
 
 
@@ -104,24 +107,30 @@ def _rewrite(src, dst, **meta_changes):
     """Copy a set file with some metadata values changed (None deletes the key)."""
     raw = src.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     for k, v in meta_changes.items():
         header["__metadata__"].pop(k) if v is None else header["__metadata__"].__setitem__(k, v)
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
     return dst
 
 
-@pytest.mark.parametrize("changes,match", [
-    ({"weights": "sha256:ab12"}, r"weights: set sha256:ab12 != artifacts random-init:seed=0"),
-    ({"image_size": "512", "model": "sam2.1_hiera_l"}, r"model: set sam2.1_hiera_l != artifacts sam2.1_hiera_t; image_size: set 512 != artifacts 256"),
-    ({"memory_dtype": "float16"}, r"memory_dtype: set float16 != artifacts float32"),
-    ({"format_version": "2"}, r"format version '2'; this runtime reads version 1"),
-    ({"format": "other"}, r"not an fssam2 support set"),
-    ({"shots": "3"}, r"metadata says 3 shots, the tensors hold 2"),
-    ({"weights": None}, r"malformed metadata"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"weights": "sha256:ab12"}, r"weights: set sha256:ab12 != artifacts random-init:seed=0"),
+        (
+            {"image_size": "512", "model": "sam2.1_hiera_l"},
+            r"model: set sam2.1_hiera_l != artifacts sam2.1_hiera_t; image_size: set 512 != artifacts 256",
+        ),
+        ({"memory_dtype": "float16"}, r"memory_dtype: set float16 != artifacts float32"),
+        ({"format_version": "2"}, r"format version '2'; this runtime reads version 1"),
+        ({"format": "other"}, r"not an fssam2 support set"),
+        ({"shots": "3"}, r"metadata says 3 shots, the tensors hold 2"),
+        ({"weights": None}, r"malformed metadata"),
+    ],
+)
 def test_load_names_what_differs(seg, sets, tmp_path, changes, match):
     good = sets[0].save(tmp_path / "good.fssam2")
     bad = _rewrite(good, tmp_path / "bad.fssam2", **changes)
@@ -145,7 +154,9 @@ def test_load_refuses_garbage_and_other_channels(seg, sets, tmp_path):
 
 def test_segment_refuses_a_set_of_another_model(seg, episode, sets):
     other = dataclasses.replace(sets[1], fingerprint=dataclasses.replace(sets[1].fingerprint, image_size=512))
-    with pytest.raises(SupportSetError, match=r"class .dog. was made by another model.*image_size: set 512 != artifacts 256"):
+    with pytest.raises(
+        SupportSetError, match=r"class .dog. was made by another model.*image_size: set 512 != artifacts 256"
+    ):
         seg.segment(episode.query, {"cat": sets[0], "dog": other})
     with pytest.raises(InputError, match="mapping of class name"):
         seg.segment(episode.query, [sets[0]])
@@ -192,7 +203,12 @@ def test_threads_give_serial_results(artifacts, episode, backend):
     seg = FewShotSegmenter(artifacts, backend=BoundCpuBackend() if backend == "io-binding" else None)
     cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
     other = episode.supports[4][0]
-    jobs = [(episode.query, cats), (other, dogs), (episode.query, {"cat": cats, "dog": dogs}), (other, episode.supports[3:4])]
+    jobs = [
+        (episode.query, cats),
+        (other, dogs),
+        (episode.query, {"cat": cats, "dog": dogs}),
+        (other, episode.supports[3:4]),
+    ]
     assert assert_threads_match_serial(seg, jobs) == 12
 
 

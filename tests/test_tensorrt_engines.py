@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import unavailable
 
 try:
@@ -20,9 +19,17 @@ except ImportError:
     unavailable("engine builds are driven through polygraphy (pip install polygraphy)", "FSSAM2_REQUIRE_POLYGRAPHY")
 from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, assert_threads_match_serial, install_fake_polygraphy
 
-from fssam2_export.engines import (TIMING_CACHE, TOLERANCES, EngineBuildError, EngineSettings, build_engines, compare_engine,
-                                   comparison_feeds, strongly_typed_flag)
-from runtime import FewShotSegmenter, ManifestError, OrtBackend
+from fssam2_export.engines import (
+    TIMING_CACHE,
+    TOLERANCES,
+    EngineBuildError,
+    EngineSettings,
+    build_engines,
+    compare_engine,
+    comparison_feeds,
+    strongly_typed_flag,
+)
+from runtime import FewShotSegmenter, ManifestError
 from runtime.device import DeviceTensor
 from runtime.manifest import GRAPH_NAMES, load_manifest
 from runtime.profiles import ShotLimitError, memory_dim_ranges
@@ -39,8 +46,13 @@ def engine_dir(artifacts, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
         log = install_fake_polygraphy(mp)
-        report = build_engines(out, EngineSettings(max_shots=MAX_SHOTS, opt_shots=2, workspace_gb=1, gate_episodes=2),
-                               progress=False, device=DEVICE, runtime_backend=fake_native_backend())
+        report = build_engines(
+            out,
+            EngineSettings(max_shots=MAX_SHOTS, opt_shots=2, workspace_gb=1, gate_episodes=2),
+            progress=False,
+            device=DEVICE,
+            runtime_backend=fake_native_backend(),
+        )
     finally:
         mp.undo()
     return out, log, report
@@ -61,7 +73,10 @@ def native_graphs(root, *names):
     cuda = FakeCuda()
     backend = TensorRTBackend(runtime=FakeRuntime(cuda), cuda=cuda)
     manifest = load_manifest(root)
-    graphs = {n: backend.load(root / manifest.graphs[n].artifact_for(backend.provider).file, manifest.graphs[n]) for n in names}
+    graphs = {
+        n: backend.load(root / manifest.graphs[n].artifact_for(backend.provider).file, manifest.graphs[n])
+        for n in names
+    }
     return graphs, manifest, cuda
 
 
@@ -72,29 +87,53 @@ def test_build_records_engines_as_flavours(engine_dir, artifacts, capsys):
     for name in GRAPH_NAMES:
         g = manifest.graphs[name]
         (f,) = [f for f in g.flavours if f.kind == "tensorrt-engine"]  # beside the ORT fused-attention flavours
-        assert (f.kind, f.file, f.providers, f.precision, f.source_sha256) == ("tensorrt-engine", f"{name}.engine", ["tensorrt-native"], g.precision, g.sha256)
-        assert (f.meta["tensorrt"], f.meta["gpu"], f.meta["compute_capability"]) == (TRT_VERSION, DEVICE.name, DEVICE.compute_capability)
+        assert (f.kind, f.file, f.providers, f.precision, f.source_sha256) == (
+            "tensorrt-engine",
+            f"{name}.engine",
+            ["tensorrt-native"],
+            g.precision,
+            g.sha256,
+        )
+        assert (f.meta["tensorrt"], f.meta["gpu"], f.meta["compute_capability"]) == (
+            TRT_VERSION,
+            DEVICE.name,
+            DEVICE.compute_capability,
+        )
         assert f.meta["builder"]["strongly_typed"] and f.meta["builder"]["workspace_bytes"] == 1 << 30
-        assert f.meta["comparison"]["inputs"] >= 1 and max(o["max_over_spread"] for o in f.meta["comparison"]["outputs"].values()) < 1e-5
+        assert (
+            f.meta["comparison"]["inputs"] >= 1
+            and max(o["max_over_spread"] for o in f.meta["comparison"]["outputs"].values()) < 1e-5
+        )
         assert g.artifact_for("tensorrt-native") is f and g.artifact_for("tensorrt").file == g.file
     memory = manifest.graphs["memory_attention"].artifact_for("tensorrt-native").meta
-    assert memory["profiles"]["memory"] == {"min": [1, tokens, 64], "opt": [1, 2 * tokens, 64], "max": [1, MAX_SHOTS * tokens, 64]}
+    assert memory["profiles"]["memory"] == {
+        "min": [1, tokens, 64],
+        "opt": [1, 2 * tokens, 64],
+        "max": [1, MAX_SHOTS * tokens, 64],
+    }
     assert memory["shots"] == {"min": 1, "opt": 2, "max": MAX_SHOTS, "tokens_per_support": tokens}
     assert manifest.graphs["image_encoder"].artifact_for("tensorrt-native").meta["profiles"] == {}
     assert manifest.tools["tensorrt"] == TRT_VERSION
     # polygraphy was driven as intended: strongly typed networks, one shared timing cache, workspace limit
     assert [n["strongly_typed"] for n in log.networks] == [True] * 4
-    assert len({c.timing_cache_path for c in log.configs} | set(log.saved_timing_caches)) == 1  # one cache for all graphs
+    assert (
+        len({c.timing_cache_path for c in log.configs} | set(log.saved_timing_caches)) == 1
+    )  # one cache for all graphs
     assert (out / TIMING_CACHE).read_bytes() == b"tttt"  # kept: each fake build appended a byte
     assert all(c.memory_pool_limits == {"WORKSPACE": 1 << 30} and not c.fp16 and not c.int8 for c in log.configs)
     (attention_config,) = [c for c in log.configs if c.profiles and list(c.profiles[0].items())]
     assert [n for n, _ in attention_config.profiles[0].items()] == ["memory", "memory_pos"]
     assert not list(out.glob(".*partial*")) and (out / TIMING_CACHE).is_file()
-    assert all(f.kind != "tensorrt-engine" for f in load_manifest(artifacts).graphs["image_encoder"].flavours)  # the source directory is untouched
+    assert all(
+        f.kind != "tensorrt-engine" for f in load_manifest(artifacts).graphs["image_encoder"].flavours
+    )  # the source directory is untouched
     from runtime import cli
 
     assert cli.main(["info", "--artifacts", str(out)]) == 0
-    assert f"flavour tensorrt-engine memory_attention.engine for tensorrt-native (fp32, TensorRT {TRT_VERSION} on {DEVICE.name}" in capsys.readouterr().out
+    assert (
+        f"flavour tensorrt-engine memory_attention.engine for tensorrt-native (fp32, TensorRT {TRT_VERSION} on {DEVICE.name}"
+        in capsys.readouterr().out
+    )
 
 
 def test_failed_comparison_fails_the_build_and_changes_nothing(artifacts, tmp_path, monkeypatch):
@@ -102,7 +141,9 @@ def test_failed_comparison_fails_the_build_and_changes_nothing(artifacts, tmp_pa
     shutil.copytree(artifacts, out)
     before = (out / "manifest.json").read_bytes()
     install_fake_polygraphy(monkeypatch, perturb=lambda name, v: v + np.float32(0.5))
-    with pytest.raises(EngineBuildError, match="image_encoder: the engine differs from image_encoder.onnx beyond the fp32 tolerance"):
+    with pytest.raises(
+        EngineBuildError, match="image_encoder: the engine differs from image_encoder.onnx beyond the fp32 tolerance"
+    ):
         build_engines(out, EngineSettings(max_shots=2), progress=False, device=DEVICE)
     assert (out / "manifest.json").read_bytes() == before
     assert not list(out.glob("*.engine")) and not list(out.glob(".*partial*")) and not (out / TIMING_CACHE).exists()
@@ -121,11 +162,18 @@ def decoder_case(artifacts):
     return path, feeds, outputs
 
 
-@pytest.mark.parametrize("kind, factor, passes", [
-    ("spike", 0.9, True), ("spike", 1.1, False),  # one logit off by just under / over the max tolerance
-    ("shift", 0.9, True), ("shift", 1.1, False),  # every logit off by just under / over the 99.9 % tolerance
-    ("nan", 0.0, False), ("object_score", 1.1, False), ("object_score", 0.9, True),
-])
+@pytest.mark.parametrize(
+    "kind, factor, passes",
+    [
+        ("spike", 0.9, True),
+        ("spike", 1.1, False),  # one logit off by just under / over the max tolerance
+        ("shift", 0.9, True),
+        ("shift", 1.1, False),  # every logit off by just under / over the 99.9 % tolerance
+        ("nan", 0.0, False),
+        ("object_score", 1.1, False),
+        ("object_score", 0.9, True),
+    ],
+)
 def test_engine_comparison_near_its_thresholds(decoder_case, monkeypatch, kind, factor, passes):
     """Errors are judged in units of the ONNX output's spread (std over the inputs): max and 99.9th percentile."""
     path, feeds, outputs = decoder_case
@@ -151,7 +199,9 @@ def test_engine_comparison_near_its_thresholds(decoder_case, monkeypatch, kind, 
     failures, figures = compare_engine(b'{"onnx": "%s"}' % str(path).encode(), path, feeds, "fp32")
     assert (not failures) == passes, failures
     if not passes:
-        assert any(f.startswith("object_score_logits" if kind == "object_score" else "low_res_logits") for f in failures)
+        assert any(
+            f.startswith("object_score_logits" if kind == "object_score" else "low_res_logits") for f in failures
+        )
     if kind == "nan":
         assert figures["outputs"]["low_res_logits"]["non_finite"] == 1 and "non-finite" in failures[0]
 
@@ -186,8 +236,13 @@ def test_end_to_end_gate_fails_engines_that_flip_masks(artifacts, tmp_path, monk
     before = (out / "manifest.json").read_bytes()
     install_fake_polygraphy(monkeypatch)
     with pytest.raises(EngineBuildError, match="end-to-end fidelity gate") as err:
-        build_engines(out, EngineSettings(max_shots=2, gate_episodes=2), progress=False, device=DEVICE,
-                      runtime_backend=_FlippedDecoder(fake_native_backend()))
+        build_engines(
+            out,
+            EngineSettings(max_shots=2, gate_episodes=2),
+            progress=False,
+            device=DEVICE,
+            runtime_backend=_FlippedDecoder(fake_native_backend()),
+        )
     assert "FAIL" in str(err.value)
     assert (out / "manifest.json").read_bytes() == before
     assert not list(out.glob("*.engine")) and not list(out.glob(".*partial*")) and not list(out.glob(".engines*"))
@@ -212,7 +267,9 @@ def test_native_backend_matches_cpu_runtime(engine_dir, episode):
     want, got = cpu.segment(episode.query), seg.segment(episode.query)
     np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-5)
     assert np.array_equal(got.mask, want.mask) and got.score == pytest.approx(want.score, abs=1e-5)
-    assert cuda.mallocs == mallocs + 2  # graph buffers were allocated at load; the support set's memory + memory_pos now
+    assert (
+        cuda.mallocs == mallocs + 2
+    )  # graph buffers were allocated at load; the support set's memory + memory_pos now
     # a second query allocates nothing and copies to the host only what nobody on the device consumes: the decoder's three outputs
     cuda.dtoh_sizes.clear()
     seg.segment(episode.query)
@@ -222,7 +279,9 @@ def test_native_backend_matches_cpu_runtime(engine_dir, episode):
     for s in (cpu, seg):  # reset reaches the device bank: the same K with another support
         s.reset()
         s.add_support(*episode.supports[MAX_SHOTS])
-    np.testing.assert_allclose(seg.segment(episode.query).low_res_logits, cpu.segment(episode.query).low_res_logits, atol=1e-5)
+    np.testing.assert_allclose(
+        seg.segment(episode.query).low_res_logits, cpu.segment(episode.query).low_res_logits, atol=1e-5
+    )
 
 
 def test_feature_maps_stay_on_device_and_are_spilled_before_reuse(engine_dir):
@@ -267,22 +326,42 @@ def test_native_backend_from_threads_gives_serial_results(engine_dir, episode):
     seg, _ = native(engine_dir[0])
     cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
     other = episode.supports[4][0]
-    jobs = [(episode.query, cats), (other, dogs), (episode.query, {"cat": cats, "dog": dogs}), (other, episode.supports[3:4])]
+    jobs = [
+        (episode.query, cats),
+        (other, dogs),
+        (episode.query, {"cat": cats, "dog": dogs}),
+        (other, episode.supports[3:4]),
+    ]
     assert assert_threads_match_serial(seg, jobs) == 12
 
 
 def test_k_beyond_the_profile_is_refused(engine_dir):
     graphs, manifest, _ = native_graphs(engine_dir[0], "memory_attention")
-    feeds = {t.name: np.zeros([d if isinstance(d, int) else (MAX_SHOTS + 1) * manifest.episode.tokens_per_support for d in t.shape], np.float32)
-             for t in manifest.graphs["memory_attention"].inputs}
-    with pytest.raises(ShotLimitError, match=rf"memory_attention.engine.*{MAX_SHOTS + 1} supports.*up to {MAX_SHOTS} supports.*--max-shots"):
+    feeds = {
+        t.name: np.zeros(
+            [d if isinstance(d, int) else (MAX_SHOTS + 1) * manifest.episode.tokens_per_support for d in t.shape],
+            np.float32,
+        )
+        for t in manifest.graphs["memory_attention"].inputs
+    }
+    with pytest.raises(
+        ShotLimitError,
+        match=rf"memory_attention.engine.*{MAX_SHOTS + 1} supports.*up to {MAX_SHOTS} supports.*--max-shots",
+    ):
         graphs["memory_attention"].run(feeds)
 
 
-@pytest.mark.parametrize("version,device,match", [
-    ("10.8.0", DEVICE, r"TensorRT 10\.3\.0 \(this machine has TensorRT 10\.8\.0\)"),
-    (TRT_VERSION, DeviceInfo("NVIDIA H100", "9.0"), r"compute capability 8\.7, Fake Orin \(this GPU: compute capability 9\.0, NVIDIA H100\)"),
-])
+@pytest.mark.parametrize(
+    "version,device,match",
+    [
+        ("10.8.0", DEVICE, r"TensorRT 10\.3\.0 \(this machine has TensorRT 10\.8\.0\)"),
+        (
+            TRT_VERSION,
+            DeviceInfo("NVIDIA H100", "9.0"),
+            r"compute capability 8\.7, Fake Orin \(this GPU: compute capability 9\.0, NVIDIA H100\)",
+        ),
+    ],
+)
 def test_engine_for_another_machine_is_refused(engine_dir, version, device, match):
     out, _, _ = engine_dir
     with pytest.raises(EngineMismatchError, match=match):
@@ -314,7 +393,20 @@ def test_export_cli_without_tensorrt_fails_before_exporting(tmp_path, capsys):
         pass
     from calibration.export_cli import main
 
-    rc = main(["--random-init", "--seed", "0", "--image-size", "64", "--engine", "tensorrt", "--out", str(tmp_path / "a"), "--quiet"])
+    rc = main(
+        [
+            "--random-init",
+            "--seed",
+            "0",
+            "--image-size",
+            "64",
+            "--engine",
+            "tensorrt",
+            "--out",
+            str(tmp_path / "a"),
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "needs TensorRT" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     from fssam2_export.engines import main as engines_main

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datasets import (IGNORE, DatasetLayoutError, PascalDataset, build_dataset, held_out)
+from training.datasets import IGNORE, DatasetLayoutError, PascalDataset, build_dataset, held_out
 from training.splits import read_classwise, read_names
 
 
@@ -90,7 +90,9 @@ def test_pascal_validation_is_held_out_and_disjoint_from_training(pascal_root):
     val = PascalDataset(root, 0, "val", shots=1, num_episodes=20, lists_dir=lists)
     test = PascalDataset(root, 0, "test", shots=1, lists_dir=lists)
     assert trn.class_ids == val.class_ids == list(range(5, 20))
-    trn_images = {n for e in range(3) for i in range(len(trn)) for n in (trn.spec(i, e).query, *trn.spec(i, e).supports)}
+    trn_images = {
+        n for e in range(3) for i in range(len(trn)) for n in (trn.spec(i, e).query, *trn.spec(i, e).supports)
+    }
     val_queries = {val.spec(i).query for i in range(len(val))}
     assert val_queries and not val_queries & trn_images and all(held_out(q) for q in val_queries)
     assert not val_queries & {test.spec(i).query for i in range(20)}
@@ -131,7 +133,7 @@ def _fss_tree(root: Path, listed: str) -> Path:
     for cat in ("apple", "zebra"):
         for i in range(1, 11):
             mask = np.zeros((20, 20), np.uint8)
-            mask[2:10 + i // 2, 4:12] = 255
+            mask[2 : 10 + i // 2, 4:12] = 255
             _save(root / "FSS-1000" / cat / f"{i}.jpg", _rgb(rng, 20, 20))
             _save(root / "FSS-1000" / cat / f"{i}.png", mask)
     return lists
@@ -152,12 +154,15 @@ def test_fss_every_test_image_is_a_query(tmp_path):
         build_dataset("fss", tmp_path, 0, "test", 1, lists_dir=lists)
 
 
-@pytest.mark.parametrize("breakage,match", [
-    ("no_root", "does not exist"),
-    ("no_labels", "SegmentationClassAug is missing"),
-    ("missing_file", "is missing"),
-    ("rgb_mask", "single-channel"),
-])
+@pytest.mark.parametrize(
+    "breakage,match",
+    [
+        ("no_root", "does not exist"),
+        ("no_labels", "SegmentationClassAug is missing"),
+        ("missing_file", "is missing"),
+        ("rgb_mask", "single-channel"),
+    ],
+)
 def test_pascal_bad_roots_name_path_and_layout(pascal_root, tmp_path, breakage, match):
     import shutil
 
@@ -207,16 +212,34 @@ def test_unknown_dataset_and_fold():
         build_dataset("synthetic", None, 7, "test", 1)
 
 
-@pytest.mark.parametrize("command,dataset,expected", [
-    (["eval", "--base"], "pascal", "VOC2012/SegmentationClassAug/<name>.png"),
-    (["fit"], "coco", "COCO2014/annotations/train2014/<name>.png"),
-])
+@pytest.mark.parametrize(
+    "command,dataset,expected",
+    [
+        (["eval", "--base"], "pascal", "VOC2012/SegmentationClassAug/<name>.png"),
+        (["fit"], "coco", "COCO2014/annotations/train2014/<name>.png"),
+    ],
+)
 def test_cli_bad_data_root_is_a_clear_error(tmp_path, capsys, command, dataset, expected):
     from training.cli import main
 
     missing = tmp_path / "no_data_here"
-    rc = main(command + ["--model", "sam2.1_hiera_t", "--random-init", "--image-size", "64", "--dataset", dataset,
-                         "--data-root", str(missing), "--out", str(tmp_path / "out"), "--quiet"])
+    rc = main(
+        command
+        + [
+            "--model",
+            "sam2.1_hiera_t",
+            "--random-init",
+            "--image-size",
+            "64",
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(missing),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and str(missing) in err and expected in err, err
     assert not (tmp_path / "out").exists()
@@ -268,7 +291,11 @@ def test_pascal_ways_episodes(pascal_ways_root):
     for i in range(15):
         _check_ways_episode(ds, i, 3, labels.__getitem__)
         one = ds.ways_spec(i, 1)  # 1-way = the 1-way episode
-        assert (one.class_ids, one.query, one.supports) == ((ds.spec(i).class_id,), ds.spec(i).query, (ds.spec(i).supports,))
+        assert (one.class_ids, one.query, one.supports) == (
+            (ds.spec(i).class_id,),
+            ds.spec(i).query,
+            (ds.spec(i).supports,),
+        )
         assert ds.ways_spec(i, 3).supports[0] == ds.spec(i).supports
     assert np.array_equal(ds.ways_episode(4, 1).query_label, ds.episode(4).query_mask)
     again = PascalDataset(root, 0, "test", shots=2, seed=42, lists_dir=lists)
@@ -301,6 +328,8 @@ def test_fss_ways_supports_come_from_each_category(tmp_path):
     ds = build_dataset("fss", tmp_path, 0, "test", 3, lists_dir=lists)
     spec = ds.ways_spec(13, 2)
     assert spec.class_ids == (761, 760) and spec.query.startswith("zebra/")
-    assert all(s.startswith("zebra/") for s in spec.supports[0]) and all(s.startswith("apple/") for s in spec.supports[1])
+    assert all(s.startswith("zebra/") for s in spec.supports[0]) and all(
+        s.startswith("apple/") for s in spec.supports[1]
+    )
     ep = ds.ways_episode(13, 2)
     assert np.array_equal(ep.query_label, ds.read_label(spec.query)) and set(np.unique(ep.query_label)) == {0, 1}

@@ -14,12 +14,8 @@ def _add_binary(acc: IoUAccumulator, class_id: int, inter: np.ndarray, union: np
 
 
 def test_episode_areas_by_hand():
-    target = np.array([[1, 1, 0],
-                       [0, 0, 0],
-                       [IGNORE, IGNORE, 1]], np.uint8)
-    pred = np.array([[1, 0, 1],
-                     [0, 0, 0],
-                     [1, 1, 1]], bool)
+    target = np.array([[1, 1, 0], [0, 0, 0], [IGNORE, IGNORE, 1]], np.uint8)
+    pred = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1]], bool)
     inter, union = episode_areas(pred, target)
     # valid pixels: 7. fg: pred {00, 02, 22}, gt {00, 01, 22} -> inter 2, union 4.
     # bg: pred {01, 10, 11, 12}, gt {02, 10, 11, 12} -> inter 3, union 5. The two IGNORE pixels count nowhere.
@@ -55,11 +51,7 @@ def test_perfect_and_empty_predictions():
 
 
 # 2-way query: class A (label 1) top-left 2x2, class B (label 2) bottom-right 2x2, an ignored row between.
-TARGET = np.array([[1, 1, 0, 0],
-                   [1, 1, 0, 0],
-                   [IGNORE, IGNORE, IGNORE, IGNORE],
-                   [0, 0, 2, 2],
-                   [0, 0, 2, 2]], np.uint8)
+TARGET = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [IGNORE, IGNORE, IGNORE, IGNORE], [0, 0, 2, 2], [0, 0, 2, 2]], np.uint8)
 
 
 def _ways_acc(pred: np.ndarray, class_ids=(10, 20)) -> IoUAccumulator:
@@ -70,11 +62,15 @@ def _ways_acc(pred: np.ndarray, class_ids=(10, 20)) -> IoUAccumulator:
 
 
 def test_ways_areas_by_hand():
-    pred = np.array([[1, 1, 1, 0],
-                     [1, 2, 0, 0],
-                     [2, 2, 2, 2],  # ignored: counts nowhere
-                     [0, 0, 2, 2],
-                     [1, 0, 0, 2]])
+    pred = np.array(
+        [
+            [1, 1, 1, 0],
+            [1, 2, 0, 0],
+            [2, 2, 2, 2],  # ignored: counts nowhere
+            [0, 0, 2, 2],
+            [1, 0, 0, 2],
+        ]
+    )
     inter, union = episode_areas(pred, TARGET, ways=2)
     # label 0: pred {03, 12, 13, 30, 31, 41, 42}, gt {02, 03, 12, 13, 30, 31, 40, 41} -> 6 / 9
     # label 1: pred {00, 01, 02, 10, 40}, gt {00, 01, 10, 11} -> 3 / 6; label 2: pred {11, 32, 33, 43}, gt 4 -> 3 / 5
@@ -109,9 +105,9 @@ def test_areas_reject_labels_outside_the_episode():
 
 
 def test_label_map_rule():
-    logits = np.array([[[2.0, -1.0, 0.5, -3.0, 1.0]],
-                       [[1.0, 3.0, 0.5, -2.0, 0.0]],
-                       [[-5.0, 2.0, 0.1, -1.0, 1.0]]])  # (N=3, H=1, W=5)
+    logits = np.array(
+        [[[2.0, -1.0, 0.5, -3.0, 1.0]], [[1.0, 3.0, 0.5, -2.0, 0.0]], [[-5.0, 2.0, 0.1, -1.0, 1.0]]]
+    )  # (N=3, H=1, W=5)
     # per pixel: class 0 highest; class 1 highest; 0 and 1 tie -> lower index 0; none positive -> bg;
     # 0 and 2 tie at 1.0 -> 0
     assert label_map(logits).tolist() == [[1, 2, 1, 0, 1]]

@@ -19,9 +19,29 @@ from training.evaluate import EvalReport
 from training.run import load_run_model
 
 SIZE = 64
-FIT = ["fit", "--dataset", "synthetic", "--model", "sam2.1_hiera_t", "--random-init", "--image-size", str(SIZE),
-       "--batch-size", "1", "--steps", "4", "--val-every", "2", "--val-episodes", "3", "--lr", "1e-3",
-       "--workers", "0", "--quiet"]
+FIT = [
+    "fit",
+    "--dataset",
+    "synthetic",
+    "--model",
+    "sam2.1_hiera_t",
+    "--random-init",
+    "--image-size",
+    str(SIZE),
+    "--batch-size",
+    "1",
+    "--steps",
+    "4",
+    "--val-every",
+    "2",
+    "--val-episodes",
+    "3",
+    "--lr",
+    "1e-3",
+    "--workers",
+    "0",
+    "--quiet",
+]
 EVAL = ["eval", "--dataset", "synthetic", "--fold", "0", "--shots", "2", "--episodes", "6", "--quiet"]
 
 
@@ -63,21 +83,29 @@ def test_resume_continues_exactly(run, tmp_path):
 
 
 def test_merge_eval_export_eval(run, tmp_path, record_metric):
-    from calibration.export_cli import main as export_main
     from sam2.build_sam import build_sam2
+
+    from calibration.export_cli import main as export_main
 
     ckpt = tmp_path / "fssam2_demo.pt"
     assert main(["merge", "--run", str(run), "--out", str(ckpt)]) == 0
     record = json.loads((tmp_path / "fssam2_demo.pt.fssam2.json").read_text())
-    assert record["base"]["random_init"] and set(record["adapters"]) == {"image_encoder", "memory_attention", "memory_encoder"}
+    assert record["base"]["random_init"] and set(record["adapters"]) == {
+        "image_encoder",
+        "memory_attention",
+        "memory_encoder",
+    }
     assert record["adapters"]["memory_attention"]["config"]["r"] == 32 and len(record["checkpoint_sha256"]) == 64
 
     base = build_model("sam2.1_hiera_t", random_init=True, seed=0, image_size=SIZE).model
     merged_sd = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     assert set(merged_sd) == set(base.state_dict())
-    sam2_loaded = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(ckpt), device="cpu",
-                             hydra_overrides_extra=hydra_overrides(SIZE))
-    assert torch.equal(sam2_loaded.state_dict()["memory_encoder.out_proj.weight"], merged_sd["memory_encoder.out_proj.weight"])
+    sam2_loaded = build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml", str(ckpt), device="cpu", hydra_overrides_extra=hydra_overrides(SIZE)
+    )
+    assert torch.equal(
+        sam2_loaded.state_dict()["memory_encoder.out_proj.weight"], merged_sd["memory_encoder.out_proj.weight"]
+    )
 
     loaded = build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=SIZE)
     assert loaded.source.training_record["checkpoint_sha256"] == loaded.source.checkpoint_sha256
@@ -92,8 +120,22 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     assert err <= 1e-5 and np.abs(with_adapters - plain).max() > 1e-4
 
     art = tmp_path / "artifacts"
-    assert export_main(["--model", "sam2.1_hiera_t", "--checkpoint", str(ckpt), "--image-size", str(SIZE),
-                        "--out", str(art), "--quiet"]) == 0
+    assert (
+        export_main(
+            [
+                "--model",
+                "sam2.1_hiera_t",
+                "--checkpoint",
+                str(ckpt),
+                "--image-size",
+                str(SIZE),
+                "--out",
+                str(art),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load_manifest(art).model.training == record  # the adapters' record travels into the export manifest
     torch_report, runtime_report = tmp_path / "torch.json", tmp_path / "runtime.json"
     assert main(EVAL + ["--run", str(run), "--out", str(torch_report)]) == 0
@@ -102,8 +144,10 @@ def test_merge_eval_export_eval(run, tmp_path, record_metric):
     r = EvalReport.from_json(runtime_report.read_text())
     assert [(e.query, e.supports) for e in t.episodes] == [(e.query, e.supports) for e in r.episodes]
     assert len(t.episodes) == 6 and t.source["kind"] == "torch" and r.source["kind"] == "runtime"
-    assert all(len(e.iou) == 1 and e.class_ids == [build_dataset("synthetic", None, 0, "test", 2).spec(e.index).class_id]
-               for e in t.episodes)  # the default 1-way report: one class per episode, the 1-way episodes
+    assert all(
+        len(e.iou) == 1 and e.class_ids == [build_dataset("synthetic", None, 0, "test", 2).spec(e.index).class_id]
+        for e in t.episodes
+    )  # the default 1-way report: one class per episode, the 1-way episodes
     diffs = [abs(a.iou[0] - b.iou[0]) for a, b in zip(t.episodes, r.episodes)]
     record_metric("eval per-episode IoU |torch - runtime| max", max(diffs))
     assert max(diffs) <= 5e-3 and abs(t.miou - r.miou) <= 5e-3

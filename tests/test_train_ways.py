@@ -13,7 +13,20 @@ from training.datasets import build_dataset
 from training.evaluate import EvalReport, runtime_predictor, torch_predictor
 
 SIZE, WAYS = 64, 3
-EVAL = ["eval", "--dataset", "synthetic", "--fold", "0", "--shots", "1", "--episodes", "3", "--ways", str(WAYS), "--quiet"]
+EVAL = [
+    "eval",
+    "--dataset",
+    "synthetic",
+    "--fold",
+    "0",
+    "--shots",
+    "1",
+    "--episodes",
+    "3",
+    "--ways",
+    str(WAYS),
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +39,23 @@ def art(tmp_path_factory):
     from calibration.export_cli import main as export_main
 
     out = tmp_path_factory.mktemp("ways") / "artifacts"
-    assert export_main(["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE),
-                        "--out", str(out), "--quiet"]) == 0
+    assert (
+        export_main(
+            [
+                "--model",
+                "sam2.1_hiera_t",
+                "--random-init",
+                "--seed",
+                "0",
+                "--image-size",
+                str(SIZE),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -60,12 +88,30 @@ def test_torch_and_artifacts_label_maps_agree(model, art):
 
 def test_torch_and_artifacts_ways_eval_agree(art, tmp_path, record_metric):
     torch_out, runtime_out = tmp_path / "torch.json", tmp_path / "runtime.json"
-    assert main(EVAL + ["--base", "--model", "sam2.1_hiera_t", "--random-init", "--init-seed", "0",
-                        "--image-size", str(SIZE), "--out", str(torch_out)]) == 0
+    assert (
+        main(
+            EVAL
+            + [
+                "--base",
+                "--model",
+                "sam2.1_hiera_t",
+                "--random-init",
+                "--init-seed",
+                "0",
+                "--image-size",
+                str(SIZE),
+                "--out",
+                str(torch_out),
+            ]
+        )
+        == 0
+    )
     assert main(EVAL + ["--artifacts", str(art), "--out", str(runtime_out)]) == 0
     t, r = EvalReport.from_json(torch_out.read_text()), EvalReport.from_json(runtime_out.read_text())
     assert t.ways == r.ways == WAYS and len(t.episodes) == 3
-    assert [(e.class_ids, e.query, e.supports) for e in t.episodes] == [(e.class_ids, e.query, e.supports) for e in r.episodes]
+    assert [(e.class_ids, e.query, e.supports) for e in t.episodes] == [
+        (e.class_ids, e.query, e.supports) for e in r.episodes
+    ]
     assert all(len(set(e.class_ids)) == WAYS and len(e.iou) == WAYS for e in t.episodes)
     pairs = [(a, b) for x, y in zip(t.episodes, r.episodes) for a, b in zip(x.iou, y.iou)]
     assert all((a is None) == (b is None) for a, b in pairs)

@@ -52,7 +52,7 @@ class FakeCuda:
     def _at(self, ptr: int, nbytes: int) -> np.ndarray:
         for base, buf in self.blocks.items():
             if base <= ptr and ptr + nbytes <= base + buf.size:
-                return buf[ptr - base:ptr - base + nbytes]
+                return buf[ptr - base : ptr - base + nbytes]
         raise AssertionError(f"access outside any allocation: {ptr:#x} + {nbytes}")
 
     def htod(self, dst: int, src: np.ndarray, stream) -> None:
@@ -88,9 +88,19 @@ class FakeEngine:
         self._session = ort.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
         profiles = {n: InputProfile(*(tuple(s) for s in v)) for n, v in spec["profiles"].items()}
         dtype = lambda t: np.dtype({"tensor(float)": np.float32, "tensor(float16)": np.float16}[t])  # noqa: E731
-        self.tensors = [TensorInfo(i.name, True, dtype(i.type), tuple(d if isinstance(d, int) else -1 for d in i.shape),
-                                   profiles.get(i.name)) for i in self._session.get_inputs()]
-        self.tensors += [TensorInfo(o.name, False, dtype(o.type), tuple(o.shape), None) for o in self._session.get_outputs()]
+        self.tensors = [
+            TensorInfo(
+                i.name,
+                True,
+                dtype(i.type),
+                tuple(d if isinstance(d, int) else -1 for d in i.shape),
+                profiles.get(i.name),
+            )
+            for i in self._session.get_inputs()
+        ]
+        self.tensors += [
+            TensorInfo(o.name, False, dtype(o.type), tuple(o.shape), None) for o in self._session.get_outputs()
+        ]
         self._shapes: dict[str, tuple] = {}
         self._addresses: dict[str, int] = {}
         self.executions = 0
@@ -110,7 +120,11 @@ class FakeEngine:
 
     def execute(self, stream):
         self.executions += 1
-        feeds = {t.name: self._cuda.read(self._addresses[t.name], self._shapes[t.name], t.dtype) for t in self.tensors if t.is_input}
+        feeds = {
+            t.name: self._cuda.read(self._addresses[t.name], self._shapes[t.name], t.dtype)
+            for t in self.tensors
+            if t.is_input
+        }
         outs = [t for t in self.tensors if not t.is_input]
         for t, value in zip(outs, self._session.run([t.name for t in outs], feeds)):
             self._cuda.write(self._addresses[t.name], value.astype(t.dtype))
@@ -159,7 +173,10 @@ def install_fake_polygraphy(monkeypatch, *, perturb=None, version: str = TRT_VER
         log.saved_timing_caches.append(save_timing_cache)
         with open(save_timing_cache, "ab") as f:
             f.write(b"t")
-        profiles = {n: [list(s.min), list(s.opt), list(s.max)] for n, s in (config.profiles[0].items() if config.profiles else [])}
+        profiles = {
+            n: [list(s.min), list(s.opt), list(s.max)]
+            for n, s in (config.profiles[0].items() if config.profiles else [])
+        }
         blob = json.dumps({"onnx": network[1], "profiles": profiles}).encode()
         return types.SimpleNamespace(serialize=lambda: blob)
 
@@ -204,8 +221,10 @@ def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -
 
     def logits(result):
         parts = [result] if hasattr(result, "logits") else [result[n] for n in result] + [result]
-        return [p.label_map.tobytes() if not hasattr(p, "logits") else p.logits.tobytes() + p.low_res_logits.tobytes()
-                for p in parts]
+        return [
+            p.label_map.tobytes() if not hasattr(p, "logits") else p.logits.tobytes() + p.low_res_logits.tobytes()
+            for p in parts
+        ]
 
     def segment(query, support):
         return seg.segment(query, seg.encode_supports(support) if isinstance(support, list) else support)

@@ -81,8 +81,12 @@ def prepare(batch: dict[str, torch.Tensor], device: torch.device, augment: Augme
     std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
     images = (images - mean) / std
     masks = masks[:, 0].round()
-    return (images[: b * k].view(b, k, 3, s, s), masks[: b * k].view(b, k, s, s), images[b * k:],
-            masks[b * k:].to(torch.uint8))
+    return (
+        images[: b * k].view(b, k, 3, s, s),
+        masks[: b * k].view(b, k, s, s),
+        images[b * k :],
+        masks[b * k :].to(torch.uint8),
+    )
 
 
 def episode_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -50,12 +50,19 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--steps", type=int, help="total optimiser steps (overrides --epochs)")
     fit.add_argument("--stop-after", type=int, help="end this session after N steps (continue with --resume)")
     fit.add_argument("--val-every", type=int, help="steps between validations (default: once per epoch)")
-    fit.add_argument("--val-episodes", type=int, help="default 1000 (PASCAL, COCO), every val image (FSS-1000), 100 (synthetic)")
+    fit.add_argument(
+        "--val-episodes", type=int, help="default 1000 (PASCAL, COCO), every val image (FSS-1000), 100 (synthetic)"
+    )
     fit.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on a GPU that has it")
     fit.add_argument("--no-augment", action="store_true")
-    fit.add_argument("--lora", action="append", default=[], metavar="MODULE:k=v,...",
-                     help="override FS-SAM2's adapters, e.g. memory_attention:r=16,alpha=32 or "
-                          "image_encoder:targets=qkv+proj or memory_encoder:off")
+    fit.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="MODULE:k=v,...",
+        help="override FS-SAM2's adapters, e.g. memory_attention:r=16,alpha=32 or "
+        "image_encoder:targets=qkv+proj or memory_encoder:off",
+    )
     fit.add_argument("--device", default="auto")
     fit.add_argument("--quiet", action="store_true")
 
@@ -68,8 +75,12 @@ def parser() -> argparse.ArgumentParser:
     _data(ev, need_dataset=True)
     ev.add_argument("--which", choices=("best", "last"), default="best", help="adapters of --run")
     ev.add_argument("--split", choices=("test", "val"), default="test")
-    ev.add_argument("--ways", type=int, default=1,
-                    help="N-way episodes: N classes of the fold with --shots supports each, one query (PANet's protocol)")
+    ev.add_argument(
+        "--ways",
+        type=int,
+        default=1,
+        help="N-way episodes: N classes of the fold with --shots supports each, one query (PANet's protocol)",
+    )
     ev.add_argument("--episodes", type=int, help="default: 1000 (PASCAL, COCO), every test image (FSS-1000)")
     ev.add_argument("--provider", default="cpu", help="runtime provider for --artifacts")
     ev.add_argument("--device", default="auto")
@@ -94,22 +105,44 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .fit import fit
 
     if args.resume:
-        result = fit(None, args.out, resume=True, stop_after=args.stop_after, device=args.device, progress=not args.quiet)
+        result = fit(
+            None, args.out, resume=True, stop_after=args.stop_after, device=args.device, progress=not args.quiet
+        )
     else:
         if args.dataset is None:
             raise ValueError("fit needs --dataset (or --resume)")
-        base = BaseModelSpec.from_args(args.model or "sam2.1_hiera_b+", args.image_size or DEFAULT_IMAGE_SIZE,
-                                       args.checkpoint, args.random_init, args.init_seed)
-        config = RunConfig(base, args.dataset, _data_root(args), args.fold, args.shots,
-                           lora=parse_lora_overrides(args.lora), batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay, epochs=args.epochs, steps=args.steps,
-                           val_every=args.val_every, val_episodes=args.val_episodes,
-                           workers=4 if args.workers is None else args.workers, seed=args.seed, amp=args.amp,
-                           augment=not args.no_augment)
+        base = BaseModelSpec.from_args(
+            args.model or "sam2.1_hiera_b+",
+            args.image_size or DEFAULT_IMAGE_SIZE,
+            args.checkpoint,
+            args.random_init,
+            args.init_seed,
+        )
+        config = RunConfig(
+            base,
+            args.dataset,
+            _data_root(args),
+            args.fold,
+            args.shots,
+            lora=parse_lora_overrides(args.lora),
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            epochs=args.epochs,
+            steps=args.steps,
+            val_every=args.val_every,
+            val_episodes=args.val_episodes,
+            workers=4 if args.workers is None else args.workers,
+            seed=args.seed,
+            amp=args.amp,
+            augment=not args.no_augment,
+        )
         result = fit(config, args.out, stop_after=args.stop_after, device=args.device, progress=not args.quiet)
     if not args.quiet:
-        print(f"fit: {result.step} steps in {result.run}; best val mIoU "
-              f"{'-' if result.best_val_miou is None else f'{100 * result.best_val_miou:.2f}'}")
+        print(
+            f"fit: {result.step} steps in {result.run}; best val mIoU "
+            f"{'-' if result.best_val_miou is None else f'{100 * result.best_val_miou:.2f}'}"
+        )
     return 0
 
 
@@ -120,27 +153,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     config = read_config(Path(args.run)) if args.run else None
     root = _data_root(args, fallback=(config.data_root if config else None) or DEFAULT_DATA_ROOT)
-    dataset = build_dataset(args.dataset, root, args.fold, args.split, args.shots, args.seed, num_episodes=args.episodes)
+    dataset = build_dataset(
+        args.dataset, root, args.fold, args.split, args.shots, args.seed, num_episodes=args.episodes
+    )
     dataset.check_ways(args.ways)  # before any model is built
     if config is not None:
         from .run import load_run_model
 
         model = load_run_model(Path(args.run), args.which).to(device)
         predict = torch_predictor(model, use_amp(args.amp, device))
-        source = {"kind": "torch", "run": str(Path(args.run).resolve()), "which": args.which, "base": asdict(config.base)}
+        source = {
+            "kind": "torch",
+            "run": str(Path(args.run).resolve()),
+            "which": args.which,
+            "base": asdict(config.base),
+        }
     elif args.artifacts:
         predict = runtime_predictor(args.artifacts, args.provider)
         source = {"kind": "runtime", "artifacts": str(Path(args.artifacts).resolve()), "provider": args.provider}
     else:
-        base = BaseModelSpec.from_args(args.model or "sam2.1_hiera_b+", args.image_size or DEFAULT_IMAGE_SIZE,
-                                       args.checkpoint, args.random_init, args.init_seed)
+        base = BaseModelSpec.from_args(
+            args.model or "sam2.1_hiera_b+",
+            args.image_size or DEFAULT_IMAGE_SIZE,
+            args.checkpoint,
+            args.random_init,
+            args.init_seed,
+        )
         predict = torch_predictor(base.build().model.to(device), use_amp(args.amp, device))
         source = {"kind": "torch", "base": asdict(base)}
-    report = evaluate(predict, dataset, source, args.fold, progress=not args.quiet, workers=args.workers or 0,
-                      ways=args.ways)
+    report = evaluate(
+        predict, dataset, source, args.fold, progress=not args.quiet, workers=args.workers or 0, ways=args.ways
+    )
     ways = f"{args.ways}way-" if args.ways > 1 else ""
     name = f"{args.dataset}-f{args.fold}-{ways}{args.shots}shot-{args.split}.json"
-    out = Path(args.out) if args.out else (Path(args.run) / "eval" / name if args.run else Path(f"fssam2-eval-{source['kind']}-{name}"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.run) / "eval" / name if args.run else Path(f"fssam2-eval-{source['kind']}-{name}"))
+    )
     write_atomic(out, report.to_json().encode())
     if not args.quiet:
         print(report.table())
@@ -152,7 +202,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
     result = merge_run(args.run, args.out, args.which)
-    print(f"merge: {result.checkpoint} ({result.num_keys} tensors, sha256 {result.sha256[:12]}...), record {result.record}")
+    print(
+        f"merge: {result.checkpoint} ({result.num_keys} tensors, sha256 {result.sha256[:12]}...), record {result.record}"
+    )
     return 0
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -100,8 +101,10 @@ def _read_label(path: Path, layout: str) -> np.ndarray:
     except (OSError, ValueError) as e:
         raise DatasetLayoutError(f"cannot read mask {path}: {e}\nexpected layout:\n{layout}") from e
     if label.ndim != 2:
-        raise DatasetLayoutError(f"mask {path} has shape {label.shape}; expected a single-channel class-index PNG\n"
-                                 f"expected layout:\n{layout}")
+        raise DatasetLayoutError(
+            f"mask {path} has shape {label.shape}; expected a single-channel class-index PNG\n"
+            f"expected layout:\n{layout}"
+        )
     return label
 
 
@@ -148,10 +151,15 @@ class FewShotDataset(ABC):
         return np.random.default_rng((self.seed, index, epoch + 1))
 
     def load(self, spec: EpisodeSpec) -> LabeledEpisode:
-        supports = [(self.read_image(n), self.binary(self.read_label(n), spec.class_id, ignore=False))
-                    for n in spec.supports]
-        return LabeledEpisode(supports, self.read_image(spec.query), spec,
-                              self.binary(self.read_label(spec.query), spec.class_id, ignore=True))
+        supports = [
+            (self.read_image(n), self.binary(self.read_label(n), spec.class_id, ignore=False)) for n in spec.supports
+        ]
+        return LabeledEpisode(
+            supports,
+            self.read_image(spec.query),
+            spec,
+            self.binary(self.read_label(spec.query), spec.class_id, ignore=True),
+        )
 
     def episode(self, index: int, epoch: int = -1) -> LabeledEpisode:
         return self.load(self.spec(index, epoch))
@@ -163,8 +171,10 @@ class FewShotDataset(ABC):
     def check_ways(self, ways: int) -> None:
         most = min(len(self.class_ids), IGNORE - 1)
         if not 1 <= ways <= most:
-            raise ValueError(f"{self.benchmark}: --ways must be 1..{most} (the {self.split} split has "
-                             f"{len(self.class_ids)} classes), got {ways}")
+            raise ValueError(
+                f"{self.benchmark}: --ways must be 1..{most} (the {self.split} split has "
+                f"{len(self.class_ids)} classes), got {ways}"
+            )
 
     def ways_spec(self, index: int, ways: int) -> WaysSpec:
         """N-way episode `index` (see the module docstring): the 1-way episode's draws, then N-1 more classes."""
@@ -178,8 +188,10 @@ class FewShotDataset(ABC):
 
     def ways_episode(self, index: int, ways: int) -> WaysEpisode:
         spec = self.ways_spec(index, ways)
-        supports = [[(self.read_image(n), self.binary(self.read_label(n), c, ignore=False)) for n in names]
-                    for c, names in zip(spec.class_ids, spec.supports)]
+        supports = [
+            [(self.read_image(n), self.binary(self.read_label(n), c, ignore=False)) for n in names]
+            for c, names in zip(spec.class_ids, spec.supports)
+        ]
         label = self.ways_label(self.read_label(spec.query), spec.class_ids)
         return WaysEpisode(spec, supports, self.read_image(spec.query), label)
 
@@ -194,8 +206,10 @@ class FewShotDataset(ABC):
     def _supports(self, rng: np.random.Generator, pool: list[str], query: str, class_id: int) -> tuple[str, ...]:
         candidates = [n for n in pool if n != query]
         if len(candidates) < self.shots:
-            raise ValueError(f"{self.benchmark}: class {class_id} has {len(candidates)} support candidates "
-                             f"besides {query}, fewer than {self.shots} shots")
+            raise ValueError(
+                f"{self.benchmark}: class {class_id} has {len(candidates)} support candidates "
+                f"besides {query}, fewer than {self.shots} shots"
+            )
         return tuple(str(n) for n in rng.choice(candidates, self.shots, replace=False).tolist())
 
 
@@ -213,8 +227,16 @@ class _ListedDataset(FewShotDataset):
     list_prefix: str
     folds: tuple[int, ...] = (0, 1, 2, 3)
 
-    def __init__(self, root: str | Path, fold: int, split: Split, shots: int, seed: int = 42,
-                 num_episodes: int | None = None, lists_dir: Path | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        fold: int,
+        split: Split,
+        shots: int,
+        seed: int = 42,
+        num_episodes: int | None = None,
+        lists_dir: Path | None = None,
+    ):
         super().__init__(split, shots, seed, num_episodes)
         if fold not in self.folds:
             raise ValueError(f"{self.benchmark}: fold must be one of {self.folds}, got {fold}")
@@ -271,8 +293,10 @@ class PascalDataset(_ListedDataset):
         for n in sample_names:
             for path in (self._image_path(n), self._label_path(n)):
                 if not path.is_file():
-                    raise DatasetLayoutError(f"pascal: {path} (listed in the fold-{self.fold} split) is missing\n"
-                                             f"expected layout under {self.root}:\n{self.layout}")
+                    raise DatasetLayoutError(
+                        f"pascal: {path} (listed in the fold-{self.fold} split) is missing\n"
+                        f"expected layout under {self.root}:\n{self.layout}"
+                    )
 
     def _image_path(self, name: str) -> Path:
         return self.root / "VOC2012" / "JPEGImages" / f"{name}.jpg"
@@ -297,8 +321,10 @@ class PascalDataset(_ListedDataset):
         present = [int(v) - 1 for v in np.unique(self.read_label(query)) if v not in (0, IGNORE)]
         candidates = [c for c in present if c in self.class_ids]
         if not candidates:
-            raise DatasetLayoutError(f"pascal: {self._label_path(query)} shows none of the split's classes "
-                                     f"{[c + 1 for c in self.class_ids]}; does SegmentationClassAug match the lists?")
+            raise DatasetLayoutError(
+                f"pascal: {self._label_path(query)} shows none of the split's classes "
+                f"{[c + 1 for c in self.class_ids]}; does SegmentationClassAug match the lists?"
+            )
         class_id = int(rng.choice(candidates))
         return EpisodeSpec(index, class_id, query, self._supports(rng, self.classwise[class_id], query, class_id))
 
@@ -352,8 +378,16 @@ class FssDataset(FewShotDataset):
     benchmark, num_classes, layout = "fss", 1000, FSS_LAYOUT
     OFFSETS = {"trn": 0, "val": 520, "test": 760}
 
-    def __init__(self, root: str | Path, fold: int, split: Split, shots: int, seed: int = 42,
-                 num_episodes: int | None = None, lists_dir: Path | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        fold: int,
+        split: Split,
+        shots: int,
+        seed: int = 42,
+        num_episodes: int | None = None,
+        lists_dir: Path | None = None,
+    ):
         super().__init__(split, shots, seed, num_episodes)
         if fold != 0:
             raise ValueError("fss: FSS-1000 has a single fold (0)")
@@ -366,12 +400,15 @@ class FssDataset(FewShotDataset):
         for cat in self.categories:
             folder = self.root / "FSS-1000" / cat
             if not folder.is_dir():
-                raise DatasetLayoutError(f"fss: category folder {folder} is missing\n"
-                                         f"expected layout under {self.root}:\n{self.layout}")
+                raise DatasetLayoutError(
+                    f"fss: category folder {folder} is missing\nexpected layout under {self.root}:\n{self.layout}"
+                )
             paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith("."))
             self.images += [f"{cat}/{Path(p).stem}" for p in paths if Path(p).suffix == ".jpg"]
         if not self.images:
-            raise DatasetLayoutError(f"fss: no <n>.jpg images under {self.root / 'FSS-1000'}\nexpected layout:\n{self.layout}")
+            raise DatasetLayoutError(
+                f"fss: no <n>.jpg images under {self.root / 'FSS-1000'}\nexpected layout:\n{self.layout}"
+            )
 
     def default_length(self) -> int:
         return len(self.images)
@@ -413,8 +450,16 @@ class SyntheticDataset(FewShotDataset):
     benchmark, num_classes = "synthetic", 20
     IMAGES_PER_CLASS, VAL_IMAGES, TEST_EPISODES = 40, 4, 100
 
-    def __init__(self, root: str | Path | None, fold: int, split: Split, shots: int, seed: int = 42,
-                 num_episodes: int | None = None, lists_dir: Path | None = None):
+    def __init__(
+        self,
+        root: str | Path | None,
+        fold: int,
+        split: Split,
+        shots: int,
+        seed: int = 42,
+        num_episodes: int | None = None,
+        lists_dir: Path | None = None,
+    ):
         super().__init__(split, shots, seed, num_episodes)
         if fold not in (0, 1, 2, 3):
             raise ValueError(f"synthetic: fold must be 0..3, got {fold}")
@@ -424,8 +469,11 @@ class SyntheticDataset(FewShotDataset):
         n_trn = self.IMAGES_PER_CLASS - self.VAL_IMAGES
         ids = range(self.IMAGES_PER_CLASS) if split == "test" else range(n_trn)
         self.pool = {c: [f"{c}/{i}" for i in ids] for c in self.class_ids}
-        self.queries = {c: [f"{c}/{i}" for i in range(n_trn, self.IMAGES_PER_CLASS)] for c in self.class_ids} \
-            if split == "val" else self.pool
+        self.queries = (
+            {c: [f"{c}/{i}" for i in range(n_trn, self.IMAGES_PER_CLASS)] for c in self.class_ids}
+            if split == "val"
+            else self.pool
+        )
 
     def default_length(self) -> int:
         return sum(len(v) for v in self.pool.values()) if self.split == "trn" else self.TEST_EPISODES
@@ -450,12 +498,23 @@ class SyntheticDataset(FewShotDataset):
 
 
 DATASETS: dict[str, type[FewShotDataset]] = {
-    "pascal": PascalDataset, "coco": CocoDataset, "fss": FssDataset, "synthetic": SyntheticDataset,
+    "pascal": PascalDataset,
+    "coco": CocoDataset,
+    "fss": FssDataset,
+    "synthetic": SyntheticDataset,
 }
 
 
-def build_dataset(benchmark: str, root: str | Path | None, fold: int, split: Split, shots: int, seed: int = 42,
-                  num_episodes: int | None = None, lists_dir: Path | None = None) -> FewShotDataset:
+def build_dataset(
+    benchmark: str,
+    root: str | Path | None,
+    fold: int,
+    split: Split,
+    shots: int,
+    seed: int = 42,
+    num_episodes: int | None = None,
+    lists_dir: Path | None = None,
+) -> FewShotDataset:
     """The `split` episodes of `benchmark` (one of BENCHMARKS); `root` is unused for `synthetic`."""
     if benchmark not in DATASETS:
         raise ValueError(f"unknown dataset {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")

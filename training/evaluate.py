@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -65,8 +66,10 @@ class EvalReport:
         return EvalReport(**d)
 
     def table(self) -> str:
-        head = (f"{self.dataset} fold {self.fold}, {self.ways}-way {self.shots}-shot, {len(self.episodes)} "
-                f"{self.split} episodes")
+        head = (
+            f"{self.dataset} fold {self.fold}, {self.ways}-way {self.shots}-shot, {len(self.episodes)} "
+            f"{self.split} episodes"
+        )
         lines = [head, f"  mIoU   {100 * self.miou:6.2f}", f"  FB-IoU {100 * self.fbiou:6.2f}", "  class  IoU"]
         lines += [f"  {c:>5}  {100 * v:6.2f}" for c, v in sorted(self.per_class_iou.items())]
         return "\n".join(lines)
@@ -100,36 +103,67 @@ def runtime_predictor(artifacts: str | Path, provider: str = "cpu") -> Predictor
     return lambda ep: segment_ways(seg, ep.supports, ep.query)
 
 
-def segment_ways(seg: FewShotSegmenter, classes: list[list[tuple[np.ndarray, np.ndarray]]], query: np.ndarray) -> np.ndarray:
+def segment_ways(
+    seg: FewShotSegmenter, classes: list[list[tuple[np.ndarray, np.ndarray]]], query: np.ndarray
+) -> np.ndarray:
     """The runtime's N-way label map of `query`, one support list per class: one support set per class and one
     query encoding (`FewShotSegmenter.segment` with a dict of sets applies `label_map`'s rule)."""
     sets = {str(i): seg.encode_supports(supports) for i, supports in enumerate(classes)}
     return seg.segment(query, sets).label_map.astype(np.int32)
 
 
-def run_episodes(predict: Predictor, dataset: FewShotDataset, indices: Iterable[int], progress: bool = True,
-                 workers: int = 0, ways: int = 1) -> tuple[IoUAccumulator, list[EpisodeResult]]:
+def run_episodes(
+    predict: Predictor,
+    dataset: FewShotDataset,
+    indices: Iterable[int],
+    progress: bool = True,
+    workers: int = 0,
+    ways: int = 1,
+) -> tuple[IoUAccumulator, list[EpisodeResult]]:
     """Accumulate areas over the N-way episodes `indices` of `dataset` (its fixed, seeded episodes)."""
     indices = list(indices)
     acc, results = IoUAccumulator(dataset.class_ids), []
-    loader = torch.utils.data.DataLoader(_Episodes(dataset, indices, ways), batch_size=None, num_workers=workers,
-                                         collate_fn=_as_is)
+    loader = torch.utils.data.DataLoader(
+        _Episodes(dataset, indices, ways), batch_size=None, num_workers=workers, collate_fn=_as_is
+    )
     for ep in tqdm(loader, total=len(indices), disable=not progress, desc="episodes", leave=False):
         pred = predict(ep)
         inter, union = episode_areas(pred, ep.query_label, ways)
         acc.add(ep.spec.class_ids, inter[1:], union[1:], *foreground_areas(pred, ep.query_label))
         iou = [float(i / u) if u else None for i, u in zip(inter[1:], union[1:])]
-        results.append(EpisodeResult(ep.spec.index, list(ep.spec.class_ids), ep.spec.query,
-                                     [list(s) for s in ep.spec.supports], iou))
+        results.append(
+            EpisodeResult(
+                ep.spec.index, list(ep.spec.class_ids), ep.spec.query, [list(s) for s in ep.spec.supports], iou
+            )
+        )
     return acc, results
 
 
-def evaluate(predict: Predictor, dataset: FewShotDataset, source: dict, fold: int, progress: bool = True,
-             workers: int = 0, ways: int = 1) -> EvalReport:
+def evaluate(
+    predict: Predictor,
+    dataset: FewShotDataset,
+    source: dict,
+    fold: int,
+    progress: bool = True,
+    workers: int = 0,
+    ways: int = 1,
+) -> EvalReport:
     t0 = time.perf_counter()
     acc, results = run_episodes(predict, dataset, range(len(dataset)), progress, workers, ways)
-    return EvalReport(source, dataset.benchmark, fold, ways, dataset.shots, dataset.split, dataset.seed, acc.miou(),
-                      acc.fbiou(), acc.per_class_iou(), results, time.perf_counter() - t0)
+    return EvalReport(
+        source,
+        dataset.benchmark,
+        fold,
+        ways,
+        dataset.shots,
+        dataset.split,
+        dataset.seed,
+        acc.miou(),
+        acc.fbiou(),
+        acc.per_class_iou(),
+        results,
+        time.perf_counter() - t0,
+    )
 
 
 def _as_is(ep: WaysEpisode) -> WaysEpisode:

@@ -75,8 +75,10 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError as e:
         raise ValueError(f"--device {device!r}: {e}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch has no usable CUDA device (torch.cuda.is_available() is False); "
-                         "use --device cpu or auto")
+        raise ValueError(
+            f"--device {device}: this torch has no usable CUDA device (torch.cuda.is_available() is False); "
+            "use --device cpu or auto"
+        )
     return dev
 
 
@@ -104,10 +106,17 @@ def use_amp(amp: str, device: torch.device) -> bool:
 
 def _optimizer(model: nn.Module, config: RunConfig, device: torch.device) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay,
-                             betas=(0.9, 0.999), fused=device.type == "cuda")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.999),
+        fused=device.type == "cuda",
+    )
 
 
 class _Log:
@@ -120,8 +129,15 @@ class _Log:
                 f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
 
 
-def fit(config: RunConfig | None, out: str | Path, *, resume: bool = False, stop_after: int | None = None,
-        device: str = "auto", progress: bool = True) -> FitResult:
+def fit(
+    config: RunConfig | None,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> FitResult:
     """Train into run directory `out`; with `resume`, continue the run there (its config.json is used).
     `stop_after` ends this session after that many steps (continue later with `resume`)."""
     out = Path(out)
@@ -133,11 +149,20 @@ def fit(config: RunConfig | None, out: str | Path, *, resume: bool = False, stop
             dist.destroy_process_group()
 
 
-def _fit(config: RunConfig | None, out: Path, resume: bool, stop_after: int | None, dd: _Dist, progress: bool) -> FitResult:
+def _fit(
+    config: RunConfig | None, out: Path, resume: bool, stop_after: int | None, dd: _Dist, progress: bool
+) -> FitResult:
     config = _open_run(config, out, resume, dd)
     trn = build_dataset(config.dataset, config.data_root, config.fold, "trn", config.shots, config.seed)
-    val = build_dataset(config.dataset, config.data_root, config.fold, "val", config.shots, config.seed,
-                        num_episodes=config.val_episodes)
+    val = build_dataset(
+        config.dataset,
+        config.data_root,
+        config.fold,
+        "val",
+        config.shots,
+        config.seed,
+        num_episodes=config.val_episodes,
+    )
     if dd.world > 1:
         dist.barrier()  # every rank has checked `out` before rank 0 writes into it
     if dd.main and not resume:
@@ -213,7 +238,9 @@ class _Session:
         sampler = DistributedSampler(episodes, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=config.seed)
         per_epoch = len(sampler) // config.batch_size
         if per_epoch == 0:
-            raise ValueError(f"{len(episodes)} training episodes over {dd.world} process(es) make no batch of {config.batch_size}")
+            raise ValueError(
+                f"{len(episodes)} training episodes over {dd.world} process(es) make no batch of {config.batch_size}"
+            )
         total = config.steps or config.epochs * per_epoch
 
         optimizer = _optimizer(sam, config, dd.device)
@@ -227,10 +254,34 @@ class _Session:
         module: nn.Module = EpisodeModule(sam)
         if dd.world > 1:
             module = DistributedDataParallel(module, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
-        log("start" if not resume else "resume", step=step, total_steps=total, steps_per_epoch=per_epoch,
-            world_size=dd.world, amp=amp, device=str(dd.device), trainable={name: t for name, t, _ in rows})
-        return cls(config, out, dd, sam, module, amp, episodes, sampler, val, per_epoch, total, optimizer, scheduler,
-                   Augment() if config.augment else None, log, FitResult(out, step, best_val_miou=best))
+        log(
+            "start" if not resume else "resume",
+            step=step,
+            total_steps=total,
+            steps_per_epoch=per_epoch,
+            world_size=dd.world,
+            amp=amp,
+            device=str(dd.device),
+            trainable={name: t for name, t, _ in rows},
+        )
+        return cls(
+            config,
+            out,
+            dd,
+            sam,
+            module,
+            amp,
+            episodes,
+            sampler,
+            val,
+            per_epoch,
+            total,
+            optimizer,
+            scheduler,
+            Augment() if config.augment else None,
+            log,
+            FitResult(out, step, best_val_miou=best),
+        )
 
     def run(self, stop_after: int | None, progress: bool) -> None:
         """Train to the run's end (or `stop_after` more steps), validating every `val_every` steps; save `last/`."""
@@ -242,9 +293,17 @@ class _Session:
             epoch = result.step // self.per_epoch
             self.sampler.set_epoch(epoch)
             self.episodes.set_epoch(epoch)
-            indices = list(self.sampler)[(result.step % self.per_epoch) * config.batch_size: self.per_epoch * config.batch_size]
-            loader = DataLoader(self.episodes, batch_size=config.batch_size, sampler=indices, num_workers=config.workers,
-                                drop_last=True, pin_memory=dd.device.type == "cuda")
+            indices = list(self.sampler)[
+                (result.step % self.per_epoch) * config.batch_size : self.per_epoch * config.batch_size
+            ]
+            loader = DataLoader(
+                self.episodes,
+                batch_size=config.batch_size,
+                sampler=indices,
+                num_workers=config.workers,
+                drop_last=True,
+                pin_memory=dd.device.type == "cuda",
+            )
             for batch in loader:
                 loss, lr = self.train_step(batch, epoch)
                 bar.update(1)
@@ -283,8 +342,9 @@ class _Session:
     def validate(self) -> None:
         """Validation mIoU over all processes; a new best is saved to `best/`."""
         dd, result = self.dd, self.result
-        acc, _ = run_episodes(torch_predictor(self.sam, self.amp), self.val, range(dd.rank, len(self.val), dd.world),
-                              progress=False)
+        acc, _ = run_episodes(
+            torch_predictor(self.sam, self.amp), self.val, range(dd.rank, len(self.val), dd.world), progress=False
+        )
         if dd.world > 1:
             t = torch.from_numpy(acc.as_array()).to(dd.device)
             dist.all_reduce(t)
@@ -304,8 +364,15 @@ class _Session:
             shutil.rmtree(tmp, ignore_errors=True)
             save_lora(self.sam, tmp / "adapters")
             if which == "last":
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                            "step": self.result.step, "best_val_miou": self.result.best_val_miou}, tmp / TRAINER_STATE)
+                torch.save(
+                    {
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "step": self.result.step,
+                        "best_val_miou": self.result.best_val_miou,
+                    },
+                    tmp / TRAINER_STATE,
+                )
             (tmp / "state.json").write_text(json.dumps({"step": self.result.step, "val_miou": val_miou}) + "\n")
             replace_dir(tmp, self.out / which)
         if self.dd.world > 1:

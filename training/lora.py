@@ -24,8 +24,9 @@ class LoraSpec:
     targets: tuple[str, ...]
 
     def config(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.targets), bias="none")
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.targets), bias="none"
+        )
 
     def to_json(self) -> dict:
         return {**asdict(self), "targets": list(self.targets)}
@@ -48,7 +49,9 @@ def parse_lora_overrides(overrides: list[str], base: dict[str, LoraSpec] | None 
     for item in overrides:
         module, _, body = item.partition(":")
         if module not in LORA_MODULES or not body:
-            raise ValueError(f"--lora {item!r}: expected MODULE:key=value,... or MODULE:off with MODULE in {LORA_MODULES}")
+            raise ValueError(
+                f"--lora {item!r}: expected MODULE:key=value,... or MODULE:off with MODULE in {LORA_MODULES}"
+            )
         if body == "off":
             specs.pop(module, None)
             continue
@@ -93,7 +96,9 @@ def load_lora(model: nn.Module, directory: Path, trainable: bool = False) -> lis
     if not found:
         raise FileNotFoundError(f"no peft adapters (<module>/adapter_config.json) under {directory}")
     for name in found:
-        setattr(model, name, PeftModel.from_pretrained(getattr(model, name), str(directory / name), is_trainable=trainable))
+        setattr(
+            model, name, PeftModel.from_pretrained(getattr(model, name), str(directory / name), is_trainable=trainable)
+        )
     freeze_all_but_lora(model)
     return found
 

@@ -58,14 +58,24 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best") -> MergeRes
         "checkpoint_sha256": sha,
         "base": asdict(config.base),
         "adapters": {
-            m: {"config": json.loads((adir / m / "adapter_config.json").read_text()),
-                "sha256": file_sha256(adir / m / "adapter_model.safetensors")}
+            m: {
+                "config": json.loads((adir / m / "adapter_config.json").read_text()),
+                "sha256": file_sha256(adir / m / "adapter_model.safetensors"),
+            }
             for m in modules
         },
-        "run": {"dir": str(run.resolve()), "which": which,
-                "state": json.loads(state_file.read_text()) if state_file.is_file() else None,
-                "config": json.loads(config.to_json())},
-        "tools": {"torch": torch.__version__, "peft": dist_version("peft"), "sam2": dist_version("sam2"), "fssam2": dist_version("fssam2")},
+        "run": {
+            "dir": str(run.resolve()),
+            "which": which,
+            "state": json.loads(state_file.read_text()) if state_file.is_file() else None,
+            "config": json.loads(config.to_json()),
+        },
+        "tools": {
+            "torch": torch.__version__,
+            "peft": dist_version("peft"),
+            "sam2": dist_version("sam2"),
+            "fssam2": dist_version("fssam2"),
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record_path = out.with_name(out.name + TRAINING_RECORD_SUFFIX)

@@ -9,8 +9,8 @@ episodes that chose it; FB-IoU = mean over {bg, fg} of (summed intersection / su
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -25,8 +25,10 @@ def episode_areas(pred: np.ndarray, target: np.ndarray, ways: int = 1) -> tuple[
     valid = target != IGNORE
     p, t = pred.astype(np.int64)[valid], target[valid].astype(np.int64)
     if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) > ways):
-        raise ValueError(f"labels must be 0..{ways} (or IGNORE in the target); got prediction "
-                         f"{p.min()}..{p.max()}, target {t.min()}..{t.max()}")
+        raise ValueError(
+            f"labels must be 0..{ways} (or IGNORE in the target); got prediction "
+            f"{p.min()}..{p.max()}, target {t.min()}..{t.max()}"
+        )
     inter = np.bincount(t[p == t], minlength=ways + 1)[: ways + 1].astype(np.float64)
     union = np.bincount(p, minlength=ways + 1)[: ways + 1] + np.bincount(t, minlength=ways + 1)[: ways + 1] - inter
     return inter, union.astype(np.float64)
@@ -54,8 +56,9 @@ class IoUAccumulator:
         self.fb_inter, self.fb_union = np.zeros(2), np.zeros(2)
         self._column = {c: i for i, c in enumerate(self.class_ids)}
 
-    def add(self, class_ids: Sequence[int], inter: np.ndarray, union: np.ndarray, fb_inter: np.ndarray,
-            fb_union: np.ndarray) -> None:
+    def add(
+        self, class_ids: Sequence[int], inter: np.ndarray, union: np.ndarray, fb_inter: np.ndarray, fb_union: np.ndarray
+    ) -> None:
         """One episode: the areas of its classes (in `class_ids` order) and its [bg, fg] areas."""
         if len(inter) != len(class_ids) or len(union) != len(class_ids):
             raise ValueError(f"{len(class_ids)} classes but {len(inter)} / {len(union)} areas")
@@ -72,8 +75,8 @@ class IoUAccumulator:
 
     def load_array(self, arr: np.ndarray) -> None:
         n = len(self.class_ids)
-        self.inter, self.union, self.episodes = arr[:n], arr[n:2 * n], arr[2 * n:3 * n]
-        self.fb_inter, self.fb_union = arr[3 * n:3 * n + 2], arr[3 * n + 2:]
+        self.inter, self.union, self.episodes = arr[:n], arr[n : 2 * n], arr[2 * n : 3 * n]
+        self.fb_inter, self.fb_union = arr[3 * n : 3 * n + 2], arr[3 * n + 2 :]
 
     def per_class_iou(self) -> dict[int, float]:
         """IoU of each class that has at least one episode."""

@@ -1,9 +1,9 @@
 """A training run on disk: its configuration and the base model it starts from.
 
-    <run>/config.json        RunConfig (base model + sha256, data, LoRA, optimisation)
-    <run>/log.jsonl          one JSON object a line: start, train (per step), val, end
-    <run>/best/adapters/     peft adapters with the best validation mIoU (+ best/state.json)
-    <run>/last/adapters/     the latest adapters (+ last/trainer.pt for --resume)
+<run>/config.json        RunConfig (base model + sha256, data, LoRA, optimisation)
+<run>/log.jsonl          one JSON object a line: start, train (per step), val, end
+<run>/best/adapters/     peft adapters with the best validation mIoU (+ best/state.json)
+<run>/last/adapters/     the latest adapters (+ last/trainer.pt for --resume)
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class BaseModelSpec:
     init_seed: int | None = None
 
     @staticmethod
-    def from_args(name: str, image_size: int, checkpoint: str | None, random_init: bool, init_seed: int) -> BaseModelSpec:
+    def from_args(
+        name: str, image_size: int, checkpoint: str | None, random_init: bool, init_seed: int
+    ) -> BaseModelSpec:
         if (checkpoint is None) == (not random_init):
             raise ValueError("give exactly one weight source: --checkpoint PATH or --random-init")
         if checkpoint is not None:
@@ -52,8 +54,10 @@ class BaseModelSpec:
             raise FileNotFoundError(f"base checkpoint of this run not found: {path}")
         loaded = build_model(self.name, checkpoint=path, image_size=self.image_size)
         if loaded.source.checkpoint_sha256 != self.checkpoint_sha256:
-            raise ValueError(f"base checkpoint {path} changed since training (sha256 {loaded.source.checkpoint_sha256} "
-                             f"!= {self.checkpoint_sha256})")
+            raise ValueError(
+                f"base checkpoint {path} changed since training (sha256 {loaded.source.checkpoint_sha256} "
+                f"!= {self.checkpoint_sha256})"
+            )
         return loaded
 
 
