@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet "setuptools>=64" wheel
 SAM2_BUILD_CUDA=0 python -m pip install --quiet --no-deps --no-build-isolation "sam2==1.1.0"
-python -m pip install --quiet -e ".[export,train,test,bench,label,serve,ray]"
+python -m pip install --quiet -e ".[export,train,test,bench,openvino,label,serve,ray]"
 echo "setup: (pip's note that sam2 requires torchvision is expected: fssam2 uses sam2 without it)"
 if python -m pip show --quiet torchvision >/dev/null 2>&1; then
   echo "setup: note: torchvision is installed; if it does not match your torch, 'import peft' fails (fssam2 does not need it)" >&2

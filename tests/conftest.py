@@ -4,6 +4,7 @@ through the real CLI) and synthetic episodes written to disk. Parity figures are
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,14 @@ def unavailable(reason: str, require_env: str) -> None:
     if os.environ.get(require_env):
         pytest.fail(f"{reason}; {require_env} is set, so this must run here, not skip", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str, reason: str, require_env: str):
+    """`module` imported, else `unavailable(reason, require_env)`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        unavailable(reason, require_env)
 
 
 SMALL = 256  # image size for most tests (multiple of 32); the slow test runs 1024

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import require
 
-pytest.importorskip("openvino")
+require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
 
 from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402

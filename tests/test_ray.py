@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from image_fakes import bomb_png, png, truncated
 from PIL import Image
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("fastapi")
+ray = require("ray", "scaling out needs Ray (pip install 'fssam2[ray]')", "FSSAM2_REQUIRE_SERVING")
+require("fastapi", "the service needs FastAPI (pip install 'fssam2[serve]')", "FSSAM2_REQUIRE_SERVING")
 from ray import serve  # noqa: E402
 
 from bench import load_test  # noqa: E402

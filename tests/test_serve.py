@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import require
 from image_fakes import bomb_png, png, truncated
 from PIL import Image
 
-pytest.importorskip("fastapi")
+require("fastapi", "the service needs FastAPI (pip install 'fssam2[serve]')", "FSSAM2_REQUIRE_SERVING")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bench import load_test  # noqa: E402
