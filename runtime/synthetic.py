@@ -118,7 +118,7 @@ def write_episode(
 ) -> EpisodeFiles:
     """Write `shots` supports and one query (PNG images + 0/255 PNG masks) into out_dir."""
     if shots < 1:
-        raise ValueError("an episode needs at least one support")
+        raise InputError("an episode needs at least one support")
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
