@@ -5,8 +5,9 @@ an immutable value; a query runs the image encoder once, then memory attention o
 the mask decoder, per set (one class, or N classes with one image encoding).
 
 Threading: one segmenter may be called from many threads at once, with the same or different sets;
-each call's results are bit-identical to a serial call (docs/support-sets.md). The segmenter's only
-mutable state is the default set `add_support` builds (swapped under a lock) and the timing totals.
+each call's results are bit-identical to a serial call (openvino in BF16 excepted: docs/support-sets.md).
+The segmenter's only mutable state is the default set `add_support` builds (swapped under a lock) and the
+timing totals.
 
 Timing is off unless asked for: `profile=True` keeps per-module totals (`timings()`), `on_timing`
 receives every measurement as (name, milliseconds). Names: the graphs, "preprocess", "postprocess",
