@@ -140,8 +140,9 @@ def _precision_options(args) -> PrecisionOptions | None:
             )
         return None
     graph_precisions(args.precision, args.module_precision)  # fail before the export, not after
-    lowest = "int8" if "int8" in {args.precision, *args.module_precision.values()} else "fp16"
-    thresholds = GateThresholds.for_precision(lowest).with_overrides(
+    thresholds = GateThresholds.for_precisions(
+        {args.precision, *args.module_precision.values()} - {"mixed"}
+    ).with_overrides(
         mask_iou=args.gate_iou, logits_pearson=args.gate_correlation, min_judgeable=args.gate_min_judgeable
     )
     return PrecisionOptions(

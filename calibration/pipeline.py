@@ -307,8 +307,7 @@ def _gate(
     fp32_dir: Path, out_dir: Path, manifest: Manifest, opts: PrecisionOptions, progress: bool, seconds: dict[str, float]
 ) -> dict[str, FidelityReport]:
     """Judge the standard graphs (and the CPU flavours) on held-out episodes; the FP32 reference runs once per episode."""
-    lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
-    thresholds = opts.thresholds or GateThresholds.for_precision(lowest)
+    thresholds = opts.thresholds or GateThresholds.for_precisions(g.precision for g in manifest.graphs.values())
     episodes = opts.calib_source.episodes(
         opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM
     )

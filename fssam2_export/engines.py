@@ -305,7 +305,6 @@ def _end_to_end(
         for name, path in zip(GRAPH_NAMES, engines):
             os.symlink(path.resolve(), staging / f"{name}.engine")
         write_manifest(staging, manifest)
-        lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
         shots = (1, min(4, settings.max_shots))
         episodes = synthetic_episodes(settings.gate_episodes, 0, shots, manifest.preprocess.image_size, CHECK_STREAM)
         report = compare_artifacts(
@@ -314,7 +313,7 @@ def _end_to_end(
             episodes,
             backend=backend or _native_backend(),
             reference_backend=ProviderFiles(OrtBackend("cpu")),
-            thresholds=GateThresholds.for_precision(lowest),
+            thresholds=GateThresholds.for_precisions(g.precision for g in manifest.graphs.values()),
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)

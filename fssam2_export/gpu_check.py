@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except FidelityError as e:
         print(f"fssam2-gpu-check: error: {e}", file=sys.stderr)
         return 2
-    lowest = "int8" if "int8" in {g.precision for g in manifest.graphs.values()} else "fp16"
-    thresholds = GateThresholds.for_precision(lowest).with_overrides(mask_iou=args.min_iou, min_judgeable=1)
+    thresholds = GateThresholds.for_precisions(g.precision for g in manifest.graphs.values()).with_overrides(
+        mask_iou=args.min_iou, min_judgeable=1
+    )
     gpu = available_providers(args.artifacts)
     providers = args.providers or ["cpu", *gpu]  # cpu: the latency baseline
     for line in machine_summary():

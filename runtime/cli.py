@@ -273,7 +273,7 @@ def _check(args) -> int:
     precisions = {g.precision for g in manifest.graphs.values()} | {
         backend.precision_for(n) for n in manifest.graphs if hasattr(backend, "precision_for")
     }
-    thresholds = GateThresholds.for_precision(next((p for p in ("int8", "bf16") if p in precisions), "fp16"))
+    thresholds = GateThresholds.for_precisions(precisions)
     thresholds = thresholds.with_overrides(
         mask_iou=args.min_iou, logits_pearson=args.min_correlation, min_judgeable=args.min_judgeable
     )

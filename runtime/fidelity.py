@@ -18,7 +18,7 @@ episodes). The episodes judged are `runtime.synthetic.synthetic_episodes` or a b
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -243,6 +243,15 @@ class GateThresholds:
             "fp32": cls(0.99, 0.999, 0.995, 0.05, 0.02),
             "bf16": cls(0.98, 0.999, 0.99, 0.1, 0.05),
         }.get(precision, cls(0.97, 0.99, 0.98, 0.15, 0.1))
+
+    @classmethod
+    def for_precisions(cls, precisions: Iterable[str]) -> GateThresholds:
+        """The gate for a set of graphs: the loosest precision among them decides (INT8, or any precision other than
+        fp16 / fp32 / bf16, then BF16, else FP16)."""
+        found = set(precisions)
+        if found - {"fp16", "fp32", "bf16"}:
+            return cls.for_precision("int8")
+        return cls.for_precision("bf16" if "bf16" in found else "fp16")
 
     def with_overrides(self, **values) -> GateThresholds:
         """These thresholds with the values that are not None replaced (command-line overrides)."""
