@@ -39,27 +39,19 @@ def tiny_model():
     return build_model("sam2.1_hiera_t", random_init=True, seed=SEED, image_size=SMALL)
 
 
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> Path:
+def _export(tmp_path_factory, size: int) -> Path:
+    """The random-init tiny model exported at `size` through the real CLI."""
     from calibration.export_cli import main
 
-    out = tmp_path_factory.mktemp("export") / "artifacts"
-    rc = main(
-        [
-            "--model",
-            "sam2.1_hiera_t",
-            "--random-init",
-            "--seed",
-            str(SEED),
-            "--image-size",
-            str(SMALL),
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert rc == 0
+    out = tmp_path_factory.mktemp(f"export{size}") / "artifacts"
+    args = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", str(SEED), "--image-size", str(size)]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    return _export(tmp_path_factory, SMALL)
 
 
 @pytest.fixture(scope="session")
@@ -90,22 +82,4 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def artifacts_128(tmp_path_factory) -> Path:
     """The tiny model at 128x128: label / serve / Ray tests, where many queries run."""
-    from calibration.export_cli import main
-
-    out = tmp_path_factory.mktemp("export128") / "artifacts"
-    rc = main(
-        [
-            "--model",
-            "sam2.1_hiera_t",
-            "--random-init",
-            "--seed",
-            str(SEED),
-            "--image-size",
-            "128",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
-    assert rc == 0
-    return out
+    return _export(tmp_path_factory, 128)
