@@ -198,18 +198,10 @@ def test_n_way_equals_n_one_way_runs_with_one_image_encoding(artifacts, episode,
 def test_threads_give_serial_results(artifacts, episode, backend):
     """One segmenter, four threads, the same and different sets, 1-way and N-way, supports encoded meanwhile:
     bit-identical to serial."""
-    from trt_fakes import BoundCpuBackend, assert_threads_match_serial
+    from trt_fakes import BoundCpuBackend, assert_threads_match_serial, mixed_jobs
 
     seg = FewShotSegmenter(artifacts, backend=BoundCpuBackend() if backend == "io-binding" else None)
-    cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
-    other = episode.supports[4][0]
-    jobs = [
-        (episode.query, cats),
-        (other, dogs),
-        (episode.query, {"cat": cats, "dog": dogs}),
-        (other, episode.supports[3:4]),
-    ]
-    assert assert_threads_match_serial(seg, jobs) == 12
+    assert assert_threads_match_serial(seg, mixed_jobs(seg, episode)) == 12
 
 
 def test_pickled_set_is_an_equal_immutable_value(seg, sets):

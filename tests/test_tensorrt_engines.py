@@ -17,7 +17,15 @@ try:
     import polygraphy  # noqa: F401
 except ImportError:
     unavailable("engine builds are driven through polygraphy (pip install polygraphy)", "FSSAM2_REQUIRE_POLYGRAPHY")
-from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, assert_threads_match_serial, install_fake_polygraphy
+from trt_fakes import (
+    DEVICE,
+    TRT_VERSION,
+    FakeCuda,
+    FakeRuntime,
+    assert_threads_match_serial,
+    install_fake_polygraphy,
+    mixed_jobs,
+)
 
 from fssam2_export.engines import (
     TIMING_CACHE,
@@ -324,15 +332,7 @@ def test_native_backend_from_threads_gives_serial_results(engine_dir, episode):
     """Shared buffers and one stream: threads are serialised per backend, and an output another thread's run is
     about to overwrite is copied out first, so results stay bit-identical to serial calls."""
     seg, _ = native(engine_dir[0])
-    cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
-    other = episode.supports[4][0]
-    jobs = [
-        (episode.query, cats),
-        (other, dogs),
-        (episode.query, {"cat": cats, "dog": dogs}),
-        (other, episode.supports[3:4]),
-    ]
-    assert assert_threads_match_serial(seg, jobs) == 12
+    assert assert_threads_match_serial(seg, mixed_jobs(seg, episode)) == 12
 
 
 def test_k_beyond_the_profile_is_refused(engine_dir):

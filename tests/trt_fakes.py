@@ -212,6 +212,19 @@ class BoundCpuBackend:
         return self.graphs[name]
 
 
+def mixed_jobs(seg, episode) -> list:
+    """(query, support) jobs for the thread tests: two sets, the same set twice, an N-way call, and supports that
+    are encoded in the call."""
+    cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
+    other = episode.supports[4][0]
+    return [
+        (episode.query, cats),
+        (other, dogs),
+        (episode.query, {"cat": cats, "dog": dogs}),
+        (other, episode.supports[3:4]),
+    ]
+
+
 def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -> int:
     """Run (query, support) jobs serially, then `repeats` times each from `threads` threads at once (started
     together at a barrier): every threaded result must be bit-identical to its serial one. A support given as a
