@@ -1,15 +1,18 @@
 """Locate where a converted graph starts to drift from its FP32 original.
 
 Every node output that exists under the same name in both graphs (the FP16 converter and the QDQ
-quantiser keep original tensor names) is exposed as an extra graph output, in chunks to bound memory;
-both graphs run on the same feeds, and the first node in topological order whose output correlation
-falls below the threshold is reported, else the least correlated one.
+quantiser keep original tensor names; OpenVINO's ONNX reader keeps them too) is exposed as an extra graph
+output, in chunks to bound memory; both graphs run on the same feeds (the reference in ONNX Runtime FP32,
+the candidate in ONNX Runtime or, `first_diverging_node_openvino`, compiled by OpenVINO in BF16 with its
+FP32 islands), and the first node in topological order whose output correlation falls below the threshold
+is reported, else the least correlated one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,20 +71,24 @@ def _chunks(order: list, sizes: dict[str, int]):
         yield chunk
 
 
-def first_diverging_node(
-    reference: Path, candidate: Path, feeds: Mapping[str, np.ndarray], threshold: float
+def _first_drift(
+    ref: onnx.ModelProto,
+    available: set[str],
+    run_candidate: Callable[[list[str]], Mapping[str, np.ndarray]],
+    feeds: Mapping[str, np.ndarray],
+    threshold: float,
 ) -> NodeDrift | None:
-    ref, cand = onnx.load(str(reference)), onnx.load(str(candidate))
+    """The first node of `ref` whose float output (among the tensors `available` in the candidate) correlates below
+    `threshold` with the candidate's, else the least correlated one."""
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     typed = {v.name for v in ref.graph.value_info if v.type.tensor_type.elem_type in float_types}
-    in_cand = {o for n in cand.graph.node for o in n.output}
-    order = [(n, o) for n in ref.graph.node for o in n.output if o in typed and o in in_cand]
+    order = [(n, o) for n in ref.graph.node for o in n.output if o in typed and o in available]
     worst: NodeDrift | None = None
     for chunk in _chunks(order, _elements(ref)):
         names = [o for _, o in chunk]
-        want, have = _run_with_outputs(ref, names, feeds), _run_with_outputs(cand, names, feeds)
+        want, have = _run_with_outputs(ref, names, feeds), run_candidate(names)
         for node, name in chunk:
-            a, b = want[name], have[name].astype(np.float32)
+            a, b = want[name], np.asarray(have[name]).astype(np.float32)
             if a.size < 2 or not np.isfinite(a).all() or float(np.std(a)) == 0.0:
                 continue
             p = pearson(b, a) if np.isfinite(b).all() else -1.0
@@ -91,3 +98,45 @@ def first_diverging_node(
             if worst is None or p < worst.pearson:
                 worst = drift
     return worst
+
+
+def first_diverging_node(
+    reference: Path, candidate: Path, feeds: Mapping[str, np.ndarray], threshold: float
+) -> NodeDrift | None:
+    """Where the ONNX graph `candidate` (run by ONNX Runtime) drifts from `reference` on `feeds`."""
+    ref, cand = onnx.load(str(reference)), onnx.load(str(candidate))
+    available = {o for n in cand.graph.node for o in n.output}
+    return _first_drift(ref, available, lambda names: _run_with_outputs(cand, names, feeds), feeds, threshold)
+
+
+def first_diverging_node_openvino(
+    reference: Path, backend, feeds: Mapping[str, np.ndarray], threshold: float, fp32_nodes: Sequence[str] = ()
+) -> tuple[NodeDrift | None, list[str]]:
+    """Where `reference` compiled by `backend` (a `runtime.ov_backend.OpenVinoBackend`) in BF16 with the FP32 islands
+    `fp32_nodes` drifts from itself in ONNX Runtime FP32 on `feeds`, and the ops that made the drifting tensor since
+    the compared tensors before it (what an FP32 island lists: OpenVINO's names, which are the nodes of the graph as
+    OpenVINO reads it, after `fold_constants`). The drift's node is the op producing the tensor."""
+    ref = onnx.load(str(reference))
+    with tempfile.TemporaryDirectory(prefix="fssam2-ov-drift-") as tmp:
+        model = backend.read_model(reference, fp32_nodes, Path(tmp))
+        produced = {t: o for op in model.get_ordered_ops() for o in op.outputs() for t in o.get_names()}
+        drift = _first_drift(
+            ref, set(produced), lambda names: backend.run_with_outputs(model, names, feeds, "bf16"), feeds, threshold
+        )
+        if drift is None:
+            return None, []
+        compared = {o for n in ref.graph.node for o in n.output} & set(produced)
+        region, seen, stack = [], set(), [produced[drift.tensor].get_node()]
+        while stack:
+            op = stack.pop()
+            if op.get_friendly_name() in seen or op.get_type_name() in ("Constant", "Parameter"):
+                continue
+            seen.add(op.get_friendly_name())
+            if any(o.get_names() for o in op.outputs()):  # an ONNX node (stable name); the rest is its decomposition
+                region.append(op.get_friendly_name())
+            stack += [
+                i.get_source_output().get_node()
+                for i in op.inputs()
+                if not i.get_source_output().get_names() & compared
+            ]
+    return replace(drift, node=region[0]), region

@@ -25,9 +25,9 @@ from training.datasets import build_dataset
 
 from .capture import EpisodeSource
 from .int8 import METHODS
-from .pipeline import GateError, PrecisionOptions, converter, graph_precisions
+from .pipeline import GateError, PrecisionOptions, bf16_judge, converter, graph_precisions
 
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+PRECISIONS = ("fp32", "fp16", "int8", "mixed", "bf16")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,15 +46,17 @@ def parser() -> argparse.ArgumentParser:
         "--precision",
         default="fp32",
         choices=PRECISIONS,
-        help="fp16: FP16 with FP32 islands; int8: INT8 QDQ where safe (+ --int8-rest elsewhere); mixed: per --module-precision",
+        help="fp16: FP16 with FP32 islands; int8: INT8 QDQ where safe (+ --int8-rest elsewhere); mixed: per "
+        "--module-precision; bf16: FP32 graphs plus OpenVINO flavours compiled in BF16, gated through OpenVINO here",
     )
-    q = p.add_argument_group("reduced precision (fp16 / int8 / mixed)")
+    q = p.add_argument_group("reduced precision (fp16 / int8 / mixed / bf16)")
     q.add_argument(
         "--module-precision",
         type=_module_precision,
         default={},
         metavar="GRAPH=PREC[,...]",
-        help="per-graph precision (fp32|fp16|int8), e.g. image_encoder=int8,memory_attention=fp16",
+        help="per-graph precision (fp32|fp16|int8; with --precision bf16: fp32|bf16), e.g. "
+        "image_encoder=int8,memory_attention=fp16",
     )
     q.add_argument("--calib-episodes", type=int, default=32, help="K-shot episodes run for calibration")
     q.add_argument(
@@ -140,6 +142,8 @@ def _precision_options(args) -> PrecisionOptions | None:
             )
         return None
     graph_precisions(args.precision, args.module_precision)  # fail before the export, not after
+    if args.precision == "bf16" and not args.no_gate:
+        bf16_judge()  # the gate needs OpenVINO BF16 on this machine
     thresholds = GateThresholds.for_precisions(
         {args.precision, *args.module_precision.values()} - {"mixed"}
     ).with_overrides(
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time per phase: build {t1 - t0:.1f}s, {per_phase}; total {time.perf_counter() - t0:.1f}s")
     if report.fidelity_table:
         print(report.fidelity_table)
+    if isinstance(unjudged := (report.manifest.fidelity or {}).get("openvino"), str):
+        print(f"openvino flavours {unjudged}")
     return 0
 
 

@@ -10,6 +10,12 @@
    one FP32 run per episode — and write `fidelity.json` / `fidelity.txt`. A failing gate raises `GateError`
    (the export exits 1) naming the worst graph and the first node whose output drifts; too few judgeable
    reference masks raise `GateRefused` (exit 2); unless the gate is off (recorded in the manifest).
+
+`bf16` (OpenVINO, `convert_bf16`) converts nothing: the standard graphs stay FP32 for every ONNX Runtime /
+TensorRT provider, and each gets an `openvino` flavour (the same file) that OpenVINO compiles in BF16 (or FP32
+for a graph kept FP32). The gate runs those flavours through `OpenVinoBackend` on this machine; when a BF16
+graph fails, its first drifting node becomes an FP32 island (the flavour's `fp32_nodes`) and the gate judges
+again, for at most ISLAND_ROUNDS islands.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import onnx
 from fssam2_export.onnx_passes import check_tensorrt_compat
 from fssam2_export.ort_fusion import add_ort_flavours
 from runtime.backends import OrtBackend
+from runtime.errors import ProviderUnavailableError
 from runtime.fidelity import (
     FidelityReport,
     GateThresholds,
@@ -39,15 +46,20 @@ from runtime.fidelity import (
     run_episode,
 )
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
+from runtime.ov_backend import PROVIDER as OPENVINO
+from runtime.ov_backend import OpenVinoBackend
 from runtime.synthetic import CHECK_STREAM
 
 from .capture import CalibrationData, EpisodeSource, capture
-from .diagnose import first_diverging_node
+from .diagnose import first_diverging_node, first_diverging_node_openvino
 from .fp16 import FP32_OPS, activation_ranges, convert_fp16, fp16_range_report
 from .int8 import FLOAT_OPS, METHODS, QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
 from .ranges import minmax
 
 GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
+BF16_GRAPH_PRECISIONS = ("bf16", "fp32")  # --precision bf16: per graph, what OpenVINO compiles it in
+ISLAND_ROUNDS = 3  # FP32 islands the BF16 gate may add before it fails
+OPENVINO_DEVICE = "CPU"
 REPORT_JSON, REPORT_TEXT = "fidelity.json", "fidelity.txt"
 CPU_INT8_PRECISION = "int8-dynamic"
 
@@ -62,7 +74,7 @@ class GateRefused(ValueError):
 
 @dataclass(frozen=True)
 class PrecisionOptions:
-    precision: str  # fp16 | int8 | mixed
+    precision: str  # fp16 | int8 | mixed | bf16 (OpenVINO flavours of the FP32 graphs)
     module_precision: dict[str, str] = field(default_factory=dict)  # per-graph override
     calib_episodes: int = 32
     calib_seed: int = 0
@@ -86,8 +98,8 @@ class PrecisionOptions:
             msg
             for bad, msg in [
                 (
-                    self.precision not in ("fp16", "int8", "mixed"),
-                    f"precision {self.precision!r} is not fp16 / int8 / mixed",
+                    self.precision not in ("fp16", "int8", "mixed", "bf16"),
+                    f"precision {self.precision!r} is not fp16 / int8 / mixed / bf16",
                 ),
                 (
                     self.calib_episodes < 1 or self.gate_episodes < 1,
@@ -116,11 +128,14 @@ def converter(opts: PrecisionOptions) -> Callable[[Path, Path, bool], Conversion
 
 
 def graph_precisions(precision: str, module_precision: dict[str, str]) -> dict[str, str]:
-    """Per-graph precision: `precision` for all graphs (fp32 for `mixed`), then the overrides."""
-    bad = {g: p for g, p in module_precision.items() if g not in GRAPH_NAMES or p not in GRAPH_PRECISIONS}
+    """Per-graph precision: `precision` for all graphs (fp32 for `mixed`), then the overrides. With `bf16` (OpenVINO
+    flavours of FP32 graphs) a graph can only be kept fp32."""
+    allowed = BF16_GRAPH_PRECISIONS if precision == "bf16" else GRAPH_PRECISIONS
+    bad = {g: p for g, p in module_precision.items() if g not in GRAPH_NAMES or p not in allowed}
     if bad:
         raise ValueError(
-            f"--module-precision: unknown graph or precision in {bad}; graphs {GRAPH_NAMES}, precisions {GRAPH_PRECISIONS}"
+            f"--module-precision: unknown graph or precision in {bad}; graphs {GRAPH_NAMES}, precisions {allowed}"
+            + ("" if precision == "bf16" else " (bf16 goes with --precision bf16 only)")
         )
     if precision == "mixed" and not module_precision:
         raise ValueError("--precision mixed needs --module-precision graph=precision[,...]")
@@ -172,6 +187,8 @@ def _calibration(fp32_dir: Path, opts: PrecisionOptions, progress: bool) -> tupl
 
 def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, progress: bool = True) -> ConversionResult:
     """Write reduced-precision graphs + manifest (+ fidelity report) into `out_dir` from the FP32 artifacts in `fp32_dir`."""
+    if opts.precision == "bf16":
+        return convert_bf16(fp32_dir, out_dir, opts, progress)
     plan = graph_precisions(opts.precision, opts.module_precision)
     base = load_manifest(fp32_dir)
     seconds: dict[str, float] = {}
@@ -324,19 +341,24 @@ def _gate(
             report.diagnosis = _diagnose(fp32_dir, out_dir, manifest, report, episodes[0], thresholds)
     if any(r.diagnosis for r in reports.values()):
         seconds["gate diagnosis"] = time.perf_counter() - t0
+    _write_reports(out_dir, reports, opts.gate)
+    return reports
+
+
+def _write_reports(out_dir: Path, reports: dict[str, FidelityReport], gate: bool) -> None:
+    """fidelity.json / fidelity.txt; with the gate on, GateError on a failure, GateRefused on a refusal."""
     (out_dir / REPORT_JSON).write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
     text = "\n\n".join(f"[{k}]\n{r.table()}" for k, r in reports.items())
     (out_dir / REPORT_TEXT).write_text(text + "\n")
     verdicts = {k: r.verdict().status for k, r in reports.items()}
-    if opts.gate and "fail" in verdicts.values():
+    if gate and "fail" in verdicts.values():
         raise GateError(
             f"fidelity gate failed ({', '.join(k for k, v in verdicts.items() if v == 'fail')}); nothing written:\n{text}"
         )
-    if opts.gate and "refused" in verdicts.values():
+    if gate and "refused" in verdicts.values():
         raise GateRefused(
             f"fidelity gate refused to judge; nothing written (--no-gate keeps the export unjudged):\n{text}"
         )
-    return reports
 
 
 def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
@@ -366,3 +388,162 @@ def _diagnose(
         fp32_dir / manifest.graphs[graph].file, candidate, rec.calls[graph][-1], thresholds.logits_pearson
     )
     return drift.to_dict() if drift else {}
+
+
+def bf16_judge(cache_dir: Path | None = None) -> OpenVinoBackend:
+    """The OpenVINO backend that judges BF16 flavours on this machine; ValueError saying why it cannot and what to do."""
+    try:
+        backend = OpenVinoBackend(OPENVINO_DEVICE, cache_dir=cache_dir)
+        reason = "" if "bf16" in backend.offered else f"OpenVINO's {OPENVINO_DEVICE} here offers {backend.offered}"
+    except ProviderUnavailableError as e:
+        reason = str(e)
+    if reason:
+        raise ValueError(
+            f"--precision bf16 is gated on OpenVINO running BF16 on this machine, which it cannot ({reason}). Export "
+            "on a CPU with AMX or AVX512_BF16, or pass --no-gate to write the OpenVINO BF16 flavours unjudged "
+            "(recorded in the manifest)"
+        )
+    return backend
+
+
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+def _with_openvino_flavours(
+    specs: dict[str, GraphSpec], plan: dict[str, str], islands: dict[str, list[str]], meta: dict
+) -> dict[str, GraphSpec]:
+    """`specs` with each graph's openvino flavour (its standard file, compiled in `plan[graph]` with `islands`)."""
+    return {
+        n: dataclasses.replace(
+            s,
+            flavours=[f for f in s.flavours if OPENVINO not in f.providers]
+            + [Flavour("onnx", s.file, s.sha256, [OPENVINO], plan[n], s.sha256, meta | {"fp32_nodes": islands[n]})],
+        )
+        for n, s in specs.items()
+    }
+
+
+def convert_bf16(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, progress: bool = True) -> ConversionResult:
+    """The FP32 graphs (+ ORT flavours) with an `openvino` flavour each, gated through OpenVINO in BF16 on this machine
+    (FP32 islands added where a graph fails); with the gate off and no BF16 here, written unjudged."""
+    plan = graph_precisions("bf16", opts.module_precision)
+    base = load_manifest(fp32_dir)
+    unjudged = None
+    try:
+        bf16_judge()  # before any work: the gate needs OpenVINO BF16 here
+    except ValueError as e:
+        if opts.gate:
+            raise
+        unjudged = str(e)
+    seconds: dict[str, float] = {}
+    for spec in base.graphs.values():
+        shutil.copyfile(fp32_dir / spec.file, out_dir / spec.file)
+    specs = {n: dataclasses.replace(g, flavours=[]) for n, g in base.graphs.items()}  # flavours are made here
+    if opts.ort_flavours:
+        t0 = time.perf_counter()
+        specs = add_ort_flavours(out_dir, specs, {"num_memory_tokens": base.episode.tokens_per_support}, progress)
+        seconds["ort_flavours"] = time.perf_counter() - t0
+    manifest = dataclasses.replace(
+        base,
+        graphs=specs,
+        notes=[
+            *base.notes,
+            "provider 'openvino' runs the openvino flavours: the standard FP32 graphs compiled by OpenVINO in their "
+            "flavour's precision (BF16 where the device offers it), keeping the flavour's fp32_nodes in FP32; every "
+            "other provider runs the FP32 graphs",
+        ],
+    )
+    meta = {"openvino": _openvino_version(), "device": OPENVINO_DEVICE}
+    islands = {n: [] for n in GRAPH_NAMES}
+    if unjudged is not None:
+        manifest = dataclasses.replace(
+            manifest,
+            graphs=_with_openvino_flavours(specs, plan, islands, meta | {"gate": "unjudged (--no-gate)"}),
+            fidelity={"gate": "off (--no-gate)", OPENVINO: f"unjudged: {unjudged}"},
+        )
+        (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+        return ConversionResult(manifest, {}, seconds)
+    report = _gate_openvino(fp32_dir, out_dir, manifest, plan, islands, meta, opts, progress, seconds)
+    verdict = report.verdict().status
+    gate = {"pass": "passed"}.get(verdict, f"{verdict} (--no-gate)") + f" on {OPENVINO_DEVICE}"
+    manifest = dataclasses.replace(
+        manifest,
+        graphs=_with_openvino_flavours(
+            specs, plan, islands, meta | {"gate": gate, "island_rounds": report.islands["rounds"]}
+        ),
+        fidelity={"gate": "on" if opts.gate else "off (--no-gate)", OPENVINO: report.summary()},
+    )
+    (out_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    return ConversionResult(manifest, {OPENVINO: report}, seconds)
+
+
+def _gate_openvino(
+    fp32_dir: Path,
+    out_dir: Path,
+    manifest: Manifest,
+    plan: dict[str, str],
+    islands: dict[str, list[str]],
+    meta: dict,
+    opts: PrecisionOptions,
+    progress: bool,
+    seconds: dict[str, float],
+) -> FidelityReport:
+    """Judge the openvino flavours (compiled by OpenVINO here) against the FP32 artifacts; while the gate fails and
+    the worst graph is BF16, its first drifting node joins `islands` (updated in place) and the gate judges again,
+    up to ISLAND_ROUNDS times. Writes the reports; GateError / GateRefused as `_gate`."""
+    thresholds = opts.thresholds or GateThresholds.for_precisions(plan.values())
+    episodes = opts.calib_source.episodes(
+        opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM
+    )
+    found: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="fssam2-ov-gate-") as cache:  # graphs without new islands compile once
+        backend = bf16_judge(Path(cache))
+        for rounds in range(ISLAND_ROUNDS + 1):
+            judged = dataclasses.replace(manifest, graphs=_with_openvino_flavours(manifest.graphs, plan, islands, meta))
+            (out_dir / MANIFEST_NAME).write_text(judged.to_json())
+            clock: dict[str, float] = {}
+            report = compare_candidates(
+                {OPENVINO: (out_dir, backend)},
+                fp32_dir,
+                episodes,
+                thresholds=thresholds,
+                progress=progress,
+                stop_early=opts.gate,
+                seconds=clock,
+            )[OPENVINO]
+            for k, v in clock.items():
+                seconds[f"gate {k}"] = seconds.get(f"gate {k}", 0.0) + v
+            report.candidate, report.reference = "converted", "fp32"
+            if report.verdict().status != "fail" or not opts.gate:
+                break
+            t0 = time.perf_counter()
+            graph = report.worst_graph[0]
+            seg, rec = recording_segmenter(fp32_dir)
+            run_episode(seg, episodes[0])
+            drift, region = first_diverging_node_openvino(
+                fp32_dir / manifest.graphs[graph].file,
+                backend,
+                rec.calls[graph][-1],
+                thresholds.logits_pearson,
+                islands[graph],
+            )
+            seconds["gate diagnosis"] = seconds.get("gate diagnosis", 0.0) + time.perf_counter() - t0
+            report.diagnosis = drift.to_dict() if drift else {}
+            if (
+                rounds == ISLAND_ROUNDS
+                or plan[graph] != "bf16"
+                or drift is None
+                or not drift.first_below_threshold
+                or drift.node in islands[graph]  # its island did not help
+            ):
+                break
+            islands[graph] += region
+            found.append({"graph": graph, **drift.to_dict(), "fp32_nodes": region})
+    report.islands = {"rounds": rounds, "fp32_nodes": {g: v for g, v in islands.items() if v}, "found": found}
+    _write_reports(out_dir, {OPENVINO: report}, opts.gate)
+    return report

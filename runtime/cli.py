@@ -271,7 +271,7 @@ def _check(args) -> int:
         )
     backend = _backend(args, manifest)
     precisions = {g.precision for g in manifest.graphs.values()} | {
-        backend.precision_for(n) for n in manifest.graphs if hasattr(backend, "precision_for")
+        backend.precision_for(n, g) for n, g in manifest.graphs.items() if hasattr(backend, "precision_for")
     }
     thresholds = GateThresholds.for_precisions(precisions)
     thresholds = thresholds.with_overrides(

@@ -282,6 +282,7 @@ class FidelityReport:
         default_factory=dict
     )  # what each graph ran in (the backend's, else the manifest's)
     planned_episodes: int | None = None  # episodes it was to run; more than len(episodes) when the gate stopped early
+    islands: dict = field(default_factory=dict)  # filled by the BF16 export: FP32 islands found, in how many rounds
 
     def add_call(self, graph: str, have: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> None:
         """Judge one graph call of the candidate on the reference's feeds."""
@@ -392,6 +393,7 @@ class FidelityReport:
             "graph_files": self.graph_files,
             "graph_precisions": self.graph_precisions,
             "worst": {"graph": g, "output": o, "pearson": p, **self.diagnosis},
+            "fp32_islands": self.islands,
             "thresholds": asdict(self.thresholds) if self.thresholds else None,
             "verdict": v.status if v else None,
             "reasons": v.reasons if v else [],
@@ -449,7 +451,12 @@ class FidelityReport:
                 + ")"
             )
             if self.diagnosis.get("node"):
-                where += f", first diverging node {self.diagnosis['node']} ({self.diagnosis.get('op_type')})"
+                where += (
+                    f", first diverging node {self.diagnosis['node']} ({self.diagnosis.get('op_type')}, "
+                    f"pearson {self.diagnosis.get('pearson', float('nan')):.5f})"
+                )
+            if self.islands.get("rounds"):
+                where += f"; FP32 islands after {self.islands['rounds']} rounds: {self.islands['fp32_nodes']}"
             lines.append(
                 f"gate (IoU >= {t.mask_iou}, correlation >= {t.logits_pearson}, sign agreement >= {t.sign_agreement}, "
                 f"rel. RMS error <= {t.logits_rel_error}, scalar error <= {t.scalar_error}, "

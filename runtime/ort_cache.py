@@ -11,7 +11,7 @@ reusing a stale one. Files are written under temporary names and renamed, so a c
 entry. Location: `<artifacts>/.ort_cache/`; if that is not writable, the user cache
 (`$XDG_CACHE_HOME/fssam2/ort`, default `~/.cache/fssam2/ort`); if neither is, the session is optimised
 in memory as without a cache (with a warning). The OpenVINO backend keeps its compiled blobs the same way
-(`.openvino_cache/`, key with the OpenVINO version, device and precision).
+(`.openvino_cache/`, key with the OpenVINO version, device, precision and FP32 islands).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ CACHE_DIRNAME = ".ort_cache"  # ONNX Runtime's; other kinds (`runtime.ov_backend
 @dataclass(frozen=True)
 class CacheKey:
     source_sha256: str
-    provider: str  # with everything else that changes what is compiled (OpenVINO: device and precision)
+    provider: str  # with everything else that changes what is compiled (OpenVINO: device, precision, FP32 islands)
     runtime: str  # the inference library and its version, e.g. "onnxruntime 1.32.0"
     machine: str  # instruction-set fingerprint (CPU layout transforms depend on it)
 

@@ -13,24 +13,34 @@ Compile once: the compiled model is exported (`CompiledModel.export_model`) to
 OpenVINO version, device, precision and the CPU's feature flags (`runtime.ort_cache`), and imported on
 later loads from a memory map of the blob (no copy into Python bytes and a stream: about a third less import
 time). openvino is an optional dependency (`pip install 'fssam2[openvino]'`), imported on first use.
+
+A graph's `openvino` flavour (made by `fssam2-export --precision bf16`) decides its default precision ("bf16", or
+"fp32" for a graph the export kept FP32) and lists `fp32_nodes`: FP32 islands the export's gate found, nodes that
+keep FP32 inside a BF16 graph. OpenVINO has no API to mark them; its IR reader restores the runtime attribute
+`DisablePrecisionConversion`, which the CPU plugin honours under any inference precision hint, so a graph with
+islands goes through IR (`island_model`) before it is compiled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import threading
 import warnings
-from collections.abc import Mapping
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError, InputError, ProviderUnavailableError
-from .manifest import GRAPH_NAMES, GraphSpec, source_sha256
+from .errors import BackendError, InputError, ManifestError, ProviderUnavailableError
+from .manifest import GRAPH_NAMES, Flavour, GraphSpec, source_sha256
 from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32", "fp16": "f16"}  # our names -> OpenVINO's element types
 _FROM_OV = {v: k for k, v in PRECISIONS.items()}
+PROVIDER = "openvino"
+KEEP_FP32 = '<attribute name="DisablePrecisionConversion" version="0" value="dynamic:f16"/>'
 
 
 def _openvino():
@@ -70,13 +80,82 @@ def fold_constants(source: Path, out: Path) -> Path:
     return out
 
 
+def openvino_flavour(spec: GraphSpec) -> Flavour | None:
+    """The graph's flavour made for OpenVINO (by `fssam2-export --precision bf16`), if any."""
+    return next((f for f in spec.flavours if PROVIDER in f.providers), None)
+
+
+def _decomposition(model, names: Sequence[str], source: str) -> set[str]:
+    """The ops implementing the ONNX nodes `names`: the op named after each node and its producers back to the
+    previous named tensors (OpenVINO's ONNX reader splits e.g. LayerNormalization into MVN, Multiply, Add and names
+    only the last one). Unknown names raise ManifestError."""
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    unknown = sorted(set(names) - ops.keys())
+    if unknown:
+        raise ManifestError(f"{source}: the openvino flavour's fp32_nodes {unknown} are not nodes of this graph")
+    found: set[str] = set()
+    stack = [ops[n] for n in names]
+    while stack:
+        op = stack.pop()
+        if op.get_friendly_name() in found:
+            continue
+        found.add(op.get_friendly_name())
+        for value in (i.get_source_output() for i in op.inputs()):
+            if not value.get_names() and value.get_node().get_type_name() not in ("Constant", "Parameter"):
+                stack.append(value.get_node())
+    return found
+
+
+def island_model(core, model, fp32_nodes: Sequence[str], workdir: Path, source: str = "graph"):
+    """`model` with the nodes `fp32_nodes` marked to keep FP32 under a BF16 / FP16 inference precision: saved as IR,
+    `DisablePrecisionConversion` added to each node's layer (and its decomposition's), read back. The IR files
+    in `workdir` must outlive the returned model (its weights are mapped from them)."""
+    import openvino
+
+    marked = _decomposition(model, fp32_nodes, source)
+    xml = workdir / "islands.xml"
+    openvino.save_model(model, str(xml), compress_to_fp16=False)
+    tree = ET.parse(xml)
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("name") in marked:
+            info = layer.find("rt_info")
+            if info is None:
+                info = ET.Element("rt_info")
+                children = list(layer)
+                at = next((i for i, c in enumerate(children) if c.tag == "input"), len(children))
+                layer.insert(at, info)
+            info.append(ET.fromstring(KEEP_FP32))
+    tree.write(xml)
+    return core.read_model(str(xml))
+
+
+def runtime_precisions(compiled) -> dict[str, str]:
+    """What each op of the source model runs in, read from the compiled model: name -> "f32", "bf16", ..."""
+    ran: dict[str, str] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        precision = info["runtimePrecision"].astype(str)
+        for name in filter(None, info["originalLayersNames"].astype(str).split(",")):
+            ran[name] = precision
+    return ran
+
+
 class OpenVinoGraph:
     """A compiled graph; safe to call from many threads. Calls on one graph run one at a time on one infer request
     (with the LATENCY hint one request already uses every core). FP32 results are bit-identical to serial calls; BF16
     results are not bit-reproducible even serially (OpenVINO's kernels for a dynamic shape change over the first calls,
     moving BF16 logits by ~5e-3)."""
 
-    def __init__(self, compiled, device: str, precision: str, cache: str, mapped: np.memmap | None = None):
+    def __init__(
+        self,
+        compiled,
+        device: str,
+        precision: str,
+        cache: str,
+        mapped: np.memmap | None = None,
+        fp32_nodes: Sequence[str] = (),
+    ):
+        self.compiled = compiled
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self._outputs = [o.get_any_name() for o in compiled.outputs]
@@ -86,6 +165,7 @@ class OpenVinoGraph:
         self.providers = [f"OpenVINO-{device}"]
         self.precision = precision  # what OpenVINO compiled it for (read back from the compiled model)
         self.cache = cache  # "hit" (compiled blob imported), "built" (compiled and exported now) or "off"
+        self.fp32_nodes = list(fp32_nodes)  # FP32 islands it was compiled with (from its openvino flavour)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
@@ -96,8 +176,9 @@ class OpenVinoGraph:
 class OpenVinoBackend:
     """OpenVINO on `device` ("CPU"; "GPU"/"NPU" where OpenVINO lists them).
 
-    `precision`: "auto" (bf16 where the device offers it, else fp32), or "bf16"/"fp16"/"fp32" for every graph;
-    `precisions` overrides it per graph name. `threads` sets INFERENCE_NUM_THREADS (default: OpenVINO's).
+    `precision`: "auto" (each graph's openvino flavour's precision, bf16 for a graph without one; fp32 where the
+    device does not offer it), or "bf16"/"fp16"/"fp32" for every graph; `precisions` overrides it per graph name. A
+    flavour's FP32 islands apply whenever a graph compiles in a reduced precision. `threads` sets INFERENCE_NUM_THREADS (default: OpenVINO's).
     `cache` (default on) exports compiled models to `cache_dir` (default `<artifacts>/.openvino_cache`, else the
     user cache) and imports them on later loads."""
 
@@ -126,6 +207,7 @@ class OpenVinoBackend:
         if bad:
             raise InputError(f"unknown graph(s) {bad} in precisions; graphs are {GRAPH_NAMES}")
         self.default_precision = ("bf16" if "bf16" in self.offered else "fp32") if precision == "auto" else precision
+        self._auto = precision == "auto"
         self._precisions = dict(precisions or {})
         for p in {self.default_precision, *self._precisions.values()}:
             if p not in PRECISIONS:
@@ -136,8 +218,19 @@ class OpenVinoBackend:
                 )
         self._threads, self._cache, self._cache_dir = threads, cache, Path(cache_dir) if cache_dir is not None else None
 
-    def precision_for(self, graph: str) -> str:
-        return self._precisions.get(graph, self.default_precision)
+    def precision_for(self, graph: str, spec: GraphSpec | None = None) -> str:
+        """The precision `graph` compiles in: the explicit one, else its openvino flavour's where offered, else the
+        default."""
+        if graph in self._precisions or not self._auto:
+            return self._precisions.get(graph, self.default_precision)
+        flavour = openvino_flavour(spec) if spec is not None else None
+        wanted = flavour.precision if flavour is not None else self.default_precision
+        return wanted if wanted in self.offered else "fp32"
+
+    def fp32_nodes_for(self, spec: GraphSpec, precision: str) -> list[str]:
+        """The FP32 islands a graph compiled in `precision` gets: its flavour's, unless it compiles in FP32."""
+        flavour = openvino_flavour(spec)
+        return list(flavour.meta.get("fp32_nodes", [])) if flavour is not None and precision != "fp32" else []
 
     def _config(self, precision: str) -> dict:
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
@@ -145,23 +238,44 @@ class OpenVinoBackend:
             config["INFERENCE_NUM_THREADS"] = self._threads
         return config
 
-    def _entry(self, path: Path, spec: GraphSpec, precision: str) -> CacheEntry | None:
+    def _entry(self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str]) -> CacheEntry | None:
+        islands = hashlib.sha256("\n".join(sorted(fp32_nodes)).encode()).hexdigest()[:8] if fp32_nodes else ""
         key = CacheKey(
             source_sha256(path, spec),
-            f"openvino-{self.device}-{precision}",
+            f"openvino-{self.device}-{precision}" + (f"-fp32x{len(fp32_nodes)}-{islands}" if fp32_nodes else ""),
             f"openvino {self.version}",
             machine_fingerprint(),
         )
         return cache_entry(path, key, self._cache_dir, kind="openvino", suffix=".blob")
 
-    def _compile(self, path: Path, config: dict):
-        """Compile `path` after folding its constant subgraphs with ONNX Runtime (see `fold_constants`)."""
+    def read_model(self, path: Path, fp32_nodes: Sequence[str], workdir: Path):
+        """`path` as OpenVINO compiles it: constant subgraphs folded by ONNX Runtime (see `fold_constants`), the
+        FP32 islands marked (`island_model`). Files in `workdir` must outlive the model."""
+        folded = fold_constants(path, workdir / path.name)
+        try:
+            model = self._core.read_model(str(folded))
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
+            raise BackendError(f"OpenVINO could not read {path}: {e}") from e
+        return island_model(self._core, model, fp32_nodes, workdir, str(path)) if fp32_nodes else model
+
+    def compile_model(self, model, precision: str, name: str = "the model"):
+        try:
+            return self._core.compile_model(model, self.device, self._config(precision))
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
+            raise BackendError(f"OpenVINO could not compile {name} for {self.device}: {e}") from e
+
+    def run_with_outputs(
+        self, model, tensors: Sequence[str], feeds: Mapping[str, np.ndarray], precision: str
+    ) -> dict[str, np.ndarray]:
+        """The named (intermediate) tensors of `model` compiled in `precision`, run once on `feeds`."""
+        extended = model.clone()
+        extended.add_outputs(list(tensors))
+        result = self.compile_model(extended, precision).create_infer_request().infer(dict(feeds))
+        return {t: result[t] for t in tensors}
+
+    def _compile(self, path: Path, precision: str, fp32_nodes: Sequence[str]):
         with tempfile.TemporaryDirectory(prefix="fssam2-ov-") as tmp:
-            folded = fold_constants(path, Path(tmp) / path.name)
-            try:
-                return self._core.compile_model(str(folded), self.device, config)
-            except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
-                raise BackendError(f"OpenVINO could not compile {path} for {self.device}: {e}") from e
+            return self.compile_model(self.read_model(path, fp32_nodes, Path(tmp)), precision, str(path))
 
     def _import(self, blob: Path, config: dict) -> tuple[object, np.memmap]:
         """(compiled model, its memory map) from an exported blob. The map is copy-on-write (the file is never
@@ -170,14 +284,14 @@ class OpenVinoBackend:
         mapped = np.memmap(blob, dtype=np.uint8, mode="c")
         return self._core.import_model(self._ov.Tensor(mapped, shared_memory=True), self.device, config), mapped
 
-    def _cached(self, path: Path, entry: CacheEntry, config: dict):
+    def _cached(self, path: Path, entry: CacheEntry, precision: str, fp32_nodes: Sequence[str]):
         """(compiled model, memory map, "hit") from a valid entry, else (compiled, None, "built") after exporting it."""
         if entry.valid():
             try:
-                return *self._import(entry.model, config), "hit"
+                return *self._import(entry.model, self._config(precision)), "hit"
             except Exception as e:  # complete but unreadable: rebuild it
                 warnings.warn(f"rebuilding unreadable OpenVINO cache entry {entry.model}: {e}", stacklevel=3)
-        compiled = self._compile(path, config)
+        compiled = self._compile(path, precision, fp32_nodes)
         try:
             entry.write(compiled.export_model().getvalue())
         except OSError as e:  # a read-only directory that held a valid (now unreadable) entry
@@ -186,11 +300,13 @@ class OpenVinoBackend:
         return compiled, None, "built"
 
     def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph:
-        precision = self.precision_for(graph_name(path))
-        config = self._config(precision)
-        entry = self._entry(path, spec, precision) if self._cache else None
+        precision = self.precision_for(graph_name(path), spec)
+        fp32_nodes = self.fp32_nodes_for(spec, precision)
+        entry = self._entry(path, spec, precision, fp32_nodes) if self._cache else None
         compiled, mapped, status = (
-            self._cached(path, entry, config) if entry is not None else (self._compile(path, config), None, "off")
+            self._cached(path, entry, precision, fp32_nodes)
+            if entry is not None
+            else (self._compile(path, precision, fp32_nodes), None, "off")
         )
         ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        return OpenVinoGraph(compiled, self.device, _FROM_OV.get(ran, ran), status, mapped)
+        return OpenVinoGraph(compiled, self.device, _FROM_OV.get(ran, ran), status, mapped, fp32_nodes)

@@ -83,3 +83,17 @@ def pytest_terminal_summary(terminalreporter):
 def artifacts_128(tmp_path_factory) -> Path:
     """The tiny model at 128x128: label / serve / Ray tests, where many queries run."""
     return _export(tmp_path_factory, 128)
+
+
+@pytest.fixture
+def no_bf16(monkeypatch):
+    """OpenVINO's devices report no BF16 capability, as on a CPU without AMX / AVX512_BF16."""
+    import openvino
+
+    real = openvino.Core.get_property
+
+    def get_property(self, device, name):
+        value = real(self, device, name)
+        return [c for c in value if c != "BF16"] if name == "OPTIMIZATION_CAPABILITIES" else value
+
+    monkeypatch.setattr(openvino.Core, "get_property", get_property)

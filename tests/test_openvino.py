@@ -145,17 +145,8 @@ def test_missing_openvino_is_a_clear_error(monkeypatch, art, tmp_path, capsys):
     assert rc == 2 and "fssam2[openvino]" in capsys.readouterr().err
 
 
-def test_without_bf16_the_provider_runs_and_reports_fp32(monkeypatch, art):
+def test_without_bf16_the_provider_runs_and_reports_fp32(no_bf16, art):
     """A CPU without AMX / AVX512_BF16 (simulated: OpenVINO reports no BF16 capability) gets FP32, and says so."""
-    import openvino
-
-    real = openvino.Core.get_property
-
-    def no_bf16(self, device, name):
-        value = real(self, device, name)
-        return [c for c in value if c != "BF16"] if name == "OPTIMIZATION_CAPABILITIES" else value
-
-    monkeypatch.setattr(openvino.Core, "get_property", no_bf16)
     backend = OpenVinoBackend()
     assert backend.default_precision == "fp32"
     assert _load(art, backend)[0].precision == "fp32"
