@@ -5,24 +5,30 @@ The FP32 artifacts run over seeded K-shot episodes (K drawn from a range) inside
 real benchmark (PASCAL-5i, COCO-20i, FSS-1000) read by the training package's loaders; so memory attention sees the
 concatenated memories of K real supports, exactly as at inference. Feeds are stored as float16 in a
 compressed `.npz` (plenty for calibration ranges; a feed that would overflow float16 is kept float32),
-at most `max_samples` calls per graph.
+at most `max_samples` calls per graph. The same calls' MinMax ranges are collected while they run (`RangeBackend`),
+from the exact float32 feeds: a capture is also the MinMax calibration pass. A loaded file has feeds only (its
+ranges are computed from them).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
+from onnxruntime.quantization.calibrate import TensorsData
 from tqdm import tqdm
 
+from runtime.backends import OrtBackend
 from runtime.fidelity import recording_segmenter, run_episode
 from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
 from runtime.outputs import write_atomic
 from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
+
+from .ranges import RangeBackend
 
 FP16_MAX = 65504.0
 
@@ -42,6 +48,7 @@ class CalibrationInfo:
 class CalibrationData:
     info: CalibrationInfo
     feeds: dict[str, list[dict[str, np.ndarray]]]  # graph -> calls -> input name -> array
+    ranges: dict[str, TensorsData] = field(default_factory=dict)  # graph -> MinMax ranges of the captured calls
 
     def save(self, path: str | Path) -> str:
         """Write a compressed .npz atomically (a later run loads it as it is); returns its sha256."""
@@ -134,10 +141,10 @@ def capture(
     """Run `episodes` episodes of `source` through the FP32 artifacts and keep each graph's feeds."""
     if episodes < 1:
         raise ValueError("calibration needs at least one episode")
-    size = load_manifest(
-        fp32_artifacts, verify_files=False
-    ).preprocess.image_size  # the segmenter below verifies the files
-    seg, rec = recording_segmenter(fp32_artifacts)
+    manifest = load_manifest(fp32_artifacts, verify_files=False)  # the segmenter below verifies the files
+    size = manifest.preprocess.image_size
+    ranges = RangeBackend(OrtBackend("cpu"), max_samples)
+    seg, rec = recording_segmenter(fp32_artifacts, ranges)
     feeds: dict[str, list[dict[str, np.ndarray]]] = {g: [] for g in GRAPH_NAMES}
     for ep in tqdm(
         source.episodes(episodes, seed, shots, size), desc="calibration", unit="episode", disable=not progress
@@ -156,4 +163,4 @@ def capture(
         samples={g: len(c) for g, c in feeds.items()},
         memory_tokens=[int(c["memory"].shape[1]) for c in feeds["memory_attention"]],
     )
-    return CalibrationData(info, feeds)
+    return CalibrationData(info, feeds, {g: ranges.ranges[s.file] for g, s in manifest.graphs.items()})

@@ -61,6 +61,9 @@ BF16_GRAPH_PRECISIONS = ("bf16", "fp32")  # --precision bf16: per graph, what Op
 ISLAND_ROUNDS = 3  # FP32 islands the BF16 gate may add before it fails
 OPENVINO_DEVICE = "CPU"
 REPORT_JSON, REPORT_TEXT = "fidelity.json", "fidelity.txt"
+# the gate's per-graph table (isolated runs on the reference's feeds: a diagnosis) covers this many episodes; the verdict
+# is end to end over all of them
+ISOLATED_EPISODES = 4
 CPU_INT8_PRECISION = "int8-dynamic"
 
 
@@ -208,10 +211,10 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
             shutil.copyfile(src, dst)
         else:
             blocked: list[str] = []
-            ranges = None
+            ranges = calib.ranges.get(name)  # MinMax ranges from the capture (None for a loaded calibration file)
             if prec == "fp16" or opts.int8_rest == "fp16":  # FP16 range report: overflowing nodes stay FP32
                 with _quiet_root_logger():
-                    ranges = minmax(src, calib.reader(name))
+                    ranges = ranges if ranges is not None else minmax(src, calib.reader(name))
                     hits = fp16_range_report(onnx.load(str(src)), activation_ranges(ranges))
                 blocked = sorted({h.node for h in hits})
                 fp16_info[name] = {"blocked_nodes": blocked, "range_hits": [dataclasses.asdict(h) for h in hits]}
@@ -331,7 +334,14 @@ def _gate(
     candidates = {key: (out_dir, backend) for key, backend in provider_file_sets(manifest, OrtBackend("cpu")).items()}
     clock: dict[str, float] = {}
     reports = compare_candidates(
-        candidates, fp32_dir, episodes, thresholds=thresholds, progress=progress, stop_early=opts.gate, seconds=clock
+        candidates,
+        fp32_dir,
+        episodes,
+        thresholds=thresholds,
+        progress=progress,
+        stop_early=opts.gate,
+        seconds=clock,
+        isolated_episodes=ISOLATED_EPISODES,
     )
     seconds |= {f"gate {k}": v for k, v in clock.items()}
     t0 = time.perf_counter()
@@ -515,6 +525,7 @@ def _gate_openvino(
                 progress=progress,
                 stop_early=opts.gate,
                 seconds=clock,
+                isolated_episodes=ISOLATED_EPISODES,
             )[OPENVINO]
             for k, v in clock.items():
                 seconds[f"gate {k}"] = seconds.get(f"gate {k}", 0.0) + v

@@ -289,6 +289,12 @@ class FidelityReport:
         for out, stats in self.graphs[graph].items():
             stats.update(np.asarray(have[out]), np.asarray(want[out]))
 
+    def add_nonfinite(self, graph: str, have: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> None:
+        """Count the non-finite values of one of the candidate's own calls (the reference's call at the same place
+        in the episode tells where FP32 is finite), without judging it in isolation."""
+        for out, stats in self.graphs[graph].items():
+            stats.nonfinite += nonfinite(np.asarray(have[out]), np.asarray(want[out]))
+
     @property
     def judgeable(self) -> list[EpisodeFidelity]:
         return [e for e in self.episodes if not e.degenerate]
@@ -416,7 +422,7 @@ class FidelityReport:
         )
         lines = [
             f"fidelity of {self.candidate} vs {self.reference} (provider {self.provider}, {ran})",
-            f"{'graph':<17} {'output':<20} {'cosine':>9} {'pearson':>9} {'rel.max.err':>12} {'max.abs.err':>12} {'non-finite':>10}  file",
+            f"{'graph':<17} {'output':<20} {'cosine':>9} {'pearson':>9} {'rel.max.err':>12} {'max.abs.err':>12} {'non-finite':>10} {'calls':>5}  file",
         ]
         for name, outs in self.graphs.items():
             for out, f in outs.items():
@@ -424,7 +430,7 @@ class FidelityReport:
                 ran = f" ({self.graph_precisions[name]})" if name in self.graph_precisions else ""
                 lines.append(
                     f"{name:<17} {out:<20} {f.cosine:9.5f} {p:>9} {f.rel_max_error:12.3e} {f.max_abs_error:12.3e} "
-                    f"{f.nonfinite:>10}  {self.graph_files[name]}{ran}"
+                    f"{f.nonfinite:>10} {f.calls:>5}  {self.graph_files[name]}{ran}"
                 )
         s = self.summary()
         iou_text = (
@@ -508,14 +514,17 @@ def compare_candidates(
     progress: bool = False,
     stop_early: bool = False,
     seconds: dict[str, float] | None = None,
+    isolated_episodes: int | None = None,
 ) -> dict[str, FidelityReport]:
     """Judge each candidate (key -> (artifacts, backend)) against `reference` over `episodes`.
 
     The reference runs once per episode and its results serve every candidate: end to end, and per graph, where each
     candidate graph runs on the reference's recorded feeds (judged in isolation; a call whose feeds equal the
-    candidate's own end-to-end call, e.g. the image encoder's, reuses that result). With `stop_early`, the run stops as
-    soon as some candidate's failure is certain whatever the remaining episodes give. `seconds` (if given) collects the
-    time spent on the reference and on each candidate."""
+    candidate's own end-to-end call, e.g. the image encoder's, reuses that result). `isolated_episodes` limits the
+    extra isolated runs to the first N episodes (the per-graph table, which diagnoses; the verdict is end to end);
+    later episodes still count every graph output's non-finite values on the candidate's own calls. With
+    `stop_early`, the run stops as soon as some candidate's failure is certain whatever the remaining episodes give.
+    `seconds` (if given) collects the time spent on the reference and on each candidate."""
     ref_manifest = load_manifest(reference, verify_files=False)  # contents only: segmenters verify each file they load
     for path, _ in candidates.values():
         check_comparable(load_manifest(path, verify_files=False), ref_manifest)
@@ -549,9 +558,14 @@ def compare_candidates(
             got = run_episode(seg, ep)
             for name, calls in ref_rec.calls.items():
                 own = list(zip(rec.calls[name], rec.results[name]))
+                isolate = isolated_episodes is None or i < isolated_episodes
                 for j, (feeds, want) in enumerate(zip(calls, ref_rec.results[name])):
-                    same = j < len(own) and _same_feeds(own[j][0], feeds)
-                    report.add_call(name, own[j][1] if same else rec.graphs[name].run(feeds), want)
+                    if j < len(own) and _same_feeds(own[j][0], feeds):
+                        report.add_call(name, own[j][1], want)
+                    elif isolate:
+                        report.add_call(name, rec.graphs[name].run(feeds), want)
+                    elif j < len(own):
+                        report.add_nonfinite(name, own[j][1], want)
             report.episodes.append(episode_fidelity(got, ref, len(ep.supports)))
             clock[key] = clock.get(key, 0.0) + time.perf_counter() - t0
         if stop_early and any(r.failures(remaining=len(episodes) - i - 1) for r in reports.values()):

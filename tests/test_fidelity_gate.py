@@ -154,6 +154,35 @@ def test_reference_runs_once_per_episode_for_all_candidates_and_stops_early(fp32
     assert "stopped early" in reports["bad"].table()
 
 
+def test_isolated_runs_on_the_first_episodes_only_still_count_every_nonfinite_value(fp32, tmp_path):
+    """`isolated_episodes` limits the per-graph runs on the reference's feeds; the non-finite values of the candidate's
+    own calls in the other episodes are still counted and named, so the verdict does not depend on the limit."""
+    bad = np.zeros((1, 1, SIZE // 4, SIZE // 4), np.float32)
+    bad[0, 0, 3, 5] = np.nan
+    broken = _variant(fp32, tmp_path / "nan", {"low_res_logits": bad})
+    manifest = json.loads((broken / MANIFEST_NAME).read_text())
+    spec = manifest["graphs"]["memory_encoder"]  # a small upstream drift: the decoder's feeds differ from FP32's
+    edit_outputs(broken / spec["file"], {"memory": 1e-3})
+    spec["sha256"], spec["flavours"] = file_sha256(broken / spec["file"]), []
+    (broken / MANIFEST_NAME).write_text(json.dumps(manifest))
+    episodes = synthetic_episodes(3, 0, (1, 2), SIZE)
+    thresholds = fidelity.GateThresholds.for_precision("fp16")
+    full, limited, none = (
+        fidelity.compare_candidates({"c": (broken, None)}, fp32, episodes, thresholds=thresholds, isolated_episodes=n)[
+            "c"
+        ]
+        for n in (None, 1, 0)
+    )
+    calls = {
+        n: r.graphs["mask_decoder"]["low_res_logits"].calls for n, r in (("all", full), ("1", limited), ("0", none))
+    }
+    assert calls == {"all": 3, "1": 1, "0": 0}
+    assert full.graphs["image_encoder"]["image_embed"].calls == none.graphs["image_encoder"]["image_embed"].calls > 3
+    for report in (full, limited, none):
+        assert report.nonfinite_outputs == [("mask_decoder", "low_res_logits", 3)]
+        assert report.verdict().status == "fail"
+
+
 def test_export_gate_exit_codes(fp32, tmp_path, monkeypatch, capsys):
     """fssam2-export: 1 for a broken conversion, 2 when the gate cannot judge, 0 for a faithful one (with phase times)."""
     import calibration.pipeline as pipeline

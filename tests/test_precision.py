@@ -168,6 +168,38 @@ def test_one_minmax_pass_gives_the_symmetric_int8_ranges(fp32):
     )
 
 
+def _same_ranges(a, b) -> bool:
+    return a.data.keys() == b.data.keys() and all(
+        np.array_equal(np.asarray(a.data[k].range_value), np.asarray(b.data[k].range_value)) for k in a.data
+    )
+
+
+def test_capture_collects_the_minmax_ranges_of_its_calls(fp32):
+    """The capture's FP32 pass is also the MinMax calibration pass: its ranges equal `minmax` over the same (exact)
+    feeds, for the first `max_calls` calls of each graph only; the graph outputs are the plain graph's."""
+    from calibration.capture import _Reader
+    from calibration.ranges import RangeBackend
+    from runtime.backends import OrtBackend
+    from runtime.fidelity import recording_segmenter, run_episode
+    from runtime.synthetic import synthetic_episodes
+
+    manifest = load_manifest(fp32)
+    plain_seg, plain_rec = recording_segmenter(fp32, OrtBackend("cpu"))
+    backend = RangeBackend(OrtBackend("cpu"), max_calls=2)
+    seg, rec = recording_segmenter(fp32, backend)
+    for ep in synthetic_episodes(2, 7, (2, 2), SIZE):  # 4 memory encoder calls, 2 of them calibrated
+        got, want = run_episode(seg, ep), run_episode(plain_seg, ep)
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-4)
+    src = fp32 / manifest.graphs["memory_encoder"].file
+    calls = rec.calls["memory_encoder"]
+    assert len(calls) == 4
+    first_two = minmax(src, _Reader(calls[:2]))
+    assert len(first_two.data) > 10 and _same_ranges(backend.ranges[src.name], first_two)
+    assert not _same_ranges(backend.ranges[src.name], minmax(src, _Reader(calls)))  # the cap is what makes them equal
+    data = capture(fp32, episodes=2, seed=5, shots=(1, 2), progress=False)
+    assert set(data.ranges) == set(manifest.graphs) and all(len(r.data) > 10 for r in data.ranges.values())
+
+
 def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
     m = load_manifest(fp16)
     assert m.precision == "fp16" and {g.precision for g in m.graphs.values()} == {"fp16"}
