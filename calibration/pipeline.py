@@ -48,6 +48,7 @@ from runtime.fidelity import (
 from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
 from runtime.ov_backend import PROVIDER as OPENVINO
 from runtime.ov_backend import OpenVinoBackend
+from runtime.progress import progress as progress_bar
 from runtime.synthetic import CHECK_STREAM
 
 from .capture import CalibrationData, EpisodeSource, capture
@@ -202,7 +203,9 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
     specs: dict[str, GraphSpec] = {}
     fp16_info: dict[str, dict] = {}
     int8_info: dict[str, dict] = {}
-    for name in GRAPH_NAMES:
+    bar = progress_bar(GRAPH_NAMES, desc="convert", unit="graph", enabled=progress)
+    for name in bar:
+        bar.set_postfix(graph=name)
         t0 = time.perf_counter()
         src, spec, prec = fp32_dir / base.graphs[name].file, base.graphs[name], plan[name]
         dst = out_dir / spec.file
