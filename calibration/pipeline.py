@@ -335,18 +335,7 @@ def _gate(
         opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM
     )
     candidates = {key: (out_dir, backend) for key, backend in provider_file_sets(manifest, OrtBackend("cpu")).items()}
-    clock: dict[str, float] = {}
-    reports = compare_candidates(
-        candidates,
-        fp32_dir,
-        episodes,
-        thresholds=thresholds,
-        progress=progress,
-        stop_early=opts.gate,
-        seconds=clock,
-        isolated_episodes=ISOLATED_EPISODES,
-    )
-    seconds |= {f"gate {k}": v for k, v in clock.items()}
+    reports = _judge(candidates, fp32_dir, episodes, thresholds, opts, progress, seconds)
     t0 = time.perf_counter()
     for report in reports.values():
         report.candidate, report.reference = "converted", "fp32"
@@ -372,6 +361,33 @@ def _write_reports(out_dir: Path, reports: dict[str, FidelityReport], gate: bool
         raise GateRefused(
             f"fidelity gate refused to judge; nothing written (--no-gate keeps the export unjudged):\n{text}"
         )
+
+
+def _judge(
+    candidates: dict,
+    fp32_dir: Path,
+    episodes,
+    thresholds: GateThresholds,
+    opts: PrecisionOptions,
+    progress: bool,
+    seconds,
+) -> dict[str, FidelityReport]:
+    """`compare_candidates` as the export's gate runs it (early stop with the gate on, the per-graph table on its first
+    ISOLATED_EPISODES episodes), its times added to `seconds` as "gate <key>"."""
+    clock: dict[str, float] = {}
+    reports = compare_candidates(
+        candidates,
+        fp32_dir,
+        episodes,
+        thresholds=thresholds,
+        progress=progress,
+        stop_early=opts.gate,
+        seconds=clock,
+        isolated_episodes=ISOLATED_EPISODES,
+    )
+    for k, v in clock.items():
+        seconds[f"gate {k}"] = seconds.get(f"gate {k}", 0.0) + v
+    return reports
 
 
 def provider_file_sets(manifest: Manifest, cpu: OrtBackend) -> dict:
@@ -519,19 +535,9 @@ def _gate_openvino(
         for rounds in range(ISLAND_ROUNDS + 1):
             judged = dataclasses.replace(manifest, graphs=_with_openvino_flavours(manifest.graphs, plan, islands, meta))
             (out_dir / MANIFEST_NAME).write_text(judged.to_json())
-            clock: dict[str, float] = {}
-            report = compare_candidates(
-                {OPENVINO: (out_dir, backend)},
-                fp32_dir,
-                episodes,
-                thresholds=thresholds,
-                progress=progress,
-                stop_early=opts.gate,
-                seconds=clock,
-                isolated_episodes=ISOLATED_EPISODES,
-            )[OPENVINO]
-            for k, v in clock.items():
-                seconds[f"gate {k}"] = seconds.get(f"gate {k}", 0.0) + v
+            report = _judge({OPENVINO: (out_dir, backend)}, fp32_dir, episodes, thresholds, opts, progress, seconds)[
+                OPENVINO
+            ]
             report.candidate, report.reference = "converted", "fp32"
             if report.verdict().status != "fail" or not opts.gate:
                 break
