@@ -134,7 +134,7 @@ def capture(
     episodes: int,
     seed: int,
     shots: tuple[int, int] = (1, 4),
-    max_samples: int = 64,
+    max_samples: int = 32,
     progress: bool = True,
     source: EpisodeSource = EpisodeSource(),
 ) -> CalibrationData:

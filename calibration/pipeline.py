@@ -84,7 +84,9 @@ class PrecisionOptions:
     calib_seed: int = 0
     calib_shots: tuple[int, int] = (1, 4)
     calib_method: str = "minmax"  # minmax | entropy | percentile
-    calib_max_samples: int = 64  # stored calls per graph
+    calib_max_samples: int = (
+        32  # stored (and MinMax-calibrated) calls per graph; every graph gets >= 32 from 32 episodes
+    )
     calib_file: Path | None = None  # load calibration feeds from here if it exists, else save them here
     calib_source: EpisodeSource = EpisodeSource()  # synthetic, or a real benchmark's training episodes
     int8_rest: str = "fp16"  # precision of what INT8 does not quantise

@@ -104,8 +104,9 @@ class RangeBackend:
     """A runtime `Backend` for the calibration capture: the first `max_calls` calls of each graph run on onnxruntime's
     MinMax calibrator session (the augmented graph, in node order) and merge every float tensor's min/max into
     `ranges` (graph file name -> `minmax` ranges) as they return the graph's outputs; later calls run the plain
-    graph on `inner`. Capture and MinMax calibration are then one FP32 pass instead of two. Runs each graph's
-    standard file (`provider` is a name no flavour lists): ranges name the standard graph's tensors."""
+    graph `inner` picks (its provider's flavour). Capture and MinMax calibration are then one FP32 pass instead of
+    two. The calibrated calls run each graph's standard file (`provider` is a name no flavour lists): ranges name the
+    standard graph's tensors."""
 
     name = "calibration-ranges"
     provider = "standard"
@@ -129,7 +130,8 @@ class _RangeGraph:
         if self._calls >= self._backend.max_calls:
             if self._plain is None:
                 self._cal = None  # the augmented session's memory goes before the plain one is made
-                self._plain = self._backend.inner.load(self._path, self._spec)
+                flavour = self._spec.artifact_for(self._backend.inner.provider)  # e.g. the fused-attention copy
+                self._plain = self._backend.inner.load(self._path.with_name(flavour.file), self._spec)
             return self._plain.run(feeds)
         self._calls += 1
         cal = self._cal
