@@ -163,4 +163,5 @@ def capture(
         samples={g: len(c) for g, c in feeds.items()},
         memory_tokens=[int(c["memory"].shape[1]) for c in feeds["memory_attention"]],
     )
-    return CalibrationData(info, feeds, {g: ranges.ranges[s.file] for g, s in manifest.graphs.items()})
+    ranged = {g: ranges.ranges[s.file] for g, s in manifest.graphs.items() if s.file in ranges.ranges}
+    return CalibrationData(info, feeds, ranged)  # a graph without ranges (max_samples 0) gets a MinMax pass later
