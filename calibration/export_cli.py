@@ -100,8 +100,10 @@ def parser() -> argparse.ArgumentParser:
         help="keep the export even if the fidelity gate fails (recorded in the manifest)",
     )
     q.add_argument("--gate-episodes", type=int, default=16, help="held-out episodes of the fidelity gate")
-    q.add_argument("--gate-iou", type=float, help="min mean mask IoU (default 0.99 fp16, 0.97 int8)")
-    q.add_argument("--gate-correlation", type=float, help="min logits correlation (default 0.999 fp16, 0.99 int8)")
+    q.add_argument("--gate-iou", type=float, help="min mean mask IoU (default 0.99 fp16, 0.98 bf16, 0.97 int8)")
+    q.add_argument(
+        "--gate-correlation", type=float, help="min logits correlation (default 0.999 fp16 and bf16, 0.99 int8)"
+    )
     q.add_argument(
         "--gate-min-judgeable",
         type=int,

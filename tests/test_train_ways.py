@@ -5,6 +5,7 @@ artifacts through the runtime agree episode by episode and pixel by pixel on the
 import numpy as np
 import pytest
 import torch
+from conftest import _export as export_at
 
 from fssam2_export.models import build_model
 from fssam2_export.reference import episode_forward, reference_episode, reference_ways
@@ -36,27 +37,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    from calibration.export_cli import main as export_main
-
-    out = tmp_path_factory.mktemp("ways") / "artifacts"
-    assert (
-        export_main(
-            [
-                "--model",
-                "sam2.1_hiera_t",
-                "--random-init",
-                "--seed",
-                "0",
-                "--image-size",
-                str(SIZE),
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return out
+    return export_at(tmp_path_factory, SIZE)
 
 
 def test_reference_ways_equals_one_episode_per_class(model, record_metric):
