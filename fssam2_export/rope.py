@@ -1,9 +1,10 @@
 """Export-friendly rotary attention for sam2's memory attention.
 
 sam2's RoPEAttention rotates queries/keys with complex numbers (view_as_complex, polar), which ONNX
-cannot express. `RealRoPEAttention` wraps an existing RoPEAttention (sharing its projection weights)
-and applies the same rotation with precomputed real cos/sin tables. Memory keys of any length that is
-a multiple of the query length (K supports) are rotated by tiling the tables, as `rope_k_repeat` does.
+cannot express. `RealRoPEAttention` wraps an existing RoPEAttention (sharing its value and output projections)
+and applies the same rotation with precomputed real cos/sin tables, to queries and keys whose projections are
+copies with their output channels reordered (`pair_halves`, see `rotate`). Memory keys of any length that is a multiple of the query length (K supports)
+are rotated by tiling the tables, as `rope_k_repeat` does.
 Single-head attention whose value projection widens its input (the cross-attention to the 64-channel
 memory) attends over the raw values and projects afterwards: the same function with fewer FLOPs.
 """
@@ -17,11 +18,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pair_halves(linear: nn.Linear, heads: int) -> nn.Linear:
+    """A copy of `linear` whose output channels come, per head, in halves: each channel pair's first elements
+    (0, 2, 4, ...), then its second elements (1, 3, 5, ...), the order `rotate` takes."""
+    d = linear.out_features // heads
+    order = torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2)))
+    rows = (torch.arange(heads)[:, None] * d + order).flatten().to(linear.weight.device)
+    out = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight[rows])
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias[rows])
+    return out
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of x (..., N, D) by angles with cos/sin of shape (N, D/2)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
+    """Rotate the channel pairs of x (..., N, D) by angles with cos/sin of shape (N, D/2); pair i is channel i of
+    the first half and channel i of the second half (sam2's pair (2i, 2i+1) after `pair_halves`), in and out.
+
+    Attention uses queries and keys only through their dot products, which a channel order shared by both leaves
+    unchanged. sam2's interleaved order would cost a Concat of D/2 one-element pieces per token (OpenVINO runs it on
+    its reference kernel: ~15 % of memory attention's BF16 time) or strided slices (~10 %)."""
+    f = x.float()
+    a, b = f[..., : f.shape[-1] // 2], f[..., f.shape[-1] // 2 :]
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).type_as(x)
 
 
 class RealRoPEAttention(nn.Module):
@@ -33,13 +53,15 @@ class RealRoPEAttention(nn.Module):
         freqs = attn.compute_cis(end_x=feat_size[0], end_y=feat_size[1])  # complex (N, D/2)
         self.register_buffer("cos", freqs.real.float().contiguous(), persistent=False)
         self.register_buffer("sin", freqs.imag.float().contiguous(), persistent=False)
+        self.q_proj = pair_halves(attn.q_proj, attn.num_heads)
+        self.k_proj = pair_halves(attn.k_proj, attn.num_heads)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
         if num_k_exclude_rope:
             raise ValueError("object-pointer tokens are not part of the FS-SAM2 memory")
         a = self.attn
-        q = a._separate_heads(a.q_proj(q), a.num_heads)
-        k = a._separate_heads(a.k_proj(k), a.num_heads)
+        q = a._separate_heads(self.q_proj(q), a.num_heads)
+        k = a._separate_heads(self.k_proj(k), a.num_heads)
         n = self.cos.shape[0]
         q = rotate(q, self.cos, self.sin)
         # (B, h, r*N, D) -> (B, h, r, N, D): every block of N memory tokens gets the same rotation.
