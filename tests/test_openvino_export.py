@@ -29,15 +29,16 @@ def _options(**kw):
 
 
 @pytest.fixture(scope="module")
-def bf16(artifacts_128, tmp_path_factory):
+def bf16(tmp_path_factory):
+    """`fssam2-export --precision bf16`, end to end through the CLI."""
     out = tmp_path_factory.mktemp("bf16") / "art"
-    out.mkdir()
-    result = pipeline.convert_artifacts(artifacts_128, out, _options(), progress=False)
-    return out, result
+    args = ["--random-init", "--seed", "0", "--image-size", "128", "--quiet", "--precision", "bf16", "--gate-episodes"]
+    assert export_main([*args, "2", "--module-precision", f"{KEPT_FP32}=fp32", "--out", str(out)]) == 0
+    return out
 
 
 def test_bf16_export_keeps_fp32_graphs_and_adds_gated_openvino_flavours(bf16, artifacts_128):
-    out, result = bf16
+    out = bf16
     manifest, fp32 = load_manifest(out), load_manifest(artifacts_128)  # loads, every file verified
     assert manifest.precision == "fp32"
     for name, g in manifest.graphs.items():
@@ -62,8 +63,7 @@ def test_bf16_export_keeps_fp32_graphs_and_adds_gated_openvino_flavours(bf16, ar
 
 
 def test_default_precision_follows_the_flavour(bf16):
-    out, _ = bf16
-    seg = FewShotSegmenter(out, backend=create_backend("openvino"))
+    seg = FewShotSegmenter(bf16, backend=create_backend("openvino"))
     assert {n: g.precision for n, g in seg.graphs.items()} == {
         n: "fp32" if n == KEPT_FP32 else "bf16" for n in seg.graphs
     }
@@ -73,7 +73,7 @@ def test_default_precision_follows_the_flavour(bf16):
 
 
 def test_default_precision_is_fp32_without_bf16(bf16, no_bf16):
-    manifest = load_manifest(bf16[0], verify_files=False)
+    manifest = load_manifest(bf16, verify_files=False)
     backend = OpenVinoBackend()
     assert {backend.precision_for(n, g) for n, g in manifest.graphs.items()} == {"fp32"}
 
