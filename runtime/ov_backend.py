@@ -18,7 +18,8 @@ A graph's `openvino` flavour (made by `fssam2-export --precision bf16`) decides 
 "fp32" for a graph the export kept FP32) and lists `fp32_nodes`: FP32 islands the export's gate found, nodes that
 keep FP32 inside a BF16 graph. OpenVINO has no API to mark them; its IR reader restores the runtime attribute
 `DisablePrecisionConversion`, which the CPU plugin honours under any inference precision hint, so a graph with
-islands goes through IR (`island_model`) before it is compiled.
+islands goes through IR (`island_model`) before it is compiled (with each marked MatMul kept apart from its bias,
+`_unfusable`).
 """
 
 from __future__ import annotations
@@ -106,13 +107,41 @@ def _decomposition(model, names: Sequence[str], source: str) -> set[str]:
     return found
 
 
+def _unfusable(model, marked: set[str]) -> set[str]:
+    """Give each marked MatMul with constant weights an identity consumer, `Maximum(x, x)`, ahead of its consumers;
+    the names of the ops added. The CPU plugin turns such a MatMul into a FullyConnected and fuses a following bias
+    Add into a new FullyConnected (`FullyConnectedBiasFusion`: it needs the FullyConnected's only consumer to be the
+    Add), which drops the non-copyable `DisablePrecisionConversion`; with two consumer ports the fusion does not
+    apply, the mark stays on the FullyConnected and the Add runs as an eltwise (fused with the Maximum)."""
+    import openvino.opset13 as ops
+
+    added: set[str] = set()
+    for op in model.get_ordered_ops():
+        weighted = op.get_type_name() == "MatMul" and op.input_value(1).get_node().get_type_name() == "Constant"
+        if not weighted or op.get_friendly_name() not in marked:
+            continue
+        out = op.output(0)
+        consumers, names = list(out.get_target_inputs()), out.get_names()
+        same = ops.maximum(out, out)
+        same.set_friendly_name(f"{op.get_friendly_name()}/unfused")
+        for consumer in consumers:
+            consumer.replace_source_output(same.output(0))
+        out.get_tensor().set_names(set())  # the tensor's names (model outputs, compared tensors) move to the copy
+        same.output(0).get_tensor().set_names(names)
+        added.add(same.get_friendly_name())
+    return added
+
+
 def island_model(core, model, fp32_nodes: Sequence[str], workdir: Path, source: str = "graph"):
-    """`model` with the nodes `fp32_nodes` marked to keep FP32 under a BF16 / FP16 inference precision: saved as IR,
-    `DisablePrecisionConversion` added to each node's layer (and its decomposition's), read back. The IR files
-    in `workdir` must outlive the returned model (its weights are mapped from them)."""
+    """A copy of `model` with the nodes `fp32_nodes` marked to keep FP32 under a BF16 / FP16 inference precision:
+    saved as IR, `DisablePrecisionConversion` added to each node's layer (and its decomposition's, and `_unfusable`'s
+    additions), read back. The IR files in `workdir` must outlive the returned model (its weights are mapped from
+    them)."""
     import openvino
 
     marked = _decomposition(model, fp32_nodes, source)
+    model = model.clone()
+    marked |= _unfusable(model, marked)
     xml = workdir / "islands.xml"
     openvino.save_model(model, str(xml), compress_to_fp16=False)
     tree = ET.parse(xml)
