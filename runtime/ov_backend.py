@@ -42,6 +42,7 @@ PRECISIONS = {"bf16": "bf16", "fp32": "f32", "fp16": "f16"}  # our names -> Open
 _FROM_OV = {v: k for k, v in PRECISIONS.items()}
 PROVIDER = "openvino"
 KEEP_FP32 = '<attribute name="DisablePrecisionConversion" version="0" value="dynamic:f16"/>'
+ISLANDS_VERSION = 2  # how `island_model` marks (2: `_unfusable`); in the cache key, so older blobs with islands rebuild
 
 
 def _openvino():
@@ -268,7 +269,8 @@ class OpenVinoBackend:
         return config
 
     def _entry(self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str]) -> CacheEntry | None:
-        islands = hashlib.sha256("\n".join(sorted(fp32_nodes)).encode()).hexdigest()[:8] if fp32_nodes else ""
+        marking = "\n".join([f"islands v{ISLANDS_VERSION}", *sorted(fp32_nodes)])
+        islands = hashlib.sha256(marking.encode()).hexdigest()[:8] if fp32_nodes else ""
         key = CacheKey(
             source_sha256(path, spec),
             f"openvino-{self.device}-{precision}" + (f"-fp32x{len(fp32_nodes)}-{islands}" if fp32_nodes else ""),

@@ -88,7 +88,7 @@ def _with_islands(art, tmp_path, nodes):
     return art / spec.file, dataclasses.replace(spec, flavours=[flavour])
 
 
-def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(artifacts_128, tmp_path):
+def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(artifacts_128, tmp_path, monkeypatch):
     backend = OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache")
     path, plain = _with_islands(artifacts_128, tmp_path, [])
     _, marked = _with_islands(artifacts_128, tmp_path, [ISLAND])
@@ -99,6 +99,10 @@ def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(artifacts_1
     assert runtime_precisions(island.compiled)[ISLAND] == "f32" and island.fp32_nodes == [ISLAND]
     assert island.precision == "bf16"
     assert backend.load(path, marked).cache == "hit"
+    monkeypatch.setattr("runtime.ov_backend.ISLANDS_VERSION", 0)
+    assert backend.load(path, marked).cache == "built", "a blob marked the old way is rebuilt"
+    assert backend.load(path, plain).cache == "hit", "graphs without islands keep their blobs"
+    monkeypatch.undo()
     assert OpenVinoBackend(precision="fp32", cache=False).load(path, marked).fp32_nodes == [], "no islands in FP32"
 
     _, unknown = _with_islands(artifacts_128, tmp_path, [ISLAND, "/no/such/node"])
