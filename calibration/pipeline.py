@@ -84,9 +84,7 @@ class PrecisionOptions:
     calib_seed: int = 0
     calib_shots: tuple[int, int] = (1, 4)
     calib_method: str = "minmax"  # minmax | entropy | percentile
-    calib_max_samples: int = (
-        32  # stored (and MinMax-calibrated) calls per graph; every graph gets >= 32 from 32 episodes
-    )
+    calib_max_samples: int = 32  # stored, MinMax-calibrated calls per graph (>= 32 each from 32 episodes)
     calib_file: Path | None = None  # load calibration feeds from here if it exists, else save them here
     calib_source: EpisodeSource = EpisodeSource()  # synthetic, or a real benchmark's training episodes
     int8_rest: str = "fp16"  # precision of what INT8 does not quantise
@@ -412,13 +410,17 @@ def _diagnose(
     fp32_dir: Path, out_dir: Path, manifest: Manifest, report: FidelityReport, episode, thresholds: GateThresholds
 ) -> dict:
     graph, _, _ = report.worst_graph
+    candidate = out_dir / report.graph_files[graph]
+    feeds = _reference_calls(fp32_dir, episode)[graph][-1]
+    drift = first_diverging_node(fp32_dir / manifest.graphs[graph].file, candidate, feeds, thresholds.logits_pearson)
+    return drift.to_dict() if drift else {}
+
+
+def _reference_calls(fp32_dir: Path, episode) -> dict[str, list[dict]]:
+    """Each graph's feeds in one FP32 run of `episode`: what the drift diagnosis compares a graph on."""
     seg, rec = recording_segmenter(fp32_dir)
     run_episode(seg, episode)
-    candidate = out_dir / report.graph_files[graph]
-    drift = first_diverging_node(
-        fp32_dir / manifest.graphs[graph].file, candidate, rec.calls[graph][-1], thresholds.logits_pearson
-    )
-    return drift.to_dict() if drift else {}
+    return rec.calls
 
 
 def bf16_judge(cache_dir: Path | None = None) -> OpenVinoBackend:
@@ -532,6 +534,7 @@ def _gate_openvino(
         opts.gate_episodes, opts.calib_seed, opts.calib_shots, manifest.preprocess.image_size, CHECK_STREAM
     )
     found: list[dict] = []
+    calls = None  # the FP32 feeds the diagnosis compares on, recorded at the first failure
     with tempfile.TemporaryDirectory(prefix="fssam2-ov-gate-") as cache:  # graphs without new islands compile once
         backend = bf16_judge(Path(cache))
         for rounds in range(ISLAND_ROUNDS + 1):
@@ -545,12 +548,12 @@ def _gate_openvino(
                 break
             t0 = time.perf_counter()
             graph = report.worst_graph[0]
-            seg, rec = recording_segmenter(fp32_dir)
-            run_episode(seg, episodes[0])
+            if calls is None:
+                calls = _reference_calls(fp32_dir, episodes[0])
             drift, region = first_diverging_node_openvino(
                 fp32_dir / manifest.graphs[graph].file,
                 backend,
-                rec.calls[graph][-1],
+                calls[graph][-1],
                 thresholds.logits_pearson,
                 islands[graph],
             )
