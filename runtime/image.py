@@ -64,11 +64,15 @@ def load_mask(src: ImageLike) -> np.ndarray:
 
 
 def preprocess_image(rgb: np.ndarray, size: int, mean: list[float], std: list[float]) -> np.ndarray:
-    """(H, W, 3) uint8 -> (1, 3, size, size) float32, normalised."""
+    """(H, W, 3) uint8 -> (1, 3, size, size) float32, (x / 255 - mean) / std: looked up per channel from the 256
+    values it can take (the same float32 results as computing it per pixel, a third of the time)."""
     resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC))
-    x = resized.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    table = (levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # (256, 3)
+    out = np.empty((1, 3, size, size), np.float32)
+    for c in range(3):
+        np.take(table[:, c], resized[..., c], out=out[0, c])
+    return out
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
