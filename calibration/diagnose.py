@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from runtime.fidelity import pearson
+from runtime.ov_backend import graph_name
 
 CHUNK_ELEMENTS = 1 << 26  # ~256 MB of float32 exposed per session
 DYNAMIC_DIM = 4096  # size assumed for a dynamic axis when budgeting
@@ -120,8 +121,13 @@ def first_diverging_node_openvino(
     with tempfile.TemporaryDirectory(prefix="fssam2-ov-drift-") as tmp:
         model = backend.read_model(reference, fp32_nodes, Path(tmp))
         produced = {t: o for op in model.get_ordered_ops() for o in op.outputs() for t in o.get_names()}
+        graph = graph_name(reference)
         drift = _first_drift(
-            ref, set(produced), lambda names: backend.run_with_outputs(model, names, feeds, "bf16"), feeds, threshold
+            ref,
+            set(produced),
+            lambda names: backend.run_with_outputs(model, names, feeds, "bf16", graph),
+            feeds,
+            threshold,
         )
         if drift is None:
             return None, []

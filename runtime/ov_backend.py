@@ -43,6 +43,11 @@ _FROM_OV = {v: k for k, v in PRECISIONS.items()}
 PROVIDER = "openvino"
 KEEP_FP32 = '<attribute name="DisablePrecisionConversion" version="0" value="dynamic:f16"/>'
 ISLANDS_VERSION = 2  # how `island_model` marks (2: `_unfusable`); in the cache key, so older blobs with islands rebuild
+# Compile properties per (graph, precision), measured at 1024² on AMX (docs/performance.md#openvino-per-graph-properties):
+# BF16 memory attention, its attention as separate oneDNN MatMul / Softmax / MatMul (AMX) ops instead of the fused
+# snippet kernel, takes 0.80-0.85x the time at K = 1 and 5 (the image encoder and mask decoder take 1.1x that way,
+# FP32 memory attention the same). In the cache key: blobs compiled without them rebuild.
+GRAPH_PROPERTIES: dict[tuple[str, str], dict[str, str]] = {("memory_attention", "bf16"): {"SNIPPETS_MODE": "DISABLE"}}
 
 
 def _openvino():
@@ -262,18 +267,22 @@ class OpenVinoBackend:
         flavour = openvino_flavour(spec)
         return list(flavour.meta.get("fp32_nodes", [])) if flavour is not None and precision != "fp32" else []
 
-    def _config(self, precision: str) -> dict:
+    def _config(self, precision: str, graph: str | None = None) -> dict:
+        """Compile properties: precision, latency hint, threads, and the graph's own (`GRAPH_PROPERTIES`)."""
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
-        return config
+        return config | GRAPH_PROPERTIES.get((graph, precision), {})
 
     def _entry(self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str]) -> CacheEntry | None:
         marking = "\n".join([f"islands v{ISLANDS_VERSION}", *sorted(fp32_nodes)])
         islands = hashlib.sha256(marking.encode()).hexdigest()[:8] if fp32_nodes else ""
+        properties = GRAPH_PROPERTIES.get((graph_name(path), precision), {})
         key = CacheKey(
             source_sha256(path, spec),
-            f"openvino-{self.device}-{precision}" + (f"-fp32x{len(fp32_nodes)}-{islands}" if fp32_nodes else ""),
+            f"openvino-{self.device}-{precision}"
+            + (f"-fp32x{len(fp32_nodes)}-{islands}" if fp32_nodes else "")
+            + "".join(f"-{k}={v}" for k, v in sorted(properties.items())),
             f"openvino {self.version}",
             machine_fingerprint(),
         )
@@ -289,24 +298,26 @@ class OpenVinoBackend:
             raise BackendError(f"OpenVINO could not read {path}: {e}") from e
         return island_model(self._core, model, fp32_nodes, workdir, str(path)) if fp32_nodes else model
 
-    def compile_model(self, model, precision: str, name: str = "the model"):
+    def compile_model(self, model, precision: str, name: str = "the model", graph: str | None = None):
+        """`model` compiled in `precision`, with `graph`'s own properties (`GRAPH_PROPERTIES`) when named."""
         try:
-            return self._core.compile_model(model, self.device, self._config(precision))
+            return self._core.compile_model(model, self.device, self._config(precision, graph))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
             raise BackendError(f"OpenVINO could not compile {name} for {self.device}: {e}") from e
 
     def run_with_outputs(
-        self, model, tensors: Sequence[str], feeds: Mapping[str, np.ndarray], precision: str
+        self, model, tensors: Sequence[str], feeds: Mapping[str, np.ndarray], precision: str, graph: str | None = None
     ) -> dict[str, np.ndarray]:
-        """The named (intermediate) tensors of `model` compiled in `precision`, run once on `feeds`."""
+        """The named (intermediate) tensors of `model` (`graph`'s, when named) compiled in `precision`, run once."""
         extended = model.clone()
         extended.add_outputs(list(tensors))
-        result = self.compile_model(extended, precision).create_infer_request().infer(dict(feeds))
+        result = self.compile_model(extended, precision, graph=graph).create_infer_request().infer(dict(feeds))
         return {t: result[t] for t in tensors}
 
     def _compile(self, path: Path, precision: str, fp32_nodes: Sequence[str]):
         with tempfile.TemporaryDirectory(prefix="fssam2-ov-") as tmp:
-            return self.compile_model(self.read_model(path, fp32_nodes, Path(tmp)), precision, str(path))
+            model = self.read_model(path, fp32_nodes, Path(tmp))
+            return self.compile_model(model, precision, str(path), graph_name(path))
 
     def _import(self, blob: Path, config: dict) -> tuple[object, np.memmap]:
         """(compiled model, its memory map) from an exported blob. The map is copy-on-write (the file is never
@@ -319,7 +330,7 @@ class OpenVinoBackend:
         """(compiled model, memory map, "hit") from a valid entry, else (compiled, None, "built") after exporting it."""
         if entry.valid():
             try:
-                return *self._import(entry.model, self._config(precision)), "hit"
+                return *self._import(entry.model, self._config(precision, graph_name(path))), "hit"
             except Exception as e:  # complete but unreadable: rebuild it
                 warnings.warn(f"rebuilding unreadable OpenVINO cache entry {entry.model}: {e}", stacklevel=3)
         compiled = self._compile(path, precision, fp32_nodes)

@@ -101,6 +101,30 @@ def test_cache_builds_then_hits_and_rebuilds_on_a_changed_key(tmp_path, art, mon
         assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))[0].cache == "built"
 
 
+def _layer_types(graph) -> set[str]:
+    """The kinds of layers a compiled graph runs (OpenVINO's runtime model): "Subgraph" for snippet kernels."""
+    return {op.get_rt_info()["layerType"].astype(str) for op in graph.compiled.get_runtime_model().get_ops()}
+
+
+def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art, tmp_path, monkeypatch):
+    """BF16 memory attention compiles with snippets off (its attention as separate MatMul / Softmax / MatMul), the
+    other graphs and FP32 memory attention with them; a blob compiled without the properties is not reused."""
+    segs = results[0]
+    assert "Subgraph" not in _layer_types(segs["bf16"].graphs["memory_attention"])
+    assert "Subgraph" in _layer_types(segs["bf16"].graphs["mask_decoder"])
+    assert "Subgraph" in _layer_types(segs["fp32"].graphs["memory_attention"])
+
+    spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("runtime.ov_backend.GRAPH_PROPERTIES", {})
+    assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0].cache == "built"
+    monkeypatch.undo()
+    rebuilt = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
+    assert rebuilt.cache == "built" and "Subgraph" not in _layer_types(rebuilt)
+    hit = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
+    assert hit.cache == "hit" and "Subgraph" not in _layer_types(hit)
+
+
 _MAPPED_BLOB_SCRIPT = """
 import gc, sys
 from pathlib import Path
