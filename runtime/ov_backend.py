@@ -189,11 +189,17 @@ class OpenVinoGraph:
         cache: str,
         mapped: np.memmap | None = None,
         fp32_nodes: Sequence[str] = (),
+        outputs: Sequence[str] = (),
     ):
         self.compiled = compiled
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
-        self._outputs = [o.get_any_name() for o in compiled.outputs]
+        # Each output under its graph name (`outputs`, the manifest's): a tensor can carry several names, e.g. an
+        # FP16 graph's output is also its output Cast's, and which one OpenVINO reports first differs between a
+        # freshly compiled and an imported model.
+        self._outputs = [
+            (next((n for n in outputs if n in o.get_names()), o.get_any_name()), o) for o in compiled.outputs
+        ]
         self._mapped = (
             mapped  # the imported blob: the compiled model and its requests point into it (its weights are not copied)
         )
@@ -205,7 +211,7 @@ class OpenVinoGraph:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             result = self._request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
-        return {name: result[name] for name in self._outputs}
+        return {name: result[port] for name, port in self._outputs}
 
 
 class OpenVinoBackend:
@@ -351,4 +357,5 @@ class OpenVinoBackend:
             else (self._compile(path, precision, fp32_nodes), None, "off")
         )
         ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        return OpenVinoGraph(compiled, self.device, _FROM_OV.get(ran, ran), status, mapped, fp32_nodes)
+        outputs = [t.name for t in spec.outputs]
+        return OpenVinoGraph(compiled, self.device, _FROM_OV.get(ran, ran), status, mapped, fp32_nodes, outputs)

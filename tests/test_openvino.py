@@ -125,6 +125,29 @@ def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art,
     assert hit.cache == "hit" and "Subgraph" not in _layer_types(hit)
 
 
+def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art):
+    """An FP16 graph's outputs (as exported with FP16 inside, FP32 I/O) also carry the names of the Casts ONNX
+    Runtime's constant folding inserts; OpenVINO reports those first when it compiles the graph, the graph's names
+    when it imports the blob: both give the manifest's names."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp16, graph = tmp_path / "art", "mask_decoder"
+    shutil.copytree(art, fp16, ignore=shutil.ignore_patterns(".*_cache"))
+    path = fp16 / f"{graph}.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
+    manifest = json.loads((fp16 / "manifest.json").read_text())
+    manifest["graphs"][graph] |= {"sha256": file_sha256(path), "flavours": []}
+    (fp16 / "manifest.json").write_text(json.dumps(manifest))
+    spec = load_manifest(fp16, verify_files=False).graphs[graph]
+    want = [t.name for t in spec.outputs]
+    backend = OpenVinoBackend(precision="fp32", cache_dir=tmp_path / "cache")
+    built, hit = _load(fp16, backend, spec)[0], _load(fp16, backend, spec)[0]
+    assert (built.cache, hit.cache) == ("built", "hit")
+    assert [o.get_any_name() for o in built.compiled.outputs] != want, "OpenVINO reports the graph's names: no alias"
+    for loaded in (built, hit):
+        assert list(loaded.run(_feeds(spec))) == want
+
+
 _MAPPED_BLOB_SCRIPT = """
 import gc, sys
 from pathlib import Path
