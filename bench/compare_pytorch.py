@@ -31,6 +31,7 @@ from fssam2_export.reference import reference_episode
 from runtime import FewShotSegmenter, create_backend, load_manifest
 from runtime.backends import PROVIDERS
 from runtime.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
+from runtime.cli import precision_spec
 from runtime.fidelity import iou as mask_iou
 from runtime.fidelity import pearson
 
@@ -111,13 +112,18 @@ def compare(
     progress,
     providers: list[str] = ("cpu",),
     torch_dtypes: list[str] = ("fp32",),
+    ov_precision: dict[str, str] | None = None,
 ) -> dict:
     """All K for one artifacts directory: every runtime provider and every PyTorch dtype, interleaved (the order
     rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU / logits correlation
     against the first PyTorch dtype. `clock` is attached to `model`."""
     recs = {p: PhaseRecorder() for p in providers}
     segs = {
-        p: FewShotSegmenter(artifacts, backend=create_backend(p, intra_op_threads=threads), on_timing=recs[p])
+        p: FewShotSegmenter(
+            artifacts,
+            backend=create_backend(p, intra_op_threads=threads, precisions=ov_precision if p == "openvino" else None),
+            on_timing=recs[p],
+        )
         for p in providers
     }
     manifest = next(iter(segs.values())).manifest
@@ -294,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         help="PyTorch modes, side by side (bf16: torch.autocast); fidelity is measured against the first",
     )
     p.add_argument("--threads", type=int, help="threads for the runtime and torch (default: each library's own)")
+    p.add_argument(
+        "--ov-precision",
+        type=precision_spec,
+        metavar="SPEC",
+        help="openvino's precisions, as fssam2's --ov-precision (e.g. bf16,mask_decoder=fp32)",
+    )
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -331,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                     bar,
                     providers=args.providers,
                     torch_dtypes=args.torch_dtype,
+                    ov_precision=args.ov_precision,
                 )
             )
     report = {
@@ -343,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "providers": args.providers,
             "torch_dtypes": args.torch_dtype,
+            "ov_precision": args.ov_precision,
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },

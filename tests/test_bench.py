@@ -156,6 +156,24 @@ def test_compare_pytorch_smoke(artifacts, tmp_path):
             assert k["pytorch_ms"][d]["support_phase"] > 0 and k["pytorch_ms"][d]["query_phase"] > 0
 
 
+def test_compare_pytorch_passes_openvino_precisions(artifacts, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino provider needs OpenVINO")
+    from bench.compare_pytorch import main
+
+    out, quick = tmp_path / "cmp.json", ["--shots", "1", "--episodes", "1", "--warmup", "0", "--input-size", "96x64"]
+    args = ["--artifacts", str(artifacts), "--providers", "openvino", "--ov-precision", "bf16,mask_decoder=fp32"]
+    assert main([*args, *quick, "--out", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["ov_precision"] == {"*": "bf16", "mask_decoder": "fp32"}
+    ran = report["runs"][0]["graph_precisions"]["openvino"]
+    assert ran == {
+        "image_encoder": "bf16",
+        "memory_encoder": "bf16",
+        "memory_attention": "bf16",
+        "mask_decoder": "fp32",
+    }
+
+
 def _has_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401
