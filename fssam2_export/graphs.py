@@ -14,21 +14,26 @@ Tensor layout at every graph boundary is batch-first (batch = 1): feature maps N
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
+from .hiera import separate_qkv_image_encoder
 from .rope import real_rope_memory_attention
 
 
 class ImageEncoderGraph(nn.Module):
-    """sam2 `forward_image`: Hiera + FPN, high-res levels projected by the decoder's conv_s0/conv_s1."""
+    """sam2 `forward_image`: Hiera + FPN, high-res levels projected by the decoder's conv_s0/conv_s1; run on a
+    shallow copy of the model whose image encoder is a copy with q, k, v projected apart (`hiera`)."""
 
     input_names = ["image"]
     output_names = ["high_res_feat0", "high_res_feat1", "image_embed", "image_pos"]
 
     def __init__(self, sam: nn.Module):
         super().__init__()
-        self.sam = sam
+        self.sam = copy.copy(sam)
+        self.sam._modules = dict(sam._modules, image_encoder=separate_qkv_image_encoder(sam.image_encoder))
 
     def forward(self, image: torch.Tensor):
         out = self.sam.forward_image(image)
