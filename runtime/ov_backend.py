@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +43,25 @@ _FROM_OV = {v: k for k, v in PRECISIONS.items()}
 PROVIDER = "openvino"
 KEEP_FP32 = '<attribute name="DisablePrecisionConversion" version="0" value="dynamic:f16"/>'
 ISLANDS_VERSION = 2  # how `island_model` marks (2: `_unfusable`); in the cache key, so older blobs with islands rebuild
-# Compile properties per (graph, precision), measured at 1024² on AMX (docs/performance.md#openvino-per-graph-properties):
-# BF16 memory attention, its attention as separate oneDNN MatMul / Softmax / MatMul (AMX) ops instead of the fused
-# snippet kernel, takes 0.80-0.85x the time at K = 1 and 5 (the image encoder and mask decoder take 1.1x that way,
-# FP32 memory attention the same). In the cache key: blobs compiled without them rebuild.
-GRAPH_PROPERTIES: dict[tuple[str, str], dict[str, str]] = {("memory_attention", "bf16"): {"SNIPPETS_MODE": "DISABLE"}}
+# Memory attention calls with at most this many attention scores (query tokens x memory tokens: K = 1 at 1024², 16
+# at 256²) run the `GRAPH_PROPERTIES` compilation, larger ones the plain one.
+MAX_SCORES = 4096 * 4096
+
+
+def _scores_fit(feeds: Mapping[str, np.ndarray]) -> bool:
+    embed = feeds["image_embed"].shape
+    return embed[-2] * embed[-1] * feeds["memory"].shape[1] <= MAX_SCORES
+
+
+# Compile properties per (graph, precision), for the calls the predicate accepts (the others run a second
+# compilation without them, made on first need), measured at 1024² on AMX
+# (docs/performance.md#openvino-per-graph-properties): BF16 memory attention, its attention as separate oneDNN
+# MatMul / Softmax / MatMul (AMX) ops instead of the fused snippet kernel, takes 0.80-0.85x the time at K = 1 and 5
+# (the image encoder and mask decoder 1.1x, FP32 memory attention the same), but each layer's scores are then
+# materialised: +500 MB peak memory at K = 5, hence `MAX_SCORES`. In the cache key: blobs compiled without them rebuild.
+GRAPH_PROPERTIES: dict[tuple[str, str], tuple[dict[str, str], Callable[[Mapping[str, np.ndarray]], bool]]] = {
+    ("memory_attention", "bf16"): ({"SNIPPETS_MODE": "DISABLE"}, _scores_fit)
+}
 
 
 def _openvino():
@@ -214,6 +228,27 @@ class OpenVinoGraph:
         return {name: result[port] for name, port in self._outputs}
 
 
+class TunedGraph:
+    """A graph compiled with `GRAPH_PROPERTIES` (`tuned`) for the calls `fits` accepts, and without them for the
+    others (`load_plain`, on the first such call). Reports as `tuned` does (`precision`, `compiled`, `cache`, ...)."""
+
+    def __init__(self, tuned: OpenVinoGraph, fits: Callable, load_plain: Callable[[], OpenVinoGraph]):
+        self._tuned, self._fits, self._load_plain = tuned, fits, load_plain
+        self._plain: OpenVinoGraph | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self._tuned, name)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._fits(feeds):
+            return self._tuned.run(feeds)
+        with self._lock:
+            if self._plain is None:
+                self._plain = self._load_plain()
+        return self._plain.run(feeds)
+
+
 class OpenVinoBackend:
     """OpenVINO on `device` ("CPU"; "GPU"/"NPU" where OpenVINO lists them).
 
@@ -273,17 +308,18 @@ class OpenVinoBackend:
         flavour = openvino_flavour(spec)
         return list(flavour.meta.get("fp32_nodes", [])) if flavour is not None and precision != "fp32" else []
 
-    def _config(self, precision: str, graph: str | None = None) -> dict:
-        """Compile properties: precision, latency hint, threads, and the graph's own (`GRAPH_PROPERTIES`)."""
+    def _config(self, precision: str, properties: Mapping[str, str] | None = None) -> dict:
+        """Compile properties: precision, latency hint, threads, and `properties` (a graph's `GRAPH_PROPERTIES`)."""
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
-        return config | GRAPH_PROPERTIES.get((graph, precision), {})
+        return config | dict(properties or {})
 
-    def _entry(self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str]) -> CacheEntry | None:
+    def _entry(
+        self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]
+    ) -> CacheEntry | None:
         marking = "\n".join([f"islands v{ISLANDS_VERSION}", *sorted(fp32_nodes)])
         islands = hashlib.sha256(marking.encode()).hexdigest()[:8] if fp32_nodes else ""
-        properties = GRAPH_PROPERTIES.get((graph_name(path), precision), {})
         key = CacheKey(
             source_sha256(path, spec),
             f"openvino-{self.device}-{precision}"
@@ -304,26 +340,31 @@ class OpenVinoBackend:
             raise BackendError(f"OpenVINO could not read {path}: {e}") from e
         return island_model(self._core, model, fp32_nodes, workdir, str(path)) if fp32_nodes else model
 
-    def compile_model(self, model, precision: str, name: str = "the model", graph: str | None = None):
-        """`model` compiled in `precision`, with `graph`'s own properties (`GRAPH_PROPERTIES`) when named."""
+    def compile_model(
+        self, model, precision: str, name: str = "the model", properties: Mapping[str, str] | None = None
+    ):
+        """`model` compiled in `precision`, with `properties` added (a graph's `GRAPH_PROPERTIES`)."""
         try:
-            return self._core.compile_model(model, self.device, self._config(precision, graph))
+            return self._core.compile_model(model, self.device, self._config(precision, properties))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
             raise BackendError(f"OpenVINO could not compile {name} for {self.device}: {e}") from e
 
     def run_with_outputs(
         self, model, tensors: Sequence[str], feeds: Mapping[str, np.ndarray], precision: str, graph: str | None = None
     ) -> dict[str, np.ndarray]:
-        """The named (intermediate) tensors of `model` (`graph`'s, when named) compiled in `precision`, run once."""
+        """The named (intermediate) tensors of `model` compiled in `precision` (with `graph`'s `GRAPH_PROPERTIES`, when
+        named), run once on `feeds`."""
         extended = model.clone()
         extended.add_outputs(list(tensors))
-        result = self.compile_model(extended, precision, graph=graph).create_infer_request().infer(dict(feeds))
+        properties = GRAPH_PROPERTIES.get((graph, precision), ({}, None))[0]
+        result = (
+            self.compile_model(extended, precision, properties=properties).create_infer_request().infer(dict(feeds))
+        )
         return {t: result[t] for t in tensors}
 
-    def _compile(self, path: Path, precision: str, fp32_nodes: Sequence[str]):
+    def _compile(self, path: Path, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]):
         with tempfile.TemporaryDirectory(prefix="fssam2-ov-") as tmp:
-            model = self.read_model(path, fp32_nodes, Path(tmp))
-            return self.compile_model(model, precision, str(path), graph_name(path))
+            return self.compile_model(self.read_model(path, fp32_nodes, Path(tmp)), precision, str(path), properties)
 
     def _import(self, blob: Path, config: dict) -> tuple[object, np.memmap]:
         """(compiled model, its memory map) from an exported blob. The map is copy-on-write (the file is never
@@ -332,14 +373,16 @@ class OpenVinoBackend:
         mapped = np.memmap(blob, dtype=np.uint8, mode="c")
         return self._core.import_model(self._ov.Tensor(mapped, shared_memory=True), self.device, config), mapped
 
-    def _cached(self, path: Path, entry: CacheEntry, precision: str, fp32_nodes: Sequence[str]):
+    def _cached(
+        self, path: Path, entry: CacheEntry, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]
+    ):
         """(compiled model, memory map, "hit") from a valid entry, else (compiled, None, "built") after exporting it."""
         if entry.valid():
             try:
-                return *self._import(entry.model, self._config(precision, graph_name(path))), "hit"
+                return *self._import(entry.model, self._config(precision, properties)), "hit"
             except Exception as e:  # complete but unreadable: rebuild it
                 warnings.warn(f"rebuilding unreadable OpenVINO cache entry {entry.model}: {e}", stacklevel=3)
-        compiled = self._compile(path, precision, fp32_nodes)
+        compiled = self._compile(path, precision, fp32_nodes, properties)
         try:
             entry.write(compiled.export_model().getvalue())
         except OSError as e:  # a read-only directory that held a valid (now unreadable) entry
@@ -347,14 +390,23 @@ class OpenVinoBackend:
             return compiled, None, "off"
         return compiled, None, "built"
 
-    def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph:
+    def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph | TunedGraph:
         precision = self.precision_for(graph_name(path), spec)
         fp32_nodes = self.fp32_nodes_for(spec, precision)
-        entry = self._entry(path, spec, precision, fp32_nodes) if self._cache else None
+        tuning = GRAPH_PROPERTIES.get((graph_name(path), precision))
+        if tuning is None:
+            return self._load(path, spec, precision, fp32_nodes, {})
+        tuned = self._load(path, spec, precision, fp32_nodes, tuning[0])
+        return TunedGraph(tuned, tuning[1], lambda: self._load(path, spec, precision, fp32_nodes, {}))
+
+    def _load(
+        self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]
+    ) -> OpenVinoGraph:
+        entry = self._entry(path, spec, precision, fp32_nodes, properties) if self._cache else None
         compiled, mapped, status = (
-            self._cached(path, entry, precision, fp32_nodes)
+            self._cached(path, entry, precision, fp32_nodes, properties)
             if entry is not None
-            else (self._compile(path, precision, fp32_nodes), None, "off")
+            else (self._compile(path, precision, fp32_nodes, properties), None, "off")
         )
         ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         outputs = [t.name for t in spec.outputs]

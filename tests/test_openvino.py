@@ -125,6 +125,34 @@ def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art,
     assert hit.cache == "hit" and "Subgraph" not in _layer_types(hit)
 
 
+def test_calls_with_more_attention_scores_run_a_plain_compilation(art, tmp_path, monkeypatch):
+    """Beyond MAX_SCORES (query tokens x memory tokens) memory attention runs compiled without GRAPH_PROPERTIES
+    (snippets on: no materialised scores), loaded on the first such call and cached; both compute the same."""
+    monkeypatch.setattr("runtime.ov_backend.MAX_SCORES", 2 * 256 * 256)  # 256²: 256 query tokens, 256 per support
+    spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
+    graph = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
+    rng = np.random.default_rng(0)
+    feeds = {
+        t.name: rng.standard_normal([d if isinstance(d, int) else 0 for d in t.shape]).astype(np.float32)
+        for t in spec.inputs
+    }
+
+    def with_memory(k):
+        return feeds | {n: rng.standard_normal((1, 256 * k, 64)).astype(np.float32) for n in ("memory", "memory_pos")}
+
+    two, three = with_memory(2), with_memory(3)
+    graph.run(two)
+    assert graph._plain is None, "a call within MAX_SCORES must not load the plain compilation"
+    out = graph.run(three)["conditioned_embed"]
+    assert graph._plain is not None and "Subgraph" in _layer_types(graph._plain)
+    assert graph._plain.cache == "built" and "Subgraph" not in _layer_types(graph)
+    assert pearson(out, graph._tuned.run(three)["conditioned_embed"]) > 0.9999
+
+    again = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
+    again.run(three)
+    assert again._plain.cache == "hit"
+
+
 def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art):
     """An FP16 graph's outputs (as exported with FP16 inside, FP32 I/O) also carry the names of the Casts ONNX
     Runtime's constant folding inserts; OpenVINO reports those first when it compiles the graph, the graph's names
