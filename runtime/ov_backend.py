@@ -238,6 +238,8 @@ class TunedGraph:
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # not set yet (copy, unpickling): no recursion through self._tuned
+            raise AttributeError(name)
         return getattr(self._tuned, name)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
