@@ -15,16 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def row_block(linear: nn.Linear, index: int, blocks: int) -> nn.Linear:
-    """A copy of `linear` restricted to output rows [index * n, (index + 1) * n), n = out_features / blocks."""
-    n = linear.out_features // blocks
-    out = nn.Linear(linear.in_features, n, linear.bias is not None).to(linear.weight)
-    with torch.no_grad():
-        out.weight.copy_(linear.weight[index * n : (index + 1) * n])
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias[index * n : (index + 1) * n])
-    return out
+from .rope import linear_rows
 
 
 class SeparateQKVAttention(nn.Module):
@@ -33,7 +24,8 @@ class SeparateQKVAttention(nn.Module):
     def __init__(self, attn: nn.Module):
         super().__init__()
         self.num_heads, self.q_pool, self.proj = attn.num_heads, attn.q_pool, attn.proj
-        self.q, self.k, self.v = (row_block(attn.qkv, i, 3) for i in range(3))
+        n = attn.qkv.out_features // 3
+        self.q, self.k, self.v = (linear_rows(attn.qkv, slice(i * n, (i + 1) * n)) for i in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from sam2.modeling.backbones.hieradet import do_pool

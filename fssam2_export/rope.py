@@ -19,18 +19,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def linear_rows(linear: nn.Linear, rows: torch.Tensor | slice) -> nn.Linear:
+    """A copy of `linear` computing only its output channels `rows`, in that order."""
+    weight = linear.weight[rows]
+    out = nn.Linear(linear.in_features, weight.shape[0], linear.bias is not None).to(linear.weight)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias[rows])
+    return out
+
+
 def pair_halves(linear: nn.Linear, heads: int) -> nn.Linear:
     """A copy of `linear` whose output channels come, per head, in halves: each channel pair's first elements
     (0, 2, 4, ...), then its second elements (1, 3, 5, ...), the order `rotate` takes."""
     d = linear.out_features // heads
     order = torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2)))
-    rows = (torch.arange(heads)[:, None] * d + order).flatten().to(linear.weight.device)
-    out = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight)
-    with torch.no_grad():
-        out.weight.copy_(linear.weight[rows])
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias[rows])
-    return out
+    return linear_rows(linear, (torch.arange(heads)[:, None] * d + order).flatten().to(linear.weight.device))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fssam2_export.graphs import ImageEncoderGraph
-from fssam2_export.hiera import SeparateQKVAttention, row_block
+from fssam2_export.hiera import SeparateQKVAttention
+from fssam2_export.rope import linear_rows
 
 
 def _blocks(tiny_model):
@@ -24,7 +25,8 @@ def test_separate_projections_match_the_fused_one(tiny_model, which):
     assert torch.allclose(SeparateQKVAttention(attn)(x), expected, atol=1e-5)
 
     swapped = SeparateQKVAttention(attn)
-    swapped.q, swapped.k = row_block(attn.qkv, 1, 3), row_block(attn.qkv, 0, 3)  # q and k blocks exchanged
+    n = attn.dim_out
+    swapped.q, swapped.k = linear_rows(attn.qkv, slice(n, 2 * n)), linear_rows(attn.qkv, slice(0, n))  # q, k exchanged
     assert not torch.allclose(swapped(x), expected, atol=1e-3)
 
 
