@@ -354,11 +354,12 @@ class OpenVinoBackend:
     def run_with_outputs(
         self, model, tensors: Sequence[str], feeds: Mapping[str, np.ndarray], precision: str, graph: str | None = None
     ) -> dict[str, np.ndarray]:
-        """The named (intermediate) tensors of `model` compiled in `precision` (with `graph`'s `GRAPH_PROPERTIES`, when
-        named), run once on `feeds`."""
+        """The named (intermediate) tensors of `model` compiled in `precision` (with `graph`'s `GRAPH_PROPERTIES` when
+        named and they apply to `feeds`, as `load` would run them), run once on `feeds`."""
         extended = model.clone()
         extended.add_outputs(list(tensors))
-        properties = GRAPH_PROPERTIES.get((graph, precision), ({}, None))[0]
+        properties, fits = GRAPH_PROPERTIES.get((graph, precision), ({}, None))
+        properties = properties if fits is None or fits(feeds) else {}
         result = (
             self.compile_model(extended, precision, properties=properties).create_infer_request().infer(dict(feeds))
         )
