@@ -1,8 +1,23 @@
-"""Broken conversions for the gate tests: a graph whose outputs are scaled and shifted after the fact."""
+"""Broken conversions for the gate tests: a graph whose outputs are scaled and shifted after the fact, and the
+manifest entry of an edited graph."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from runtime.manifest import MANIFEST_NAME, file_sha256
+
+
+def rerecord(artifacts: Path, graph: str, **fields) -> None:
+    """Record `graph`'s edited file in the manifest of `artifacts`: its sha256, no flavours (made from the old file),
+    and `fields` (e.g. precision)."""
+    manifest = json.loads((artifacts / MANIFEST_NAME).read_text())
+    spec = manifest["graphs"][graph]
+    spec |= {"sha256": file_sha256(artifacts / spec["file"]), "flavours": [], **fields}
+    (artifacts / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
 def edit_outputs(path, add: dict[str, np.ndarray | float], scale: dict[str, float] | None = None) -> None:

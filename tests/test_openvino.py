@@ -14,10 +14,11 @@ from conftest import require
 
 require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
 
+from graph_edits import rerecord  # noqa: E402
+
 from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
-from runtime.manifest import file_sha256  # noqa: E402
 from runtime.ov_backend import OpenVinoBackend  # noqa: E402
 from runtime.synthetic import synthetic_episodes  # noqa: E402
 
@@ -163,9 +164,7 @@ def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art)
     shutil.copytree(art, fp16, ignore=shutil.ignore_patterns(".*_cache"))
     path = fp16 / f"{graph}.onnx"
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
-    manifest = json.loads((fp16 / "manifest.json").read_text())
-    manifest["graphs"][graph] |= {"sha256": file_sha256(path), "flavours": []}
-    (fp16 / "manifest.json").write_text(json.dumps(manifest))
+    rerecord(fp16, graph)
     spec = load_manifest(fp16, verify_files=False).graphs[graph]
     want = [t.name for t in spec.outputs]
     backend = OpenVinoBackend(precision="fp32", cache_dir=tmp_path / "cache")
@@ -242,9 +241,7 @@ def _broken_copy(art, dst):
     w = next(t for t in model.graph.initializer if t.name in first.input)
     w.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(w) * 8, w.name))
     onnx.save(model, str(path))
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["graphs"]["memory_attention"] |= {"sha256": file_sha256(path), "flavours": []}
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    rerecord(dst, "memory_attention")
     return dst
 
 
