@@ -38,16 +38,24 @@ def pair_halves(linear: nn.Linear, heads: int) -> nn.Linear:
     return linear_rows(linear, (torch.arange(heads)[:, None] * d + order).flatten().to(linear.weight.device))
 
 
+def rotation_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables `rotate` takes for angles with cos/sin of shape (N, D/2): [cos, cos] and [-sin, sin], (N, D)."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the channel pairs of x (..., N, D) by angles with cos/sin of shape (N, D/2); pair i is channel i of
-    the first half and channel i of the second half (sam2's pair (2i, 2i+1) after `pair_halves`), in and out.
+    """Rotate the channel pairs of x (..., N, D) by the angles of `rotation_tables` (cos, sin: (N, D)); pair i is
+    channel i of the first half and channel i of the second half (sam2's pair (2i, 2i+1) after `pair_halves`), in
+    and out: x * [cos, cos] + [second half, first half] * [-sin, sin].
 
     Attention uses queries and keys only through their dot products, which a channel order shared by both leaves
     unchanged. sam2's interleaved order would cost a Concat of D/2 one-element pieces per token (OpenVINO runs it on
-    its reference kernel: ~17 % of memory attention's BF16 time) or strided slices (~8 %)."""
+    its reference kernel: ~17 % of memory attention's BF16 time) or strided slices (~8 %). The signs live in the
+    tables, and every product takes them at their operand's rank: OpenVINO otherwise folds a broadcast or negated
+    copy of a table per product (~100 MB of copies in a 1024² memory attention)."""
     f = x.float()
-    a, b = f[..., : f.shape[-1] // 2], f[..., f.shape[-1] // 2 :]
-    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).type_as(x)
+    half = f.shape[-1] // 2
+    return (f * cos + torch.cat((f[..., half:], f[..., :half]), dim=-1) * sin).type_as(x)
 
 
 class RealRoPEAttention(nn.Module):
@@ -57,8 +65,10 @@ class RealRoPEAttention(nn.Module):
         super().__init__()
         self.attn = attn
         freqs = attn.compute_cis(end_x=feat_size[0], end_y=feat_size[1])  # complex (N, D/2)
-        self.register_buffer("cos", freqs.real.float().contiguous(), persistent=False)
-        self.register_buffer("sin", freqs.imag.float().contiguous(), persistent=False)
+        cos, sin = rotation_tables(freqs.real.float(), freqs.imag.float())
+        # (1, 1, 1, N, D): queries and keys are rotated as (B, h, r, N, D) blocks, see `_rotate`.
+        self.register_buffer("cos", cos[None, None, None].contiguous(), persistent=False)
+        self.register_buffer("sin", sin[None, None, None].contiguous(), persistent=False)
         self.q_proj = pair_halves(attn.q_proj, attn.num_heads)
         self.k_proj = pair_halves(attn.k_proj, attn.num_heads)
 
@@ -66,12 +76,8 @@ class RealRoPEAttention(nn.Module):
         if num_k_exclude_rope:
             raise ValueError("object-pointer tokens are not part of the FS-SAM2 memory")
         a = self.attn
-        q = a._separate_heads(self.q_proj(q), a.num_heads)
-        k = a._separate_heads(self.k_proj(k), a.num_heads)
-        n = self.cos.shape[0]
-        q = rotate(q, self.cos, self.sin)
-        # (B, h, r*N, D) -> (B, h, r, N, D): every block of N memory tokens gets the same rotation.
-        k = rotate(k.unflatten(2, (-1, n)), self.cos, self.sin).flatten(2, 3)
+        q = self._rotate(a._separate_heads(self.q_proj(q), a.num_heads))
+        k = self._rotate(a._separate_heads(self.k_proj(k), a.num_heads))
         if a.num_heads == 1 and a.v_proj.in_features < a.v_proj.out_features:
             # Attend over the narrow memory values, then project: softmax rows sum to one, so
             # P @ (V W^T + b) == (P @ V) W^T + b, and the score-value product shrinks by out/in (4x for
@@ -81,6 +87,11 @@ class RealRoPEAttention(nn.Module):
         v = a._separate_heads(a.v_proj(v), a.num_heads)
         out = F.scaled_dot_product_attention(q, k, v)
         return a.out_proj(a._recombine_heads(out))
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, h, r*N, D) -> (B, h, r, N, D), rotated, and back: every block of N tokens (the query, each support's
+        memory) gets the same rotation."""
+        return rotate(x.unflatten(2, (-1, self.cos.shape[-2])), self.cos, self.sin).flatten(2, 3)
 
 
 def real_rope_memory_attention(memory_attention: nn.Module, feat_size: tuple[int, int]) -> nn.Module:

@@ -107,6 +107,23 @@ def _layer_types(graph) -> set[str]:
     return {op.get_rt_info()["layerType"].astype(str) for op in graph.compiled.get_runtime_model().get_ops()}
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_compiled_memory_attention_holds_its_constants_once(art, precision):
+    """The RoPE tables are shared by all of memory attention's products (export: `rope.rotate`); OpenVINO folds a
+    copy per product for a table whose rank or sign differs from what the product takes (11x the weights at 1024², 2x at 256²).
+    The compiled model's constants stay within 1.2x the ONNX initializers'."""
+    spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
+    graph = _load(art, OpenVinoBackend(precision=precision, cache=False), spec)[0]
+    held = sum(
+        op.get_output_tensor(0).size  # bytes
+        for op in graph.compiled.get_runtime_model().get_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Const"
+    )
+    model = onnx.load(art / spec.file)
+    exported = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    assert held <= 1.2 * exported, f"{held / 1e6:.1f} MB of constants compiled from {exported / 1e6:.1f} MB"
+
+
 def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art, tmp_path, monkeypatch):
     """BF16 memory attention compiles with snippets off (its attention as separate MatMul / Softmax / MatMul), the
     other graphs and FP32 memory attention with them; a blob compiled without the properties is not reused."""

@@ -5,7 +5,13 @@ import copy
 import pytest
 import torch
 
-from fssam2_export.rope import RealRoPEAttention, pair_halves, real_rope_memory_attention, rotate
+from fssam2_export.rope import (
+    RealRoPEAttention,
+    pair_halves,
+    real_rope_memory_attention,
+    rotate,
+    rotation_tables,
+)
 
 
 def _attn_pair(tiny_model, which):
@@ -50,7 +56,9 @@ def test_rotation_is_not_trivially_equal():
     """A wrong rotation (sin sign flipped) must be detectable by the comparisons above."""
     x = torch.randn(1, 1, 16, 8)
     ang = torch.rand(16, 4) * 3
-    assert not torch.allclose(rotate(x, ang.cos(), ang.sin()), rotate(x, ang.cos(), -ang.sin()), atol=1e-3)
+    assert not torch.allclose(
+        rotate(x, *rotation_tables(ang.cos(), ang.sin())), rotate(x, *rotation_tables(ang.cos(), -ang.sin())), atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("heads", [1, 2])
@@ -63,7 +71,9 @@ def test_rotation_of_the_reordered_projection_is_sam2s_complex_rotation_reordere
     pairs = linear(x).unflatten(-1, (heads, -1, 2)).transpose(1, 2)  # (1, heads, 16, 4, 2)
     rotated = torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * torch.polar(torch.ones_like(ang), ang))
     expected = torch.cat((rotated[..., 0], rotated[..., 1]), dim=-1)
-    got = rotate(pair_halves(linear, heads)(x).unflatten(-1, (heads, -1)).transpose(1, 2), ang.cos(), ang.sin())
+    got = rotate(
+        pair_halves(linear, heads)(x).unflatten(-1, (heads, -1)).transpose(1, 2), *rotation_tables(ang.cos(), ang.sin())
+    )
     assert torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(got, rotated.flatten(-2), atol=1e-3), "the order differs from sam2's interleaved one"
 
