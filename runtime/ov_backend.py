@@ -227,14 +227,22 @@ class OpenVinoGraph:
             result = self._request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
         return {name: result[port] for name, port in self._outputs}
 
+    def release_memory(self) -> None:
+        """Free the intermediate buffers (the next call allocates them again); waits for a running call."""
+        with self._lock:
+            self.compiled.release_memory()
+
 
 class TunedGraph:
     """A graph compiled with `GRAPH_PROPERTIES` (`tuned`) for the calls `fits` accepts, and without them for the
-    others (`load_plain`, on the first such call). Reports as `tuned` does (`precision`, `compiled`, `cache`, ...)."""
+    others (`load_plain`, on the first such call). A call on one compilation frees the other's intermediate buffers
+    when that one ran last, so the process holds one working set, not both. Reports as `tuned` does (`precision`,
+    `compiled`, `cache`, ...)."""
 
     def __init__(self, tuned: OpenVinoGraph, fits: Callable, load_plain: Callable[[], OpenVinoGraph]):
         self._tuned, self._fits, self._load_plain = tuned, fits, load_plain
         self._plain: OpenVinoGraph | None = None
+        self._last: OpenVinoGraph | None = None  # the compilation the latest call ran on
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str):
@@ -243,12 +251,17 @@ class TunedGraph:
         return getattr(self._tuned, name)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._fits(feeds):
-            return self._tuned.run(feeds)
         with self._lock:
-            if self._plain is None:
-                self._plain = self._load_plain()
-        return self._plain.run(feeds)
+            if self._fits(feeds):
+                graph = self._tuned
+            else:
+                if self._plain is None:
+                    self._plain = self._load_plain()
+                graph = self._plain
+            previous, self._last = self._last, graph
+        if previous is not None and previous is not graph:
+            previous.release_memory()
+        return graph.run(feeds)
 
 
 class OpenVinoBackend:

@@ -19,7 +19,7 @@ from graph_edits import rerecord  # noqa: E402
 from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
-from runtime.ov_backend import OpenVinoBackend  # noqa: E402
+from runtime.ov_backend import OpenVinoBackend, OpenVinoGraph  # noqa: E402
 from runtime.synthetic import synthetic_episodes  # noqa: E402
 
 GRAPH = "memory_encoder"  # small and quick to compile
@@ -110,8 +110,8 @@ def _layer_types(graph) -> set[str]:
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_compiled_memory_attention_holds_its_constants_once(art, precision):
     """The RoPE tables are shared by all of memory attention's products (export: `rope.rotate`); OpenVINO folds a
-    copy per product for a table whose rank or sign differs from what the product takes (11x the weights at 1024², 2x at 256²).
-    The compiled model's constants stay within 1.2x the ONNX initializers'."""
+    copy per product for a table whose rank or sign differs from what the product takes (11x the weights at 1024²,
+    2x at 256²). The compiled model's constants stay within 1.2x the ONNX initializers'."""
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
     graph = _load(art, OpenVinoBackend(precision=precision, cache=False), spec)[0]
     held = sum(
@@ -169,6 +169,33 @@ def test_calls_with_more_attention_scores_run_a_plain_compilation(art, tmp_path,
     again = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
     again.run(three)
     assert again._plain.cache == "hit"
+
+
+def test_a_switch_of_compilation_frees_the_other_ones_buffers(art, tmp_path, monkeypatch):
+    """Calls alternating between the tuned and the plain compilation free the one run before (one working set held,
+    not both), calls staying on one free nothing, and results are unchanged by a free."""
+    monkeypatch.setattr("runtime.ov_backend.MAX_SCORES", 2 * 256 * 256)
+    freed = []
+    release = OpenVinoGraph.release_memory
+    monkeypatch.setattr(OpenVinoGraph, "release_memory", lambda self: (freed.append(self), release(self))[1])
+    spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
+    graph = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
+    rng = np.random.default_rng(1)
+    feeds = {
+        t.name: rng.standard_normal([d if isinstance(d, int) else 256 for d in t.shape]).astype(np.float32)
+        for t in spec.inputs
+    }
+    three = feeds | {n: rng.standard_normal((1, 256 * 3, 64)).astype(np.float32) for n in ("memory", "memory_pos")}
+    first = graph.run(feeds)["conditioned_embed"]
+    graph.run(feeds)
+    assert freed == []
+    graph.run(three)
+    assert freed == [graph._tuned]
+    graph.run(three)
+    assert freed == [graph._tuned]
+    again = graph.run(feeds)["conditioned_embed"]
+    assert freed == [graph._tuned, graph._plain]
+    assert pearson(again, first) > 0.9999
 
 
 def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art):
