@@ -143,21 +143,26 @@ def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art,
     assert hit.cache == "hit" and "Subgraph" not in _layer_types(hit)
 
 
-def test_calls_with_more_attention_scores_run_a_plain_compilation(art, tmp_path, monkeypatch):
-    """Beyond MAX_SCORES (query tokens x memory tokens) memory attention runs compiled without GRAPH_PROPERTIES
-    (snippets on: no materialised scores), loaded on the first such call and cached; both compute the same."""
-    monkeypatch.setattr("runtime.ov_backend.MAX_SCORES", 2 * 256 * 256)  # 256²: 256 query tokens, 256 per support
+@pytest.fixture
+def attention(art, tmp_path, monkeypatch):
+    """BF16 memory attention with `MAX_SCORES` at 2 supports (256²: 256 query tokens, 256 per support), cached in
+    `tmp_path / "cache"`, and k -> random feeds with k supports' memory."""
+    monkeypatch.setattr("runtime.ov_backend.MAX_SCORES", 2 * 256 * 256)
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
     graph = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
     rng = np.random.default_rng(0)
-    feeds = {
-        t.name: rng.standard_normal([d if isinstance(d, int) else 0 for d in t.shape]).astype(np.float32)
-        for t in spec.inputs
-    }
+    fixed = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in spec.inputs if t.name.startswith("image")}
 
     def with_memory(k):
-        return feeds | {n: rng.standard_normal((1, 256 * k, 64)).astype(np.float32) for n in ("memory", "memory_pos")}
+        return fixed | {n: rng.standard_normal((1, 256 * k, 64)).astype(np.float32) for n in ("memory", "memory_pos")}
 
+    return graph, spec, with_memory
+
+
+def test_calls_with_more_attention_scores_run_a_plain_compilation(attention, art, tmp_path):
+    """Beyond MAX_SCORES (query tokens x memory tokens) memory attention runs compiled without GRAPH_PROPERTIES
+    (snippets on: no materialised scores), loaded on the first such call and cached; both compute the same."""
+    graph, spec, with_memory = attention
     two, three = with_memory(2), with_memory(3)
     graph.run(two)
     assert graph._plain is None, "a call within MAX_SCORES must not load the plain compilation"
@@ -171,29 +176,22 @@ def test_calls_with_more_attention_scores_run_a_plain_compilation(art, tmp_path,
     assert again._plain.cache == "hit"
 
 
-def test_a_switch_of_compilation_frees_the_other_ones_buffers(art, tmp_path, monkeypatch):
+def test_a_switch_of_compilation_frees_the_other_ones_buffers(attention, monkeypatch):
     """Calls alternating between the tuned and the plain compilation free the one run before (one working set held,
     not both), calls staying on one free nothing, and results are unchanged by a free."""
-    monkeypatch.setattr("runtime.ov_backend.MAX_SCORES", 2 * 256 * 256)
     freed = []
     release = OpenVinoGraph.release_memory
     monkeypatch.setattr(OpenVinoGraph, "release_memory", lambda self: (freed.append(self), release(self))[1])
-    spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
-    graph = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
-    rng = np.random.default_rng(1)
-    feeds = {
-        t.name: rng.standard_normal([d if isinstance(d, int) else 256 for d in t.shape]).astype(np.float32)
-        for t in spec.inputs
-    }
-    three = feeds | {n: rng.standard_normal((1, 256 * 3, 64)).astype(np.float32) for n in ("memory", "memory_pos")}
-    first = graph.run(feeds)["conditioned_embed"]
-    graph.run(feeds)
+    graph, _, with_memory = attention
+    one, three = with_memory(1), with_memory(3)
+    first = graph.run(one)["conditioned_embed"]
+    graph.run(one)
     assert freed == []
     graph.run(three)
     assert freed == [graph._tuned]
     graph.run(three)
     assert freed == [graph._tuned]
-    again = graph.run(feeds)["conditioned_embed"]
+    again = graph.run(one)["conditioned_embed"]
     assert freed == [graph._tuned, graph._plain]
     assert pearson(again, first) > 0.9999
 
