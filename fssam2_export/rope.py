@@ -4,8 +4,8 @@ sam2's RoPEAttention rotates queries/keys with complex numbers (view_as_complex,
 cannot express. `RealRoPEAttention` wraps an existing RoPEAttention (sharing its value and output
 projections) and applies the same rotation with precomputed real cos/sin tables, to queries and keys whose
 projections are copies with their output channels reordered (`pair_halves`, see `rotate`). Memory keys of
-any length that is a multiple of the query length (K supports) are rotated by tiling the tables, as
-`rope_k_repeat` does.
+any length that is a multiple of the query length (K supports) are rotated block by block with the same
+tables, as `rope_k_repeat` does.
 Single-head attention whose value projection widens its input (the cross-attention to the 64-channel
 memory) attends over the raw values and projects afterwards: the same function with fewer FLOPs.
 """
