@@ -407,9 +407,10 @@ class OpenVinoBackend:
         return compiled, None, "built"
 
     def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph | TunedGraph:
-        precision = self.precision_for(graph_name(path), spec)
+        graph = graph_name(path)
+        precision = self.precision_for(graph, spec)
         fp32_nodes = self.fp32_nodes_for(spec, precision)
-        tuning = GRAPH_PROPERTIES.get((graph_name(path), precision))
+        tuning = GRAPH_PROPERTIES.get((graph, precision))
         if tuning is None:
             return self._load(path, spec, precision, fp32_nodes, {})
         tuned = self._load(path, spec, precision, fp32_nodes, tuning[0])
