@@ -13,6 +13,7 @@ import pytest
 from conftest import require
 
 require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
+pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted
 
 from graph_edits import rerecord  # noqa: E402
 

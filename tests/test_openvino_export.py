@@ -11,6 +11,7 @@ import pytest
 from conftest import require
 
 require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
+pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted
 
 from calibration import pipeline  # noqa: E402
 from calibration.export_cli import main as export_main  # noqa: E402
