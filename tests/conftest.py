@@ -105,11 +105,12 @@ def _runs_bf16(core) -> bool:
     import openvino
     import openvino.opset13 as ops
 
+    from runtime.ov_backend import runtime_precisions
+
     x = ops.parameter([1, 32, 32], np.float32, name="x")
     model = openvino.Model([ops.matmul(x, ops.constant(np.ones((32, 32), np.float32)), False, False)], [x])
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
-    ran = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()}
-    return "bf16" in ran
+    return "bf16" in runtime_precisions(compiled).values()
 
 
 @pytest.fixture(scope="module")
