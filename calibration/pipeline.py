@@ -255,7 +255,7 @@ def convert_artifacts(fp32_dir: Path, out_dir: Path, opts: PrecisionOptions, pro
                     {
                         "quantizer": "onnxruntime.quantization.quantize_dynamic",
                         "ops": ["MatMul", "Gemm"],
-                        "weights": "int8 per-tensor symmetric",
+                        "weights": "int8 per-tensor symmetric, 7-bit range",
                         "activations": "dynamic uint8 per call",
                         "quantised_nodes": len(quantised),
                         "made_from": "fp32",

@@ -11,7 +11,7 @@ import pytest
 from onnxruntime.quantization import CalibrationMethod
 
 from calibration.capture import capture
-from calibration.int8 import QUANTISED_OPS, check_qdq, quantize_qdq
+from calibration.int8 import QUANTISED_OPS, check_qdq, quantize_dynamic_cpu, quantize_qdq
 from calibration.ranges import calibrate, minmax, symmetric
 from runtime import FewShotSegmenter, load_manifest
 from runtime import cli as runtime_cli
@@ -258,6 +258,45 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
     for s in episode.supports[:2]:
         seg.add_support(*s)
     assert seg.segment(episode.query).mask.any()
+
+
+def _cpu_flavour_weights(tmp_path) -> np.ndarray:
+    """The integer weights of the CPU flavour of a one-MatMul graph (16 x 32 random weights)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32])],
+        [w],
+    )
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize_dynamic_cpu(src, tmp_path / "mm.cpu-int8.onnx")[0], "positive control: the MatMul is quantised"
+    model = onnx.load(str(tmp_path / "mm.cpu-int8.onnx"))
+    ints = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8]
+    return np.concatenate([a.ravel() for a in ints])
+
+
+def _fit_7_bits(weights: np.ndarray) -> bool:
+    return bool(weights.min() >= -64 and weights.max() <= 63)
+
+
+def test_cpu_flavour_weights_fit_7_bits(tmp_path):
+    """CPU flavour weights lie in [-64, 63] and use that range: ONNX Runtime's x86 kernels without VNNI (VPMADDUBSW)
+    then compute the same as with VNNI; 8-bit weights saturate there (measured: docs/precision.md)."""
+    weights = _cpu_flavour_weights(tmp_path)
+    assert _fit_7_bits(weights) and np.abs(weights).max() >= 60, (weights.min(), weights.max())
+
+
+def test_cpu_flavour_weights_in_8_bits_are_caught(tmp_path, monkeypatch):
+    import calibration.int8 as int8
+
+    full = int8.quantize_dynamic
+    monkeypatch.setattr(int8, "quantize_dynamic", lambda *a, **k: full(*a, **(k | {"reduce_range": False})))
+    assert not _fit_7_bits(_cpu_flavour_weights(tmp_path))
 
 
 def test_gate_fails_on_a_broken_conversion_and_names_graph_and_node(fp32, tmp_path, monkeypatch):
