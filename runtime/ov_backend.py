@@ -20,6 +20,10 @@ keep FP32 inside a BF16 graph. OpenVINO has no API to mark them; its IR reader r
 `DisablePrecisionConversion`, which the CPU plugin honours under any inference precision hint, so a graph with
 islands goes through IR (`island_model`) before it is compiled (with each marked MatMul kept apart from its bias,
 `_unfusable`).
+
+Per graph and precision, `TUNING` adds what measurements showed faster: BF16 memory attention compiles without
+OpenVINO's fused attention kernel, its attentions over the memory rewritten into blocks of 512 query tokens
+(`block_attention`), one compiled model for every K.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import tempfile
 import threading
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,27 +46,33 @@ from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 PRECISIONS = {"bf16": "bf16", "fp32": "f32", "fp16": "f16"}  # our names -> OpenVINO's element types
 _FROM_OV = {v: k for k, v in PRECISIONS.items()}
 PROVIDER = "openvino"
-KEEP_FP32 = '<attribute name="DisablePrecisionConversion" version="0" value="dynamic:f16"/>'
+KEEP_FP32_ATTRIBUTE = "DisablePrecisionConversion"
+KEEP_FP32 = f'<attribute name="{KEEP_FP32_ATTRIBUTE}" version="0" value="dynamic:f16"/>'
 ISLANDS_VERSION = 2  # how `island_model` marks (2: `_unfusable`); in the cache key, so older blobs with islands rebuild
-# Memory attention calls with at most this many attention scores (query tokens x memory tokens: K = 1 at 1024², 16
-# at 256²) run the `GRAPH_PROPERTIES` compilation, larger ones the plain one.
-MAX_SCORES = 4096 * 4096
 
 
-def _scores_fit(feeds: Mapping[str, np.ndarray]) -> bool:
-    embed = feeds["image_embed"].shape
-    return embed[-2] * embed[-1] * feeds["memory"].shape[1] <= MAX_SCORES
+@dataclass(frozen=True)
+class Tuning:
+    """How one graph compiles in one precision, beyond the precision: OpenVINO compile `properties`, and
+    `query_block` (attentions over the memory computed over blocks of that many query tokens: `block_attention`).
+    In the cache key."""
+
+    properties: Mapping[str, str] = field(default_factory=dict)
+    query_block: int = 0
+
+    def key(self) -> str:
+        return "".join(f"-{k}={v}" for k, v in sorted(self.properties.items())) + (
+            f"-qblock={self.query_block}" if self.query_block else ""
+        )
 
 
-# Compile properties per (graph, precision), for the calls the predicate accepts (the others run a second
-# compilation without them, made on first need), measured at 1024² on AMX
-# (docs/performance.md#openvino-per-graph-properties): BF16 memory attention, its attention as separate oneDNN
-# MatMul / Softmax / MatMul (AMX) ops instead of the fused snippet kernel, takes 0.80-0.85x the time at K = 1 and 5
-# (the image encoder and mask decoder 1.1x, FP32 memory attention the same), but each layer's scores are then
-# materialised: +500 MB peak memory at K = 5, hence `MAX_SCORES`. In the cache key: blobs compiled without them rebuild.
-GRAPH_PROPERTIES: dict[tuple[str, str], tuple[dict[str, str], Callable[[Mapping[str, np.ndarray]], bool]]] = {
-    ("memory_attention", "bf16"): ({"SNIPPETS_MODE": "DISABLE"}, _scores_fit)
-}
+# Measured at 1024² (docs/performance.md, "OpenVINO per-graph properties" and "Memory attention in query blocks"):
+# BF16 memory attention with its attention as separate oneDNN MatMul / Softmax / MatMul ops instead of OpenVINO's
+# fused snippet kernel takes 0.80-0.85x the time on AMX (the image encoder and mask decoder 1.1x, FP32 memory
+# attention the same). Those ops materialise the scores: whole, +500 MB peak at K = 5; over blocks of 512 query
+# tokens, 42 MB per cross-attention at K = 5 and about as fast (K = 5 on AVX512_BF16: 0.60x the fused kernel's time,
+# whole 0.58x; peak RSS 412 MB, whole 968 MB, fused 370 MB).
+TUNING: dict[tuple[str, str], Tuning] = {("memory_attention", "bf16"): Tuning({"SNIPPETS_MODE": "DISABLE"}, 512)}
 
 
 def _openvino():
@@ -189,6 +200,60 @@ def runtime_precisions(compiled) -> dict[str, str]:
     return ran
 
 
+def _keeps_fp32(op) -> bool:
+    """Whether `op` is marked to keep FP32 (read from IR, the attribute's key carries its version)."""
+    return any(key.startswith(KEEP_FP32_ATTRIBUTE) for key in op.get_rt_info().keys())
+
+
+def block_attention(model, block: int) -> int:
+    """Rewrite `model` in place: each attention over a dynamic number of keys (memory attention's cross-attentions;
+    the memory grows with K), MatMul-Softmax-MatMul with the softmax over the keys, computed for blocks of `block`
+    query tokens and concatenated. Same products; run as separate ops, only a block's scores (`block` x keys) are held
+    at once. Attentions with a node kept FP32 (an FP32 island) stay whole. Returns how many were blocked."""
+    import openvino.opset13 as ops
+
+    blocked = 0
+    for softmax in [op for op in model.get_ordered_ops() if op.get_type_name() == "Softmax"]:
+        scores, consumers = softmax.input_value(0).get_node(), list(softmax.output(0).get_target_inputs())
+        if scores.get_type_name() != "MatMul" or len(consumers) != 1 or consumers[0].get_index() != 0:
+            continue
+        mix = consumers[0].get_node()
+        shape, rank = softmax.get_output_partial_shape(0), softmax.get_output_partial_shape(0).rank.get_length()
+        tokens = shape[rank - 2]
+        if (
+            mix.get_type_name() != "MatMul"
+            or softmax.get_attributes()["axis"] not in (-1, rank - 1)  # normalised over the keys, not the queries
+            or scores.get_attributes()["transpose_a"]
+            or mix.get_attributes()["transpose_a"]
+            or shape[rank - 1].is_static  # self-attention: as many keys at every K
+            or tokens.is_dynamic
+            or tokens.get_length() <= block
+            or any(_keeps_fp32(op) for op in (scores, softmax, mix))
+        ):
+            continue
+        n = tokens.get_length()
+        sizes = [block] * (n // block) + ([n % block] if n % block else [])
+        queries = ops.variadic_split(scores.input_value(0), np.int64(-2), np.array(sizes, np.int64))
+        parts = []
+        for i, query in enumerate(queries.outputs()):
+            part = ops.matmul(query, scores.input_value(1), False, scores.get_attributes()["transpose_b"])
+            part = ops.softmax(part, -1)
+            part = ops.matmul(part, mix.input_value(1), False, mix.get_attributes()["transpose_b"])
+            part.set_friendly_name(f"{mix.get_friendly_name()}/block{i}")
+            parts.append(part.output(0))
+        joined = ops.concat(parts, -2)
+        joined.set_friendly_name(f"{mix.get_friendly_name()}/blocks")
+        out = mix.output(0)
+        for consumer in list(out.get_target_inputs()):
+            consumer.replace_source_output(joined.output(0))
+        names = out.get_names()
+        out.get_tensor().set_names(set())
+        joined.output(0).get_tensor().set_names(names)
+        blocked += 1
+    model.validate_nodes_and_infer_types()
+    return blocked
+
+
 class OpenVinoGraph:
     """A compiled graph; safe to call from many threads. Calls on one graph run one at a time on one infer request
     (with the LATENCY hint one request already uses every core). FP32 results are bit-identical to serial calls; BF16
@@ -226,42 +291,6 @@ class OpenVinoGraph:
         with self._lock:
             result = self._request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
         return {name: result[port] for name, port in self._outputs}
-
-    def release_memory(self) -> None:
-        """Free the intermediate buffers (the next call allocates them again); waits for a running call."""
-        with self._lock:
-            self.compiled.release_memory()
-
-
-class TunedGraph:
-    """A graph compiled with `GRAPH_PROPERTIES` (`tuned`) for the calls `fits` accepts, and without them for the
-    others (`load_plain`, on the first such call). A call on one compilation frees the other's intermediate buffers
-    when that one ran last, so the process holds one working set, not both. Reports as `tuned` does (`precision`,
-    `compiled`, `cache`, ...)."""
-
-    def __init__(self, tuned: OpenVinoGraph, fits: Callable, load_plain: Callable[[], OpenVinoGraph]):
-        self._tuned, self._fits, self._load_plain = tuned, fits, load_plain
-        self._plain: OpenVinoGraph | None = None
-        self._last: OpenVinoGraph | None = None  # the compilation the latest call ran on
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):  # not set yet (copy, unpickling): no recursion through self._tuned
-            raise AttributeError(name)
-        return getattr(self._tuned, name)
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            if self._fits(feeds):
-                graph = self._tuned
-            else:
-                if self._plain is None:
-                    self._plain = self._load_plain()
-                graph = self._plain
-            previous, self._last = self._last, graph
-        if previous is not None and previous is not graph:
-            previous.release_memory()
-        return graph.run(feeds)
 
 
 class OpenVinoBackend:
@@ -323,31 +352,29 @@ class OpenVinoBackend:
         flavour = openvino_flavour(spec)
         return list(flavour.meta.get("fp32_nodes", [])) if flavour is not None and precision != "fp32" else []
 
-    def _config(self, precision: str, properties: Mapping[str, str] | None = None) -> dict:
-        """Compile properties: precision, latency hint, threads, and `properties` (a graph's `GRAPH_PROPERTIES`)."""
+    def _config(self, precision: str, tuning: Tuning = Tuning()) -> dict:
+        """Compile properties: precision, latency hint, threads, and the graph's tuning's."""
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
-        return config | dict(properties or {})
+        return config | dict(tuning.properties)
 
-    def _entry(
-        self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]
-    ) -> CacheEntry | None:
+    def _entry(self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str], tuning: Tuning):
         marking = "\n".join([f"islands v{ISLANDS_VERSION}", *sorted(fp32_nodes)])
         islands = hashlib.sha256(marking.encode()).hexdigest()[:8] if fp32_nodes else ""
         key = CacheKey(
             source_sha256(path, spec),
             f"openvino-{self.device}-{precision}"
             + (f"-fp32x{len(fp32_nodes)}-{islands}" if fp32_nodes else "")
-            + "".join(f"-{k}={v}" for k, v in sorted(properties.items())),
+            + tuning.key(),
             f"openvino {self.version}",
             machine_fingerprint(),
         )
         return cache_entry(path, key, self._cache_dir, kind="openvino", suffix=".blob")
 
     def read_model(self, path: Path, fp32_nodes: Sequence[str], workdir: Path):
-        """`path` as OpenVINO compiles it: constant subgraphs folded by ONNX Runtime (see `fold_constants`), the
-        FP32 islands marked (`island_model`). Files in `workdir` must outlive the model."""
+        """`path` as OpenVINO reads it before tuning: constant subgraphs folded by ONNX Runtime (see
+        `fold_constants`), the FP32 islands marked (`island_model`). Files in `workdir` must outlive the model."""
         folded = fold_constants(path, workdir / path.name)
         try:
             model = self._core.read_model(str(folded))
@@ -355,32 +382,30 @@ class OpenVinoBackend:
             raise BackendError(f"OpenVINO could not read {path}: {e}") from e
         return island_model(self._core, model, fp32_nodes, workdir, str(path)) if fp32_nodes else model
 
-    def compile_model(
-        self, model, precision: str, name: str = "the model", properties: Mapping[str, str] | None = None
-    ):
-        """`model` compiled in `precision`, with `properties` added (a graph's `GRAPH_PROPERTIES`)."""
+    def compile_model(self, model, precision: str, name: str = "the model", tuning: Tuning = Tuning()):
+        """`model` compiled in `precision` with `tuning` (its attentions blocked in place, its properties added)."""
+        if tuning.query_block:
+            block_attention(model, tuning.query_block)
         try:
-            return self._core.compile_model(model, self.device, self._config(precision, properties))
+            return self._core.compile_model(model, self.device, self._config(precision, tuning))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
             raise BackendError(f"OpenVINO could not compile {name} for {self.device}: {e}") from e
 
     def run_with_outputs(
         self, model, tensors: Sequence[str], feeds: Mapping[str, np.ndarray], precision: str, graph: str | None = None
     ) -> dict[str, np.ndarray]:
-        """The named (intermediate) tensors of `model` compiled in `precision` (with `graph`'s `GRAPH_PROPERTIES` when
-        named and they apply to `feeds`, as `load` would run them), run once on `feeds`."""
+        """The named (intermediate) tensors of `model` compiled in `precision` (with `graph`'s tuning when named, as
+        `load` would run them; a requested tensor inside a blocked attention comes from the whole attention), run once
+        on `feeds`."""
         extended = model.clone()
         extended.add_outputs(list(tensors))
-        properties, fits = GRAPH_PROPERTIES.get((graph, precision), ({}, None))
-        properties = properties if fits is None or fits(feeds) else {}
-        result = (
-            self.compile_model(extended, precision, properties=properties).create_infer_request().infer(dict(feeds))
-        )
+        tuning = TUNING.get((graph, precision), Tuning())
+        result = self.compile_model(extended, precision, tuning=tuning).create_infer_request().infer(dict(feeds))
         return {t: result[t] for t in tensors}
 
-    def _compile(self, path: Path, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]):
+    def _compile(self, path: Path, precision: str, fp32_nodes: Sequence[str], tuning: Tuning):
         with tempfile.TemporaryDirectory(prefix="fssam2-ov-") as tmp:
-            return self.compile_model(self.read_model(path, fp32_nodes, Path(tmp)), precision, str(path), properties)
+            return self.compile_model(self.read_model(path, fp32_nodes, Path(tmp)), precision, str(path), tuning)
 
     def _import(self, blob: Path, config: dict) -> tuple[object, np.memmap]:
         """(compiled model, its memory map) from an exported blob. The map is copy-on-write (the file is never
@@ -389,16 +414,14 @@ class OpenVinoBackend:
         mapped = np.memmap(blob, dtype=np.uint8, mode="c")
         return self._core.import_model(self._ov.Tensor(mapped, shared_memory=True), self.device, config), mapped
 
-    def _cached(
-        self, path: Path, entry: CacheEntry, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]
-    ):
+    def _cached(self, path: Path, entry: CacheEntry, precision: str, fp32_nodes: Sequence[str], tuning: Tuning):
         """(compiled model, memory map, "hit") from a valid entry, else (compiled, None, "built") after exporting it."""
         if entry.valid():
             try:
-                return *self._import(entry.model, self._config(precision, properties)), "hit"
+                return *self._import(entry.model, self._config(precision, tuning)), "hit"
             except Exception as e:  # complete but unreadable: rebuild it
                 warnings.warn(f"rebuilding unreadable OpenVINO cache entry {entry.model}: {e}", stacklevel=3)
-        compiled = self._compile(path, precision, fp32_nodes, properties)
+        compiled = self._compile(path, precision, fp32_nodes, tuning)
         try:
             entry.write(compiled.export_model().getvalue())
         except OSError as e:  # a read-only directory that held a valid (now unreadable) entry
@@ -406,24 +429,16 @@ class OpenVinoBackend:
             return compiled, None, "off"
         return compiled, None, "built"
 
-    def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph | TunedGraph:
+    def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph:
         graph = graph_name(path)
         precision = self.precision_for(graph, spec)
         fp32_nodes = self.fp32_nodes_for(spec, precision)
-        tuning = GRAPH_PROPERTIES.get((graph, precision))
-        if tuning is None:
-            return self._load(path, spec, precision, fp32_nodes, {})
-        tuned = self._load(path, spec, precision, fp32_nodes, tuning[0])
-        return TunedGraph(tuned, tuning[1], lambda: self._load(path, spec, precision, fp32_nodes, {}))
-
-    def _load(
-        self, path: Path, spec: GraphSpec, precision: str, fp32_nodes: Sequence[str], properties: Mapping[str, str]
-    ) -> OpenVinoGraph:
-        entry = self._entry(path, spec, precision, fp32_nodes, properties) if self._cache else None
+        tuning = TUNING.get((graph, precision), Tuning())
+        entry = self._entry(path, spec, precision, fp32_nodes, tuning) if self._cache else None
         compiled, mapped, status = (
-            self._cached(path, entry, precision, fp32_nodes, properties)
+            self._cached(path, entry, precision, fp32_nodes, tuning)
             if entry is not None
-            else (self._compile(path, precision, fp32_nodes, properties), None, "off")
+            else (self._compile(path, precision, fp32_nodes, tuning), None, "off")
         )
         ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         outputs = [t.name for t in spec.outputs]

@@ -158,7 +158,7 @@ def test_compare_pytorch_smoke(artifacts, tmp_path):
 
 def test_compare_pytorch_passes_openvino_precisions(artifacts, tmp_path, request):
     pytest.importorskip("openvino", reason="the openvino provider needs OpenVINO")
-    request.getfixturevalue("openvino_bf16")  # after the import check: the fixture imports openvino
+    request.getfixturevalue("needs_bf16")  # after the import check: the fixture imports openvino
     from bench.compare_pytorch import main
 
     out, quick = tmp_path / "cmp.json", ["--shots", "1", "--episodes", "1", "--warmup", "0", "--input-size", "96x64"]

@@ -10,17 +10,17 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import require
+from conftest import bf16_offered, require
 
 require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
-pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted
+pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted; else FP32
 
 from graph_edits import rerecord  # noqa: E402
 
-from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
+from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest, ov_backend  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
-from runtime.ov_backend import OpenVinoBackend, OpenVinoGraph  # noqa: E402
+from runtime.ov_backend import OpenVinoBackend  # noqa: E402
 from runtime.synthetic import synthetic_episodes  # noqa: E402
 
 GRAPH = "memory_encoder"  # small and quick to compile
@@ -35,12 +35,13 @@ def art(artifacts, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def results(art):
-    """Three episodes through ORT CPU and OpenVINO in FP32 and BF16 (one segmenter each)."""
+def results(art, openvino_bf16):
+    """Three episodes through ORT CPU and OpenVINO in FP32 and, where OpenVINO runs it, BF16 (one segmenter each)."""
     episodes = synthetic_episodes(3, 0, (1, 3), 256)
+    precisions = ("fp32", "bf16") if bf16_offered() else ("fp32",)
     segs = {
         "ort": FewShotSegmenter(art),
-        **{p: FewShotSegmenter(art, backend=OpenVinoBackend(precision=p)) for p in ("fp32", "bf16")},
+        **{p: FewShotSegmenter(art, backend=OpenVinoBackend(precision=p)) for p in precisions},
     }
     return segs, [{name: run_episode(seg, ep) for name, seg in segs.items()} for ep in episodes]
 
@@ -55,7 +56,7 @@ def test_fp32_matches_the_cpu_runtime(results):
         assert iou(r["fp32"].mask, r["ort"].mask) > 0.999
 
 
-def test_bf16_is_within_the_bf16_gate(results):
+def test_bf16_is_within_the_bf16_gate(needs_bf16, results):
     """BF16 (8 mantissa bits) drifts measurably but stays within the gate: IoU >= 0.98, logits correlation >= 0.999."""
     segs, runs = results
     assert {g.precision for g in segs["bf16"].graphs.values()} == {"bf16"}
@@ -92,7 +93,9 @@ def test_cache_builds_then_hits_and_rebuilds_on_a_changed_key(tmp_path, art, mon
     newer = OpenVinoBackend(precision="fp32", cache_dir=cache)
     newer.version = "9999.0"  # an OpenVINO upgrade
     assert _load(art, newer)[0].cache == "built"
-    assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache))[0].cache == "built"  # another precision
+    with monkeypatch.context() as patch:
+        patch.setitem(ov_backend.TUNING, (GRAPH, "fp32"), ov_backend.Tuning({"SNIPPETS_MODE": "DISABLE"}))
+        assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))[0].cache == "built"  # another tuning
     blobs = sorted(cache.glob("*.blob"))
     assert len(blobs) == 4, [b.name for b in blobs]
     assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache, cache=False))[0].cache == "off"
@@ -109,10 +112,12 @@ def _layer_types(graph) -> set[str]:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_compiled_memory_attention_holds_its_constants_once(art, precision):
+def test_compiled_memory_attention_holds_its_constants_once(art, precision, request):
     """The RoPE tables are shared by all of memory attention's products (export: `rope.rotate`); OpenVINO folds a
     copy per product for a table whose rank or sign differs from what the product takes (11x the weights at 1024²,
     2x at 256²). The compiled model's constants stay within 1.2x the ONNX initializers'."""
+    if precision == "bf16":
+        request.getfixturevalue("needs_bf16")
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
     graph = _load(art, OpenVinoBackend(precision=precision, cache=False), spec)[0]
     held = sum(
@@ -125,9 +130,9 @@ def test_compiled_memory_attention_holds_its_constants_once(art, precision):
     assert held <= 1.2 * exported, f"{held / 1e6:.1f} MB of constants compiled from {exported / 1e6:.1f} MB"
 
 
-def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art, tmp_path, monkeypatch):
+def test_tuning_applies_per_graph_and_is_in_the_cache_key(needs_bf16, results, art, tmp_path, monkeypatch):
     """BF16 memory attention compiles with snippets off (its attention as separate MatMul / Softmax / MatMul), the
-    other graphs and FP32 memory attention with them; a blob compiled without the properties is not reused."""
+    other graphs and FP32 memory attention with them; a blob compiled without the tuning is not reused."""
     segs = results[0]
     assert "Subgraph" not in _layer_types(segs["bf16"].graphs["memory_attention"])
     assert "Subgraph" in _layer_types(segs["bf16"].graphs["mask_decoder"])
@@ -135,66 +140,98 @@ def test_graph_properties_apply_per_graph_and_are_in_the_cache_key(results, art,
 
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
     cache = tmp_path / "cache"
-    monkeypatch.setattr("runtime.ov_backend.GRAPH_PROPERTIES", {})
+    assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache), spec)[0].cache == "built"
+    monkeypatch.setattr("runtime.ov_backend.TUNING", {})  # below: another precision, then another tuning, rebuild
     assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0].cache == "built"
     monkeypatch.undo()
     rebuilt = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
     assert rebuilt.cache == "built" and "Subgraph" not in _layer_types(rebuilt)
     hit = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
     assert hit.cache == "hit" and "Subgraph" not in _layer_types(hit)
+    tuning = ov_backend.TUNING[("memory_attention", "bf16")]
+    monkeypatch.setitem(ov_backend.TUNING, ("memory_attention", "bf16"), dataclasses.replace(tuning, query_block=64))
+    assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0].cache == "built"  # another block
 
 
-@pytest.fixture
-def attention(art, tmp_path, monkeypatch):
-    """BF16 memory attention with `MAX_SCORES` at 2 supports (256²: 256 query tokens, 256 per support), cached in
-    `tmp_path / "cache"`, and k -> random feeds with k supports' memory."""
-    monkeypatch.setattr("runtime.ov_backend.MAX_SCORES", 2 * 256 * 256)
+@pytest.fixture(scope="module")
+def attention(art):
+    """Memory attention as OpenVINO reads it (256²: 256 query tokens, 256 memory tokens per support), its spec, and
+    k -> random feeds with k supports' memory."""
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
-    graph = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
+    backend = OpenVinoBackend(precision="fp32", cache=False)
     rng = np.random.default_rng(0)
     fixed = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in spec.inputs if t.name.startswith("image")}
 
     def with_memory(k):
         return fixed | {n: rng.standard_normal((1, 256 * k, 64)).astype(np.float32) for n in ("memory", "memory_pos")}
 
-    return graph, spec, with_memory
+    return backend, spec, with_memory
 
 
-def test_calls_with_more_attention_scores_run_a_plain_compilation(attention, art, tmp_path):
-    """Beyond MAX_SCORES (query tokens x memory tokens) memory attention runs compiled without GRAPH_PROPERTIES
-    (snippets on: no materialised scores), loaded on the first such call and cached; both compute the same."""
-    graph, spec, with_memory = attention
-    two, three = with_memory(2), with_memory(3)
-    graph.run(two)
-    assert graph._plain is None, "a call within MAX_SCORES must not load the plain compilation"
-    out = graph.run(three)["conditioned_embed"]
-    assert graph._plain is not None and "Subgraph" in _layer_types(graph._plain)
-    assert graph._plain.cache == "built" and "Subgraph" not in _layer_types(graph)
-    assert pearson(out, graph._tuned.run(three)["conditioned_embed"]) > 0.9999
+def _blocked_against_whole(attention, art, tmp_path, block: int) -> tuple[int, float]:
+    """(attentions blocked, largest |blocked - whole| of FP32 memory attention's output over K = 1 and 3, one compiled
+    model each)."""
+    backend, spec, with_memory = attention
+    model = backend.read_model(art / spec.file, [], tmp_path)
+    whole = backend.compile_model(model.clone(), "fp32").create_infer_request()
+    blocked_model = model.clone()
+    blocked = ov_backend.block_attention(blocked_model, block)
+    request = backend.compile_model(blocked_model, "fp32").create_infer_request()
+    diffs = []
+    for k in (1, 3):
+        feeds = with_memory(k)
+        want, got = whole.infer(feeds)["conditioned_embed"], request.infer(feeds)["conditioned_embed"]
+        assert got.shape == want.shape and np.isfinite(got).all()
+        diffs.append(float(np.abs(got - want).max()))
+    return blocked, max(diffs)
 
-    again = _load(art, OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache"), spec)[0]
-    again.run(three)
-    assert again._plain.cache == "hit"
+
+def test_block_attention_splits_the_attentions_over_the_memory(attention, art, tmp_path):
+    """The 4 cross-attentions (keys: the memory, a dynamic axis) split into blocks of 96 query tokens (96, 96, 64):
+    the same FP32 output at every K (measured: identical), the self-attentions (static keys) untouched. Blocks
+    joined in the wrong order are caught."""
+    blocked, diff = _blocked_against_whole(attention, art, tmp_path, 96)
+    assert blocked == 4 and diff <= 1e-5, (blocked, diff)
 
 
-def test_a_switch_of_compilation_frees_the_other_ones_buffers(attention, monkeypatch):
-    """Calls alternating between the tuned and the plain compilation free the one run before (one working set held,
-    not both), calls staying on one free nothing, and results are unchanged by a free."""
-    freed = []
-    release = OpenVinoGraph.release_memory
-    monkeypatch.setattr(OpenVinoGraph, "release_memory", lambda self: (freed.append(self), release(self))[1])
-    graph, _, with_memory = attention
-    one, three = with_memory(1), with_memory(3)
-    first = graph.run(one)["conditioned_embed"]
-    graph.run(one)
-    assert freed == []
-    graph.run(three)
-    assert freed == [graph._tuned]
-    graph.run(three)
-    assert freed == [graph._tuned]
-    again = graph.run(one)["conditioned_embed"]
-    assert freed == [graph._tuned, graph._plain]
-    assert pearson(again, first) > 0.9999
+def test_block_attention_joined_in_the_wrong_order_is_caught(attention, art, tmp_path, monkeypatch):
+    import openvino.opset13 as ops
+
+    concat = ops.concat
+    monkeypatch.setattr(ops, "concat", lambda parts, axis: concat(parts[::-1], axis))
+    blocked, diff = _blocked_against_whole(attention, art, tmp_path, 96)
+    assert blocked == 4 and diff > 1e-2, diff
+
+
+def test_block_attention_leaves_islands_and_short_queries_whole(attention, art, tmp_path):
+    """An attention with a node kept FP32 (an island: its mark lives on the op, the blocks' new ops would lose it)
+    stays whole, as does every attention when a block holds all 256 query tokens."""
+    backend, spec, _ = attention
+    model = backend.read_model(art / spec.file, [], tmp_path)
+    assert ov_backend.block_attention(model.clone(), 256) == 0
+    softmax = next(
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Softmax" and "cross_attn" in op.get_friendly_name()
+    )
+    island = backend.read_model(art / spec.file, [softmax], tmp_path)
+    assert ov_backend.block_attention(island, 96) == 3
+
+
+def test_loaded_memory_attention_runs_its_blocks_at_every_k(needs_bf16, attention, art, monkeypatch):
+    """BF16 memory attention loaded with a query block of 64 runs the blocked ops (named `.../block<i>` in the
+    runtime model) on one compiled model for K = 1 and 3, close to FP32 (BF16 drift only)."""
+    backend, spec, with_memory = attention
+    tuning = ov_backend.TUNING[("memory_attention", "bf16")]
+    monkeypatch.setitem(ov_backend.TUNING, ("memory_attention", "bf16"), dataclasses.replace(tuning, query_block=64))
+    graph = _load(art, OpenVinoBackend(precision="bf16", cache=False), spec)[0]
+    ran = ov_backend.runtime_precisions(graph.compiled)
+    assert sum(name.endswith("/block3") for name in ran) == 4 and "bf16" in ran.values()
+    fp32 = _load(art, backend, spec)[0]
+    for k in (1, 3):
+        feeds = with_memory(k)
+        got, want = graph.run(feeds)["conditioned_embed"], fp32.run(feeds)["conditioned_embed"]
+        assert pearson(got, want) > 0.999 and not np.array_equal(got, want)
 
 
 def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art):
@@ -275,6 +312,28 @@ def test_without_bf16_the_provider_runs_and_reports_fp32(no_bf16, art):
         create_backend("cpu", precisions={"*": "bf16"})
 
 
+def test_bench_says_which_precision_each_graph_ran_in(no_bf16, art, tmp_path, capsys):
+    """Where the CPU offers no BF16 (AVX2 only), `fssam2 bench --providers openvino` runs every graph in FP32 and says
+    so per graph: what OpenVINO compiled for, also for a graph exported in FP16 (the manifest's precision would be
+    wrong there), which ONNX Runtime runs as exported."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp16 = tmp_path / "art"
+    shutil.copytree(art, fp16, ignore=shutil.ignore_patterns(".*_cache"))
+    path = fp16 / "mask_decoder.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
+    rerecord(fp16, "mask_decoder", precision="fp16")
+    out = tmp_path / "bench.json"
+    quick = ["--shots", "1", "--queries", "1", "--warmup", "0", "--supports", "1", "--input-size", "96x64", "--ways"]
+    args = ["bench", "--artifacts", str(fp16), "--providers", "cpu", "openvino", *quick, "--quiet", "--out", str(out)]
+    assert runtime_cli.main(args) == 0
+    runs = {r["provider"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["openvino"]["error"] is None, runs["openvino"]["error"]
+    assert runs["openvino"]["graph_precisions"] == dict.fromkeys(runs["openvino"]["files"], "fp32")
+    assert runs["cpu"]["graph_precisions"]["mask_decoder"] == "fp16"
+    assert "mask_decoder fp32" in capsys.readouterr().out
+
+
 def _broken_copy(art, dst):
     """The artifacts with memory attention's first projection weight negated and scaled (manifest updated)."""
     shutil.copytree(art, dst, ignore=shutil.ignore_patterns(".*_cache"))
@@ -293,12 +352,10 @@ def test_gate_judges_what_openvino_runs(art, artifacts, tmp_path, capsys):
     args = ["check", "--reference", str(artifacts), "--provider", "openvino", "--episodes", "2", "--shots", "1", "2"]
     assert runtime_cli.main([*args, "--artifacts", str(art), "--json", str(report)]) == 0
     ok = json.loads(report.read_text())
-    assert ok["passed"] and ok["thresholds"] == dataclasses.asdict(
-        GateThresholds.for_precision("bf16")
-    )  # the bf16 gate
-    assert ok["thresholds"]["mask_iou"] == 0.98 and ok["thresholds"]["sign_agreement"] == 0.99
-    assert set(ok["graph_precisions"].values()) == {"bf16"} and ok["degenerate_episodes"] < 2
-    assert "(bf16)" in capsys.readouterr().out
+    ran = "bf16" if bf16_offered() else "fp32"  # the provider's default: BF16 where the CPU offers it
+    assert ok["passed"] and ok["thresholds"] == dataclasses.asdict(GateThresholds.for_precision(ran))
+    assert set(ok["graph_precisions"].values()) == {ran} and ok["degenerate_episodes"] < 2
+    assert f"({ran})" in capsys.readouterr().out
 
     bad = tmp_path / "bad.json"
     assert (

@@ -11,7 +11,7 @@ import pytest
 from conftest import require
 
 require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
-pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted
+pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted; else FP32
 
 from calibration import pipeline  # noqa: E402
 from calibration.export_cli import main as export_main  # noqa: E402
@@ -33,7 +33,7 @@ def _options(**kw):
 
 
 @pytest.fixture(scope="module")
-def bf16(tmp_path_factory):
+def bf16(needs_bf16, tmp_path_factory):
     """`fssam2-export --precision bf16`, end to end through the CLI."""
     out = tmp_path_factory.mktemp("bf16") / "art"
     args = ["--random-init", "--seed", "0", "--image-size", "128", "--quiet", "--precision", "bf16", "--gate-episodes"]
@@ -89,7 +89,7 @@ def _with_islands(art, tmp_path, nodes):
     return art / spec.file, dataclasses.replace(spec, flavours=[flavour])
 
 
-def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(artifacts_128, tmp_path, monkeypatch):
+def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(needs_bf16, artifacts_128, tmp_path, monkeypatch):
     backend = OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache")
     path, plain = _with_islands(artifacts_128, tmp_path, [])
     _, marked = _with_islands(artifacts_128, tmp_path, [ISLAND])
@@ -111,7 +111,7 @@ def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(artifacts_1
         OpenVinoBackend(precision="bf16", cache=False).load(path, unknown)
 
 
-def test_an_island_on_a_gemm_runs_its_fullyconnected_fp32(artifacts_128, tmp_path):
+def test_an_island_on_a_gemm_runs_its_fullyconnected_fp32(needs_bf16, artifacts_128, tmp_path):
     """The CPU plugin fuses a MatMul with its bias Add into a new FullyConnected, which would drop the island's mark:
     the Gemm's ops run bf16 unmarked and f32 marked, and its output tensor moves towards FP32's."""
     backend = OpenVinoBackend(precision="bf16", cache=False)
@@ -138,7 +138,9 @@ def test_an_island_on_a_gemm_runs_its_fullyconnected_fp32(artifacts_128, tmp_pat
 
 
 @pytest.mark.parametrize("dropped", [False, True], ids=["islands-hold", "gemm-mark-dropped"])
-def test_tightened_gate_adds_islands_then_fails_naming_graph_and_node(artifacts_128, tmp_path, monkeypatch, dropped):
+def test_tightened_gate_adds_islands_then_fails_naming_graph_and_node(
+    needs_bf16, artifacts_128, tmp_path, monkeypatch, dropped
+):
     """Node correlation >= 0.999999 (BF16 nodes reach ~0.999996, FP32 ones ~1 - 1e-8): the first drifting node
     becomes an island and the next round finds a later one (the island took effect, a Gemm's included); the loop ends
     after ISLAND_ROUNDS or when an island did not help (`dropped`: a Gemm's mark lost in OpenVINO's bias fusion, as
