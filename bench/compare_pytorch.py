@@ -244,6 +244,12 @@ def compare(
 
 def format_table(report: dict) -> str:
     lines = []
+    units = report["environment"]["cpu"].get("matrix_units")
+    if "bf16" in report["settings"]["torch_dtypes"] and units and not (units["amx_bf16"] or units["avx512_bf16"]):
+        lines.append(
+            "note: this CPU has no BF16 matrix instructions (AMX-BF16 / AVX512_BF16): PyTorch's BF16 autocast is"
+            " emulated here and slower than its FP32, which is then the peer to compare with"
+        )
     for run in report["runs"]:
         lines.append(
             f"{Path(run['artifacts']).name} ({run['model']} @ {run['image_size']}px, {run['precision']} export); "

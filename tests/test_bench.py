@@ -105,7 +105,8 @@ def test_bench_reports_failing_configuration_and_bad_arguments(artifacts, tmp_pa
 
 
 def test_compare_pytorch_smoke(artifacts, tmp_path):
-    from bench.compare_pytorch import main
+    """Also: the table says when PyTorch's BF16 is emulated (no BF16 matrix instructions), and only then."""
+    from bench.compare_pytorch import format_table, main
 
     out = tmp_path / "cmp.json"
     assert (
@@ -154,6 +155,11 @@ def test_compare_pytorch_smoke(artifacts, tmp_path):
         )
         for d in ("fp32", "bf16"):
             assert k["pytorch_ms"][d]["support_phase"] > 0 and k["pytorch_ms"][d]["query_phase"] > 0
+    units = dict.fromkeys(["amx_bf16", "amx_int8", "avx512_bf16", "vnni"], False)
+    report["environment"]["cpu"]["matrix_units"] = units  # an AVX2-only CPU: BF16 emulated, said so
+    assert "BF16 autocast is emulated" in format_table(report)
+    report["environment"]["cpu"]["matrix_units"] = units | {"amx_bf16": True}
+    assert "emulated" not in format_table(report)
 
 
 def test_compare_pytorch_passes_openvino_precisions(artifacts, tmp_path, request):
