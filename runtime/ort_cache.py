@@ -44,16 +44,20 @@ class CacheKey:
 
 
 @lru_cache(maxsize=1)
-def machine_fingerprint() -> str:
-    """Architecture plus a hash of the CPU's feature flags (Linux /proc/cpuinfo), else the processor name."""
-    flags = ""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.split(":")[0].strip() in ("flags", "Features"):
-                flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                break
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return set()
+
+
+def machine_fingerprint() -> str:
+    """Architecture plus a hash of the CPU's feature flags, else the processor name."""
+    flags = " ".join(sorted(cpu_flags()))
     tag = hashlib.sha256((flags or platform.processor()).encode()).hexdigest()[:12]
     return f"{platform.machine()}-{tag}"
 

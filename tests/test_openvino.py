@@ -234,6 +234,84 @@ def test_loaded_memory_attention_runs_its_blocks_at_every_k(needs_bf16, attentio
         assert pearson(got, want) > 0.999 and not np.array_equal(got, want)
 
 
+def _qdq_matmul(path) -> np.ndarray:
+    """An INT8 QDQ graph: x (quantised, scale 1/127) times int8 weights `w` (scale 0.01, zero point 0; returned),
+    plus an int8 bias with zero point 3 (not a symmetric weight: left alone). Weights and inputs near the top of the
+    range, so that 8-bit products saturate where pairs of them are clamped to 16 bits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).integers(100, 128, (256, 64)).astype(np.int8)
+    consts = {"w": w, "sw": np.float32(0.01), "zero": np.int8(0), "sx": np.float32(1 / 127)}
+    consts |= {"b": np.full(64, 5, np.int8), "sb": np.float32(0.5), "zb": np.int8(3)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zero"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zero"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["xw"]),
+        helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
+        helper.make_node("Add", ["xw", "bd"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return w
+
+
+def test_int8_weights_in_7_bits_keep_their_values(tmp_path):
+    """The symmetric weight is halved into [-64, 63] (using it), its scale doubled, each value within half the new
+    step of the old; the bias with a zero point is left alone; the old weight is gone from the file."""
+    from onnx import numpy_helper
+
+    path = tmp_path / "qdq.onnx"
+    w = _qdq_matmul(path)
+    assert ov_backend.int8_weights_in_7_bits(path) == 1
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    w7, scale = inits["w_7bit"], inits["sw_7bit"]
+    assert w7.dtype == np.int8 and w7.min() >= -64 and w7.max() == 63 and scale == np.float32(0.02)
+    assert np.abs(w7 * scale - w * np.float32(0.01)).max() <= 0.01 + 1e-6
+    assert "w" not in inits and (inits["b"] == 5).all() and inits["zb"] == 3
+
+
+def test_int8_on_a_saturating_cpu_runs_7_bit_weights(tmp_path):
+    """OpenVINO runs the QDQ MatMul in INT8 (positive control: an i8 op) and, with 7-bit weights, computes it exactly
+    on any CPU. With 8-bit weights it is exact where INT8 does not saturate (VNNI, AMX) and off by far more than a
+    rounding step where it does (measured on AVX2: 87 %): the case `tuning_for` rewrites."""
+    path = tmp_path / "qdq.onnx"
+    w = _qdq_matmul(path)
+    x = np.random.default_rng(1).uniform(0.8, 1.0, (1, 16, 256)).astype(np.float32)
+    xq = np.round(x * 127) / 127
+    backend = OpenVinoBackend(precision="fp32", cache=False)
+    errors = {}
+    for seven in (False, True):
+        workdir = tmp_path / str(seven)
+        workdir.mkdir()
+        model = backend.read_model(path, [], workdir, ov_backend.Tuning(int8_weights_7bit=seven))
+        compiled = backend.compile_model(model, "fp32")
+        assert "i8" in ov_backend.runtime_precisions(compiled).values(), "OpenVINO did not run INT8"
+        weights = np.clip(np.round(w / 2), -64, 63) * np.float32(0.02) if seven else w * np.float32(0.01)
+        exact = xq @ weights + 0.5 * (5 - 3)
+        got = compiled.create_infer_request().infer({"x": x})["y"]
+        errors[seven] = float(np.abs(got - exact).max() / np.abs(exact).max())
+    assert errors[True] < 1e-5, errors
+    assert (errors[False] > 0.1) if ov_backend.int8_saturates() else (errors[False] < 1e-5), errors
+
+
+def test_int8_graphs_get_7_bit_weights_only_where_int8_saturates(art, monkeypatch):
+    spec = load_manifest(art, verify_files=False).graphs["mask_decoder"]
+    int8 = dataclasses.replace(spec, precision="int8")
+    for saturates in (True, False):
+        monkeypatch.setattr(ov_backend, "int8_saturates", lambda saturates=saturates: saturates)
+        backend = OpenVinoBackend(precision="fp32", cache=False)
+        assert backend.tuning_for("mask_decoder", "fp32", int8).int8_weights_7bit == saturates
+        assert not backend.tuning_for("mask_decoder", "fp32", spec).int8_weights_7bit
+    assert ov_backend.Tuning(int8_weights_7bit=True).key() != ov_backend.Tuning().key()  # blobs do not mix
+
+
 def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art):
     """An FP16 graph's outputs (as exported with FP16 inside, FP32 I/O) also carry the names of the Casts ONNX
     Runtime's constant folding inserts; OpenVINO reports those first when it compiles the graph, the graph's names
