@@ -91,43 +91,50 @@ def int8_saturates() -> bool:
     }
 
 
-def int8_weights_in_7_bits(path: Path) -> int:
-    """Rewrite the ONNX file at `path` in place: each constant INT8 weight read by a DequantizeLinear with zero point
-    0 halved into [-64, 63], its scale doubled (the same values to within half a step). Returns how many."""
-    import onnx
-    from onnx import numpy_helper
+def _constant_below(output):
+    """The Constant an output comes from through shape-only / element-type-only ops, else None."""
+    node = output.get_node()
+    while node.get_type_name() in ("Convert", "Reshape", "Unsqueeze", "Squeeze"):
+        node = node.input_value(0).get_node()
+    return node if node.get_type_name() == "Constant" else None
 
-    model = onnx.load(str(path))
-    inits = {t.name: t for t in model.graph.initializer}
-    made: dict[str, str] = {}  # old initializer -> rewritten one
 
-    def rewritten(name: str, change) -> str:
-        if name not in made:
-            made[name] = f"{name}_7bit"
-            model.graph.initializer.append(
-                numpy_helper.from_array(change(numpy_helper.to_array(inits[name])), made[name])
-            )
-        return made[name]
+def _only_consumer(node):
+    targets = list(node.output(0).get_target_inputs())
+    return targets[0] if len(targets) == 1 else None
+
+
+def int8_weights_in_7_bits(model) -> int:
+    """Rewrite `model` (OpenVINO's, as read from ONNX) in place: each constant INT8 weight of a dequantization
+    (Constant i8 -> Convert [-> Subtract a zero point of 0] -> Multiply by its scale) halved into [-64, 63], its scale
+    doubled: the same values to within half a step. Returns how many."""
+    import openvino.opset13 as ops
 
     count = 0
-    for node in model.graph.node:
-        weight, scale, zero = (list(node.input) + ["", ""])[:3]
-        if (
-            node.op_type != "DequantizeLinear"
-            or weight not in inits
-            or inits[weight].data_type != onnx.TensorProto.INT8
-            or scale not in inits
-            or (zero and (zero not in inits or numpy_helper.to_array(inits[zero]).any()))
-        ):
+    for const in [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"]:
+        if const.get_output_element_type(0).get_type_name() != "i8":
             continue
-        node.input[0] = rewritten(weight, lambda w: np.clip(np.round(w / 2), -64, 63).astype(np.int8))
-        node.input[1] = rewritten(scale, lambda x: (x * 2).astype(x.dtype))
+        to_convert = _only_consumer(const)
+        if to_convert is None or to_convert.get_node().get_type_name() != "Convert":
+            continue
+        step = _only_consumer(to_convert.get_node())
+        if step is not None and step.get_node().get_type_name() == "Subtract" and step.get_index() == 0:
+            zero = _constant_below(step.get_node().input_value(1))
+            if zero is None or zero.get_data().any():
+                continue
+            step = _only_consumer(step.get_node())
+        if step is None or step.get_node().get_type_name() != "Multiply":
+            continue
+        scale_port = step.get_node().input(1 - step.get_index())
+        scale = scale_port.get_source_output()
+        if _constant_below(scale) is None:
+            continue
+        halved = np.clip(np.round(const.get_data() / 2), -64, 63).astype(np.int8)
+        to_convert.replace_source_output(ops.constant(halved).output(0))
+        two = ops.constant(np.array(2, dtype=scale.get_element_type().to_dtype()))
+        scale_port.replace_source_output(ops.multiply(scale, two).output(0))
         count += 1
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    onnx.save(model, str(path))
+    model.validate_nodes_and_infer_types()
     return count
 
 
@@ -441,12 +448,12 @@ class OpenVinoBackend:
         `fold_constants`), INT8 weights in 7 bits if `tuning` says so, the FP32 islands marked (`island_model`).
         Files in `workdir` must outlive the model."""
         folded = fold_constants(path, workdir / path.name)
-        if tuning.int8_weights_7bit:
-            int8_weights_in_7_bits(folded)
         try:
             model = self._core.read_model(str(folded))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
             raise BackendError(f"OpenVINO could not read {path}: {e}") from e
+        if tuning.int8_weights_7bit:
+            int8_weights_in_7_bits(model)
         return island_model(self._core, model, fp32_nodes, workdir, str(path)) if fp32_nodes else model
 
     def compile_model(self, model, precision: str, name: str = "the model", tuning: Tuning = Tuning()):
@@ -508,6 +515,9 @@ class OpenVinoBackend:
             if entry is not None
             else (self._compile(path, precision, fp32_nodes, tuning), None, "off")
         )
-        ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        ran = _FROM_OV.get(hint, hint)
+        if "i8" in runtime_precisions(compiled).values():
+            ran = f"int8+{ran}"  # the quantised layers in INT8, the rest in the hint's precision
         outputs = [t.name for t in spec.outputs]
-        return OpenVinoGraph(compiled, self.device, _FROM_OV.get(ran, ran), status, mapped, fp32_nodes, outputs)
+        return OpenVinoGraph(compiled, self.device, ran, status, mapped, fp32_nodes, outputs)
