@@ -44,15 +44,15 @@ class CacheKey:
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> set[str]:
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.split(":")[0].strip() in ("flags", "Features"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def machine_fingerprint() -> str:
