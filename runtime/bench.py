@@ -28,6 +28,7 @@ import numpy as np
 
 from .backends import create_backend
 from .manifest import GRAPH_NAMES, Manifest, load_manifest
+from .ort_cache import cpu_flags
 from .outputs import write_atomic
 from .progress import progress as progress_bar
 from .segmenter import FewShotSegmenter
@@ -132,7 +133,7 @@ def environment() -> dict:
         info = Path("/proc/cpuinfo").read_text().splitlines()
         fields = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in info if ":" in line}
         cpu["model"] = fields.get("model name") or fields.get("Model") or platform.processor()
-        flags = (fields.get("flags") or fields.get("Features") or "").split()
+        flags = cpu_flags()
         cpu["simd_flags"] = sorted(
             f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "asimd", "sve", "neon", "f16c", "vnni"))
         )
@@ -141,7 +142,7 @@ def environment() -> dict:
             "amx_bf16": "amx_bf16" in flags,
             "amx_int8": "amx_int8" in flags,
             "avx512_bf16": "avx512_bf16" in flags,
-            "vnni": bool({"avx512_vnni", "avx_vnni"} & set(flags)),
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
         }
     except OSError:
         cpu["model"] = platform.processor()
