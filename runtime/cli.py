@@ -146,7 +146,8 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
         type=precision_spec,
         metavar="SPEC",
         help="openvino: inference precision, bf16|fp16|fp32 for all graphs and/or GRAPH=PREC,... "
-        "(default: bf16 where the CPU offers it, else fp32)",
+        "(default: the export's openvino flavours, else bf16 where the CPU offers it, else fp32; "
+        "an INT8 export's mask decoder fp32)",
     )
 
 

@@ -24,7 +24,8 @@ islands goes through IR (`island_model`) before it is compiled (with each marked
 Per graph and precision, `TUNING` adds what measurements showed faster: BF16 memory attention compiles without
 OpenVINO's fused attention kernel, its attentions over the memory rewritten into blocks of 512 query tokens
 (`block_attention`), one compiled model for every K. An INT8 graph loads with its weights in 7 bits where the CPU's
-INT8 matmuls would saturate (`int8_saturates`, `int8_weights_in_7_bits`). `tuning_for` says what applies.
+INT8 matmuls would saturate (`int8_saturates`, `int8_weights_in_7_bits`). `tuning_for` says what applies. An INT8
+export's mask decoder compiles in FP32 unless a precision is given (`AUTO_PRECISION`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class Tuning:
 # tokens, 42 MB per cross-attention at K = 5 and about as fast (K = 5 on AVX512_BF16: 0.60x the fused kernel's time,
 # whole 0.58x; peak RSS 412 MB, whole 968 MB, fused 370 MB).
 TUNING: dict[tuple[str, str], Tuning] = {("memory_attention", "bf16"): Tuning({"SNIPPETS_MODE": "DISABLE"}, 512)}
+
+# Measured (docs/performance.md, "INT8 on an AVX512_BF16 + VNNI CPU"): an INT8 export's mask decoder with its
+# non-quantised ops in BF16 failed the INT8 gate on AVX512_BF16 at 128² and 1024² (logits correlation 0.93-0.94), and
+# on AMX against one of two FP32 references; in FP32 it passes (0.999) for 6-16 ms more per query. The other INT8
+# graphs pass in BF16 and take 0.55-0.7x their FP32 time there.
+AUTO_PRECISION: dict[tuple[str, str], str] = {("mask_decoder", "int8"): "fp32"}
 
 
 def int8_saturates() -> bool:
@@ -403,12 +410,15 @@ class OpenVinoBackend:
         self._int8_saturates = device == "CPU" and int8_saturates()
 
     def precision_for(self, graph: str, spec: GraphSpec | None = None) -> str:
-        """The precision `graph` compiles in: the explicit one, else its openvino flavour's where offered, else the
-        default."""
+        """The precision `graph` compiles in: the explicit one, else its openvino flavour's where offered, else
+        `AUTO_PRECISION`'s for the graph's exported precision, else the default."""
         if graph in self._precisions or not self._auto:
             return self._precisions.get(graph, self.default_precision)
         flavour = openvino_flavour(spec) if spec is not None else None
-        wanted = flavour.precision if flavour is not None else self.default_precision
+        if flavour is not None:
+            wanted = flavour.precision
+        else:
+            wanted = AUTO_PRECISION.get((graph, spec.precision if spec is not None else ""), self.default_precision)
         return wanted if wanted in self.offered else "fp32"
 
     def fp32_nodes_for(self, spec: GraphSpec, precision: str) -> list[str]:

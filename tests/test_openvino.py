@@ -328,6 +328,21 @@ def test_int8_graphs_get_7_bit_weights_only_where_int8_saturates(art, monkeypatc
     assert ov_backend.Tuning(int8_weights_7bit=True).key() != ov_backend.Tuning().key()  # blobs do not mix
 
 
+def test_an_int8_exports_mask_decoder_compiles_fp32_unless_a_precision_is_given(art):
+    """`AUTO_PRECISION`: by default the mask decoder of an INT8 export compiles in FP32, every other graph (and an
+    FP32 export's mask decoder) in the default precision; an explicit precision wins. The gate on what this runs:
+    test_precision.py."""
+    specs = load_manifest(art, verify_files=False).graphs
+    int8 = {n: dataclasses.replace(s, precision="int8") for n, s in specs.items()}
+    auto = OpenVinoBackend(cache=False)
+    assert auto.precision_for("mask_decoder", int8["mask_decoder"]) == "fp32"
+    assert auto.precision_for("image_encoder", int8["image_encoder"]) == auto.default_precision
+    assert auto.precision_for("mask_decoder", specs["mask_decoder"]) == auto.default_precision
+    for told in ({"precision": auto.default_precision}, {"precisions": {"mask_decoder": auto.default_precision}}):
+        backend = OpenVinoBackend(cache=False, **told)
+        assert backend.precision_for("mask_decoder", int8["mask_decoder"]) == auto.default_precision
+
+
 def test_outputs_keep_their_graph_names_when_a_tensor_has_several(tmp_path, art):
     """An FP16 graph's outputs (as exported with FP16 inside, FP32 I/O) also carry the names of the Casts ONNX
     Runtime's constant folding inserts; OpenVINO reports those first when it compiles the graph, the graph's names
