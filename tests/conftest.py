@@ -27,6 +27,13 @@ def require(module: str, reason: str, require_env: str):
         unavailable(reason, require_env)
 
 
+def require_openvino():
+    """openvino imported, else `unavailable` (.ci/run sets FSSAM2_REQUIRE_OPENVINO)."""
+    return require(
+        "openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO"
+    )
+
+
 SMALL = 256  # image size for most tests (multiple of 32); the slow test runs 1024
 SEED = 0
 _METRICS: dict[str, float] = {}

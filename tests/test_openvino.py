@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import bf16_offered, require
+from conftest import bf16_offered, require_openvino
 
-require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
+require_openvino()
 pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted; else FP32
 
 from graph_edits import rerecord  # noqa: E402

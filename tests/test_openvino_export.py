@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import require_openvino
 
-require("openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO")
+require_openvino()
 pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO runs it, listed or converted; else FP32
 
 from calibration import pipeline  # noqa: E402

@@ -384,11 +384,9 @@ def test_openvino_runs_an_int8_export_within_the_int8_gate(int8, fp32, tmp_path)
     """`fssam2 check --provider openvino` at its default precision on the INT8 export passes: its mask decoder
     compiles in FP32 (`AUTO_PRECISION`). In BF16 on top of INT8 it failed here on an AVX512_BF16 CPU (mask IoU 0.925,
     logits correlation 0.93), so where OpenVINO runs BF16 this fails without the rule."""
-    from conftest import require
+    from conftest import require_openvino
 
-    require(
-        "openvino", "the openvino provider needs OpenVINO (pip install 'fssam2[openvino]')", "FSSAM2_REQUIRE_OPENVINO"
-    )
+    require_openvino()
     report = tmp_path / "check.json"
     args = ["check", "--artifacts", str(int8), "--reference", str(fp32), "--provider", "openvino", "--episodes", "2"]
     assert runtime_cli.main([*args, "--json", str(report)]) == 0
