@@ -1,7 +1,7 @@
 """Build SAM2 / SAM2.1 (all sizes) from the hydra configs the sam2 package ships, at any image size.
 
-Weights come from exactly one explicit source: an official-format checkpoint (`{"model": state_dict}`,
-loaded strictly) or `random_init=True` with a seed. There is no fallback from one to the other.
+Weights come from exactly one explicit source: a checkpoint (sam2's `{"model": state_dict}` or a safetensors state
+dict, loaded strictly) or `random_init=True` with a seed. There is no fallback from one to the other.
 """
 
 from __future__ import annotations
@@ -126,17 +126,32 @@ def build_model(
     return LoadedModel(model, source)
 
 
-def load_checkpoint(model: torch.nn.Module, path: Path, name: str = "the model") -> None:
-    """Load an official-format checkpoint strictly, with errors that list what does not fit."""
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official-format checkpoint (`{"model": state_dict}`, torch.save) or of a safetensors
+    file (`.safetensors`: the state dict itself, any float precision)."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {e}") from e
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
         raise CheckpointError(f"{path} is not in sam2's checkpoint format {{'model': state_dict}}")
-    sd = blob["model"]
+    return blob["model"]
+
+
+def load_checkpoint(model: torch.nn.Module, path: Path, name: str = "the model") -> None:
+    """Load a checkpoint (`read_state_dict`) strictly, with errors that list what does not fit; fp16 / bf16
+    weights are widened to the model's dtype."""
+    sd = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -153,6 +168,7 @@ def load_checkpoint(model: torch.nn.Module, path: Path, name: str = "the model")
         if unexpected:
             lines.append(f"  {len(unexpected)} unexpected keys: " + ", ".join(unexpected[:12]))
         raise CheckpointError("\n".join(lines))
+    sd = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True)
 
 

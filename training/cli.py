@@ -10,9 +10,9 @@ from pathlib import Path
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, CheckpointError
 from runtime.outputs import write_atomic
 
-from .datasets import BENCHMARKS, DatasetLayoutError, build_dataset
+from .datasets import BENCHMARKS, GENERATED, DatasetLayoutError, build_dataset
 from .lora import parse_lora_overrides
-from .run import BaseModelSpec, RunConfig, read_config
+from .run import TRAIN_MODES, BaseModelSpec, RunConfig, read_config
 
 DEFAULT_DATA_ROOT = "data"
 
@@ -53,8 +53,18 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--val-episodes", type=int, help="default 1000 (PASCAL, COCO), every val image (FSS-1000), 100 (synthetic)"
     )
-    fit.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on a GPU that has it")
+    fit.add_argument(
+        "--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on a GPU or CPU that has it"
+    )
     fit.add_argument("--no-augment", action="store_true")
+    fit.add_argument(
+        "--train",
+        choices=TRAIN_MODES,
+        default="lora",
+        help="lora: FS-SAM2's adapters on a frozen base (default); all: every parameter (pretraining from "
+        "--random-init, e.g. on --dataset shapes-instances)",
+    )
+    fit.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (default 0)")
     fit.add_argument(
         "--lora",
         action="append",
@@ -84,19 +94,28 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="default: 1000 (PASCAL, COCO), every test image (FSS-1000)")
     ev.add_argument("--provider", default="cpu", help="runtime provider for --artifacts")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto")
+    ev.add_argument(
+        "--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on a GPU that has it, FP32 on CPUs"
+    )
     ev.add_argument("--out", help="JSON report (default: <run>/eval/... or ./fssam2-eval-...json)")
     ev.add_argument("--quiet", action="store_true")
 
     mg = sub.add_parser("merge", help="fold adapters into SAM2 weights -> official checkpoint")
     mg.add_argument("--run", required=True)
-    mg.add_argument("--out", required=True, help="checkpoint path (.pt); a .fssam2.json record is written beside it")
+    mg.add_argument(
+        "--out",
+        required=True,
+        help="checkpoint path: .pt (sam2's {'model': state_dict}) or .safetensors; a .fssam2.json record beside it",
+    )
     mg.add_argument("--which", choices=("best", "last"), default="best")
+    mg.add_argument(
+        "--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="floating-point weights as (default fp32)"
+    )
     return top
 
 
 def _data_root(args: argparse.Namespace, fallback: str | None = DEFAULT_DATA_ROOT) -> str | None:
-    if args.dataset == "synthetic":
+    if args.dataset in GENERATED:
         return None
     return str(Path(args.data_root or fallback).resolve()) if (args.data_root or fallback) else None
 
@@ -136,6 +155,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             seed=args.seed,
             amp=args.amp,
             augment=not args.no_augment,
+            train=args.train,
+            warmup=args.warmup,
         )
         result = fit(config, args.out, stop_after=args.stop_after, device=args.device, progress=not args.quiet)
     if not args.quiet:
@@ -161,7 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .run import load_run_model
 
         model = load_run_model(Path(args.run), args.which).to(device)
-        predict = torch_predictor(model, use_amp(args.amp, device))
+        predict = torch_predictor(model, use_amp(args.amp, device, cpu=False))
         source = {
             "kind": "torch",
             "run": str(Path(args.run).resolve()),
@@ -179,7 +200,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             args.random_init,
             args.init_seed,
         )
-        predict = torch_predictor(base.build().model.to(device), use_amp(args.amp, device))
+        predict = torch_predictor(base.build().model.to(device), use_amp(args.amp, device, cpu=False))
         source = {"kind": "torch", "base": asdict(base)}
     report = evaluate(
         predict, dataset, source, args.fold, progress=not args.quiet, workers=args.workers or 0, ways=args.ways
@@ -201,7 +222,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
-    result = merge_run(args.run, args.out, args.which)
+    result = merge_run(args.run, args.out, args.which, args.dtype)
     print(
         f"merge: {result.checkpoint} ({result.num_keys} tensors, sha256 {result.sha256[:12]}...), record {result.record}"
     )

@@ -21,6 +21,7 @@ episode and every N-way episode is reproducible from (seed, i).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from abc import ABC, abstractmethod
@@ -32,6 +33,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from runtime import shapes
 from runtime.synthetic import Episode, class_image
 
 from .splits import read_classwise, read_names
@@ -41,7 +43,7 @@ SPLITS = ("trn", "val", "test")
 IGNORE = 255
 VAL_PERCENT = 5  # share of training images held out as validation queries
 DEFAULT_TEST_EPISODES = 1000  # PASCAL-5i and COCO-20i, per fold
-BENCHMARKS = ("pascal", "coco", "fss", "synthetic")
+BENCHMARKS = ("pascal", "coco", "fss", "synthetic", "shapes", "shapes-instances")
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -497,12 +499,120 @@ class SyntheticDataset(FewShotDataset):
         return EpisodeSpec(index, class_id, query, self._supports(rng, self.pool[class_id], query, class_id))
 
 
+class ShapesDataset(FewShotDataset):
+    """The `shapes` benchmark (runtime.shapes): 20 classes, each a shape family x texture family with colours drawn
+    per instance, in 4 folds of 5 like PASCAL-5i. `trn` images are unlimited (episode i of epoch e draws fresh image
+    indices from its generator; an epoch is 4000 episodes); `val` and `test` draw from fixed pools of 40 / 60
+    images per class (their own seed streams); 500 test episodes by default."""
+
+    benchmark, num_classes = "shapes", shapes.NUM_CLASSES
+    EPOCH, VAL_IMAGES, TEST_IMAGES, TEST_EPISODES, VAL_EPISODES = 4000, 40, 60, 500, 100
+
+    def __init__(
+        self,
+        root: str | Path | None,
+        fold: int,
+        split: Split,
+        shots: int,
+        seed: int = 42,
+        num_episodes: int | None = None,
+        lists_dir: Path | None = None,
+    ):
+        super().__init__(split, shots, seed, num_episodes)
+        novel = shapes.test_classes(fold)
+        self.fold = fold
+        self.class_ids = novel if split == "test" else [c for c in range(self.num_classes) if c not in novel]
+        n = {"trn": 0, "val": self.VAL_IMAGES, "test": self.TEST_IMAGES}[split]
+        self.pool = {c: [f"{split}/{c}/{i}" for i in range(n)] for c in self.class_ids}
+
+    def default_length(self) -> int:
+        return {"trn": self.EPOCH, "val": self.VAL_EPISODES, "test": self.TEST_EPISODES}[self.split]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (a few images, read twice each: image and label)
+    def _draw(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        split, c, i = name.split("/")
+        return shapes.class_image(int(c), int(i), split, self.fold)
+
+    def read_image(self, name: str) -> np.ndarray:
+        return self._draw(name)[0]
+
+    def read_label(self, name: str) -> np.ndarray:
+        return self._draw(name)[1]
+
+    def support_pool(self, class_id: int) -> list[str]:
+        return self.pool[class_id]
+
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
+        class_id = int(rng.choice(self.class_ids))
+        if self.split == "trn":  # K + 1 distinct fresh images of the class
+            ids = rng.choice(2**31, self.shots + 1, replace=False)
+            names = [f"trn/{class_id}/{int(i)}" for i in ids]
+            return EpisodeSpec(index, class_id, names[0], tuple(names[1:]))
+        query = str(rng.choice(self.pool[class_id]))
+        return EpisodeSpec(index, class_id, query, self._supports(rng, self.pool[class_id], query, class_id))
+
+
+class InstancesDataset(FewShotDataset):
+    """Class-agnostic pretraining episodes (runtime.shapes.instance_image, the analogue of SAM2's video objects):
+    the supports and the query are views of one object (a blob that is no class of `shapes`) in different scenes,
+    among distractors that copy its outline or its look. One pseudo-class (0, "the object"); one fold (0).
+    Objects of `trn` are unlimited, `val` and `test` have their own objects (100 episodes each by default)."""
+
+    benchmark, num_classes = "shapes-instances", 1
+    EPOCH, EPISODES = 4000, 100
+    OFFSETS = {"trn": 0, "val": 2**31, "test": 2**31 + 2**20}
+
+    def __init__(
+        self,
+        root: str | Path | None,
+        fold: int,
+        split: Split,
+        shots: int,
+        seed: int = 42,
+        num_episodes: int | None = None,
+        lists_dir: Path | None = None,
+    ):
+        super().__init__(split, shots, seed, num_episodes)
+        if fold != 0:
+            raise ValueError("shapes-instances: class-agnostic, a single fold (0)")
+        self.fold, self.class_ids = 0, [0]
+
+    def default_length(self) -> int:
+        return self.EPOCH if self.split == "trn" else self.EPISODES
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _draw(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        obj, view = name.split("/")
+        return shapes.instance_image(int(obj), int(view))
+
+    def read_image(self, name: str) -> np.ndarray:
+        return self._draw(name)[0]
+
+    def read_label(self, name: str) -> np.ndarray:
+        return self._draw(name)[1]
+
+    def support_pool(self, class_id: int) -> list[str]:
+        return []
+
+    def check_ways(self, ways: int) -> None:
+        if ways != 1:
+            raise ValueError("shapes-instances: one object per episode, --ways must be 1")
+
+    def sample(self, index: int, rng: np.random.Generator) -> EpisodeSpec:
+        obj = int(rng.integers(2**31)) if self.split == "trn" else self.OFFSETS[self.split] + index
+        return EpisodeSpec(index, 0, f"{obj}/0", tuple(f"{obj}/{v}" for v in range(1, self.shots + 1)))
+
+
 DATASETS: dict[str, type[FewShotDataset]] = {
     "pascal": PascalDataset,
     "coco": CocoDataset,
     "fss": FssDataset,
     "synthetic": SyntheticDataset,
+    "shapes": ShapesDataset,
+    "shapes-instances": InstancesDataset,
 }
+
+GENERATED = ("synthetic", "shapes", "shapes-instances")  # drawn in memory: no data root
 
 
 def build_dataset(
@@ -515,9 +625,9 @@ def build_dataset(
     num_episodes: int | None = None,
     lists_dir: Path | None = None,
 ) -> FewShotDataset:
-    """The `split` episodes of `benchmark` (one of BENCHMARKS); `root` is unused for `synthetic`."""
+    """The `split` episodes of `benchmark` (one of BENCHMARKS); `root` is unused for the GENERATED ones."""
     if benchmark not in DATASETS:
         raise ValueError(f"unknown dataset {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
-    if benchmark != "synthetic" and root is None:
+    if benchmark not in GENERATED and root is None:
         raise ValueError(f"{benchmark} needs a data root (--data-root)")
     return DATASETS[benchmark](root, fold, split, shots, seed=seed, num_episodes=num_episodes, lists_dir=lists_dir)

@@ -1,7 +1,8 @@
-"""Meta-training of the LoRA adapters (FS-SAM2's `train.py`), single process or torchrun + DDP.
+"""Meta-training of the LoRA adapters (FS-SAM2's `train.py`), single process or torchrun + DDP; with
+`train="all"`, training of every parameter instead (pretraining a SAM2 from random init).
 
-AdamW (no weight decay on < 2-D tensors), cosine learning rate per step, bf16 autocast where the GPU
-supports it, BCE + Dice on the SxS logits. Randomness is a function of (seed, rank, step) and episodes of
+AdamW (no weight decay on < 2-D tensors), optional linear warm-up then cosine learning rate per step, bf16
+autocast where the GPU or CPU supports it, BCE + Dice on the SxS logits. Randomness is a function of (seed, rank, step) and episodes of
 (seed, index, epoch), so `--resume` continues exactly where a run stopped. Validation (`val` split, never
 the test episodes) runs every `val_every` steps; the adapters with the best validation mIoU are kept.
 """
@@ -27,10 +28,21 @@ from fssam2_export.reference import episode_forward
 from runtime.outputs import recover_dir, replace_dir
 
 from .batches import Augment, TrainEpisodes, episode_loss, prepare
+from .curves import write_curves
 from .datasets import build_dataset
 from .evaluate import run_episodes, torch_predictor
 from .lora import add_lora, format_trainable, load_lora, save_lora, trainable_table
-from .run import CONFIG_NAME, LOG_NAME, RunConfig, adapters_dir, read_config
+from .run import (
+    CONFIG_NAME,
+    CURVES_NAME,
+    LOG_NAME,
+    WEIGHTS_NAME,
+    RunConfig,
+    adapters_dir,
+    load_weights,
+    read_config,
+    weights_path,
+)
 
 TRAINER_STATE = "trainer.pt"
 
@@ -98,10 +110,34 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def use_amp(amp: str, device: torch.device) -> bool:
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes BF16 natively (AMX-BF16 or AVX512_BF16), where oneDNN's autocast pays off."""
+    from runtime.ort_cache import cpu_flags
+
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def use_amp(amp: str, device: torch.device, cpu: bool = True) -> bool:
+    """`auto`: bf16 autocast on a GPU that supports it, or (if `cpu`) on a CPU with BF16 units; `bf16` always;
+    `off` never."""
     if amp not in ("auto", "bf16", "off"):
         raise ValueError(f"amp must be auto, bf16 or off, got {amp!r}")
-    return amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if amp != "auto":
+        return amp == "bf16"
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu and cpu_has_bf16()
+
+
+class WarmupCosine:
+    """Learning-rate factor at a step: linear from 1/warmup to 1 over `warmup` steps, then cosine to 0 at `total`."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(self.total - self.warmup, 1)
+        return 0.5 * (1 + float(np.cos(np.pi * min(step - self.warmup, span) / span)))
 
 
 def _optimizer(model: nn.Module, config: RunConfig, device: torch.device) -> torch.optim.AdamW:
@@ -191,11 +227,16 @@ def _open_run(config: RunConfig | None, out: Path, resume: bool, dd: _Dist) -> R
     return config
 
 
-def _lora_model(config: RunConfig, out: Path, resume: bool, dd: _Dist) -> nn.Module:
-    """SAM2 with fresh (seeded, identical on every rank) or resumed LoRA adapters, on the device, in train mode."""
+def _model(config: RunConfig, out: Path, resume: bool, dd: _Dist) -> nn.Module:
+    """SAM2 with fresh (seeded, identical on every rank) or resumed LoRA adapters, or with every parameter
+    trainable (`train="all"`, resumed from last/), on the device, in train mode."""
     torch.manual_seed(config.seed)
     sam = config.base.build().model
-    if resume:
+    if config.train == "all":
+        if resume:
+            load_weights(sam, weights_path(out, "last"))
+        sam.requires_grad_(True)
+    elif resume:
         load_lora(sam, adapters_dir(out, "last"), trainable=True)
     else:
         add_lora(sam, config.lora)
@@ -218,7 +259,7 @@ class _Session:
     per_epoch: int
     total: int
     optimizer: torch.optim.AdamW
-    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     augment: Augment | None
     log: _Log
     result: FitResult
@@ -226,7 +267,7 @@ class _Session:
     @classmethod
     def start(cls, config: RunConfig, out: Path, resume: bool, trn, val, dd: _Dist, progress: bool) -> _Session:
         log = _Log(out / LOG_NAME if dd.main else None)
-        sam = _lora_model(config, out, resume, dd)
+        sam = _model(config, out, resume, dd)
         rows = trainable_table(sam)
         if dd.main and progress:
             print(format_trainable(rows))
@@ -244,7 +285,7 @@ class _Session:
         total = config.steps or config.epochs * per_epoch
 
         optimizer = _optimizer(sam, config, dd.device)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup, total))
         step, best = 0, None
         if resume:
             state = torch.load(out / "last" / TRAINER_STATE, map_location=dd.device, weights_only=True)
@@ -253,7 +294,11 @@ class _Session:
             step, best = int(state["step"]), state["best_val_miou"]
         module: nn.Module = EpisodeModule(sam)
         if dd.world > 1:
-            module = DistributedDataParallel(module, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
+            module = DistributedDataParallel(
+                module,
+                device_ids=[dd.device.index] if dd.device.type == "cuda" else None,
+                find_unused_parameters=config.train == "all",  # SAM2's video-only modules get no gradient
+            )
         log(
             "start" if not resume else "resume",
             step=step,
@@ -356,13 +401,22 @@ class _Session:
         if is_best:
             result.best_val_miou = miou
             self.save("best", miou)
+        if dd.main:
+            write_curves(self.out / LOG_NAME, self.out / CURVES_NAME)
 
     def save(self, which: str, val_miou: float | None = None) -> None:
         """Adapters (+ optimiser state for `last`) into `out/<which>/`, replaced safely (`replace_dir`)."""
         if self.dd.main:
             tmp = self.out / f".{which}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_lora(self.sam, tmp / "adapters")
+            if self.config.train == "all":
+                from safetensors.torch import save_file
+
+                tmp.mkdir(parents=True)
+                state = {k: v.detach().contiguous().cpu() for k, v in self.sam.state_dict().items()}
+                save_file(state, str(tmp / WEIGHTS_NAME))
+            else:
+                save_lora(self.sam, tmp / "adapters")
             if which == "last":
                 torch.save(
                     {

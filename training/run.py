@@ -2,8 +2,12 @@
 
 <run>/config.json        RunConfig (base model + sha256, data, LoRA, optimisation)
 <run>/log.jsonl          one JSON object a line: start, train (per step), val, end
+<run>/curves.png         loss and validation mIoU against steps
 <run>/best/adapters/     peft adapters with the best validation mIoU (+ best/state.json)
 <run>/last/adapters/     the latest adapters (+ last/trainer.pt for --resume)
+
+A run with `train="all"` (every parameter: pretraining from random init) keeps `<which>/model.safetensors`, the
+whole model's weights, instead of adapters.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from runtime.manifest import file_sha256
 
 from .lora import DEFAULT_LORA, LoraSpec, load_lora
 
-CONFIG_NAME, LOG_NAME = "config.json", "log.jsonl"
+CONFIG_NAME, LOG_NAME, CURVES_NAME, WEIGHTS_NAME = "config.json", "log.jsonl", "curves.png", "model.safetensors"
+TRAIN_MODES = ("lora", "all")
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,14 @@ class RunConfig:
     val_episodes: int | None = None  # default: the dataset's (1000 PASCAL/COCO, all FSS-1000 val, 100 synthetic)
     workers: int = 4
     seed: int = 42
-    amp: str = "auto"  # auto (bf16 on a GPU that supports it) | bf16 | off
+    amp: str = "auto"  # auto (bf16 where the GPU or CPU has it) | bf16 | off
     augment: bool = True
+    train: str = "lora"  # lora: FS-SAM2's adapters, base frozen | all: every parameter (pretraining)
+    warmup: int = 0  # steps of linear learning-rate warm-up before the cosine decay
+
+    def __post_init__(self) -> None:
+        if self.train not in TRAIN_MODES:
+            raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -107,8 +118,27 @@ def adapters_dir(run: Path, which: str) -> Path:
     return run / which / "adapters"
 
 
+def weights_path(run: Path, which: str) -> Path:
+    """The whole model's weights of a `train="all"` run."""
+    return adapters_dir(run, which).parent / WEIGHTS_NAME
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a `train="all"` run's weights (every key of the model, strictly)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no model weights at {path}")
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
 def load_run_model(run: Path, which: str = "best") -> nn.Module:
-    """The run's base SAM2 with its `which` adapters attached (peft modules, eval mode, CPU)."""
-    sam = read_config(run).base.build().model
-    load_lora(sam, adapters_dir(run, which))
+    """The run's model (eval mode, CPU): its base SAM2 with the `which` adapters attached (peft modules), or the
+    `which` weights of a run that trained every parameter."""
+    config = read_config(run)
+    sam = config.base.build().model
+    if config.train == "all":
+        load_weights(sam, weights_path(run, which))
+    else:
+        load_lora(sam, adapters_dir(run, which))
     return sam.eval()
