@@ -62,8 +62,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--calib-dataset",
         default="synthetic",
-        choices=("synthetic", "pascal", "coco", "fss"),
-        help="where calibration episodes come from: synthetic, or a benchmark's training episodes (needs --calib-data)",
+        choices=("synthetic", "shapes", "pascal", "coco", "fss"),
+        help="where calibration and gate episodes come from: synthetic (one coloured polygon per episode), or a "
+        "benchmark's training episodes: shapes (generated; the shipped model's benchmark) or pascal|coco|fss "
+        "(need --calib-data)",
     )
     q.add_argument(
         "--calib-data", type=Path, help="data root of --calib-dataset, in FS-SAM2's layout (see README, Training)"
@@ -171,7 +173,7 @@ def _precision_options(args) -> PrecisionOptions | None:
 
 
 def _calib_source(args) -> EpisodeSource:
-    if (args.calib_dataset == "synthetic") != (args.calib_data is None):
+    if (args.calib_dataset in ("synthetic", "shapes")) != (args.calib_data is None):
         raise ValueError("--calib-data DIR goes with --calib-dataset pascal|coco|fss (and only with them)")
     if args.calib_data is not None:
         build_dataset(args.calib_dataset, args.calib_data, args.calib_fold, "trn", 1)  # layout errors before exporting

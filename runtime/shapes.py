@@ -158,7 +158,7 @@ class Placement:
     aspect: float
 
     @staticmethod
-    def draw(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float] = (0.11, 0.26)) -> Placement:
+    def draw(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float] = (0.13, 0.28)) -> Placement:
         r = float(rng.uniform(*scale) * min(h, w))
         return Placement(
             float(rng.uniform(0.12, 0.88) * w),
@@ -257,26 +257,27 @@ def class_image(class_id: int, index: int, split: str, fold: int, seed: int = 0)
 
 def instance_image(index: int, view: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """View `view` of pretraining object `index`: (H, W, 3) uint8 and a {0, 1} mask of the object. The object (a
-    blob outline and an appearance) is fixed by `index`; each view places it anew (scale x0.7-1.4, any rotation)
-    in a new scene among 1-4 distractors, half of which copy its appearance or its outline."""
+    blob outline and an appearance) is fixed by `index`; each view places it anew (scale x0.8-1.3, any rotation)
+    in a new scene, alone (a third of the views: segmentation by saliency) or among 1-3 distractors, 40 % of which
+    copy its look or its outline (segmentation by matching)."""
     obj = np.random.default_rng((seed, STREAMS["instance"], index))
     outline = _polygon("blob", 1.0, obj)[0]
     look = Appearance.draw(str(obj.choice(TEXTURES)), obj)
-    base_scale = obj.uniform(0.12, 0.22)
+    base_scale = obj.uniform(0.2, 0.34)
     rng = np.random.default_rng((seed, STREAMS["instance"], index, view + 1))
     h, w = (int(v) for v in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))
     image, label = background(rng, h, w), np.zeros((h, w), np.uint8)
-    layers = ["target"] + ["distractor"] * int(rng.integers(1, 5))
+    layers = ["target"] + ["distractor"] * int(rng.choice([0, 0, 1, 1, 2, 3]))
     rng.shuffle(layers)
     for kind in layers:
-        s = base_scale * np.exp(rng.uniform(-0.35, 0.35))
+        s = base_scale * np.exp(rng.uniform(-0.25, 0.25))
         where = Placement.draw(rng, h, w, scale=(s, s))
         if kind == "target":
             mask, value, app = shape_mask([outline * where.r], where, h, w), 1, look
         else:
-            twin = rng.random()  # < 0.25: its outline, another look; < 0.5: its look, another outline
-            own = [outline * where.r] if twin < 0.25 else _polygon("blob", where.r, rng)
-            app = look if 0.25 <= twin < 0.5 else Appearance.draw(str(rng.choice(TEXTURES)), rng)
+            twin = rng.random()  # < 0.2: its outline, another look; < 0.4: its look, another outline
+            own = [outline * where.r] if twin < 0.2 else _polygon("blob", where.r, rng)
+            app = look if 0.2 <= twin < 0.4 else Appearance.draw(str(rng.choice(TEXTURES)), rng)
             mask, value = shape_mask(own, where, h, w), 0
         _paste(image, label, mask, app, value)
     if label.mean() < MIN_VISIBLE:

@@ -10,6 +10,7 @@ from pathlib import Path
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, CheckpointError
 from runtime.outputs import write_atomic
 
+from .baseline import BASELINES
 from .datasets import BENCHMARKS, GENERATED, DatasetLayoutError, build_dataset
 from .lora import parse_lora_overrides
 from .run import TRAIN_MODES, BaseModelSpec, RunConfig, read_config
@@ -81,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--run", help="a training run (base + adapters, PyTorch)")
     src.add_argument("--artifacts", help="exported graphs, run by the torch-free runtime")
     src.add_argument("--base", action="store_true", help="a plain SAM2 from --model + --checkpoint/--random-init")
+    src.add_argument(
+        "--baseline", choices=sorted(BASELINES), help="a non-learned baseline on raw pixels (no model at all)"
+    )
     _weights(ev)
     _data(ev, need_dataset=True)
     ev.add_argument("--which", choices=("best", "last"), default="best", help="adapters of --run")
@@ -189,6 +193,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             "which": args.which,
             "base": asdict(config.base),
         }
+    elif args.baseline:
+        predict = BASELINES[args.baseline]()
+        source = {"kind": "baseline", "baseline": args.baseline}
     elif args.artifacts:
         predict = runtime_predictor(args.artifacts, args.provider)
         source = {"kind": "runtime", "artifacts": str(Path(args.artifacts).resolve()), "provider": args.provider}

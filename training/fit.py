@@ -329,7 +329,8 @@ class _Session:
         )
 
     def run(self, stop_after: int | None, progress: bool) -> None:
-        """Train to the run's end (or `stop_after` more steps), validating every `val_every` steps; save `last/`."""
+        """Train to the run's end (or `stop_after` more steps), validating and saving `last/` every `val_every`
+        steps and at the end."""
         config, dd, result = self.config, self.dd, self.result
         val_every = config.val_every or self.per_epoch
         end = self.total if stop_after is None else min(self.total, result.step + stop_after)
@@ -355,6 +356,8 @@ class _Session:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 if result.step % val_every == 0 or result.step == self.total:
                     self.validate()
+                    if result.step < end:  # a crash loses at most val_every steps (--resume)
+                        self.save("last")
                 if result.step >= end:
                     break
         bar.close()
