@@ -118,6 +118,28 @@ def decode_single_mask(
     return masks, iou, obj
 
 
+def decode_all_masks(
+    prompt_encoder: nn.Module,
+    mask_decoder: nn.Module,
+    embeddings: torch.Tensor,
+    points: tuple[torch.Tensor, torch.Tensor],
+    high_res_features: list[torch.Tensor],
+):
+    """Every output token of SAM2's mask decoder (what training supervises: token 0 is the single-mask output
+    `decode_single_mask` returns in training mode, tokens 1-3 the multimask outputs that SAM2's stability fallback
+    picks from at inference). Returns (low-res logits (B, 4, h, w), IoU scores (B, 4), object score logits)."""
+    sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)
+    masks, iou, _, obj = mask_decoder.predict_masks(
+        image_embeddings=embeddings,
+        image_pe=prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        repeat_image=False,
+        high_res_features=high_res_features,
+    )
+    return masks, iou, obj
+
+
 def padding_point() -> tuple[torch.Tensor, torch.Tensor]:
     """FS-SAM2's query prompt: a single point at (0, 0) with label -1 ('not a point')."""
     return torch.zeros(1, 1, 2), -torch.ones(1, 1, dtype=torch.int32)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from runtime.image import ImageLike, load_image, load_mask
 
-from .graphs import decode_single_mask, padding_point
+from .graphs import decode_all_masks, decode_single_mask, padding_point
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,10 +58,16 @@ class EpisodeOutput:
     logits: torch.Tensor  # (B, 1, S, S): low-res logits upsampled bilinearly (align_corners=False)
     iou_score: torch.Tensor  # (B, 1)
     object_score: torch.Tensor  # (B, 1)
+    tokens: torch.Tensor | None = None  # all_tokens: every decoder token's low-res logits (B, 4, S/4, S/4)
+    token_iou: torch.Tensor | None = None  # all_tokens: their IoU scores (B, 4)
 
 
 def episode_forward(
-    model: torch.nn.Module, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+    model: torch.nn.Module,
+    support_images: torch.Tensor,
+    support_masks: torch.Tensor,
+    query_images: torch.Tensor,
+    all_tokens: bool = False,
 ) -> EpisodeOutput:
     """FS-SAM2's episode for B episodes of K supports, differentiable (the training forward).
 
@@ -69,7 +75,8 @@ def episode_forward(
     are {0, 1}. The B*K supports go through `forward_image` and the memory encoder as one batch; each
     episode's K memories are concatenated support by support, with the first support's position
     encoding repeated K times. A single query (1, 3, S, S) is encoded once and shared by the B episodes
-    (N-way: one episode per class).
+    (N-way: one episode per class). `all_tokens` (training the whole model) also returns every decoder token's
+    output; the episode's mask is then token 0's, as in training mode without it.
     """
     b, k = support_images.shape[:2]
     size = model.image_size
@@ -98,12 +105,14 @@ def episode_forward(
     conditioned = conditioned.permute(1, 2, 0).reshape(pix_feat.shape)
     points, labels = padding_point()
     batch_points = (points.to(pix_feat.device).expand(b, -1, -1), labels.to(pix_feat.device).expand(b, -1))
-    low, ious, obj = decode_single_mask(
+    decode = decode_all_masks if all_tokens else decode_single_mask
+    low, ious, obj = decode(
         model.sam_prompt_encoder, model.sam_mask_decoder, conditioned, batch_points, list(feats[:-1])
     )
-    low = low.float()
+    tokens, token_iou = (low.float(), ious.float()) if all_tokens else (None, None)
+    low, ious = (low[:, :1].float(), ious[:, :1]) if all_tokens else (low.float(), ious)
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
-    return EpisodeOutput(low, full, ious.float(), obj.float())
+    return EpisodeOutput(low, full, ious.float(), obj.float(), tokens, token_iou)
 
 
 @torch.no_grad()

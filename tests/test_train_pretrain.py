@@ -87,3 +87,44 @@ def test_bf16_autocast_on_cpus_that_have_it(monkeypatch):
     assert use_amp("auto", cpu) and not use_amp("auto", cpu, cpu=False) and not use_amp("off", cpu)
     monkeypatch.setattr(fit_module, "cpu_has_bf16", lambda: False)
     assert not use_amp("auto", cpu) and use_amp("bf16", cpu)
+
+
+def test_decoder_loss_supervises_every_token():
+    """Token 0 as `episode_loss`; the best multimask token counts (a perfect one zeroes that part); the IoU head is
+    pulled to each token's real IoU (a flipped token has IoU 0)."""
+    from training.batches import _per_episode, decoder_loss, episode_loss
+
+    target = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    target[:, 4:12, 4:12] = 1
+    good = (target.float() * 2 - 1)[:, None] * 30  # confident and right
+    tokens = torch.cat([good, -good, torch.zeros_like(good), good], 1)  # token 3 perfect, token 1 flipped
+    truth_iou = torch.tensor([[1.0, 0.0, 0.0, 1.0]] * 2)  # token 2 (logits 0) predicts nothing: IoU 0
+    loss, bce, dice = decoder_loss(good, tokens, truth_iou, target)
+    single = episode_loss(good, target)[0]
+    assert torch.allclose(loss, single + _per_episode(good[:, 0], target).mean(), atol=1e-5)
+    assert float(_per_episode(good[:, 0], target).max()) < 0.05
+    worse = decoder_loss(good, torch.cat([good, -good, torch.zeros_like(good), -good], 1), truth_iou, target)[0]
+    assert worse > loss + 0.5  # without a good multimask token the loss rises
+    wrong_iou = decoder_loss(good, tokens, 1 - truth_iou, target)[0]
+    assert wrong_iou > loss + 0.5
+
+
+@torch.no_grad()
+def test_all_tokens_forward_keeps_token_zero(tiny_model):
+    from fssam2_export.reference import episode_forward
+
+    sam = tiny_model.model
+    x = torch.randn(1, 1, 3, tiny_model.image_size, tiny_model.image_size)
+    m = (torch.rand(1, 1, tiny_model.image_size, tiny_model.image_size) > 0.5).float()
+    q = torch.randn(1, 3, tiny_model.image_size, tiny_model.image_size)
+    sam.train()  # token 0 is the training-mode output (no stability fallback); dropout seeded alike
+    try:
+        torch.manual_seed(0)
+        plain = episode_forward(sam, x, m, q)
+        torch.manual_seed(0)
+        full = episode_forward(sam, x, m, q, all_tokens=True)
+    finally:
+        sam.eval()
+    assert full.tokens.shape[1] == 4 and full.token_iou.shape == (1, 4) and plain.tokens is None
+    assert torch.allclose(full.logits, plain.logits, atol=1e-5)
+    assert not torch.allclose(full.tokens[:, 1], full.tokens[:, 0], atol=1e-3)

@@ -3,7 +3,10 @@
 Resizing is FS-SAM2's: Pillow bicubic for images, torch `nearest` for masks. Augmentation (kornia, each
 image of an episode independently, as FS-SAM2's torchvision pipeline): rotation within +-10 degrees, 5x5
 Gaussian blur (sigma 0.1-2), horizontal flip with p=0.5; masks follow the geometry with nearest sampling.
-Loss: BCE-with-logits + Dice (1:1) on the SxS logits, IGNORE pixels excluded from both.
+Loss: BCE-with-logits + Dice (1:1) on the SxS logits, IGNORE pixels excluded from both. Training the whole model
+(`decoder_loss`) supervises every decoder token as SAM2's training does: at inference SAM2's decoder falls back from
+an unstable single-mask output (token 0) to the multimask token with the highest IoU score, so those tokens and the
+IoU head must have learned too.
 """
 
 from __future__ import annotations
@@ -101,3 +104,37 @@ def episode_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     p = torch.sigmoid(x) * valid
     dice = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
     return bce + dice.mean(), bce, dice.mean()
+
+
+def _per_episode(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) BCE + Dice of (B, S, S) logits against a (B, S, S) {0, 1, IGNORE} mask, per episode."""
+    x = logits.float()
+    valid = (target != IGNORE).float()
+    t = (target == 1).float()
+    bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * valid).sum((1, 2)) / valid.sum(
+        (1, 2)
+    ).clamp_min(1.0)
+    p = torch.sigmoid(x) * valid
+    dice = 1 - (2 * (p * t).sum((1, 2)) + 1) / (p.sum((1, 2)) + t.sum((1, 2)) + 1)
+    return bce + dice
+
+
+def decoder_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, token_iou: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, BCE, Dice) of a whole-model training step, SAM2's decoder supervision: `episode_loss` on token 0's
+    (B, 1, S, S) logits, plus the lowest BCE + Dice among the multimask tokens 1-3 per episode (SAM's
+    multiple-output loss), plus the MSE between every token's IoU score (B, 4) and its mask's IoU with the target.
+    `tokens` (B, 4, h, w) are the low-res logits; BCE and Dice returned are token 0's."""
+    single, bce, dice = episode_loss(logits, target)
+    size = target.shape[-2:]
+    full = F.interpolate(tokens.float(), size, mode="bilinear", align_corners=False)  # (B, 4, S, S)
+    multi = torch.stack([_per_episode(full[:, k], target) for k in range(1, full.shape[1])], 1).min(1).values
+    valid, t = target != IGNORE, target == 1
+    with torch.no_grad():
+        pred = full > 0
+        inter = (pred & t[:, None] & valid[:, None]).sum((2, 3)).float()
+        union = ((pred | t[:, None]) & valid[:, None]).sum((2, 3)).float()
+        iou = inter / union.clamp_min(1.0)
+    iou_loss = F.mse_loss(token_iou.float(), iou)
+    return single + multi.mean() + iou_loss, bce, dice

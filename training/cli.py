@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
         "--random-init, e.g. on --dataset shapes-instances)",
     )
     fit.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (default 0)")
+    fit.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default: no clipping)")
     fit.add_argument(
         "--lora",
         action="append",
@@ -161,6 +162,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             augment=not args.no_augment,
             train=args.train,
             warmup=args.warmup,
+            clip_grad=args.clip_grad,
         )
         result = fit(config, args.out, stop_after=args.stop_after, device=args.device, progress=not args.quiet)
     if not args.quiet:

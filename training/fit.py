@@ -1,8 +1,9 @@
 """Meta-training of the LoRA adapters (FS-SAM2's `train.py`), single process or torchrun + DDP; with
 `train="all"`, training of every parameter instead (pretraining a SAM2 from random init).
 
-AdamW (no weight decay on < 2-D tensors), optional linear warm-up then cosine learning rate per step, bf16
-autocast where the GPU or CPU supports it, BCE + Dice on the SxS logits. Randomness is a function of (seed, rank, step) and episodes of
+AdamW (no weight decay on < 2-D tensors), optional linear warm-up then cosine learning rate per step, optional
+gradient-norm clipping, bf16 autocast where the GPU or CPU supports it, BCE + Dice on the SxS logits; with
+`train="all"`, SAM2's own decoder supervision (`batches.decoder_loss`) instead. Randomness is a function of (seed, rank, step) and episodes of
 (seed, index, epoch), so `--resume` continues exactly where a run stopped. Validation (`val` split, never
 the test episodes) runs every `val_every` steps; the adapters with the best validation mIoU are kept.
 """
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from fssam2_export.reference import episode_forward
 from runtime.outputs import recover_dir, replace_dir
 
-from .batches import Augment, TrainEpisodes, episode_loss, prepare
+from .batches import Augment, TrainEpisodes, decoder_loss, episode_loss, prepare
 from .curves import write_curves
 from .datasets import build_dataset
 from .evaluate import run_episodes, torch_predictor
@@ -57,14 +58,16 @@ class FitResult:
 
 
 class EpisodeModule(nn.Module):
-    """The episode forward as an nn.Module, so DDP can wrap it."""
+    """The episode forward as an nn.Module, so DDP can wrap it: the (B, 1, S, S) logits, and with `all_tokens` every
+    decoder token's low-res logits and IoU scores too."""
 
-    def __init__(self, sam: nn.Module):
+    def __init__(self, sam: nn.Module, all_tokens: bool = False):
         super().__init__()
-        self.sam = sam
+        self.sam, self.all_tokens = sam, all_tokens
 
-    def forward(self, support_images, support_masks, query_images) -> torch.Tensor:
-        return episode_forward(self.sam, support_images, support_masks, query_images).logits
+    def forward(self, support_images, support_masks, query_images):
+        out = episode_forward(self.sam, support_images, support_masks, query_images, all_tokens=self.all_tokens)
+        return (out.logits, out.tokens, out.token_iou) if self.all_tokens else out.logits
 
 
 @dataclass
@@ -292,7 +295,7 @@ class _Session:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step, best = int(state["step"]), state["best_val_miou"]
-        module: nn.Module = EpisodeModule(sam)
+        module: nn.Module = EpisodeModule(sam, all_tokens=config.train == "all")
         if dd.world > 1:
             module = DistributedDataParallel(
                 module,
@@ -370,10 +373,15 @@ class _Session:
         torch.manual_seed(_step_seed(config.seed, dd.rank, result.step))
         si, sm, qi, qm = prepare(batch, dd.device, self.augment)
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.module(si, sm, qi)
-        loss, bce, dice = episode_loss(logits, qm)
+            out = self.module(si, sm, qi)
+        if config.train == "all":  # SAM2's decoder supervision: every token and its IoU score
+            loss, bce, dice = decoder_loss(*out, qm)
+        else:
+            loss, bce, dice = episode_loss(out, qm)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.sam.parameters(), config.clip_grad)
         self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()

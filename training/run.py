@@ -87,6 +87,7 @@ class RunConfig:
     augment: bool = True
     train: str = "lora"  # lora: FS-SAM2's adapters, base frozen | all: every parameter (pretraining)
     warmup: int = 0  # steps of linear learning-rate warm-up before the cosine decay
+    clip_grad: float | None = None  # max gradient norm (None: no clipping, FS-SAM2's setting)
 
     def __post_init__(self) -> None:
         if self.train not in TRAIN_MODES:
