@@ -11,15 +11,22 @@ them; each novel class's shape and texture appear in training, only not together
 object (a jittered polygon that is none of the class shapes) placed twice in different scenes, among distractors
 that copy its texture or its outline.
 
-Everything is a pure function of its integer arguments (numpy `default_rng` streams), numpy + Pillow only.
+`write_episode` writes a held-out episode (a novel class, a query with a distractor) to disk for the demo:
+`python -m runtime.shapes --out example/ --shots 2`. Everything is a pure function of its integer arguments (numpy
+`default_rng` streams), numpy + Pillow only.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .errors import InputError
+from .synthetic import EpisodeFiles
 
 SHAPES = ("disk", "triangle", "square", "star", "cross", "ring", "crescent", "hexagon", "arrow", "ell")
 TEXTURES = ("stripes", "checker", "dots", "shaded")
@@ -284,3 +291,55 @@ def instance_image(index: int, view: int, seed: int = 0) -> tuple[np.ndarray, np
         where = Placement.draw(rng, h, w, scale=(base_scale, base_scale))
         _paste(image, label, shape_mask([outline * where.r], where, h, w), look, 1)
     return image, label
+
+
+def held_out_episode(
+    fold: int = 0, shots: int = 2, class_id: int | None = None, seed: int = 0
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    """A test episode of a novel class of `fold` (default its first) chosen by what the query shows, never by how a
+    model does on it: the first test image of the class that also shows another class's object is the query, the
+    next `shots` images of the class are the supports. Returns (supports as (image, {0, 1} mask), query, the
+    query's {0, 1} ground truth)."""
+    novel = test_classes(fold)
+    c = novel[0] if class_id is None else class_id
+    if c not in novel:
+        raise InputError(f"shapes: class {c} is not a test class of fold {fold} ({novel})")
+    q = next(i for i in range(10_000) if len(np.unique(class_image(c, i, "test", fold, seed)[1])) > 2)
+    supports = []
+    for i in range(q + 1, q + 1 + shots):
+        image, label = class_image(c, i, "test", fold, seed)
+        supports.append((image, (label == c + 1).astype(np.uint8)))
+    query, label = class_image(c, q, "test", fold, seed)
+    return supports, query, (label == c + 1).astype(np.uint8)
+
+
+def write_episode(out_dir: str | Path, shots: int = 2, fold: int = 0, class_id: int | None = None) -> EpisodeFiles:
+    """`held_out_episode` as PNGs: support<i>.png + support<i>_mask.png (0 / 255), query.png, query_mask.png."""
+    if shots < 1:
+        raise InputError("an episode needs at least one support")
+    supports, query, truth = held_out_episode(fold, shots, class_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, (image, mask) in [*((f"support{i}", s) for i, s in enumerate(supports)), ("query", (query, truth))]:
+        ip, mp = out / f"{stem}.png", out / f"{stem}_mask.png"
+        Image.fromarray(image).save(ip)
+        Image.fromarray(mask * 255).save(mp)
+        paths.append((ip, mp))
+    return EpisodeFiles(paths[:-1], *paths[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="write a held-out episode of the shapes benchmark (a novel class)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shots", type=int, default=2)
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--class", dest="class_id", type=int, help="a test class of --fold (default its first)")
+    args = p.parse_args(argv)
+    ep = write_episode(args.out, args.shots, args.fold, args.class_id)
+    shape, texture = class_parts(args.class_id if args.class_id is not None else test_classes(args.fold)[0])
+    print(f"wrote {len(ep.supports)} supports and query {ep.query} (class: {texture} {shape}) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
