@@ -29,11 +29,11 @@ import torch
 from fssam2_export.models import build_model
 from fssam2_export.reference import reference_episode
 from runtime import FewShotSegmenter, create_backend, load_manifest
-from runtime.backends import PROVIDERS
-from runtime.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
+from runtime.backends.ort import PROVIDERS
 from runtime.cli import precision_spec
-from runtime.fidelity import iou as mask_iou
-from runtime.fidelity import pearson
+from runtime.tools.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
+from runtime.tools.fidelity import iou as mask_iou
+from runtime.tools.fidelity import pearson
 
 SCHEMA = "fssam2-compare-pytorch/2"
 TORCH_MODULES = {  # sam2 attribute -> runtime module it corresponds to

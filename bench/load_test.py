@@ -90,7 +90,7 @@ def decode_answer(body: bytes) -> np.ndarray:
 def make_cases(artifacts: str, set_ids: list[str], sets_images, queries: list[bytes]) -> list[Case]:
     """Expected answers computed here, with sets encoded here (whose digests must equal the server's ids)."""
     from runtime import FewShotSegmenter
-    from runtime.store import set_digest
+    from runtime.apps.store import set_digest
 
     seg = FewShotSegmenter(artifacts)
     local = []
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             import ray
             from ray import serve
 
-            from runtime.serve import ServeConfig
-            from runtime.serve_ray import RayServeOptions, start
+            from runtime.apps.serve import ServeConfig
+            from runtime.apps.serve_ray import RayServeOptions, start
 
             ray.init(
                 address="local",

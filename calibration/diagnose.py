@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from runtime.fidelity import pearson
-from runtime.ov_backend import graph_name
+from runtime.backends.openvino import graph_name
+from runtime.tools.fidelity import pearson
 
 CHUNK_ELEMENTS = 1 << 26  # ~256 MB of float32 exposed per session
 DYNAMIC_DIM = 4096  # size assumed for a dynamic axis when budgeting
@@ -113,7 +113,7 @@ def first_diverging_node(
 def first_diverging_node_openvino(
     reference: Path, backend, feeds: Mapping[str, np.ndarray], threshold: float, fp32_nodes: Sequence[str] = ()
 ) -> tuple[NodeDrift | None, list[str]]:
-    """Where `reference` compiled by `backend` (a `runtime.ov_backend.OpenVinoBackend`) in BF16 with the FP32 islands
+    """Where `reference` compiled by `backend` (a `runtime.backends.openvino.OpenVinoBackend`) in BF16 with the FP32 islands
     `fp32_nodes` drifts from itself in ONNX Runtime FP32 on `feeds`, and the ops that made the drifting tensor since
     the compared tensors before it (what an FP32 island lists: OpenVINO's names, which are the nodes of the graph as
     OpenVINO reads it, after `fold_constants`). The drift's node is the op producing the tensor."""

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.backends import Graph, OrtBackend
-from runtime.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
-from runtime.manifest import GRAPH_NAMES, load_manifest
-from runtime.segmenter import FewShotSegmenter
-from runtime.synthetic import synthetic_episodes
+from runtime.backends.ort import Graph, OrtBackend
+from runtime.engine.manifest import GRAPH_NAMES, load_manifest
+from runtime.engine.segmenter import FewShotSegmenter
+from runtime.tools.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
+from runtime.tools.synthetic import synthetic_episodes
 
 
 @dataclass

@@ -4,7 +4,7 @@ For each provider (default: `cpu` as the latency baseline, then every GPU provid
 `tensorrt`, and `tensorrt-native` when TensorRT is importable and the manifest lists engines) and each K, a synthetic
 episode is segmented by the provider and by the CPU runtime (on `--reference` artifacts, default the same ones). The
 episode is the first of a few seeded ones whose CPU reference mask is judgeable (1-99 % foreground: an IoU of two empty
-masks says nothing). The result is judged like the fidelity gate (`runtime.fidelity`: mask IoU >= --min-iou, logits
+masks says nothing). The result is judged like the fidelity gate (`runtime.tools.fidelity`: mask IoU >= --min-iou, logits
 correlation, sign agreement of every pixel, relative RMS error, non-finite values, iou_score / object score error and
 the object-presence decision, thresholds by the artifacts' precision) and printed with per-module latency (mean over
 --repeats queries after one warm-up; the memory encoder's from the K supports). Exit status 1 if a provider failed a
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime import FewShotSegmenter, load_manifest
-from runtime.fidelity import (
+from runtime.engine.segmenter import ModuleTiming, Segmentation
+from runtime.tools.fidelity import (
     JUDGEABLE_FOREGROUND,
     FidelityError,
     FidelityReport,
@@ -32,8 +33,7 @@ from runtime.fidelity import (
     check_comparable,
     episode_fidelity,
 )
-from runtime.segmenter import ModuleTiming, Segmentation
-from runtime.synthetic import write_episode
+from runtime.tools.synthetic import write_episode
 
 MODULES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 EPISODE_TRIES = 8  # seeded episodes tried for a judgeable reference mask

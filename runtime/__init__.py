@@ -1,7 +1,7 @@
 """fssam2 runtime: torch-free K-shot FS-SAM2 inference over exported ONNX graphs (numpy + onnxruntime)."""
 
-from .backends import PROVIDERS, Backend, Graph, OrtBackend, create_backend
-from .errors import (
+from .backends.ort import PROVIDERS, Backend, Graph, OrtBackend, create_backend
+from .engine.errors import (
     BackendError,
     CudaError,
     EngineMismatchError,
@@ -13,9 +13,9 @@ from .errors import (
     ShotLimitError,
     SupportSetError,
 )
-from .manifest import Flavour, GraphSpec, Manifest, load_manifest
-from .segmenter import FewShotSegmenter, ModuleTiming, MultiClassSegmentation, Segmentation
-from .support_set import Fingerprint, SupportSet
+from .engine.manifest import Flavour, GraphSpec, Manifest, load_manifest
+from .engine.segmenter import FewShotSegmenter, ModuleTiming, MultiClassSegmentation, Segmentation
+from .engine.support_set import Fingerprint, SupportSet
 
 __all__ = [
     "PROVIDERS",

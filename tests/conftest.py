@@ -63,7 +63,7 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def episode(tmp_path_factory):
-    from runtime.synthetic import write_episode
+    from runtime.tools.synthetic import write_episode
 
     return write_episode(tmp_path_factory.mktemp("episode"), shots=5, seed=1)
 
@@ -112,7 +112,7 @@ def _runs_bf16(core) -> bool:
     import openvino
     import openvino.opset13 as ops
 
-    from runtime.ov_backend import runtime_precisions
+    from runtime.backends.openvino import runtime_precisions
 
     x = ops.parameter([1, 32, 32], np.float32, name="x")
     model = openvino.Model([ops.matmul(x, ops.constant(np.ones((32, 32), np.float32)), False, False)], [x])

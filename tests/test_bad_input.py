@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, ProviderUnavailableError, load_manifest
-from runtime.image import load_image, nearest_indices
+from runtime.engine.image import load_image, nearest_indices
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +138,14 @@ def test_every_runtime_error_derives_from_one_exported_base():
     from pathlib import Path
 
     import runtime
-    from runtime import errors
+    from runtime.engine import errors
 
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
     assert len(classes) >= 9 and all(issubclass(c, runtime.Error) and c.__name__ in runtime.__all__ for c in classes)
     builtin = {"Exception", "RuntimeError", "ValueError", "TypeError", "KeyError", "OSError"}
-    for path in Path(runtime.__file__).parent.glob("*.py"):
+    for path in Path(runtime.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
                 assert node.exc.func.id not in builtin, f"{path.name}:{node.lineno} raises a bare {node.exc.func.id}"
             if isinstance(node, ast.ClassDef) and any(getattr(b, "id", "") in builtin for b in node.bases):
-                assert path.name == "errors.py", f"{path.name} defines {node.name} outside runtime.errors"
+                assert path.name == "errors.py", f"{path.name} defines {node.name} outside runtime.engine.errors"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from runtime import FewShotSegmenter
-from runtime.bench import PhaseRecorder, Stats, memory_attention_gflop
 from runtime.cli import main as fssam2
+from runtime.tools.bench import PhaseRecorder, Stats, memory_attention_gflop
 
 BENCH = ["--shots", "1", "2", "--queries", "2", "--warmup", "1", "--supports", "2", "--input-size", "96x64", "--quiet"]
 MODULES = {"preprocess", "image_encoder", "memory_attention", "mask_decoder", "postprocess", "total", "glue"}

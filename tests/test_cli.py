@@ -8,7 +8,7 @@ from calibration import export_cli
 from fssam2_export import export as export_mod
 from runtime import FewShotSegmenter
 from runtime import cli as runtime_cli
-from runtime.manifest import load_manifest
+from runtime.engine.manifest import load_manifest
 
 
 def test_segment_cli_writes_mask_and_overlay(artifacts, episode, tmp_path, capsys):

@@ -24,8 +24,8 @@ from conftest import unavailable
 from PIL import Image
 
 from runtime import FewShotSegmenter, SupportSet
-from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
-from runtime.segmenter import label_map
+from runtime.engine.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
+from runtime.engine.segmenter import label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runtime" / "cpp"
@@ -738,7 +738,7 @@ def test_one_handle_from_python_threads(cpp_seg, artifacts, episode):
 
 
 def _provider_options(lib, artifacts: Path, options, graph: str) -> list:
-    """fssam2_provider_options parsed into runtime.ort_gpu.ort_provider_list's shape."""
+    """fssam2_provider_options parsed into runtime.backends.ort_gpu.ort_provider_list's shape."""
     needed = C.c_size_t()
     lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), None, 0, C.byref(needed))
     buf = C.create_string_buffer(needed.value)
@@ -763,7 +763,7 @@ PROVIDER_OPTION_CASES = [
 
 
 def test_provider_option_cases_cover_every_ort_provider():
-    from runtime.backends import ORT_PROVIDERS
+    from runtime.backends.ort import ORT_PROVIDERS
 
     assert {case[0] for case in PROVIDER_OPTION_CASES} == set(ORT_PROVIDERS)
 
@@ -771,11 +771,11 @@ def test_provider_option_cases_cover_every_ort_provider():
 @pytest.mark.parametrize("provider,device_id,max_shots,cache,workspace", PROVIDER_OPTION_CASES)
 def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_shots, cache, workspace):
     """The C options give ORT the same providers, TensorRT EP caches, workspace and memory-axis profiles as the
-    Python backend (runtime.ort_gpu / runtime.profiles), per graph; written, not run on a GPU."""
-    from runtime.backends import ORT_PROVIDERS
-    from runtime.manifest import load_manifest
-    from runtime.ort_gpu import ORT_TRT_CACHE_DIR, ort_provider_list
-    from runtime.profiles import input_profiles, memory_dim_ranges
+    Python backend (runtime.backends.ort_gpu / runtime.engine.profiles), per graph; written, not run on a GPU."""
+    from runtime.backends.ort import ORT_PROVIDERS
+    from runtime.backends.ort_gpu import ORT_TRT_CACHE_DIR, ort_provider_list
+    from runtime.engine.manifest import load_manifest
+    from runtime.engine.profiles import input_profiles, memory_dim_ranges
 
     manifest = load_manifest(artifacts, verify_files=False)
     opts = Options()

@@ -13,9 +13,9 @@ import pytest
 from graph_edits import edit_outputs, rerecord
 
 from runtime import cli as runtime_cli
-from runtime import fidelity
-from runtime.manifest import MANIFEST_NAME, load_manifest
-from runtime.synthetic import synthetic_episodes
+from runtime.engine.manifest import MANIFEST_NAME, load_manifest
+from runtime.tools import fidelity
+from runtime.tools.synthetic import synthetic_episodes
 
 SIZE = 128
 EXPORT = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE), "--quiet"]

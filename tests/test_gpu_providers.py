@@ -12,14 +12,14 @@ import pytest
 from trt_fakes import BoundCpuBackend
 
 from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
-from runtime.backends import ORT_PROVIDERS
-from runtime.device import DeviceCopies, DeviceTensor, is_support_array
-from runtime.fidelity import recording_segmenter, run_episode
-from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
-from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
-from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
-from runtime.synthetic import Episode as Episode_
-from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
+from runtime.backends.device import DeviceCopies, DeviceTensor, is_support_array
+from runtime.backends.ort import ORT_PROVIDERS
+from runtime.backends.ort_gpu import ort_provider_list, tensorrt_ep_options
+from runtime.backends.tensorrt import DeviceInfo, EngineMismatchError, check_engine_compat
+from runtime.engine.manifest import Episode, GraphSpec, TensorSpec, load_manifest
+from runtime.engine.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
+from runtime.tools.fidelity import recording_segmenter, run_episode
+from runtime.tools.synthetic import Episode as Episode_
 
 EPISODE = Episode(20.0, -10.0, tokens_per_support=256, low_res_size=64)
 ATTENTION = GraphSpec(
@@ -378,7 +378,7 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
 def test_missing_cuda_provider_says_what_to_uninstall(monkeypatch, installed, says):
     """The hint follows the installed ONNX Runtime distributions (metadata faked); it never suggests adding
     onnxruntime-gpu beside another build."""
-    import runtime.versions as versions
+    import runtime.engine.versions as versions
 
     def version(dist):
         if dist not in installed:

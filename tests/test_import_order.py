@@ -48,7 +48,7 @@ def test_a_lazy_import_of_a_later_stage_is_caught(tmp_path):
     for stage in STAGES:
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "__init__.py").write_text("from . import x\nimport numpy\n")
-    (tmp_path / "runtime" / "ok.py").write_text("from runtime.manifest import Manifest\n")
+    (tmp_path / "runtime" / "ok.py").write_text("from runtime.engine.manifest import Manifest\n")
     (tmp_path / "fssam2_export" / "lazy.py").write_text("def f():\n    from calibration.pipeline import converter\n")
     (tmp_path / "training" / "plain.py").write_text("import os\nimport calibration.int8 as q\n")
     (tmp_path / "runtime" / "dyn.py").write_text("import importlib\nimportlib.import_module('training.fit')\n")

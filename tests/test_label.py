@@ -15,9 +15,9 @@ from image_fakes import bomb_png, png, truncated
 from PIL import Image
 
 from runtime import FewShotSegmenter
+from runtime.apps.label import collect_inputs
 from runtime.cli import main
-from runtime.errors import InputError
-from runtime.label import collect_inputs
+from runtime.engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 

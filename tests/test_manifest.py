@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from runtime import FewShotSegmenter, ManifestError, load_manifest
-from runtime.manifest import file_sha256
+from runtime.engine.manifest import file_sha256
 
 
 @pytest.fixture

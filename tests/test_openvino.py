@@ -17,11 +17,12 @@ pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO run
 
 from graph_edits import rerecord  # noqa: E402
 
-from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest, ov_backend  # noqa: E402
+from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
-from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
-from runtime.ov_backend import OpenVinoBackend  # noqa: E402
-from runtime.synthetic import synthetic_episodes  # noqa: E402
+from runtime.backends import openvino as ov_backend  # noqa: E402
+from runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+from runtime.tools.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
+from runtime.tools.synthetic import synthetic_episodes  # noqa: E402
 
 GRAPH = "memory_encoder"  # small and quick to compile
 
@@ -141,7 +142,9 @@ def test_tuning_applies_per_graph_and_is_in_the_cache_key(needs_bf16, results, a
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
     cache = tmp_path / "cache"
     assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache), spec)[0].cache == "built"
-    monkeypatch.setattr("runtime.ov_backend.TUNING", {})  # below: another precision, then another tuning, rebuild
+    monkeypatch.setattr(
+        "runtime.backends.openvino.TUNING", {}
+    )  # below: another precision, then another tuning, rebuild
     assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0].cache == "built"
     monkeypatch.undo()
     rebuilt = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
@@ -306,7 +309,7 @@ def test_int8_on_a_saturating_cpu_runs_7_bit_weights(tmp_path):
 def test_a_loaded_int8_graph_says_int8_and_its_float_precision(tmp_path):
     """`graph.precision` of an INT8 (QDQ) graph is "int8+fp32", read back from what ran (its i8 ops), whatever the
     manifest declares; an FP32 graph's is "fp32" (test_fp32_matches_the_cpu_runtime)."""
-    from runtime.manifest import GraphSpec, TensorSpec
+    from runtime.engine.manifest import GraphSpec, TensorSpec
 
     path = tmp_path / "mask_decoder.onnx"
     _qdq_matmul(path)
@@ -369,7 +372,7 @@ import gc, sys
 from pathlib import Path
 import numpy as np
 from runtime import load_manifest
-from runtime.ov_backend import OpenVinoBackend
+from runtime.backends.openvino import OpenVinoBackend
 art, cache, graph = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 spec = load_manifest(art, verify_files=False).graphs[graph]
 feeds = {t.name: np.random.default_rng(0).standard_normal(t.shape).astype(t.dtype) for t in spec.inputs}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime import OrtBackend, load_manifest
-from runtime.ort_cache import CACHE_DIRNAME
+from runtime.backends.cache import CACHE_DIRNAME
 
 GRAPH = "memory_encoder"  # small and quick to optimise
 

@@ -179,9 +179,9 @@ def test_capture_collects_the_minmax_ranges_of_its_calls(fp32):
     feeds, for the first `max_calls` calls of each graph only; the graph outputs are the plain graph's."""
     from calibration.capture import _Reader
     from calibration.ranges import RangeBackend
-    from runtime.backends import OrtBackend
-    from runtime.fidelity import recording_segmenter, run_episode
-    from runtime.synthetic import synthetic_episodes
+    from runtime.backends.ort import OrtBackend
+    from runtime.tools.fidelity import recording_segmenter, run_episode
+    from runtime.tools.synthetic import synthetic_episodes
 
     manifest = load_manifest(fp32)
     plain_seg, plain_rec = recording_segmenter(fp32, OrtBackend("cpu"))

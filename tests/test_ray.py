@@ -17,8 +17,8 @@ from ray import serve  # noqa: E402
 
 from bench import load_test  # noqa: E402
 from runtime import FewShotSegmenter  # noqa: E402
-from runtime.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
-from runtime.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
+from runtime.apps.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
+from runtime.apps.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
     import httpx
     from fastapi.testclient import TestClient
 
-    from runtime.serve import ServeConfig, Service, create_app
-    from runtime.serve_ray import RayServeOptions, start
+    from runtime.apps.serve import ServeConfig, Service, create_app
+    from runtime.apps.serve_ray import RayServeOptions, start
 
     config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), threads=1)
     port = load_test.free_port()
@@ -130,8 +130,8 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
 
 def test_resource_options_reach_ray():
     """GPUs per worker / replica and autoscaling as Ray is given them (GPU runs: written, not run on a GPU)."""
-    from runtime.serve import ServeConfig
-    from runtime.serve_ray import RayServeOptions, Replica, deployment_options
+    from runtime.apps.serve import ServeConfig
+    from runtime.apps.serve_ray import RayServeOptions, Replica, deployment_options
 
     assert actor_resources(RayOptions(threads_per_worker=4, gpus_per_worker=1)) == {"num_cpus": 4, "num_gpus": 1}
     assert actor_resources(RayOptions()) == {"num_cpus": 1}

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from bench import load_test  # noqa: E402
 from runtime import FewShotSegmenter, SupportSet  # noqa: E402
-from runtime.guard import ImageLimits  # noqa: E402
-from runtime.outputs import rle_decode  # noqa: E402
-from runtime.serve import ServeConfig, Service, create_app  # noqa: E402
-from runtime.store import set_digest  # noqa: E402
+from runtime.apps.guard import ImageLimits  # noqa: E402
+from runtime.apps.render import rle_decode  # noqa: E402
+from runtime.apps.serve import ServeConfig, Service, create_app  # noqa: E402
+from runtime.apps.store import set_digest  # noqa: E402
 
 LIMITS = ImageLimits(max_bytes=400_000, max_pixels=200_000)
 
@@ -171,8 +171,8 @@ def test_user_mistakes_get_4xx_json_errors(client, set_ids, episode, store, seg)
 
 
 def test_token_and_readiness(artifacts_128, store, monkeypatch):
+    from runtime.apps.serve import config_from_args
     from runtime.cli import parser
-    from runtime.serve import config_from_args
 
     monkeypatch.setenv("FSSAM2_TOKEN", "s3cret")
     args = parser().parse_args(["serve", "--artifacts", str(artifacts_128), "--store", str(store)])

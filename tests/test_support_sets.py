@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime import Error, FewShotSegmenter, InputError, MultiClassSegmentation, SupportSet, SupportSetError
-from runtime.segmenter import label_map
+from runtime.engine.segmenter import label_map
 
 
 @pytest.fixture(scope="module")

@@ -38,10 +38,10 @@ from fssam2_export.engines import (
     strongly_typed_flag,
 )
 from runtime import FewShotSegmenter, ManifestError
-from runtime.device import DeviceTensor
-from runtime.manifest import GRAPH_NAMES, load_manifest
-from runtime.profiles import ShotLimitError, memory_dim_ranges
-from runtime.trt_backend import DeviceInfo, EngineMismatchError, TensorRTBackend
+from runtime.backends.device import DeviceTensor
+from runtime.backends.tensorrt import DeviceInfo, EngineMismatchError, TensorRTBackend
+from runtime.engine.manifest import GRAPH_NAMES, load_manifest
+from runtime.engine.profiles import ShotLimitError, memory_dim_ranges
 
 MAX_SHOTS = 3
 
@@ -428,7 +428,7 @@ def test_outputs_outliving_their_graph_are_copied_out_first(engine_dir):
 
 
 def _gpu_stack_missing() -> str | None:
-    from runtime.trt_backend import CudaRuntime
+    from runtime.backends.tensorrt import CudaRuntime
 
     try:
         import tensorrt  # noqa: F401

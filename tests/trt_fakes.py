@@ -3,7 +3,7 @@
 drives a segmenter from many threads.
 
 `FakeCuda` is device memory in numpy with byte counters; `FakeRuntime`/`FakeEngine` implement the
-small interface `runtime.trt_backend` needs (tensors, set_input_shape, set_address, output_shape,
+small interface `runtime.backends.tensorrt` needs (tensors, set_input_shape, set_address, output_shape,
 execute) by running the ONNX graph named in the "engine" bytes with onnxruntime on that memory.
 `install_fake_polygraphy` patches the polygraphy calls `fssam2_export.engines` makes so a build
 writes such engines; the comparison still runs polygraphy's real Comparator and OnnxrtRunner.
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime.manifest import GraphSpec
-from runtime.ort_gpu import OrtDeviceGraph
-from runtime.profiles import InputProfile
-from runtime.trt_backend import DeviceInfo, TensorInfo
+from runtime.backends.ort_gpu import OrtDeviceGraph
+from runtime.backends.tensorrt import DeviceInfo, TensorInfo
+from runtime.engine.manifest import GraphSpec
+from runtime.engine.profiles import InputProfile
 
 TRT_VERSION = "10.3.0"
 DEVICE = DeviceInfo("Fake Orin", "8.7")

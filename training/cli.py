@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, CheckpointError
-from runtime.outputs import write_atomic
+from runtime.engine.files import write_atomic
 
 from .datasets import BENCHMARKS, GENERATED, DatasetLayoutError, build_dataset
 from .lora import parse_lora_overrides

@@ -12,7 +12,7 @@ every candidate on it:
   of the IoU (an IoU of two full masks says nothing).
 
 `GateThresholds` + `FidelityReport.verdict()` turn a report into pass / fail / refused (too few judgeable
-episodes). The episodes judged are `runtime.synthetic.synthetic_episodes` or a benchmark's (calibration).
+episodes). The episodes judged are `runtime.tools.synthetic.synthetic_episodes` or a benchmark's (calibration).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, Graph, OrtBackend
-from .errors import FidelityError
-from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
-from .progress import progress as progress_bar
-from .segmenter import FewShotSegmenter, Segmentation
+from ..backends.ort import Backend, Graph, OrtBackend
+from ..engine.errors import FidelityError
+from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+from ..engine.progress import progress as progress_bar
+from ..engine.segmenter import FewShotSegmenter, Segmentation
 from .synthetic import Episode
 
 

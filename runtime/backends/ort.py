@@ -3,14 +3,14 @@
 A backend turns a graph file + its manifest spec into a `Graph` whose `run(feeds)` maps input names
 to arrays and returns output names to arrays; its `provider` names which of the graph's flavours
 (manifest schema 2) the segmenter hands it. Providers: `cpu`, `cuda`, `tensorrt` (ONNX Runtime and its
-execution providers), `tensorrt-native` (TensorRT engines, `runtime.trt_backend`) and `openvino`
-(OpenVINO's CPU plugin, BF16 on AMX where the CPU has it, `runtime.ov_backend`); `create_backend` makes the
+execution providers), `tensorrt-native` (TensorRT engines, `runtime.backends.tensorrt`) and `openvino`
+(OpenVINO's CPU plugin, BF16 on AMX where the CPU has it, `runtime.backends.openvino`); `create_backend` makes the
 right one. Any object with the same `load` method (a remote server, a mock) can be injected.
 
 For the "cpu" and "cuda" providers the ONNX Runtime backend loads a pre-optimised copy of each graph
-from a cache (`runtime.ort_cache`), made on first use. On GPU providers, an output that another loaded
-graph consumes stays on the device (`runtime.device.DeviceTensor`) and the memory bank is kept there
-between queries (IO binding, `runtime.ort_gpu`).
+from a cache (`runtime.backends.cache`), made on first use. On GPU providers, an output that another loaded
+graph consumes stays on the device (`runtime.backends.device.DeviceTensor`) and the memory bank is kept there
+between queries (IO binding, `runtime.backends.ort_gpu`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import BackendError, InputError, ProviderUnavailableError
-from .manifest import GraphSpec, Manifest, source_sha256
-from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
+from ..engine.errors import BackendError, InputError, ProviderUnavailableError
+from ..engine.manifest import GraphSpec, Manifest, source_sha256
+from ..engine.profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
+from ..engine.versions import dist_version
+from .cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
-from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
-from .versions import dist_version
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -72,14 +72,14 @@ def create_backend(
     if precisions and provider != "openvino":
         raise InputError(f"precisions apply to the openvino provider only, not {provider!r}")
     if provider == "openvino":
-        from .ov_backend import OpenVinoBackend
+        from .openvino import OpenVinoBackend
 
         per_graph = {g: p for g, p in (precisions or {}).items() if g != "*"}
         return OpenVinoBackend(
             precision=(precisions or {}).get("*", "auto"), precisions=per_graph, threads=intra_op_threads, cache=cache
         )
     if provider == "tensorrt-native":
-        from .trt_backend import TensorRTBackend
+        from .tensorrt import TensorRTBackend
 
         return TensorRTBackend(device_id=device_id)
     dims = memory_dim_ranges(manifest.episode, max_shots) if manifest is not None and provider == "tensorrt" else None
@@ -137,11 +137,11 @@ def gpu_install_hint() -> str:
 class OrtBackend:
     """ONNX Runtime with provider `cpu`, `cuda` or `tensorrt`; refuses to run elsewhere than asked.
 
-    `cache` (default on) keeps ORT-optimised copies of the graphs for `cpu`/`cuda` (see `runtime.ort_cache`);
+    `cache` (default on) keeps ORT-optimised copies of the graphs for `cpu`/`cuda` (see `runtime.backends.cache`);
     `cache_dir` overrides where (default `<artifacts>/.ort_cache`, else the user cache).
     With `shared_arena` (default) every session draws host memory from one CPU arena registered in ORT's
     environment, so the process peaks at the largest graph's working set instead of the sum of one arena
-    per graph. GPU providers run through IO binding (`runtime.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
+    per graph. GPU providers run through IO binding (`runtime.backends.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
     ranges (`profiles.memory_dim_ranges`); the TensorRT EP needs them for its profiles. Its engine and timing
     caches go to `trt_cache_dir` (default: `ort_trt_cache/` beside the graphs)."""
 

@@ -10,7 +10,7 @@ missing device or an unsupported precision request raises `ProviderUnavailableEr
 
 Compile once: the compiled model is exported (`CompiledModel.export_model`) to
 `<artifacts>/.openvino_cache/` (else the user cache) under a key of the source graph's sha256, the
-OpenVINO version, device, precision and the CPU's feature flags (`runtime.ort_cache`), and imported on
+OpenVINO version, device, precision and the CPU's feature flags (`runtime.backends.cache`), and imported on
 later loads from a memory map of the blob (no copy into Python bytes and a stream: about a third less import
 time). openvino is an optional dependency (`pip install 'fssam2[openvino]'`), imported on first use.
 
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendError, InputError, ManifestError, ProviderUnavailableError
-from .manifest import GRAPH_NAMES, Flavour, GraphSpec, source_sha256
-from .ort_cache import CacheEntry, CacheKey, cache_entry, cpu_flags, machine_fingerprint
+from ..engine.errors import BackendError, InputError, ManifestError, ProviderUnavailableError
+from ..engine.manifest import GRAPH_NAMES, Flavour, GraphSpec, source_sha256
+from .cache import CacheEntry, CacheKey, cache_entry, cpu_flags, machine_fingerprint
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32", "fp16": "f16"}  # our names -> OpenVINO's element types
 _FROM_OV = {v: k for k, v in PRECISIONS.items()}

@@ -26,9 +26,9 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from .errors import Error, InputError, SupportSetError
+from ..engine.errors import Error, InputError, SupportSetError
 from .guard import ImageLimitError, ImageLimits, decode_image, decode_mask
-from .outputs import png_bytes, rle_encode
+from .render import png_bytes, rle_encode
 from .store import SetStore, UnknownSetError
 
 TOKEN_ENV = "FSSAM2_TOKEN"
@@ -115,9 +115,9 @@ class Service:
 
     def load(self) -> None:
         """Load the artifacts (verifying their hashes); /readyz answers 200 afterwards."""
-        from .backends import create_backend
-        from .manifest import load_manifest
-        from .segmenter import FewShotSegmenter
+        from ..backends.ort import create_backend
+        from ..engine.manifest import load_manifest
+        from ..engine.segmenter import FewShotSegmenter
 
         try:
             backend = create_backend(
@@ -382,7 +382,7 @@ def _describe(set_id: str, s) -> dict:
 
 
 def add_parser(sub) -> None:
-    from .backends import PROVIDERS
+    from ..backends.ort import PROVIDERS
 
     p = sub.add_parser("serve", help="serve segmentation over HTTP (FastAPI; --ray: Ray Serve)")
     p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")

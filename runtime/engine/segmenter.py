@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, Graph, create_backend
+from ..backends.ort import Backend, Graph, create_backend
 from .errors import InputError, ManifestError
 from .image import ImageLike, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest, verify_file

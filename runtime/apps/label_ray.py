@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.support_set import SupportSet
 from .label import Item, Labeler, LabelJob, Summary, run_job
-from .support_set import SupportSet
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ class _Worker:
     def __init__(self, artifacts: str, provider: str, threads: int, sets_box: list, job: LabelJob):
         import ray
 
-        from .backends import create_backend
-        from .manifest import load_manifest
-        from .segmenter import FewShotSegmenter
+        from ..backends.ort import create_backend
+        from ..engine.manifest import load_manifest
+        from ..engine.segmenter import FewShotSegmenter
 
         sets: Mapping[str, SupportSet] = ray.get(sets_box[0])
         backend = create_backend(provider, load_manifest(artifacts, verify_files=False), intra_op_threads=threads)

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Error, InputError
+from ..engine.errors import Error, InputError
+from ..engine.files import write_atomic
+from ..engine.progress import progress as progress_bar
+from ..engine.support_set import SupportSet
 from .guard import ImageLimits, decode_image, read_bytes
-from .image import overlay as draw_overlay
-from .outputs import save_png, write_atomic
-from .progress import progress as progress_bar
+from .render import overlay as draw_overlay
+from .render import save_png
 from .store import set_digest
-from .support_set import SupportSet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 JOURNAL, JOB_FILE, PARQUET = "results.jsonl", "job.json", "results.parquet"
@@ -281,7 +282,7 @@ def require(module: str, extra: str) -> None:
 
 
 def add_parser(sub) -> None:
-    from .backends import PROVIDERS
+    from ..backends.ort import PROVIDERS
 
     p = sub.add_parser(
         "label", help="segment every image of a collection with support sets (resumable; --ray: Ray Data)"
@@ -343,8 +344,8 @@ def _parse_classes(specs: list[str], model) -> dict[str, SupportSet]:
 
 def command(args) -> int:
     """Exit code 0: every image labelled; 1: some failed (see the table); 2: the job could not run."""
-    from .manifest import load_manifest
-    from .support_set import Fingerprint
+    from ..engine.manifest import load_manifest
+    from ..engine.support_set import Fingerprint
 
     if args.workers < 1 or args.threads_per_worker < 1 or args.gpus_per_worker < 0:
         raise InputError("--workers and --threads-per-worker must be >= 1, --gpus-per-worker >= 0")
@@ -360,7 +361,7 @@ def command(args) -> int:
         ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.threads_per_worker, args.provider)
         summary = run_ray(args.artifacts, sets, job, items, ray_options, **options)
     else:
-        from .segmenter import FewShotSegmenter
+        from ..engine.segmenter import FewShotSegmenter
 
         summary = run_local(
             Labeler(FewShotSegmenter(args.artifacts, provider=args.provider), sets, job), items, **options

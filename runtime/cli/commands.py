@@ -9,18 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import label, serve
-from .backends import PROVIDERS, create_backend
-from .errors import Error, FidelityError, InputError
-from .fidelity import GateThresholds, compare_artifacts
-from .image import load_image, overlay
-from .manifest import load_manifest
-from .outputs import save_png as _save_png
-from .outputs import write_atomic
-from .profiles import DEFAULT_MAX_SHOTS
-from .segmenter import FewShotSegmenter, MultiClassSegmentation
-from .support_set import SupportSet
-from .synthetic import synthetic_episodes
+from ..apps import label, serve
+from ..apps.render import overlay
+from ..apps.render import save_png as _save_png
+from ..backends.ort import PROVIDERS, create_backend
+from ..engine.errors import Error, FidelityError, InputError
+from ..engine.files import write_atomic
+from ..engine.image import load_image
+from ..engine.manifest import load_manifest
+from ..engine.profiles import DEFAULT_MAX_SHOTS
+from ..engine.segmenter import FewShotSegmenter, MultiClassSegmentation
+from ..engine.support_set import SupportSet
+from ..tools.fidelity import GateThresholds, compare_artifacts
+from ..tools.synthetic import synthetic_episodes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -289,7 +290,7 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
-    from . import bench
+    from ..tools import bench
 
     try:
         w, h = (int(v) for v in args.input_size.lower().split("x"))
@@ -345,7 +346,3 @@ def main(argv: list[str] | None = None) -> int:
     except (Error, OSError) as e:  # OSError: an output that cannot be written
         print(f"fssam2: error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

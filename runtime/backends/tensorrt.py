@@ -30,10 +30,10 @@ from typing import Protocol
 
 import numpy as np
 
+from ..engine.errors import BackendError, CudaError, EngineMismatchError, ManifestError, ProviderUnavailableError
+from ..engine.manifest import GraphSpec
+from ..engine.profiles import MEMORY_AXIS, InputProfile, check_memory_length
 from .device import DeviceCopies, DeviceTensor, is_support_array
-from .errors import BackendError, CudaError, EngineMismatchError, ManifestError, ProviderUnavailableError
-from .manifest import GraphSpec
-from .profiles import MEMORY_AXIS, InputProfile, check_memory_length
 
 PROVIDER = "tensorrt-native"
 ENGINE_KIND = "tensorrt-engine"

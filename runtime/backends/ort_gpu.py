@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.manifest import GraphSpec
+from ..engine.profiles import MEMORY_AXIS, InputProfile, check_memory_length
 from .device import DeviceCopies, DeviceTensor, is_support_array
-from .manifest import GraphSpec
-from .profiles import MEMORY_AXIS, InputProfile, check_memory_length
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 ORT_TRT_CACHE_DIR = "ort_trt_cache"  # ORT TensorRT EP engine + timing cache, beside the graphs

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import create_backend
-from .manifest import GRAPH_NAMES, Manifest, load_manifest
-from .ort_cache import cpu_flags
-from .outputs import write_atomic
-from .progress import progress as progress_bar
-from .segmenter import FewShotSegmenter
+from ..backends.cache import cpu_flags
+from ..backends.ort import create_backend
+from ..engine.files import write_atomic
+from ..engine.manifest import GRAPH_NAMES, Manifest, load_manifest
+from ..engine.progress import progress as progress_bar
+from ..engine.segmenter import FewShotSegmenter
 
 SCHEMA = "fssam2-bench/1"
 SUPPORT_MODULES = ("preprocess", "image_encoder", "memory_encoder")
