@@ -112,7 +112,7 @@ def _runs_bf16(core) -> bool:
     import openvino
     import openvino.opset13 as ops
 
-    from runtime.backends.openvino import runtime_precisions
+    from runtime.backends.openvino_tuning import runtime_precisions
 
     x = ops.parameter([1, 32, 32], np.float32, name="x")
     model = openvino.Model([ops.matmul(x, ops.constant(np.ones((32, 32), np.float32)), False, False)], [x])

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO run
 from calibration import pipeline  # noqa: E402
 from calibration.export_cli import main as export_main  # noqa: E402
 from runtime import FewShotSegmenter, ManifestError, create_backend, load_manifest  # noqa: E402
-from runtime.backends.openvino import OpenVinoBackend, openvino_flavour, runtime_precisions  # noqa: E402
+from runtime.backends.openvino import OpenVinoBackend, openvino_flavour  # noqa: E402
+from runtime.backends.openvino_tuning import runtime_precisions  # noqa: E402
 from runtime.engine.manifest import Flavour, file_sha256  # noqa: E402
 from runtime.tools.fidelity import GateThresholds  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(needs_bf16,
     assert runtime_precisions(island.compiled)[ISLAND] == "f32" and island.fp32_nodes == [ISLAND]
     assert island.precision == "bf16"
     assert backend.load(path, marked).cache == "hit"
-    monkeypatch.setattr("runtime.backends.openvino.ISLANDS_VERSION", 0)
+    monkeypatch.setattr("runtime.backends.openvino_tuning.ISLANDS_VERSION", 0)
     assert backend.load(path, marked).cache == "built", "a blob marked the old way is rebuilt"
     assert backend.load(path, plain).cache == "hit", "graphs without islands keep their blobs"
     monkeypatch.undo()
@@ -146,7 +147,7 @@ def test_tightened_gate_adds_islands_then_fails_naming_graph_and_node(
     after ISLAND_ROUNDS or when an island did not help (`dropped`: a Gemm's mark lost in OpenVINO's bias fusion, as
     without `_unfusable`), and the gate fails with the diagnosis and the islands in the report."""
     if dropped:
-        monkeypatch.setattr("runtime.backends.openvino._unfusable", lambda model, marked: set())
+        monkeypatch.setattr("runtime.backends.openvino_tuning._unfusable", lambda model, marked: set())
     tight = dataclasses.replace(GateThresholds.for_precision("bf16"), logits_pearson=0.999999)
     with pytest.raises(pipeline.GateError, match=r"first diverging node .* pearson [\d.]+\); FP32 islands") as err:
         pipeline.convert_artifacts(
