@@ -28,8 +28,7 @@ import torch
 
 from fssam2_export.models import build_model
 from fssam2_export.reference import reference_episode
-from runtime import FewShotSegmenter, create_backend, load_manifest
-from runtime.backends.ort import PROVIDERS
+from runtime import FewShotSegmenter, RuntimeOptions, load_manifest, registered_providers
 from runtime.cli import precision_spec
 from runtime.tools.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
 from runtime.tools.fidelity import iou as mask_iou
@@ -121,7 +120,7 @@ def compare(
     segs = {
         p: FewShotSegmenter(
             artifacts,
-            backend=create_backend(p, intra_op_threads=threads, precisions=ov_precision if p == "openvino" else None),
+            RuntimeOptions(p, threads, ov_precision if p == "openvino" and ov_precision else {}),
             on_timing=recs[p],
         )
         for p in providers
@@ -135,10 +134,7 @@ def compare(
         "precision": manifest.precision,
         "image_size": manifest.preprocess.image_size,
         "model": manifest.model.name,
-        "graph_precisions": {
-            p: {g: getattr(graph, "precision", manifest.graphs[g].precision) for g, graph in seg.graphs.items()}
-            for p, seg in segs.items()
-        },
+        "graph_precisions": {p: {g: graph.precision for g, graph in seg.graphs.items()} for p, seg in segs.items()},
         "by_shots": [],
     }
     sides = [("runtime", p) for p in providers] + [("torch", d) for d in torch_dtypes]
@@ -297,7 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
-    p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="runtime providers, side by side")
+    p.add_argument(
+        "--providers",
+        nargs="+",
+        default=["cpu"],
+        choices=registered_providers(),
+        help="runtime providers, side by side",
+    )
     p.add_argument(
         "--torch-dtype",
         nargs="+",

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import onnxruntime
 
-from runtime import FewShotSegmenter, OrtBackend
+from runtime import FewShotSegmenter
+from runtime.backends import OrtBackend
 from runtime.engine.image import load_image
 
 

@@ -552,6 +552,7 @@ def _gate_openvino(
                 calls = _reference_calls(fp32_dir, episodes[0])
             drift, region = first_diverging_node_openvino(
                 fp32_dir / manifest.graphs[graph].file,
+                graph,
                 backend,
                 calls[graph][-1],
                 thresholds.logits_pearson,

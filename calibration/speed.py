@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.backends.ort import Graph, OrtBackend
+from runtime.backends import OrtBackend
+from runtime.engine.backend import Graph
 from runtime.engine.manifest import GRAPH_NAMES, load_manifest
 from runtime.engine.segmenter import FewShotSegmenter
 from runtime.tools.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode

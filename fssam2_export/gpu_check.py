@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import FewShotSegmenter, load_manifest
+from runtime import FewShotSegmenter, RuntimeOptions, load_manifest
 from runtime.engine.segmenter import ModuleTiming, Segmentation
 from runtime.tools.fidelity import (
     JUDGEABLE_FOREGROUND,
@@ -123,7 +123,7 @@ def check(
     result = Check(provider, shots)
     try:
         episode, ref = _judgeable_episode(reference, shots, episode_dir)
-        seg = FewShotSegmenter(artifacts, provider, max_shots=max(8, shots), profile=True)
+        seg = FewShotSegmenter(artifacts, RuntimeOptions(provider, max_shots=max(8, shots)), profile=True)
         _episode(seg, episode.supports[:1], episode.query)  # warm-up (ORT's TensorRT EP builds its engines here)
         seg.clear_timings()
         got = _episode(seg, episode.supports, episode.query)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     failed = False
-    reference = FewShotSegmenter(reference_dir, "cpu")
+    reference = FewShotSegmenter(reference_dir)
     with tempfile.TemporaryDirectory() as tmp:
         for provider in providers:
             for shots in args.shots:

@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, ProviderUnavailableError, load_manifest
+from runtime import FewShotSegmenter, InputError, ManifestError, ProviderUnavailableError, load_manifest
+from runtime.backends import OrtBackend
 from runtime.engine.image import load_image, nearest_indices
 
 

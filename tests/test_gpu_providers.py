@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 from trt_fakes import BoundCpuBackend
 
-from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
+from runtime import FewShotSegmenter, ProviderUnavailableError, RuntimeOptions, create_backend
+from runtime.backends import OrtBackend
 from runtime.backends.device import DeviceCopies, DeviceTensor, is_support_array
 from runtime.backends.ort import ORT_PROVIDERS
 from runtime.backends.ort_gpu import ort_provider_list, tensorrt_ep_options
@@ -121,16 +122,16 @@ def test_gpu_providers_disable_cpu_fallback_in_the_options_passed(artifacts, tmp
     backend = OrtBackend(
         provider, dims=memory_dim_ranges(manifest.episode, max_shots=2), trt_cache_dir=tmp_path, cache=False
     )
-    backend.load(artifacts / spec.file, spec)  # IO bindings are made per call, so the fake session loads
+    backend.load(artifacts / spec.file, spec, "image_encoder")  # IO bindings are per call: the fake session loads
     session = _CapturedSession.made[-1]
     assert session.options.get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
     assert "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in session.providers]
     for dropped in wanted:  # each requested EP missing from the session in turn
         _CapturedSession.active = [ep for ep in wanted if ep != dropped] + ["CPUExecutionProvider"]
         with pytest.raises(ProviderUnavailableError, match=f"missing \\['{dropped}'\\]"):
-            backend.load(artifacts / spec.file, spec)
+            backend.load(artifacts / spec.file, spec, "image_encoder")
     _CapturedSession.active = ["CPUExecutionProvider"]
-    OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec)
+    OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec, "image_encoder")
     with pytest.raises(RuntimeError):
         _CapturedSession.made[-1].options.get_session_config_entry("session.disable_cpu_ep_fallback")  # not set
 
@@ -142,7 +143,7 @@ def test_real_onnxruntime_refuses_cpu_nodes_with_the_gpu_options(artifacts, monk
     spec = load_manifest(artifacts).graphs["mask_decoder"]
     with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="CPU fallback is disabled"):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
-        OrtBackend("cuda", cache=False).load(artifacts / spec.file, spec)
+        OrtBackend("cuda", cache=False).load(artifacts / spec.file, spec, "mask_decoder")
 
 
 def test_engine_compat_refuses_other_tensorrt_or_gpu():
@@ -209,16 +210,16 @@ def test_device_tensor_read_racing_a_spill_gets_its_own_values():
 
 
 def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsys):
-    assert create_backend("cpu").provider == "cpu"
+    assert create_backend(RuntimeOptions("cpu")).provider == "cpu"
     with pytest.raises(ValueError, match="unknown provider"):
-        create_backend("gpu0")
+        RuntimeOptions("gpu0")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         from runtime import cli
 
         with pytest.raises(ProviderUnavailableError, match="tensorrt-native.*tensorrt"):
-            create_backend("tensorrt-native")
+            create_backend(RuntimeOptions("tensorrt-native"))
         rc = cli.main(
             [
                 "segment",
@@ -351,13 +352,13 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
     manifest = load_manifest(artifacts)
     spec = manifest.graphs["memory_attention"]
     with pytest.raises(ValueError, match="num_memory_tokens.*create_backend"):
-        create_backend("tensorrt").load(artifacts / spec.file, spec)
+        create_backend(RuntimeOptions("tensorrt")).load(artifacts / spec.file, spec, "memory_attention")
     backend = OrtBackend(
         "tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache"
     )
     with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="tensorrt.*CPU fallback is disabled"):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
-        backend.load(artifacts / spec.file, spec)
+        backend.load(artifacts / spec.file, spec, "memory_attention")
     assert (tmp_path / "cache").is_dir()
 
 

@@ -70,11 +70,14 @@ def test_flavour_is_picked_per_provider(copied):
     class Recording:
         name, provider = "recording", "cpu"
 
-        def load(self, path, spec):
-            from runtime import OrtBackend
+        def precision_for(self, graph, spec):
+            return spec.precision
+
+        def load(self, path, spec, graph):
+            from runtime.backends import OrtBackend
 
             loaded.append(path.name)
-            return OrtBackend("cpu").load(path, spec)
+            return OrtBackend("cpu").load(path, spec, graph)
 
     FewShotSegmenter(copied, backend=Recording())
     assert "mask_decoder.cpu.onnx" in loaded and "mask_decoder.onnx" not in loaded

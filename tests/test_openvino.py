@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO run
 
 from graph_edits import rerecord  # noqa: E402
 
-from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest  # noqa: E402
+from runtime import FewShotSegmenter, ProviderUnavailableError, RuntimeOptions, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.backends import openvino_tuning  # noqa: E402
 from runtime.backends.openvino import OpenVinoBackend  # noqa: E402
@@ -70,8 +70,11 @@ def test_bf16_is_within_the_bf16_gate(needs_bf16, results):
 
 
 def _load(art, backend, spec=None):
-    spec = spec or load_manifest(art, verify_files=False).graphs[GRAPH]
-    return backend.load(art / spec.file, spec), spec
+    """`backend.load` of `spec` (default GRAPH's) in `art`, told the graph's name as the segmenter would."""
+    graphs = load_manifest(art, verify_files=False).graphs
+    spec = spec or graphs[GRAPH]
+    graph = next(name for name, g in graphs.items() if g.file == spec.file)
+    return backend.load(art / spec.file, spec, graph), spec
 
 
 def _feeds(spec):
@@ -320,8 +323,8 @@ def test_a_loaded_int8_graph_says_int8_and_its_float_precision(tmp_path):
     io = [TensorSpec("x", [1, 16, 256], "float32")], [TensorSpec("y", [1, 16, 64], "float32")]
     spec = GraphSpec(path.name, "0" * 64, *io, precision="int8")
     backend = OpenVinoBackend(precision="fp32", cache=False)
-    assert backend.load(path, spec).precision == "int8+fp32"
-    assert backend.load(path, dataclasses.replace(spec, precision="fp32")).precision == "int8+fp32"
+    assert backend.load(path, spec, "mask_decoder").precision == "int8+fp32"
+    assert backend.load(path, dataclasses.replace(spec, precision="fp32"), "mask_decoder").precision == "int8+fp32"
 
 
 def test_int8_graphs_get_7_bit_weights_only_where_int8_saturates(art, monkeypatch):
@@ -380,8 +383,8 @@ from runtime.backends.openvino import OpenVinoBackend
 art, cache, graph = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 spec = load_manifest(art, verify_files=False).graphs[graph]
 feeds = {t.name: np.random.default_rng(0).standard_normal(t.shape).astype(t.dtype) for t in spec.inputs}
-built = OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec)
-hits = [OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec) for _ in range(2)]
+built = OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec, graph)
+hits = [OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec, graph) for _ in range(2)]
 del hits[0]  # one graph released while another still runs from its own map
 gc.collect()
 junk = [np.full(1 << 20, 7, np.uint8) for _ in range(64)]  # reuse freed memory
@@ -408,7 +411,7 @@ def test_a_cache_hit_runs_from_its_mapped_blob_and_exits_cleanly(tmp_path, art):
 def test_missing_openvino_is_a_clear_error(monkeypatch, art, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(ProviderUnavailableError, match=r"pip install 'fssam2\[openvino\]'"):
-        create_backend("openvino")
+        create_backend(RuntimeOptions("openvino"))
     rc = runtime_cli.main(
         ["check", "--artifacts", str(art), "--reference", str(art), "--provider", "openvino", "--episodes", "1"]
     )
@@ -425,7 +428,7 @@ def test_without_bf16_the_provider_runs_and_reports_fp32(no_bf16, art):
     with pytest.raises(ProviderUnavailableError, match="not available"):
         OpenVinoBackend(device="NPU-that-is-not-there")
     with pytest.raises(ValueError, match="precisions apply to the openvino provider only"):
-        create_backend("cpu", precisions={"*": "bf16"})
+        create_backend(RuntimeOptions("cpu", precision={"*": "bf16"}))
 
 
 def test_bench_says_which_precision_each_graph_ran_in(no_bf16, art, tmp_path, capsys):

@@ -82,29 +82,33 @@ def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episod
 
 
 def test_injected_backend_is_used(artifacts, episode):
-    from runtime import OrtBackend
+    """An injected backend loads each graph told its name, and its graphs run the episode."""
+    from runtime import DelegatingGraph
+    from runtime.backends import OrtBackend
 
     class Recording:
         name, provider = "recording", "cpu"
 
         def __init__(self):
-            self.inner, self.loaded, self.runs = OrtBackend("cpu"), [], []
+            self.inner, self.loaded, self.runs = OrtBackend("cpu"), {}, []
 
-        def load(self, path, spec):
-            graph = self.inner.load(path, spec)
-            self.loaded.append(path.name)
+        def precision_for(self, graph, spec):
+            return self.inner.precision_for(graph, spec)
+
+        def load(self, path, spec, graph):
+            self.loaded[graph] = path.name
             runs = self.runs
 
-            class G:
+            class Counted(DelegatingGraph):
                 def run(self, feeds):
-                    runs.append(path.name.split(".")[0])
-                    return graph.run(feeds)
+                    runs.append(graph)
+                    return self.inner.run(feeds)
 
-            return G()
+            return Counted(self.inner.load(path, spec, graph))
 
     backend = Recording()
     seg = FewShotSegmenter(artifacts, backend=backend)
-    seg.add_support(*episode.supports[0])
-    seg.segment(episode.query)
-    assert sorted(backend.loaded) == sorted(g.artifact_for("cpu").file for g in seg.manifest.graphs.values())
+    seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
+    assert backend.loaded == {n: g.artifact_for("cpu").file for n, g in seg.manifest.graphs.items()}
+    assert {n: g.providers for n, g in seg.graphs.items()} == dict.fromkeys(backend.loaded, ["CPUExecutionProvider"])
     assert backend.runs == ["image_encoder", "memory_encoder", "image_encoder", "memory_attention", "mask_decoder"]

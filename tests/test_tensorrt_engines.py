@@ -37,7 +37,7 @@ from fssam2_export.engines import (
     comparison_feeds,
     strongly_typed_flag,
 )
-from runtime import FewShotSegmenter, ManifestError
+from runtime import DelegatingGraph, FewShotSegmenter, ManifestError
 from runtime.backends.device import DeviceTensor
 from runtime.backends.tensorrt import DeviceInfo, EngineMismatchError, TensorRTBackend
 from runtime.engine.manifest import GRAPH_NAMES, load_manifest
@@ -82,7 +82,7 @@ def native_graphs(root, *names):
     backend = TensorRTBackend(runtime=FakeRuntime(cuda), cuda=cuda)
     manifest = load_manifest(root)
     graphs = {
-        n: backend.load(root / manifest.graphs[n].artifact_for(backend.provider).file, manifest.graphs[n])
+        n: backend.load(root / manifest.graphs[n].artifact_for(backend.provider).file, manifest.graphs[n], n)
         for n in names
     }
     return graphs, manifest, cuda
@@ -220,20 +220,18 @@ class _FlippedDecoder:
     def __init__(self, inner):
         self.inner, self.name, self.provider = inner, "flipped", inner.provider
 
-    def load(self, path, spec):
-        graph = self.inner.load(path, spec)
-        if "mask_decoder" not in path.name:
-            return graph
+    def precision_for(self, graph, spec):
+        return self.inner.precision_for(graph, spec)
 
-        class Flipped:
-            def run(self, feeds):
-                out = graph.run(feeds)
-                return out | {"low_res_logits": -np.asarray(out["low_res_logits"])}
+    def load(self, path, spec, graph):
+        loaded = self.inner.load(path, spec, graph)
+        return _Flipped(loaded) if graph == "mask_decoder" else loaded
 
-            def __getattr__(self, attr):
-                return getattr(graph, attr)
 
-        return Flipped()
+class _Flipped(DelegatingGraph):
+    def run(self, feeds):
+        out = self.inner.run(feeds)
+        return out | {"low_res_logits": -np.asarray(out["low_res_logits"])}
 
 
 def test_end_to_end_gate_fails_engines_that_flip_masks(artifacts, tmp_path, monkeypatch):

@@ -204,12 +204,14 @@ class BoundCpuBackend:
         self.consumed: set[str] = set()
         self.graphs: dict[str, OrtDeviceGraph] = {}
 
-    def load(self, path: Path, spec: GraphSpec):
+    def precision_for(self, graph: str, spec: GraphSpec) -> str:
+        return spec.precision
+
+    def load(self, path: Path, spec: GraphSpec, graph: str):
         self.consumed.update(t.name for t in spec.inputs)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = Path(spec.file).stem  # `path` may be a flavour's file
-        self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
-        return self.graphs[name]
+        self.graphs[graph] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
+        return self.graphs[graph]
 
 
 def mixed_jobs(seg, episode) -> list:

@@ -282,7 +282,7 @@ def require(module: str, extra: str) -> None:
 
 
 def add_parser(sub) -> None:
-    from ..backends.ort import PROVIDERS
+    from ..engine.backend import registered_providers
 
     p = sub.add_parser(
         "label", help="segment every image of a collection with support sets (resumable; --ray: Ray Data)"
@@ -305,7 +305,7 @@ def add_parser(sub) -> None:
         default="jsonl",
         help="results table format (results.jsonl is always written: it is the job's journal)",
     )
-    p.add_argument("--provider", default="cpu", choices=PROVIDERS)
+    p.add_argument("--provider", default="cpu", choices=registered_providers())
     p.add_argument(
         "--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)"
     )

@@ -41,12 +41,13 @@ class _Worker:
     def __init__(self, artifacts: str, provider: str, threads: int, sets_box: list, job: LabelJob):
         import ray
 
-        from ..backends.ort import create_backend
+        from ..engine.backend import create_backend
         from ..engine.manifest import load_manifest
+        from ..engine.options import RuntimeOptions
         from ..engine.segmenter import FewShotSegmenter
 
         sets: Mapping[str, SupportSet] = ray.get(sets_box[0])
-        backend = create_backend(provider, load_manifest(artifacts, verify_files=False), intra_op_threads=threads)
+        backend = create_backend(RuntimeOptions(provider, threads), load_manifest(artifacts, verify_files=False))
         self.labeler = Labeler(FewShotSegmenter(artifacts, backend=backend), sets, job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -115,15 +115,15 @@ class Service:
 
     def load(self) -> None:
         """Load the artifacts (verifying their hashes); /readyz answers 200 afterwards."""
-        from ..backends.ort import create_backend
+        from ..engine.backend import create_backend
         from ..engine.manifest import load_manifest
+        from ..engine.options import RuntimeOptions
         from ..engine.segmenter import FewShotSegmenter
 
         try:
             backend = create_backend(
-                self.config.provider,
+                RuntimeOptions(self.config.provider, self.config.threads),
                 load_manifest(self.config.artifacts, verify_files=False),
-                intra_op_threads=self.config.threads,
             )
             self.seg = FewShotSegmenter(self.config.artifacts, backend=backend, on_timing=self.metrics.on_timing)
         except Exception as e:
@@ -382,14 +382,14 @@ def _describe(set_id: str, s) -> dict:
 
 
 def add_parser(sub) -> None:
-    from ..backends.ort import PROVIDERS
+    from ..engine.backend import registered_providers
 
     p = sub.add_parser("serve", help="serve segmentation over HTTP (FastAPI; --ray: Ray Serve)")
     p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
     p.add_argument("--store", default="fssam2-sets", help="directory of the support sets (shared by all replicas)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--provider", default="cpu", choices=PROVIDERS)
+    p.add_argument("--provider", default="cpu", choices=registered_providers())
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)")
     p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="per uploaded file")
     p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="per image, checked before decoding")

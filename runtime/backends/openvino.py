@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.backend import register_backend
 from ..engine.errors import BackendError, InputError, ProviderUnavailableError
-from ..engine.manifest import GRAPH_NAMES, Flavour, GraphSpec, source_sha256
+from ..engine.manifest import GRAPH_NAMES, Flavour, GraphSpec, Manifest, source_sha256
+from ..engine.options import RuntimeOptions
 from . import openvino_tuning
 from .cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .openvino_tuning import (
@@ -61,18 +63,22 @@ def _openvino():
     return openvino
 
 
-def graph_name(path: Path) -> str:
-    """The graph a file implements, from its name (the exporter names every file after its graph)."""
-    name = Path(path).name
-    found = [g for g in GRAPH_NAMES if name.startswith(g)]
-    if not found:
-        raise InputError(f"{name}: not named after one of the graphs {GRAPH_NAMES}")
-    return found[0]
-
-
 def openvino_flavour(spec: GraphSpec) -> Flavour | None:
     """The graph's flavour made for OpenVINO (by `fssam2-export --precision bf16`), if any."""
     return next((f for f in spec.flavours if PROVIDER in f.providers), None)
+
+
+@register_backend(PROVIDER)
+def _from_options(options: RuntimeOptions, manifest: Manifest | None) -> OpenVinoBackend:
+    """On the CPU; `options.precision` "*" for every graph (default "auto"), a graph's name for its own."""
+    every, per_graph = options.precision_by_graph()
+    return OpenVinoBackend(
+        precision=every or "auto",
+        precisions=per_graph,
+        threads=options.threads,
+        cache=options.cache,
+        cache_dir=options.cache_dir,
+    )
 
 
 class OpenVinoGraph:
@@ -160,18 +166,16 @@ class OpenVinoBackend:
         self._threads, self._cache, self._cache_dir = threads, cache, Path(cache_dir) if cache_dir is not None else None
         self._int8_saturates = device == "CPU" and openvino_tuning.int8_saturates()
 
-    def precision_for(self, graph: str, spec: GraphSpec | None = None) -> str:
+    def precision_for(self, graph: str, spec: GraphSpec) -> str:
         """The precision `graph` compiles in: the explicit one, else its openvino flavour's where offered, else
         `AUTO_PRECISION`'s for the graph's exported precision, else the default."""
         if graph in self._precisions or not self._auto:
             return self._precisions.get(graph, self.default_precision)
-        flavour = openvino_flavour(spec) if spec is not None else None
+        flavour = openvino_flavour(spec)
         if flavour is not None:
             wanted = flavour.precision
         else:
-            wanted = openvino_tuning.AUTO_PRECISION.get(
-                (graph, spec.precision if spec is not None else ""), self.default_precision
-            )
+            wanted = openvino_tuning.AUTO_PRECISION.get((graph, spec.precision), self.default_precision)
         return wanted if wanted in self.offered else "fp32"
 
     def fp32_nodes_for(self, spec: GraphSpec, precision: str) -> list[str]:
@@ -267,8 +271,7 @@ class OpenVinoBackend:
             return compiled, None, "off"
         return compiled, None, "built"
 
-    def load(self, path: Path, spec: GraphSpec) -> OpenVinoGraph:
-        graph = graph_name(path)
+    def load(self, path: Path, spec: GraphSpec, graph: str) -> OpenVinoGraph:
         precision = self.precision_for(graph, spec)
         fp32_nodes = self.fp32_nodes_for(spec, precision)
         tuning = self.tuning_for(graph, precision, spec)

@@ -90,10 +90,12 @@ class OrtDeviceGraph:
         profiles: Mapping[str, InputProfile] | None = None,
         label: str = "",
         cache: str = "off",
+        precision: str | None = None,
     ):
         self._session = session
         self.providers: list[str] = session.get_providers()  # what ORT actually runs it on
         self.cache = cache  # ORT cache status, as OrtGraph.cache
+        self.precision = precision or spec.precision  # as OrtGraph.precision
         self._outputs = [o.name for o in spec.outputs]
         self._dtypes = {o.name: o.dtype for o in spec.outputs}
         self._device, self._device_id = device, device_id

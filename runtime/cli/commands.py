@@ -12,11 +12,12 @@ import numpy as np
 from ..apps import label, serve
 from ..apps.render import overlay
 from ..apps.render import save_png as _save_png
-from ..backends.ort import PROVIDERS, create_backend
+from ..engine.backend import create_backend, registered_providers
 from ..engine.errors import Error, FidelityError, InputError
 from ..engine.files import write_atomic
 from ..engine.image import load_image
 from ..engine.manifest import load_manifest
+from ..engine.options import RuntimeOptions
 from ..engine.profiles import DEFAULT_MAX_SHOTS
 from ..engine.segmenter import FewShotSegmenter, MultiClassSegmentation
 from ..engine.support_set import SupportSet
@@ -29,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     providers = dict(
         default="cpu",
-        choices=PROVIDERS,
+        choices=registered_providers(),
         help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines; "
         "openvino: OpenVINO on the CPU (pip install 'fssam2[openvino]')",
     )
@@ -93,7 +94,9 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--episodes", type=int, default=16, help="synthetic K-shot episodes")
     chk.add_argument("--seed", type=int, default=0)
     chk.add_argument("--shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range")
-    chk.add_argument("--provider", default="cpu", choices=PROVIDERS, help="runs the provider's flavours of --artifacts")
+    chk.add_argument(
+        "--provider", default="cpu", choices=registered_providers(), help="runs the provider's flavours of --artifacts"
+    )
     _backend_options(chk)
     chk.add_argument(
         "--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.98 bf16, 0.97 int8)"
@@ -113,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)"
     )
-    b.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS)
+    b.add_argument("--providers", nargs="+", default=["cpu"], choices=registered_providers())
     b.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="K values to sweep")
     b.add_argument("--queries", type=int, default=20, help="timed queries per K (and per N of --ways)")
     b.add_argument(
@@ -162,9 +165,8 @@ def precision_spec(text: str) -> dict[str, str]:
 
 
 def _backend(args, manifest, max_shots: int = DEFAULT_MAX_SHOTS):
-    return create_backend(
-        args.provider, manifest, max_shots=max_shots, intra_op_threads=args.threads, precisions=args.ov_precision
-    )
+    options = RuntimeOptions(args.provider, args.threads, args.ov_precision or {}, max_shots=max_shots)
+    return create_backend(options, manifest)
 
 
 def _support(args) -> int:
@@ -273,7 +275,7 @@ def _check(args) -> int:
         )
     backend = _backend(args, manifest)
     precisions = {g.precision for g in manifest.graphs.values()} | {
-        backend.precision_for(n, g) for n, g in manifest.graphs.items() if hasattr(backend, "precision_for")
+        backend.precision_for(n, g) for n, g in manifest.graphs.items()
     }
     thresholds = GateThresholds.for_precisions(precisions)
     thresholds = thresholds.with_overrides(

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.ort import Backend, Graph, create_backend
+from .backend import Backend, Graph, create_backend
 from .errors import InputError, ManifestError
 from .image import ImageLike, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest, verify_file
-from .profiles import DEFAULT_MAX_SHOTS
+from .options import RuntimeOptions
 from .support_set import Fingerprint, SupportSet
 
 TimingListener = Callable[[str, float], None]
@@ -97,7 +97,8 @@ class ModuleTiming:
 class FewShotSegmenter:
     """Few-shot segmenter over an fssam2 artifacts directory.
 
-    >>> seg = FewShotSegmenter("artifacts/")          # provider="cpu" | "cuda" | "tensorrt" | "tensorrt-native"
+    >>> seg = FewShotSegmenter("artifacts/")          # RuntimeOptions(): ONNX Runtime on the CPU
+    >>> seg = FewShotSegmenter("artifacts/", RuntimeOptions("openvino", threads=4))   # or provider="openvino"
     >>> cats = seg.encode_supports([(image, mask), (image2, mask2)])   # SupportSet, any K >= 1
     >>> result = seg.segment(query, cats)               # Segmentation in the query's own size
     >>> results = seg.segment(query, {"cat": cats, "dog": dogs})       # MultiClassSegmentation
@@ -107,17 +108,28 @@ class FewShotSegmenter:
     def __init__(
         self,
         artifacts_dir: str | Path,
-        provider: str = "cpu",
-        backend: Backend | None = None,
+        options: RuntimeOptions | None = None,
         *,
-        max_shots: int = DEFAULT_MAX_SHOTS,
+        provider: str | None = None,
+        backend: Backend | None = None,
         profile: bool = False,
         on_timing: TimingListener | None = None,
     ):
-        """`max_shots`: the largest K ORT's TensorRT EP builds its profile for (engines carry their own)."""
+        """The graphs run as `options` say (default `RuntimeOptions()`: ONNX Runtime on the CPU); `provider="..."` is
+        short for `RuntimeOptions(provider=...)`. Or hand in a `backend` you made (a wrapper, a fake, a remote one):
+        then neither options nor a provider, which it would not use."""
+        if backend is not None and (options is not None or provider is not None):
+            raise InputError("give a backend or runtime options (or a provider), not both: the backend is already made")
+        if options is not None and provider is not None:
+            raise InputError(f"give options or provider={provider!r}, not both: options name their provider")
+        if options is not None and not isinstance(options, RuntimeOptions):
+            raise InputError(
+                f"options must be a RuntimeOptions, got {type(options).__name__} (a provider name: provider={options!r})"
+            )
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest: Manifest = load_manifest(self.artifacts_dir, verify_files=False)  # _load verifies what runs
-        self.backend = backend if backend is not None else create_backend(provider, self.manifest, max_shots=max_shots)
+        self.options = None if backend is not None else options or RuntimeOptions(provider or "cpu")
+        self.backend = backend if backend is not None else create_backend(self.options, self.manifest)
         self._profile, self._listener = profile, on_timing
         self._timings: dict[str, list[float]] = {}  # name -> [calls, total_ms]
         self._lock = threading.Lock()  # guards the default set and the timing totals
@@ -274,7 +286,7 @@ class FewShotSegmenter:
         with self._timed(f"verify:{name}"):
             verify_file(self.artifacts_dir, name, artifact.file, artifact.sha256)
         with self._timed(f"load:{name}"):
-            return self.backend.load(self.artifacts_dir / artifact.file, spec)
+            return self.backend.load(self.artifacts_dir / artifact.file, spec, name)
 
     def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         pre = self.manifest.preprocess

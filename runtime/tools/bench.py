@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.cache import cpu_flags
-from ..backends.ort import create_backend
+from ..engine.backend import create_backend
 from ..engine.files import write_atomic
 from ..engine.manifest import GRAPH_NAMES, Manifest, load_manifest
+from ..engine.options import RuntimeOptions
 from ..engine.progress import progress as progress_bar
 from ..engine.segmenter import FewShotSegmenter
 
@@ -221,15 +222,14 @@ def _load(
     artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder
 ) -> tuple[FewShotSegmenter, dict[str, float], float]:
     """(segmenter, session load ms per graph and total, ms spent checking the files' sha256)."""
-    backend = create_backend(
+    options = RuntimeOptions(
         provider,
-        manifest,
+        s.threads,
+        s.precisions if provider == "openvino" and s.precisions else {},
         max_shots=max(s.shots),
-        intra_op_threads=s.threads,
         cache=s.cache,
-        precisions=s.precisions if provider == "openvino" else None,
     )
-    seg = FewShotSegmenter(artifacts, backend=backend, on_timing=rec)
+    seg = FewShotSegmenter(artifacts, backend=create_backend(options, manifest), on_timing=rec)
     loads = {g: v[-1] for g, v in rec.take("load").items()}
     return seg, loads | {"total": sum(loads.values())}, sum(v[-1] for v in rec.take("verify").values())
 
@@ -249,11 +249,9 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
     )  # may build the ORT cache
     seg, result.load_ms["warm"], _ = _load(artifacts, manifest, provider, s, rec)
     result.files = {g: manifest.graphs[g].artifact_for(provider).file for g in GRAPH_NAMES}
-    result.providers_used = {g: getattr(seg.graphs[g], "providers", []) for g in GRAPH_NAMES}
-    result.cache = {g: getattr(seg.graphs[g], "cache", "off") for g in GRAPH_NAMES}
-    result.graph_precisions = {
-        g: getattr(seg.graphs[g], "precision", manifest.graphs[g].precision) for g in GRAPH_NAMES
-    }
+    result.providers_used = {g: list(seg.graphs[g].providers) for g in GRAPH_NAMES}
+    result.cache = {g: seg.graphs[g].cache for g in GRAPH_NAMES}
+    result.graph_precisions = {g: seg.graphs[g].precision for g in GRAPH_NAMES}
     w, h = s.input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(s.shots) + 1)]
     query = images[-1][0]
