@@ -28,8 +28,8 @@ import torch
 
 from fssam2_export.models import build_model
 from fssam2_export.reference import reference_episode
-from runtime import FewShotSegmenter, RuntimeOptions, load_manifest, registered_providers
-from runtime.cli import precision_spec
+from runtime import FewShotSegmenter, RuntimeOptions, load_manifest
+from runtime.cli import add_runtime_options, options_from_args
 from runtime.tools.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
 from runtime.tools.fidelity import iou as mask_iou
 from runtime.tools.fidelity import pearson
@@ -105,26 +105,19 @@ def compare(
     episodes: int,
     warmup: int,
     input_size: tuple[int, int],
-    threads: int | None,
     model: torch.nn.Module,
     clock: TorchClock,
     progress,
-    providers: list[str] = ("cpu",),
+    runs: list[RuntimeOptions] | None = None,
     torch_dtypes: list[str] = ("fp32",),
-    ov_precision: dict[str, str] | None = None,
 ) -> dict:
-    """All K for one artifacts directory: every runtime provider and every PyTorch dtype, interleaved (the order
-    rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU / logits correlation
-    against the first PyTorch dtype. `clock` is attached to `model`."""
+    """All K for one artifacts directory: the runtime run as each of `runs` (one per provider) and every PyTorch dtype,
+    interleaved (the order rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU /
+    logits correlation against the first PyTorch dtype. `clock` is attached to `model`."""
+    runs = runs or [RuntimeOptions()]
+    providers = [o.provider for o in runs]
     recs = {p: PhaseRecorder() for p in providers}
-    segs = {
-        p: FewShotSegmenter(
-            artifacts,
-            RuntimeOptions(p, threads, ov_precision if p == "openvino" and ov_precision else {}),
-            on_timing=recs[p],
-        )
-        for p in providers
-    }
+    segs = {o.provider: FewShotSegmenter(artifacts, o, on_timing=recs[o.provider]) for o in runs}
     manifest = next(iter(segs.values())).manifest
     w, h = input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(shots) + 1)]
@@ -294,26 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
     p.add_argument(
-        "--providers",
-        nargs="+",
-        default=["cpu"],
-        choices=registered_providers(),
-        help="runtime providers, side by side",
-    )
-    p.add_argument(
         "--torch-dtype",
         nargs="+",
         default=["fp32"],
         choices=sorted(TORCH_DTYPES),
         help="PyTorch modes, side by side (bf16: torch.autocast); fidelity is measured against the first",
     )
-    p.add_argument("--threads", type=int, help="threads for the runtime and torch (default: each library's own)")
-    p.add_argument(
-        "--ov-precision",
-        type=precision_spec,
-        metavar="SPEC",
-        help="openvino's precisions, as fssam2's --ov-precision (e.g. bf16,mask_decoder=fp32)",
-    )
+    add_runtime_options(p, sweep=True)  # the runtime's providers, side by side; --threads also sets torch's
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -346,12 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.episodes,
                     args.warmup,
                     (w, h),
-                    args.threads,
                     *models[key],
                     bar,
-                    providers=args.providers,
+                    runs=[options_from_args(args, p) for p in args.providers],
                     torch_dtypes=args.torch_dtype,
-                    ov_precision=args.ov_precision,
                 )
             )
     report = {

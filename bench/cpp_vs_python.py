@@ -21,15 +21,14 @@ from pathlib import Path
 
 import onnxruntime
 
-from runtime import FewShotSegmenter
-from runtime.backends import OrtBackend
+from runtime import FewShotSegmenter, RuntimeOptions
 from runtime.engine.image import load_image
 
 
 def python_latency(
     artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int
 ) -> float:
-    seg = FewShotSegmenter(artifacts, backend=OrtBackend("cpu", intra_op_threads=threads or None))
+    seg = FewShotSegmenter(artifacts, RuntimeOptions(threads=threads or None))
     for i in range(shots):
         image, mask = supports[i % len(supports)]
         seg.add_support(image, mask)

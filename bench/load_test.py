@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             import ray
             from ray import serve
 
+            from runtime import RuntimeOptions
             from runtime.apps.serve import ServeConfig
             from runtime.apps.serve_ray import RayServeOptions, start
 
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 port = free_port()
                 config = ServeConfig(
-                    artifacts, os.path.abspath(store), threads=args.threads, concurrency=args.server_concurrency
+                    artifacts,
+                    os.path.abspath(store),
+                    RuntimeOptions(threads=args.threads),
+                    concurrency=args.server_concurrency,
                 )
                 start(config, RayServeOptions(port=port, replicas=args.replicas))
                 url = f"http://127.0.0.1:{port}"

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.backends import OrtBackend
-from runtime.engine.backend import Graph
+from runtime import Graph, RuntimeOptions, create_backend
 from runtime.engine.manifest import GRAPH_NAMES, load_manifest
 from runtime.engine.segmenter import FewShotSegmenter
 from runtime.tools.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
@@ -44,7 +43,7 @@ def _variants(dirs: list[Path], threads: int | None) -> list[Variant]:
     out = []
     for d in dirs:
         m = load_manifest(d, verify_files=False)  # its segmenters verify the files
-        cpu = OrtBackend("cpu", intra_op_threads=threads)
+        cpu = create_backend(RuntimeOptions(threads=threads))
         backends = [(f"{d.name} ({m.precision})", cpu)]
         if any(g.flavours for g in m.graphs.values()):
             backends = [

@@ -18,12 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime import FewShotSegmenter, RuntimeOptions, load_manifest
+from runtime.cli import add_runtime_options, options_from_args
 from runtime.engine.segmenter import ModuleTiming, Segmentation
 from runtime.tools.fidelity import (
     JUDGEABLE_FOREGROUND,
@@ -113,17 +114,18 @@ def _judgeable_episode(reference: FewShotSegmenter, shots: int, episode_dir: Pat
 
 def check(
     artifacts: Path,
-    provider: str,
+    options: RuntimeOptions,
     shots: int,
     repeats: int,
     episode_dir: Path,
     reference: FewShotSegmenter,
     thresholds: GateThresholds,
 ) -> Check:
+    provider = options.provider
     result = Check(provider, shots)
     try:
         episode, ref = _judgeable_episode(reference, shots, episode_dir)
-        seg = FewShotSegmenter(artifacts, RuntimeOptions(provider, max_shots=max(8, shots)), profile=True)
+        seg = FewShotSegmenter(artifacts, replace(options, max_shots=max(8, shots)), profile=True)
         _episode(seg, episode.supports[:1], episode.query)  # warm-up (ORT's TensorRT EP builds its engines here)
         seg.clear_timings()
         got = _episode(seg, episode.supports, episode.query)
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fssam2-gpu-check", description=__doc__)
     p.add_argument("--artifacts", required=True, type=Path)
     p.add_argument("--reference", type=Path, help="artifacts the CPU reference runs (same model; default --artifacts)")
-    p.add_argument("--providers", nargs="+", help="default: every GPU provider available here")
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     p.add_argument("--repeats", type=int, default=10, help="timed queries per provider and K")
     p.add_argument("--min-iou", type=float, default=0.98, help="parity gate on the mask IoU vs the CPU reference")
+    add_runtime_options(p, sweep=True)
+    p.set_defaults(providers=None)  # cpu, then every GPU provider available here
     args = p.parse_args(argv)
     manifest = load_manifest(args.artifacts)
     reference_dir = args.reference or args.artifacts
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for provider in providers:
             for shots in args.shots:
-                r = check(args.artifacts, provider, shots, args.repeats, Path(tmp), reference, thresholds)
+                options = options_from_args(args, provider)
+                r = check(args.artifacts, options, shots, args.repeats, Path(tmp), reference, thresholds)
                 if r.error:
                     print(f"{provider:<16}{shots:>3}  FAILED: {r.error}")
                 else:

@@ -16,7 +16,7 @@ require("fastapi", "the service needs FastAPI (pip install 'fssam2[serve]')", "F
 from ray import serve  # noqa: E402
 
 from bench import load_test  # noqa: E402
-from runtime import FewShotSegmenter  # noqa: E402
+from runtime import FewShotSegmenter, RuntimeOptions  # noqa: E402
 from runtime.apps.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
 from runtime.apps.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
 
@@ -103,7 +103,7 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
     from runtime.apps.serve import ServeConfig, Service, create_app
     from runtime.apps.serve_ray import RayServeOptions, start
 
-    config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), threads=1)
+    config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), RuntimeOptions(threads=1))
     port = load_test.free_port()
     start(config, RayServeOptions(port=port, replicas=2))
     url = f"http://127.0.0.1:{port}"

@@ -171,8 +171,8 @@ def test_user_mistakes_get_4xx_json_errors(client, set_ids, episode, store, seg)
 
 
 def test_token_and_readiness(artifacts_128, store, monkeypatch):
-    from runtime.apps.serve import config_from_args
     from runtime.cli import parser
+    from runtime.cli.serve import config_from_args
 
     monkeypatch.setenv("FSSAM2_TOKEN", "s3cret")
     args = parser().parse_args(["serve", "--artifacts", str(artifacts_128), "--store", str(store)])
