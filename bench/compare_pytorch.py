@@ -142,13 +142,11 @@ def compare(
                 if kind == "runtime":
                     seg, rec, acc = segs[name], recs[name], rt[name]
                     rec.phase = None
-                    seg.reset()
                     t0 = time.perf_counter()
-                    for image, mask in supports:
-                        seg.add_support(image, mask)
+                    support_set = seg.encode_supports(supports)
                     t1 = time.perf_counter()
                     rec.phase = "query"
-                    last[name] = seg.segment(query)
+                    last[name] = seg.segment(query, support_set)
                     t2 = time.perf_counter()
                     q = rec.take("query")
                     if keep:

@@ -29,16 +29,14 @@ def python_latency(
     artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int
 ) -> float:
     seg = FewShotSegmenter(artifacts, RuntimeOptions(threads=threads or None))
-    for i in range(shots):
-        image, mask = supports[i % len(supports)]
-        seg.add_support(image, mask)
+    support_set = seg.encode_supports([supports[i % len(supports)] for i in range(shots)])
     rgb = load_image(query)
     for _ in range(warmup):
-        seg.segment(rgb)
+        seg.segment(rgb, support_set)
     times = []
     for _ in range(queries):
         t0 = time.perf_counter()
-        seg.segment(rgb)
+        seg.segment(rgb, support_set)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 

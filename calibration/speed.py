@@ -21,9 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime import Graph, RuntimeOptions, create_backend
+from runtime import FewShotSegmenter, Graph, RuntimeOptions, create_backend
 from runtime.engine.manifest import GRAPH_NAMES, load_manifest
-from runtime.engine.segmenter import FewShotSegmenter
 from runtime.tools.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
 from runtime.tools.synthetic import synthetic_episodes
 

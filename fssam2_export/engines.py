@@ -218,9 +218,7 @@ def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> di
     seg, recorder = recording_segmenter(root)  # ORT CPU
     with tempfile.TemporaryDirectory() as tmp:
         episode = write_episode(tmp, shots=2, seed=seed)
-        for image, mask in episode.supports:
-            seg.add_support(image, mask)
-        seg.segment(episode.query)
+        seg.segment(episode.query, seg.encode_supports(episode.supports))
     feeds = recorder.calls
     k2, memory = feeds["memory_attention"][0], dims[MEMORY_AXIS]
     dynamic = [t.name for t in manifest.graphs["memory_attention"].inputs if MEMORY_AXIS in t.shape]

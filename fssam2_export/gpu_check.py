@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import FewShotSegmenter, RuntimeOptions, load_manifest
+from runtime import FewShotSegmenter, ModuleTiming, RuntimeOptions, Segmentation, load_manifest
 from runtime.cli import add_runtime_options, options_from_args
-from runtime.engine.segmenter import ModuleTiming, Segmentation
 from runtime.tools.fidelity import (
     JUDGEABLE_FOREGROUND,
     FidelityError,
@@ -93,10 +92,7 @@ def machine_summary() -> list[str]:
 
 
 def _episode(seg: FewShotSegmenter, supports, query) -> Segmentation:
-    seg.reset()
-    for image, mask in supports:
-        seg.add_support(image, mask)
-    return seg.segment(query)
+    return seg.segment(query, seg.encode_supports(supports))
 
 
 def _judgeable_episode(reference: FewShotSegmenter, shots: int, episode_dir: Path):
@@ -128,11 +124,12 @@ def check(
         seg = FewShotSegmenter(artifacts, replace(options, max_shots=max(8, shots)), profile=True)
         _episode(seg, episode.supports[:1], episode.query)  # warm-up (ORT's TensorRT EP builds its engines here)
         seg.clear_timings()
-        got = _episode(seg, episode.supports, episode.query)
+        supports = seg.encode_supports(episode.supports)
+        got = seg.segment(episode.query, supports)
         memory_encoder = seg.timings()["memory_encoder"]
         seg.clear_timings()
         for _ in range(repeats):
-            seg.segment(episode.query)
+            seg.segment(episode.query, supports)
         timings: dict[str, ModuleTiming] = seg.timings() | {"memory_encoder": memory_encoder}
         result.ms = {m: timings[m].mean_ms for m in MODULES}
         judged = episode_fidelity(got, ref, shots)

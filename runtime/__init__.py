@@ -20,7 +20,8 @@ from .engine.errors import (
 )
 from .engine.manifest import Flavour, GraphSpec, Manifest, load_manifest
 from .engine.options import RuntimeOptions
-from .engine.segmenter import FewShotSegmenter, ModuleTiming, MultiClassSegmentation, Segmentation
+from .engine.results import MultiClassSegmentation, Segmentation
+from .engine.segmenter import FewShotSegmenter, ModuleTiming
 from .engine.support_set import Fingerprint, SupportSet
 
 __all__ = [

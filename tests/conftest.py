@@ -88,8 +88,25 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def artifacts_128(tmp_path_factory) -> Path:
-    """The tiny model at 128x128: label / serve / Ray tests, where many queries run."""
+    """The tiny model at 128x128 (FP32, ORT flavours, as the CLI exports it by default): label / serve / Ray tests,
+    where many queries run, and the precision and gate tests' FP32 reference."""
     return _export(tmp_path_factory, 128)
+
+
+@pytest.fixture(scope="session")
+def seg(artifacts):
+    """A segmenter over `artifacts` (ONNX Runtime CPU), shared: it holds no support state, only its sessions."""
+    from runtime import FewShotSegmenter
+
+    return FewShotSegmenter(artifacts)
+
+
+@pytest.fixture(scope="session")
+def seg_128(artifacts_128):
+    """A segmenter over `artifacts_128`, shared like `seg`."""
+    from runtime import FewShotSegmenter
+
+    return FewShotSegmenter(artifacts_128)
 
 
 def _patch_capabilities(patch: pytest.MonkeyPatch, edit) -> None:

@@ -26,8 +26,7 @@ def test_stats_and_flop_count():
 def test_timing_hook_sees_every_module_and_phase(artifacts, episode):
     seen = []
     seg = FewShotSegmenter(artifacts, on_timing=lambda name, ms: seen.append(name))
-    seg.add_support(*episode.supports[0])
-    seg.segment(episode.query)
+    seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
     assert seen[:8] == [
         f"{kind}:{g}"
         for g in ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")

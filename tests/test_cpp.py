@@ -23,9 +23,9 @@ import support_set_files
 from conftest import unavailable
 from PIL import Image
 
-from runtime import FewShotSegmenter, SupportSet
+from runtime import SupportSet
 from runtime.engine.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
-from runtime.engine.segmenter import label_map
+from runtime.engine.results import label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runtime" / "cpp"
@@ -328,13 +328,11 @@ def test_postprocess_equals_python(lib):
 
 
 @pytest.mark.parametrize("shots", [1, 5])
-def test_episode_matches_python_runtime(cpp_seg, artifacts, episode, shots, record_metric):
-    py = FewShotSegmenter(artifacts)
+def test_episode_matches_python_runtime(cpp_seg, seg, episode, shots, record_metric):
     cpp_seg.lib.fssam2_reset(cpp_seg.handle)
     for image, mask in episode.supports[:shots]:
-        py.add_support(image, mask)
         cpp_seg.add_support(load_image(image), load_mask(mask))
-    expected = py.segment(episode.query)
+    expected = seg.segment(episode.query, seg.encode_supports(episode.supports[:shots]))
     mask, logits, res = cpp_seg.segment(load_image(episode.query))
     assert res.num_supports == shots
     iou = (mask & expected.mask).sum() / max((mask | expected.mask).sum(), 1)
@@ -511,7 +509,7 @@ def test_c_api_contract_under_tsan(cpp_build, artifacts, bad_artifacts):
     assert "ThreadSanitizer" not in out
 
 
-def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
+def test_tools_and_example(cpp_build, artifacts, seg, episode, tmp_path):
     out = tmp_path / "pred.png"
     supports = [a for image, mask in episode.supports[:2] for a in ("--support", str(image), str(mask))]
     proc = subprocess.run(
@@ -529,10 +527,7 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    py = FewShotSegmenter(artifacts)
-    for image, mask in episode.supports[:2]:
-        py.add_support(image, mask)
-    expected = py.segment(episode.query).mask
+    expected = seg.segment(episode.query, seg.encode_supports(episode.supports[:2])).mask
     got = np.asarray(Image.open(out)) > 0
     assert got.shape == expected.shape
     assert (got & expected).sum() / max((got | expected).sum(), 1) >= 0.999
@@ -605,11 +600,6 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
 # Support sets across languages (docs/support-sets.md): Python's SupportSet against libfssam2's.
 
 
-def _python_set(artifacts: Path, episode, shots: int) -> tuple[FewShotSegmenter, SupportSet]:
-    py = FewShotSegmenter(artifacts)
-    return py, py.encode_supports(episode.supports[:shots])
-
-
 def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1e-4) -> None:
     """Masks identical except where the logit is within the runtimes' float tolerance of 0 (ORT versions differ)."""
     differ = a != b
@@ -617,9 +607,9 @@ def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1
     assert 0.05 < a.mean() < 0.95, f"degenerate mask ({a.mean():.3f} foreground): the comparison would not see errors"
 
 
-def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode, tmp_path, record_metric):
+def test_support_set_written_by_python_loads_in_cpp(cpp_seg, seg, artifacts, episode, tmp_path, record_metric):
     """A set written by Python gives C++ the Python masks, and C++ writes it back unchanged."""
-    py, support_set = _python_set(artifacts, episode, 2)
+    py, support_set = seg, seg.encode_supports(episode.supports[:2])
     path = tmp_path / "py.fssam2"
     support_set.save(path)
     handle = cpp_seg.load_set(path)
@@ -642,10 +632,10 @@ def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode,
     assert again.stat().st_mode & 0o777 == 0o644
 
 
-def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode, tmp_path):
+def test_support_set_written_by_cpp_loads_in_python(cpp_seg, seg, artifacts, episode, tmp_path):
     """C++ encodes and writes the spec's file: its metadata, per-support facts and tokens are Python's, and Python
     segments with it as C++ does."""
-    py, support_set = _python_set(artifacts, episode, 3)
+    py, support_set = seg, seg.encode_supports(episode.supports[:3])
     handle = cpp_seg.encode([(load_image(i), load_mask(m)) for i, m in episode.supports[:3]])
     path = tmp_path / "cpp.fssam2"
     try:
@@ -667,8 +657,8 @@ def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode,
     _same_masks(mask, expected.mask, expected.logits)
 
 
-def test_support_set_from_other_artifacts_is_refused(cpp_seg, artifacts, episode, tmp_path):
-    _, support_set = _python_set(artifacts, episode, 1)
+def test_support_set_from_other_artifacts_is_refused(cpp_seg, seg, artifacts, episode, tmp_path):
+    support_set = seg.encode_supports(episode.supports[:1])
     memory = support_set.memory
 
     def refused(name: str, **kw) -> str:

@@ -248,9 +248,7 @@ def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
     feats = backend.graphs["image_encoder"].run({"image": np.zeros((1, 3, size, size), np.float32)})
     assert isinstance(feats["image_embed"], DeviceTensor) and isinstance(feats["high_res_feat0"], DeviceTensor)
     assert backend.graphs["image_encoder"].providers == ["CPUExecutionProvider"]  # reported as OrtGraph does
-    for seg in (plain, bound):
-        seg.add_support(*episode.supports[0])
-    a, b = plain.segment(episode.query), bound.segment(episode.query)
+    a, b = (s.segment(episode.query, s.encode_supports(episode.supports[:1])) for s in (plain, bound))
     assert isinstance(b.low_res_logits, np.ndarray)  # outputs no graph consumes come back as host arrays
     np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-5)
     assert b.score == pytest.approx(a.score, abs=1e-5)
@@ -272,10 +270,13 @@ def test_ort_support_sets_are_uploaded_once_and_dropped_with_the_set(artifacts, 
     del a, b
     gc.collect()
     assert len(copies) == 0  # dropped with the sets
-    seg.add_support(*episode.supports[0])
-    seg.segment(episode.query)
-    seg.add_support(*episode.supports[1])  # a new default set: the one-support set's copies go with it
-    seg.segment(episode.query)
+    one = seg.encode_supports(episode.supports[:1])
+    seg.segment(episode.query, one)
+    two = one + seg.encode_support(*episode.supports[1])  # a new set; `one`'s copies go when it does
+    seg.segment(episode.query, two)
+    assert len(copies) == 4
+    del one
+    gc.collect()
     assert len(copies) == 2
 
 

@@ -43,8 +43,7 @@ def test_schema_1_manifest_still_loads_and_runs(copied, episode):
     _edit(copied, to_v1)
     seg = FewShotSegmenter(copied)
     assert seg.manifest.schema_version == 1 and seg.manifest.graphs["image_encoder"].precision == "fp32"
-    seg.add_support(*episode.supports[0])
-    assert seg.segment(episode.query).mask.any()
+    assert seg.segment(episode.query, seg.encode_supports(episode.supports[:1])).mask.any()
 
 
 def test_flavour_is_picked_per_provider(copied):

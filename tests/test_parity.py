@@ -19,10 +19,7 @@ def segmenter(artifacts):
 
 @pytest.mark.parametrize("k", [1, 5])
 def test_runtime_matches_reference_episode(segmenter, tiny_model, episode, record_metric, k):
-    segmenter.reset()
-    for image, mask in episode.supports[:k]:
-        segmenter.add_support(image, mask)
-    got = segmenter.segment(episode.query)
+    got = segmenter.segment(episode.query, segmenter.encode_supports(episode.supports[:k]))
     ref = reference_episode(tiny_model.model, episode.supports[:k], episode.query)
     assert got.mask.shape == ref.mask.shape == got.logits.shape
     iou, err = _iou(got.mask, ref.mask), float(np.abs(got.logits - ref.logits).max())
@@ -35,12 +32,10 @@ def test_runtime_matches_reference_episode(segmenter, tiny_model, episode, recor
 
 
 def test_supports_are_encoded_once_and_reused(segmenter, episode):
-    segmenter.reset()
     segmenter.clear_timings()
-    for image, mask in episode.supports[:3]:
-        segmenter.add_support(image, mask)
-    first = segmenter.segment(episode.query)
-    second = segmenter.segment(episode.query)
+    supports = segmenter.encode_supports(episode.supports[:3])
+    first = segmenter.segment(episode.query, supports)
+    second = segmenter.segment(episode.query, supports)
     t = segmenter.timings()
     assert t["memory_encoder"].calls == 3  # not re-run per query
     assert t["image_encoder"].calls == 3 + 2
@@ -49,15 +44,10 @@ def test_supports_are_encoded_once_and_reused(segmenter, episode):
 
 
 def test_more_supports_change_the_prediction(segmenter, episode):
-    segmenter.reset()
-    segmenter.add_support(*episode.supports[0])
-    one = segmenter.segment(episode.query).logits
-    segmenter.add_support(*episode.supports[1])
-    two = segmenter.segment(episode.query).logits
-    assert segmenter.num_supports == 2
-    assert not np.allclose(one, two)
-    segmenter.reset()
-    assert segmenter.num_supports == 0
+    one = segmenter.encode_supports(episode.supports[:1])
+    two = one + segmenter.encode_support(*episode.supports[1])
+    assert (one.shots, two.shots) == (1, 2)  # a new set: the one handed out is unchanged
+    assert not np.allclose(segmenter.segment(episode.query, one).logits, segmenter.segment(episode.query, two).logits)
 
 
 def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episode, tmp_path):
@@ -73,8 +63,7 @@ def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episod
     m = seg.manifest
     assert not m.model.random_init and m.model.seed is None and m.model.checkpoint_sha256
     assert m.preprocess.image_size == 128 and m.episode.tokens_per_support == 64
-    seg.add_support(*episode.supports[0])
-    got = seg.segment(episode.query)
+    got = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
     ref = reference_episode(
         build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=128).model, episode.supports[:1], episode.query
     )

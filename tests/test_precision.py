@@ -221,8 +221,7 @@ def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
         assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
     _assert_gate_passed_on_real_masks(fp16, ["standard"])  # ORT CPU has no FP16 fused attention: no .mha flavours
     seg = FewShotSegmenter(fp16)
-    seg.add_support(*episode.supports[0])
-    result = seg.segment(episode.query)
+    result = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
     assert result.mask.shape == result.logits.shape and np.isfinite(result.logits).all()
 
 
@@ -255,9 +254,7 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
     assert len(fused) == cpu_attention.meta["fused_attentions"] == 8
     _assert_gate_passed_on_real_masks(int8, ["standard", "cpu"])
     seg = FewShotSegmenter(int8)
-    for s in episode.supports[:2]:
-        seg.add_support(*s)
-    assert seg.segment(episode.query).mask.any()
+    assert seg.segment(episode.query, seg.encode_supports(episode.supports[:2])).mask.any()
 
 
 def _cpu_flavour_weights(tmp_path) -> np.ndarray:

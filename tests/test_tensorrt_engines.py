@@ -267,10 +267,9 @@ def test_native_backend_matches_cpu_runtime(engine_dir, episode):
     seg, cuda = native(out)
     assert seg.backend.name == "tensorrt-native"
     mallocs = cuda.mallocs
-    for s in (cpu, seg):
-        for image, mask in episode.supports[:MAX_SHOTS]:
-            s.add_support(image, mask)
-    want, got = cpu.segment(episode.query), seg.segment(episode.query)
+    want = cpu.segment(episode.query, cpu.encode_supports(episode.supports[:MAX_SHOTS]))
+    supports = seg.encode_supports(episode.supports[:MAX_SHOTS])
+    got = seg.segment(episode.query, supports)
     np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-5)
     assert np.array_equal(got.mask, want.mask) and got.score == pytest.approx(want.score, abs=1e-5)
     assert (
@@ -278,15 +277,15 @@ def test_native_backend_matches_cpu_runtime(engine_dir, episode):
     )  # graph buffers were allocated at load; the support set's memory + memory_pos now
     # a second query allocates nothing and copies to the host only what nobody on the device consumes: the decoder's three outputs
     cuda.dtoh_sizes.clear()
-    seg.segment(episode.query)
+    seg.segment(episode.query, supports)
     assert cuda.mallocs == mallocs + 2
     dec = seg.manifest.graphs["mask_decoder"].outputs
     assert sorted(cuda.dtoh_sizes) == sorted(int(np.prod(t.shape)) * 4 for t in dec)
-    for s in (cpu, seg):  # reset reaches the device bank: the same K with another support
-        s.reset()
-        s.add_support(*episode.supports[MAX_SHOTS])
+    other = [episode.supports[MAX_SHOTS]]  # another set reaches the device: the same K with another support
     np.testing.assert_allclose(
-        seg.segment(episode.query).low_res_logits, cpu.segment(episode.query).low_res_logits, atol=1e-5
+        seg.segment(episode.query, seg.encode_supports(other)).low_res_logits,
+        cpu.segment(episode.query, cpu.encode_supports(other)).low_res_logits,
+        atol=1e-5,
     )
 
 
@@ -447,9 +446,6 @@ def test_real_tensorrt_engines_match_cpu(artifacts, episode, tmp_path):
     shutil.copytree(artifacts, out)
     build_engines(out, EngineSettings(max_shots=2), progress=False)
     cpu, gpu = FewShotSegmenter(out), FewShotSegmenter(out, provider="tensorrt-native")
-    for s in (cpu, gpu):
-        for image, mask in episode.supports[:2]:
-            s.add_support(image, mask)
-    want, got = cpu.segment(episode.query), gpu.segment(episode.query)
+    want, got = (s.segment(episode.query, s.encode_supports(episode.supports[:2])) for s in (cpu, gpu))
     assert (want.mask == got.mask).mean() > 0.99
     np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-2)

@@ -17,7 +17,8 @@ from ..engine.files import write_atomic
 from ..engine.image import load_image
 from ..engine.manifest import load_manifest
 from ..engine.profiles import DEFAULT_MAX_SHOTS
-from ..engine.segmenter import FewShotSegmenter, MultiClassSegmentation
+from ..engine.results import MultiClassSegmentation
+from ..engine.segmenter import FewShotSegmenter
 from ..engine.support_set import SupportSet
 from ..tools.fidelity import GateThresholds, compare_artifacts
 from ..tools.synthetic import synthetic_episodes

@@ -1,7 +1,7 @@
 """`fssam2 bench`: latency of the runtime's own support and query paths, per module.
 
 Measurements come from the segmenter's timing hook (`on_timing`): every graph run, pre/post-processing,
-session load and the whole `add_support` / `segment` calls. Glue = a phase's wall time minus the modules
+session load and the whole `encode_support` / `segment` calls. Glue = a phase's wall time minus the modules
 measured inside it (feed checks, dict handling, the memory bank). Inputs are synthetic (noise image,
 elliptic mask): latency does not depend on image content. N-way: one `segment(query, {N sets})` call
 against N one-way `segment(query, set)` calls (the work N separate segmenters would do), timed alternately
@@ -252,8 +252,7 @@ def run_one(artifacts: Path, options: RuntimeOptions, s: BenchSettings, progress
 
     for i in range(s.warmup + s.supports):
         rec.phase = "support" if i >= s.warmup else None
-        seg.add_support(*images[i % max(s.shots)])
-        seg.reset()
+        seg.encode_support(*images[i % max(s.shots)])
         progress.update()
     sup = rec.take("support")
     result.support = {k: Stats.of(v) for k, v in sup.items()}
@@ -262,12 +261,10 @@ def run_one(artifacts: Path, options: RuntimeOptions, s: BenchSettings, progress
     mem_channels = manifest.graphs["memory_attention"].inputs[2].shape[2]
     for k in s.shots:
         rec.phase = None
-        seg.reset()
-        for image, mask in images[:k]:
-            seg.add_support(image, mask)
+        supports = seg.encode_supports(images[:k])
         for i in range(s.warmup + s.queries):
             rec.phase = "query" if i >= s.warmup else None
-            seg.segment(query)
+            seg.segment(query, supports)
             progress.update()
         q = rec.take("query")
         stats = {name: Stats.of(v) for name, v in q.items()}
@@ -344,7 +341,7 @@ def format_table(report: dict) -> str:
             f"(cache: {', '.join(f'{g} {c}' for g, c in r['cache'].items())}); sha256 of the files run {r['manifest_verify_ms']:.0f} ms"
         )
         lines.append(f"  precision per graph: {', '.join(f'{g} {p}' for g, p in r['graph_precisions'].items())}")
-        blocks = [("support (one add_support)", r["support"])] + [
+        blocks = [("support (one encode_support)", r["support"])] + [
             (f"query, K={k['shots']}", k["query"]) for k in r["shots"]
         ]
         for name, stats in blocks:

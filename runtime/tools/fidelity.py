@@ -29,7 +29,8 @@ from ..engine.backend import Backend, DelegatingGraph, Graph
 from ..engine.errors import FidelityError
 from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
 from ..engine.progress import progress as progress_bar
-from ..engine.segmenter import FewShotSegmenter, Segmentation
+from ..engine.results import Segmentation
+from ..engine.segmenter import FewShotSegmenter
 from .synthetic import Episode
 
 
