@@ -220,6 +220,7 @@ def compare(
                     p: (r["support_phase"] + r["query_cached"]) / r["query_cached"] for p, r in runtime_ms.items()
                 },
                 "fidelity_reference": f"pytorch {torch_dtypes[0]}",  # last round's masks/logits of each side against it
+                "fidelity_reference_foreground": float(ref.mask.mean()),  # 0 or 1: every mask IoU is vacuous
                 "fidelity": {
                     side: {"mask_iou": mask_iou(res.mask, ref.mask), "logits_pearson": pearson(res.logits, ref.logits)}
                     for side, res in last.items()

@@ -355,7 +355,10 @@ def _variant(artifacts: Path, dest: Path, edit) -> Path:
     return dest
 
 
-def test_schema_1_manifest_loads(lib, artifacts, episode, tmp_path):
+def test_schema_1_manifest_loads(lib, seg, artifacts, episode, tmp_path):
+    """A schema-1 manifest (no precisions, no flavours: the standard graphs) segments as the schema-2 one does: the
+    C++ runtime on the schema-1 copy against the Python runtime on the artifacts themselves."""
+
     def to_v1(m, _):
         m["schema_version"] = 1
         for key in ("calibration", "fidelity"):
@@ -363,10 +366,14 @@ def test_schema_1_manifest_loads(lib, artifacts, episode, tmp_path):
         for g in m["graphs"].values():
             g.pop("precision", None), g.pop("flavours", None)
 
-    seg = CppSegmenter(lib, _variant(artifacts, tmp_path / "v1", to_v1))
-    seg.add_support(load_image(episode.supports[0][0]), load_mask(episode.supports[0][1]))
-    seg.segment(load_image(episode.query))
-    seg.close()
+    v1 = CppSegmenter(lib, _variant(artifacts, tmp_path / "v1", to_v1))
+    v1.add_support(load_image(episode.supports[0][0]), load_mask(episode.supports[0][1]))
+    mask, logits, res = v1.segment(load_image(episode.query))
+    v1.close()
+    expected = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
+    assert res.num_supports == 1 and abs(res.score - expected.score) <= 1e-4
+    assert np.abs(logits - expected.logits).max() <= 1e-4, np.abs(logits - expected.logits).max()
+    _same_masks(mask, expected.mask, expected.logits)
 
 
 def test_flavour_selection(lib, artifacts, tmp_path):

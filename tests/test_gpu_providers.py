@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 import pytest
-from trt_fakes import BoundCpuBackend
+from cpu_device_backend import BoundCpuBackend
 
 from runtime import FewShotSegmenter, ProviderUnavailableError, RuntimeOptions, create_backend
 from runtime.backends import OrtBackend

@@ -488,7 +488,7 @@ def test_one_openvino_segmenter_from_many_threads(results, episode):
     """Concurrent calls on one OpenVINO segmenter are bit-identical to serial calls. Checked in FP32: in BF16 OpenVINO
     is not bit-reproducible even serially (its kernels for a dynamic shape change over the first calls; logits move by
     ~5e-3), and random-init sets differ too little for a tolerance to see a mix-up."""
-    from trt_fakes import assert_threads_match_serial
+    from thread_checks import assert_threads_match_serial
 
     seg = results[0]["fp32"]
     one, two = seg.encode_supports(episode.supports[:1]), seg.encode_supports(episode.supports[1:3])

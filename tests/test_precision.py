@@ -46,8 +46,9 @@ def _export(tmp_path_factory, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    return _export(tmp_path_factory, "fp32")
+def fp32(artifacts_128):
+    """The FP32 reference: the shared 128^2 export (what ARGS give without --precision)."""
+    return artifacts_128
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,8 @@ def test_n_way_equals_n_one_way_runs_with_one_image_encoding(artifacts, episode,
 def test_threads_give_serial_results(artifacts, episode, backend):
     """One segmenter, four threads, the same and different sets, 1-way and N-way, supports encoded meanwhile:
     bit-identical to serial."""
-    from trt_fakes import BoundCpuBackend, assert_threads_match_serial, mixed_jobs
+    from cpu_device_backend import BoundCpuBackend
+    from thread_checks import assert_threads_match_serial, mixed_jobs
 
     seg = FewShotSegmenter(artifacts, backend=BoundCpuBackend() if backend == "io-binding" else None)
     assert assert_threads_match_serial(seg, mixed_jobs(seg, episode)) == 12

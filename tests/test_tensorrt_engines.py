@@ -17,15 +17,8 @@ try:
     import polygraphy  # noqa: F401
 except ImportError:
     unavailable("engine builds are driven through polygraphy (pip install polygraphy)", "FSSAM2_REQUIRE_POLYGRAPHY")
-from trt_fakes import (
-    DEVICE,
-    TRT_VERSION,
-    FakeCuda,
-    FakeRuntime,
-    assert_threads_match_serial,
-    install_fake_polygraphy,
-    mixed_jobs,
-)
+from thread_checks import assert_threads_match_serial, mixed_jobs
+from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, install_fake_polygraphy
 
 from fssam2_export.engines import (
     TIMING_CACHE,
