@@ -1,1 +1,3 @@
-"""Applications over the engine: label collections, serve over HTTP (and their Ray twins), drawing results."""
+"""Applications over the engine: `fssam2 label` (label; on Ray Data, label_ray), `fssam2 serve` (serve; on Ray Serve,
+serve_ray), the content-addressed set store (store), limits on untrusted images (guard) and drawing results (render).
+Their command-line arguments are in runtime/cli/."""

@@ -12,7 +12,7 @@ restart loses nothing. User mistakes get a 4xx JSON body {"error": {"code", "mes
 
 One process holds one segmenter; requests run on FastAPI's thread pool and at most `concurrency` of them call
 the segmenter at once (the others wait: the `queue` gauge). The segmenter is called from several threads
-under the runtime's threading contract (runtime/segmenter.py module docstring).
+under the runtime's threading contract (runtime/engine/segmenter.py module docstring).
 """
 
 import hmac

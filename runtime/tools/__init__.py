@@ -1,1 +1,2 @@
-"""Quality tools: the fidelity gate, synthetic data, the shapes benchmark and the latency bench."""
+"""Quality tools over the engine and backends: the fidelity gate (fidelity), synthetic episodes (synthetic), the
+shapes benchmark (shapes) and the latency bench behind `fssam2 bench` (bench)."""
