@@ -28,12 +28,11 @@ import torch
 
 from fssam2_export.models import build_model
 from fssam2_export.reference import reference_episode
-from runtime import FewShotSegmenter, create_backend, load_manifest
-from runtime.backends import PROVIDERS
-from runtime.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
-from runtime.cli import precision_spec
-from runtime.fidelity import iou as mask_iou
-from runtime.fidelity import pearson
+from runtime import FewShotSegmenter, RuntimeOptions, load_manifest
+from runtime.cli import add_runtime_options, options_from_args
+from runtime.tools.bench import PhaseRecorder, environment, memory_attention_gflop, synthetic_input
+from runtime.tools.fidelity import iou as mask_iou
+from runtime.tools.fidelity import pearson
 
 SCHEMA = "fssam2-compare-pytorch/2"
 TORCH_MODULES = {  # sam2 attribute -> runtime module it corresponds to
@@ -106,26 +105,19 @@ def compare(
     episodes: int,
     warmup: int,
     input_size: tuple[int, int],
-    threads: int | None,
     model: torch.nn.Module,
     clock: TorchClock,
     progress,
-    providers: list[str] = ("cpu",),
+    runs: list[RuntimeOptions] | None = None,
     torch_dtypes: list[str] = ("fp32",),
-    ov_precision: dict[str, str] | None = None,
 ) -> dict:
-    """All K for one artifacts directory: every runtime provider and every PyTorch dtype, interleaved (the order
-    rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU / logits correlation
-    against the first PyTorch dtype. `clock` is attached to `model`."""
+    """All K for one artifacts directory: the runtime run as each of `runs` (one per provider) and every PyTorch dtype,
+    interleaved (the order rotates each round); medians in ms, runtime/PyTorch ratios, and each side's mask IoU /
+    logits correlation against the first PyTorch dtype. `clock` is attached to `model`."""
+    runs = runs or [RuntimeOptions()]
+    providers = [o.provider for o in runs]
     recs = {p: PhaseRecorder() for p in providers}
-    segs = {
-        p: FewShotSegmenter(
-            artifacts,
-            backend=create_backend(p, intra_op_threads=threads, precisions=ov_precision if p == "openvino" else None),
-            on_timing=recs[p],
-        )
-        for p in providers
-    }
+    segs = {o.provider: FewShotSegmenter(artifacts, o, on_timing=recs[o.provider]) for o in runs}
     manifest = next(iter(segs.values())).manifest
     w, h = input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(shots) + 1)]
@@ -135,10 +127,7 @@ def compare(
         "precision": manifest.precision,
         "image_size": manifest.preprocess.image_size,
         "model": manifest.model.name,
-        "graph_precisions": {
-            p: {g: getattr(graph, "precision", manifest.graphs[g].precision) for g, graph in seg.graphs.items()}
-            for p, seg in segs.items()
-        },
+        "graph_precisions": {p: {g: graph.precision for g, graph in seg.graphs.items()} for p, seg in segs.items()},
         "by_shots": [],
     }
     sides = [("runtime", p) for p in providers] + [("torch", d) for d in torch_dtypes]
@@ -153,13 +142,11 @@ def compare(
                 if kind == "runtime":
                     seg, rec, acc = segs[name], recs[name], rt[name]
                     rec.phase = None
-                    seg.reset()
                     t0 = time.perf_counter()
-                    for image, mask in supports:
-                        seg.add_support(image, mask)
+                    support_set = seg.encode_supports(supports)
                     t1 = time.perf_counter()
                     rec.phase = "query"
-                    last[name] = seg.segment(query)
+                    last[name] = seg.segment(query, support_set)
                     t2 = time.perf_counter()
                     q = rec.take("query")
                     if keep:
@@ -233,6 +220,7 @@ def compare(
                     p: (r["support_phase"] + r["query_cached"]) / r["query_cached"] for p, r in runtime_ms.items()
                 },
                 "fidelity_reference": f"pytorch {torch_dtypes[0]}",  # last round's masks/logits of each side against it
+                "fidelity_reference_foreground": float(ref.mask.mean()),  # 0 or 1: every mask IoU is vacuous
                 "fidelity": {
                     side: {"mask_iou": mask_iou(res.mask, ref.mask), "logits_pearson": pearson(res.logits, ref.logits)}
                     for side, res in last.items()
@@ -297,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
-    p.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS, help="runtime providers, side by side")
     p.add_argument(
         "--torch-dtype",
         nargs="+",
@@ -305,13 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(TORCH_DTYPES),
         help="PyTorch modes, side by side (bf16: torch.autocast); fidelity is measured against the first",
     )
-    p.add_argument("--threads", type=int, help="threads for the runtime and torch (default: each library's own)")
-    p.add_argument(
-        "--ov-precision",
-        type=precision_spec,
-        metavar="SPEC",
-        help="openvino's precisions, as fssam2's --ov-precision (e.g. bf16,mask_decoder=fp32)",
-    )
+    add_runtime_options(p, sweep=True)  # the runtime's providers, side by side; --threads also sets torch's
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -344,12 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.episodes,
                     args.warmup,
                     (w, h),
-                    args.threads,
                     *models[key],
                     bar,
-                    providers=args.providers,
+                    runs=[options_from_args(args, p) for p in args.providers],
                     torch_dtypes=args.torch_dtype,
-                    ov_precision=args.ov_precision,
                 )
             )
     report = {

@@ -3,7 +3,7 @@ same artifacts, same episode, same machine, one after the other. Prints a table;
 
     python bench/cpp_vs_python.py --artifacts artifacts/ [--shots 1 5] [--queries 10] [--build build/cpp]
 
-The episode is synthetic (runtime.synthetic) unless --episode DIR names one written by it. Both
+The episode is synthetic (runtime.tools.synthetic) unless --episode DIR names one written by it. Both
 sides time preprocessing + the graphs + postprocessing of an already decoded query, with --threads
 ONNX Runtime intra-op threads (default 1: steadier on a shared machine). The ONNX Runtimes differ: 1.29
 in C++ (scripts/get_onnxruntime.sh), the installed wheel in Python.
@@ -21,24 +21,22 @@ from pathlib import Path
 
 import onnxruntime
 
-from runtime import FewShotSegmenter, OrtBackend
-from runtime.image import load_image
+from runtime import FewShotSegmenter, RuntimeOptions
+from runtime.engine.image import load_image
 
 
 def python_latency(
     artifacts: Path, supports, query: Path, shots: int, queries: int, warmup: int, threads: int
 ) -> float:
-    seg = FewShotSegmenter(artifacts, backend=OrtBackend("cpu", intra_op_threads=threads or None))
-    for i in range(shots):
-        image, mask = supports[i % len(supports)]
-        seg.add_support(image, mask)
+    seg = FewShotSegmenter(artifacts, RuntimeOptions(threads=threads or None))
+    support_set = seg.encode_supports([supports[i % len(supports)] for i in range(shots)])
     rgb = load_image(query)
     for _ in range(warmup):
-        seg.segment(rgb)
+        seg.segment(rgb, support_set)
     times = []
     for _ in range(queries):
         t0 = time.perf_counter()
-        seg.segment(rgb)
+        seg.segment(rgb, support_set)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         episode = args.episode
         if episode is None:
-            from runtime.synthetic import write_episode
+            from runtime.tools.synthetic import write_episode
 
             episode = Path(tmp)
             write_episode(episode, shots=max(args.shots), seed=1)

@@ -90,7 +90,7 @@ def decode_answer(body: bytes) -> np.ndarray:
 def make_cases(artifacts: str, set_ids: list[str], sets_images, queries: list[bytes]) -> list[Case]:
     """Expected answers computed here, with sets encoded here (whose digests must equal the server's ids)."""
     from runtime import FewShotSegmenter
-    from runtime.store import set_digest
+    from runtime.apps.store import set_digest
 
     seg = FewShotSegmenter(artifacts)
     local = []
@@ -270,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             import ray
             from ray import serve
 
-            from runtime.serve import ServeConfig
-            from runtime.serve_ray import RayServeOptions, start
+            from runtime import RuntimeOptions
+            from runtime.apps.serve import ServeConfig
+            from runtime.apps.serve_ray import RayServeOptions, start
 
             ray.init(
                 address="local",
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 port = free_port()
                 config = ServeConfig(
-                    artifacts, os.path.abspath(store), threads=args.threads, concurrency=args.server_concurrency
+                    artifacts,
+                    os.path.abspath(store),
+                    RuntimeOptions(threads=args.threads),
+                    concurrency=args.server_concurrency,
                 )
                 start(config, RayServeOptions(port=port, replicas=args.replicas))
                 url = f"http://127.0.0.1:{port}"

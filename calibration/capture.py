@@ -22,11 +22,11 @@ from onnxruntime.quantization import CalibrationDataReader
 from onnxruntime.quantization.calibrate import TensorsData
 from tqdm import tqdm
 
-from runtime.backends import OrtBackend
-from runtime.fidelity import recording_segmenter, run_episode
-from runtime.manifest import GRAPH_NAMES, file_sha256, load_manifest
-from runtime.outputs import write_atomic
-from runtime.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
+from runtime.backends.ort import OrtBackend
+from runtime.engine.files import write_atomic
+from runtime.engine.manifest import GRAPH_NAMES, file_sha256, load_manifest
+from runtime.tools.fidelity import recording_segmenter, run_episode
+from runtime.tools.synthetic import CALIBRATION_STREAM, Episode, synthetic_episodes
 
 from .ranges import RangeBackend
 

@@ -19,8 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from runtime.fidelity import pearson
-from runtime.ov_backend import graph_name
+from runtime.tools.fidelity import pearson
 
 CHUNK_ELEMENTS = 1 << 26  # ~256 MB of float32 exposed per session
 DYNAMIC_DIM = 4096  # size assumed for a dynamic axis when budgeting
@@ -111,9 +110,14 @@ def first_diverging_node(
 
 
 def first_diverging_node_openvino(
-    reference: Path, backend, feeds: Mapping[str, np.ndarray], threshold: float, fp32_nodes: Sequence[str] = ()
+    reference: Path,
+    graph: str,
+    backend,
+    feeds: Mapping[str, np.ndarray],
+    threshold: float,
+    fp32_nodes: Sequence[str] = (),
 ) -> tuple[NodeDrift | None, list[str]]:
-    """Where `reference` compiled by `backend` (a `runtime.ov_backend.OpenVinoBackend`) in BF16 with the FP32 islands
+    """Where `reference` (graph `graph`) compiled by `backend` (a `runtime.backends.openvino.OpenVinoBackend`) in BF16 with the FP32 islands
     `fp32_nodes` drifts from itself in ONNX Runtime FP32 on `feeds`, and the ops that made the drifting tensor since
     the compared tensors before it (what an FP32 island lists: OpenVINO's names, which are the nodes of the graph as
     OpenVINO reads it, after `fold_constants`). The drift's node is the op producing the tensor."""
@@ -121,7 +125,6 @@ def first_diverging_node_openvino(
     with tempfile.TemporaryDirectory(prefix="fssam2-ov-drift-") as tmp:
         model = backend.read_model(reference, fp32_nodes, Path(tmp))
         produced = {t: o for op in model.get_ordered_ops() for o in op.outputs() for t in o.get_names()}
-        graph = graph_name(reference)
         drift = _first_drift(
             ref,
             set(produced),

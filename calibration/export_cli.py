@@ -20,7 +20,7 @@ from fssam2_export.engines import (
 )
 from fssam2_export.export import DEFAULT_OPSET, export_artifacts
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, build_model
-from runtime.fidelity import GateThresholds
+from runtime.tools.fidelity import GateThresholds
 from training.datasets import build_dataset
 
 from .capture import EpisodeSource

@@ -35,9 +35,13 @@ import onnx
 
 from fssam2_export.onnx_passes import check_tensorrt_compat
 from fssam2_export.ort_fusion import add_ort_flavours
-from runtime.backends import OrtBackend
-from runtime.errors import ProviderUnavailableError
-from runtime.fidelity import (
+from runtime.backends.openvino import PROVIDER as OPENVINO
+from runtime.backends.openvino import OpenVinoBackend
+from runtime.backends.ort import OrtBackend
+from runtime.engine.errors import ProviderUnavailableError
+from runtime.engine.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
+from runtime.engine.progress import progress as progress_bar
+from runtime.tools.fidelity import (
     FidelityReport,
     GateThresholds,
     ProviderFiles,
@@ -45,11 +49,7 @@ from runtime.fidelity import (
     recording_segmenter,
     run_episode,
 )
-from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, file_sha256, load_manifest
-from runtime.ov_backend import PROVIDER as OPENVINO
-from runtime.ov_backend import OpenVinoBackend
-from runtime.progress import progress as progress_bar
-from runtime.synthetic import CHECK_STREAM
+from runtime.tools.synthetic import CHECK_STREAM
 
 from .capture import CalibrationData, EpisodeSource, capture
 from .diagnose import first_diverging_node, first_diverging_node_openvino
@@ -552,6 +552,7 @@ def _gate_openvino(
                 calls = _reference_calls(fp32_dir, episodes[0])
             drift, region = first_diverging_node_openvino(
                 fp32_dir / manifest.graphs[graph].file,
+                graph,
                 backend,
                 calls[graph][-1],
                 thresholds.logits_pearson,

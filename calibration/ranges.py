@@ -115,13 +115,20 @@ class RangeBackend:
         self.inner, self.max_calls = inner, max_calls
         self.ranges: dict[str, TensorsData] = {}
 
-    def load(self, path: Path, spec) -> _RangeGraph:
-        return _RangeGraph(self, path, spec)
+    def precision_for(self, graph: str, spec) -> str:
+        return spec.precision
+
+    def load(self, path: Path, spec, graph: str) -> _RangeGraph:
+        return _RangeGraph(self, path, spec, graph)
 
 
 class _RangeGraph:
-    def __init__(self, backend: RangeBackend, path: Path, spec):
-        self._backend, self._path, self._spec = backend, path, spec
+    providers = ["CPUExecutionProvider"]  # the calibrator's session; later calls run `inner`'s graph
+    cache = "off"
+
+    def __init__(self, backend: RangeBackend, path: Path, spec, graph: str):
+        self._backend, self._path, self._spec, self._graph = backend, path, spec, graph
+        self.precision = spec.precision
         self._outputs = [o.name for o in spec.outputs]
         self._calls, self._plain = 0, None
         self._cal = _calibrator(path, CalibrationMethod.MinMax, {"symmetric": False}) if backend.max_calls else None
@@ -131,7 +138,7 @@ class _RangeGraph:
             if self._plain is None:
                 self._cal = None  # the augmented session's memory goes before the plain one is made
                 flavour = self._spec.artifact_for(self._backend.inner.provider)  # e.g. the fused-attention copy
-                self._plain = self._backend.inner.load(self._path.with_name(flavour.file), self._spec)
+                self._plain = self._backend.inner.load(self._path.with_name(flavour.file), self._spec, self._graph)
             return self._plain.run(feeds)
         self._calls += 1
         cal = self._cal

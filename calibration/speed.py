@@ -21,11 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime.backends import Graph, OrtBackend
-from runtime.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
-from runtime.manifest import GRAPH_NAMES, load_manifest
-from runtime.segmenter import FewShotSegmenter
-from runtime.synthetic import synthetic_episodes
+from runtime import FewShotSegmenter, Graph, RuntimeOptions, create_backend
+from runtime.engine.manifest import GRAPH_NAMES, load_manifest
+from runtime.tools.fidelity import ProviderFiles, check_comparable, recording_segmenter, run_episode
+from runtime.tools.synthetic import synthetic_episodes
 
 
 @dataclass
@@ -43,7 +42,7 @@ def _variants(dirs: list[Path], threads: int | None) -> list[Variant]:
     out = []
     for d in dirs:
         m = load_manifest(d, verify_files=False)  # its segmenters verify the files
-        cpu = OrtBackend("cpu", intra_op_threads=threads)
+        cpu = create_backend(RuntimeOptions(threads=threads))
         backends = [(f"{d.name} ({m.precision})", cpu)]
         if any(g.flavours for g in m.graphs.values()):
             backends = [

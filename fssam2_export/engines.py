@@ -11,7 +11,7 @@ by the ONNX output's spread (its standard deviation over all inputs; max |onnx| 
 scalar), must stay within `TOLERANCES` (the percentile only for outputs of >= 1000 values over all inputs: below
 that it is the max itself), and every value must be finite. Then the engines run end to end
 through the runtime (`tensorrt-native`) against the ONNX graphs on ORT CPU over gate episodes, judged by the
-ONNX fidelity gate (`runtime.fidelity`). A failed comparison fails the build and leaves the directory as it was.
+ONNX fidelity gate (`runtime.tools.fidelity`). A failed comparison fails the build and leaves the directory as it was.
 
 Engines are tied to the TensorRT version and GPU architecture: build them on the target machine,
 `python -m fssam2_export.engines --artifacts art/` (or `fssam2-export ... --engine tensorrt`).
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.backends import OrtBackend
-from runtime.fidelity import FidelityReport, GateThresholds, ProviderFiles, compare_artifacts, recording_segmenter
-from runtime.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
-from runtime.outputs import write_atomic
-from runtime.profiles import (
+from runtime.backends.ort import OrtBackend
+from runtime.backends.tensorrt import ENGINE_KIND, PROVIDER, DeviceInfo
+from runtime.engine.files import write_atomic
+from runtime.engine.manifest import GRAPH_NAMES, MANIFEST_NAME, Flavour, GraphSpec, Manifest, load_manifest
+from runtime.engine.profiles import (
     DEFAULT_MAX_SHOTS,
     DEFAULT_OPT_SHOTS,
     MEMORY_AXIS,
@@ -47,9 +47,9 @@ from runtime.profiles import (
     input_profiles,
     memory_dim_ranges,
 )
-from runtime.synthetic import CHECK_STREAM, synthetic_episodes, write_episode
-from runtime.trt_backend import ENGINE_KIND, PROVIDER, DeviceInfo
-from runtime.versions import dist_version
+from runtime.engine.versions import dist_version
+from runtime.tools.fidelity import FidelityReport, GateThresholds, ProviderFiles, compare_artifacts, recording_segmenter
+from runtime.tools.synthetic import CHECK_STREAM, synthetic_episodes, write_episode
 
 TIMING_CACHE = "timing.cache"
 DEFAULT_WORKSPACE_GB = 4.0
@@ -120,7 +120,7 @@ def require_tensorrt():
 
 def current_device(device_id: int = 0) -> DeviceInfo:
     """The GPU engines are built for (cuda-python); EngineBuildError if there is none."""
-    from runtime.trt_backend import CudaError, CudaRuntime
+    from runtime.backends.tensorrt import CudaError, CudaRuntime
 
     try:
         return CudaRuntime(device_id).device()
@@ -218,9 +218,7 @@ def comparison_feeds(root: Path, dims: dict[str, DimRange], seed: int = 0) -> di
     seg, recorder = recording_segmenter(root)  # ORT CPU
     with tempfile.TemporaryDirectory() as tmp:
         episode = write_episode(tmp, shots=2, seed=seed)
-        for image, mask in episode.supports:
-            seg.add_support(image, mask)
-        seg.segment(episode.query)
+        seg.segment(episode.query, seg.encode_supports(episode.supports))
     feeds = recorder.calls
     k2, memory = feeds["memory_attention"][0], dims[MEMORY_AXIS]
     dynamic = [t.name for t in manifest.graphs["memory_attention"].inputs if MEMORY_AXIS in t.shape]
@@ -327,7 +325,7 @@ def _end_to_end(
 
 
 def _native_backend():
-    from runtime.trt_backend import TensorRTBackend
+    from runtime.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend()
 

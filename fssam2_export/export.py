@@ -22,7 +22,8 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from runtime.manifest import (
+from runtime.engine.files import recover_dir, replace_dir
+from runtime.engine.manifest import (
     GRAPH_NAMES,
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -34,8 +35,7 @@ from runtime.manifest import (
     TensorSpec,
     file_sha256,
 )
-from runtime.outputs import recover_dir, replace_dir
-from runtime.versions import dist_version
+from runtime.engine.versions import dist_version
 
 from .engines import EngineSettings, build_engines
 from .graphs import ImageEncoderGraph, MaskDecoderGraph, MemoryAttentionGraph, MemoryEncoderGraph

@@ -4,7 +4,7 @@ For each provider (default: `cpu` as the latency baseline, then every GPU provid
 `tensorrt`, and `tensorrt-native` when TensorRT is importable and the manifest lists engines) and each K, a synthetic
 episode is segmented by the provider and by the CPU runtime (on `--reference` artifacts, default the same ones). The
 episode is the first of a few seeded ones whose CPU reference mask is judgeable (1-99 % foreground: an IoU of two empty
-masks says nothing). The result is judged like the fidelity gate (`runtime.fidelity`: mask IoU >= --min-iou, logits
+masks says nothing). The result is judged like the fidelity gate (`runtime.tools.fidelity`: mask IoU >= --min-iou, logits
 correlation, sign agreement of every pixel, relative RMS error, non-finite values, iou_score / object score error and
 the object-presence decision, thresholds by the artifacts' precision) and printed with per-module latency (mean over
 --repeats queries after one warm-up; the memory encoder's from the K supports). Exit status 1 if a provider failed a
@@ -18,13 +18,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from runtime import FewShotSegmenter, load_manifest
-from runtime.fidelity import (
+from runtime import FewShotSegmenter, ModuleTiming, RuntimeOptions, Segmentation, load_manifest
+from runtime.cli import add_runtime_options, options_from_args
+from runtime.tools.fidelity import (
     JUDGEABLE_FOREGROUND,
     FidelityError,
     FidelityReport,
@@ -32,8 +33,7 @@ from runtime.fidelity import (
     check_comparable,
     episode_fidelity,
 )
-from runtime.segmenter import ModuleTiming, Segmentation
-from runtime.synthetic import write_episode
+from runtime.tools.synthetic import write_episode
 
 MODULES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 EPISODE_TRIES = 8  # seeded episodes tried for a judgeable reference mask
@@ -92,10 +92,7 @@ def machine_summary() -> list[str]:
 
 
 def _episode(seg: FewShotSegmenter, supports, query) -> Segmentation:
-    seg.reset()
-    for image, mask in supports:
-        seg.add_support(image, mask)
-    return seg.segment(query)
+    return seg.segment(query, seg.encode_supports(supports))
 
 
 def _judgeable_episode(reference: FewShotSegmenter, shots: int, episode_dir: Path):
@@ -113,24 +110,26 @@ def _judgeable_episode(reference: FewShotSegmenter, shots: int, episode_dir: Pat
 
 def check(
     artifacts: Path,
-    provider: str,
+    options: RuntimeOptions,
     shots: int,
     repeats: int,
     episode_dir: Path,
     reference: FewShotSegmenter,
     thresholds: GateThresholds,
 ) -> Check:
+    provider = options.provider
     result = Check(provider, shots)
     try:
         episode, ref = _judgeable_episode(reference, shots, episode_dir)
-        seg = FewShotSegmenter(artifacts, provider, max_shots=max(8, shots), profile=True)
+        seg = FewShotSegmenter(artifacts, replace(options, max_shots=max(8, shots)), profile=True)
         _episode(seg, episode.supports[:1], episode.query)  # warm-up (ORT's TensorRT EP builds its engines here)
         seg.clear_timings()
-        got = _episode(seg, episode.supports, episode.query)
+        supports = seg.encode_supports(episode.supports)
+        got = seg.segment(episode.query, supports)
         memory_encoder = seg.timings()["memory_encoder"]
         seg.clear_timings()
         for _ in range(repeats):
-            seg.segment(episode.query)
+            seg.segment(episode.query, supports)
         timings: dict[str, ModuleTiming] = seg.timings() | {"memory_encoder": memory_encoder}
         result.ms = {m: timings[m].mean_ms for m in MODULES}
         judged = episode_fidelity(got, ref, shots)
@@ -151,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fssam2-gpu-check", description=__doc__)
     p.add_argument("--artifacts", required=True, type=Path)
     p.add_argument("--reference", type=Path, help="artifacts the CPU reference runs (same model; default --artifacts)")
-    p.add_argument("--providers", nargs="+", help="default: every GPU provider available here")
     p.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     p.add_argument("--repeats", type=int, default=10, help="timed queries per provider and K")
     p.add_argument("--min-iou", type=float, default=0.98, help="parity gate on the mask IoU vs the CPU reference")
+    add_runtime_options(p, sweep=True)
+    p.set_defaults(providers=None)  # cpu, then every GPU provider available here
     args = p.parse_args(argv)
     manifest = load_manifest(args.artifacts)
     reference_dir = args.reference or args.artifacts
@@ -183,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     failed = False
-    reference = FewShotSegmenter(reference_dir, "cpu")
+    reference = FewShotSegmenter(reference_dir)
     with tempfile.TemporaryDirectory() as tmp:
         for provider in providers:
             for shots in args.shots:
-                r = check(args.artifacts, provider, shots, args.repeats, Path(tmp), reference, thresholds)
+                options = options_from_args(args, provider)
+                r = check(args.artifacts, options, shots, args.repeats, Path(tmp), reference, thresholds)
                 if r.error:
                     print(f"{provider:<16}{shots:>3}  FAILED: {r.error}")
                 else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.manifest import file_sha256
+from runtime.engine.manifest import file_sha256
 
 MODEL_CONFIGS = {
     f"{family}_hiera_{size}": f"configs/{family}/{family}_hiera_{size}.yaml"

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from runtime.manifest import Flavour, GraphSpec, file_sha256
+from runtime.engine.manifest import Flavour, GraphSpec, file_sha256
 
 FUSION = "MultiHeadAttention"
 MS_DOMAIN = "com.microsoft"

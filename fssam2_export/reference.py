@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from runtime.image import ImageLike, load_image, load_mask
+from runtime.engine.image import ImageLike, load_image, load_mask
 
 from .graphs import decode_all_masks, decode_single_mask, padding_point
 

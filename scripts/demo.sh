@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python -m runtime.synthetic --out example --shots 2
+python -m runtime.tools.synthetic --out example --shots 2
 fssam2-export --model sam2.1_hiera_t --random-init --seed 0 --precision fp32 --out artifacts --overwrite
 fssam2 info --artifacts artifacts
 fssam2 segment --artifacts artifacts \

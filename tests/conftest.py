@@ -63,7 +63,7 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def episode(tmp_path_factory):
-    from runtime.synthetic import write_episode
+    from runtime.tools.synthetic import write_episode
 
     return write_episode(tmp_path_factory.mktemp("episode"), shots=5, seed=1)
 
@@ -88,8 +88,25 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def artifacts_128(tmp_path_factory) -> Path:
-    """The tiny model at 128x128: label / serve / Ray tests, where many queries run."""
+    """The tiny model at 128x128 (FP32, ORT flavours, as the CLI exports it by default): label / serve / Ray tests,
+    where many queries run, and the precision and gate tests' FP32 reference."""
     return _export(tmp_path_factory, 128)
+
+
+@pytest.fixture(scope="session")
+def seg(artifacts):
+    """A segmenter over `artifacts` (ONNX Runtime CPU), shared: it holds no support state, only its sessions."""
+    from runtime import FewShotSegmenter
+
+    return FewShotSegmenter(artifacts)
+
+
+@pytest.fixture(scope="session")
+def seg_128(artifacts_128):
+    """A segmenter over `artifacts_128`, shared like `seg`."""
+    from runtime import FewShotSegmenter
+
+    return FewShotSegmenter(artifacts_128)
 
 
 def _patch_capabilities(patch: pytest.MonkeyPatch, edit) -> None:
@@ -112,7 +129,7 @@ def _runs_bf16(core) -> bool:
     import openvino
     import openvino.opset13 as ops
 
-    from runtime.ov_backend import runtime_precisions
+    from runtime.backends.openvino_tuning import runtime_precisions
 
     x = ops.parameter([1, 32, 32], np.float32, name="x")
     model = openvino.Model([ops.matmul(x, ops.constant(np.ones((32, 32), np.float32)), False, False)], [x])

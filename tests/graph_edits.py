@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from runtime.manifest import MANIFEST_NAME, file_sha256
+from runtime.engine.manifest import MANIFEST_NAME, file_sha256
 
 
 def rerecord(artifacts: Path, graph: str, **fields) -> None:

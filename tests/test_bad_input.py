@@ -6,13 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime import FewShotSegmenter, InputError, ManifestError, OrtBackend, ProviderUnavailableError, load_manifest
-from runtime.image import load_image, nearest_indices
-
-
-@pytest.fixture(scope="module")
-def seg(artifacts):
-    return FewShotSegmenter(artifacts)
+from runtime import FewShotSegmenter, InputError, ManifestError, ProviderUnavailableError, load_manifest
+from runtime.backends import OrtBackend
+from runtime.engine.image import load_image, nearest_indices
 
 
 @pytest.fixture
@@ -40,39 +36,33 @@ def rgb(episode):
 )
 def test_bad_images(seg, bad, match):
     with pytest.raises(InputError, match=match):
-        seg.segment(bad) if seg.num_supports else seg.add_support(bad, np.ones((32, 32), bool))
+        seg.encode_support(bad, np.ones((32, 32), bool))
 
 
-def test_segment_before_any_support(seg, rgb):
-    seg.reset()
-    with pytest.raises(InputError, match="before any add_support"):
-        seg.segment(rgb)
+def test_segment_needs_a_support_set(seg, rgb):
+    with pytest.raises(InputError, match="a SupportSet or a mapping"):
+        seg.segment(rgb, None)
 
 
 def test_mask_must_match_its_image(seg, rgb):
     with pytest.raises(InputError, match="mask is"):
-        seg.add_support(rgb, np.ones((rgb.shape[0] + 1, rgb.shape[1]), bool))
+        seg.encode_support(rgb, np.ones((rgb.shape[0] + 1, rgb.shape[1]), bool))
     with pytest.raises(InputError, match="2-D"):
-        seg.add_support(rgb, np.ones(rgb.shape, bool))
+        seg.encode_support(rgb, np.ones(rgb.shape, bool))
     with pytest.raises(InputError, match="bool or integer"):
-        seg.add_support(rgb, np.ones(rgb.shape[:2], np.float32))
-    assert seg.num_supports == 0
+        seg.encode_support(rgb, np.ones(rgb.shape[:2], np.float32))
 
 
 def test_empty_mask_is_an_error_and_full_mask_a_warning(seg, rgb):
-    seg.reset()
     with pytest.raises(InputError, match="empty"):
-        seg.add_support(rgb, np.zeros(rgb.shape[:2], bool))
+        seg.encode_support(rgb, np.zeros(rgb.shape[:2], bool))
     tiny = np.zeros(rgb.shape[:2], bool)
     row = min(set(range(rgb.shape[0])) - set(nearest_indices(rgb.shape[0], 256)))
     tiny[row, :] = True  # a row that nearest resizing to the model size skips
     with pytest.raises(InputError, match="vanishes"):
-        seg.add_support(rgb, tiny)
-    assert seg.num_supports == 0
+        seg.encode_support(rgb, tiny)
     with pytest.warns(UserWarning, match="whole image"):
-        seg.add_support(rgb, np.ones(rgb.shape[:2], bool))
-    assert seg.num_supports == 1
-    seg.reset()
+        assert seg.encode_support(rgb, np.ones(rgb.shape[:2], bool)).shots == 1
 
 
 def test_missing_graph_file(copied):
@@ -138,14 +128,14 @@ def test_every_runtime_error_derives_from_one_exported_base():
     from pathlib import Path
 
     import runtime
-    from runtime import errors
+    from runtime.engine import errors
 
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
     assert len(classes) >= 9 and all(issubclass(c, runtime.Error) and c.__name__ in runtime.__all__ for c in classes)
     builtin = {"Exception", "RuntimeError", "ValueError", "TypeError", "KeyError", "OSError"}
-    for path in Path(runtime.__file__).parent.glob("*.py"):
+    for path in Path(runtime.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
                 assert node.exc.func.id not in builtin, f"{path.name}:{node.lineno} raises a bare {node.exc.func.id}"
             if isinstance(node, ast.ClassDef) and any(getattr(b, "id", "") in builtin for b in node.bases):
-                assert path.name == "errors.py", f"{path.name} defines {node.name} outside runtime.errors"
+                assert path.name == "errors.py", f"{path.name} defines {node.name} outside runtime.engine.errors"

@@ -6,12 +6,11 @@ from PIL import Image
 
 from calibration import export_cli
 from fssam2_export import export as export_mod
-from runtime import FewShotSegmenter
 from runtime import cli as runtime_cli
-from runtime.manifest import load_manifest
+from runtime.engine.manifest import load_manifest
 
 
-def test_segment_cli_writes_mask_and_overlay(artifacts, episode, tmp_path, capsys):
+def test_segment_cli_writes_mask_and_overlay(artifacts, seg, episode, tmp_path, capsys):
     out, ov = tmp_path / "q_mask.png", tmp_path / "sub" / "q_overlay.png"
     args = [
         "segment",
@@ -33,10 +32,9 @@ def test_segment_cli_writes_mask_and_overlay(artifacts, episode, tmp_path, capsy
     query = np.asarray(Image.open(episode.query))
     written = np.asarray(Image.open(out))
     assert written.shape == query.shape[:2] and set(np.unique(written)) <= {0, 255}
-    seg = FewShotSegmenter(artifacts)
-    for image, mask in episode.supports[:2]:
-        seg.add_support(image, mask)
-    np.testing.assert_array_equal(written > 0, seg.segment(episode.query).mask)
+    np.testing.assert_array_equal(
+        written > 0, seg.segment(episode.query, seg.encode_supports(episode.supports[:2])).mask
+    )
     assert np.asarray(Image.open(ov)).shape == query.shape
     assert not list(tmp_path.glob(".*.png")), "temp files left behind"
 
@@ -149,7 +147,7 @@ def test_failed_export_leaves_old_artifacts_untouched(artifacts, tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], "partial export left behind"
 
 
-def test_support_sets_and_n_way_through_the_cli(artifacts, episode, tmp_path, capsys):
+def test_support_sets_and_n_way_through_the_cli(artifacts, seg, episode, tmp_path, capsys):
     import dataclasses
 
     from runtime import SupportSet
@@ -188,7 +186,6 @@ def test_support_sets_and_n_way_through_the_cli(artifacts, episode, tmp_path, ca
         )
         == 0
     )
-    seg = FewShotSegmenter(artifacts)
     want = seg.segment(episode.query, {"cat": seg.encode_supports(s[:2]), "dog": seg.encode_supports(s[2:3])})
     written = Image.open(labels)
     assert written.mode == "P" and written.getpalette()[3:9] == [31, 119, 180, 255, 127, 14]

@@ -23,9 +23,9 @@ import support_set_files
 from conftest import unavailable
 from PIL import Image
 
-from runtime import FewShotSegmenter, SupportSet
-from runtime.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
-from runtime.segmenter import label_map
+from runtime import SupportSet
+from runtime.engine.image import load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
+from runtime.engine.results import label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "runtime" / "cpp"
@@ -328,13 +328,11 @@ def test_postprocess_equals_python(lib):
 
 
 @pytest.mark.parametrize("shots", [1, 5])
-def test_episode_matches_python_runtime(cpp_seg, artifacts, episode, shots, record_metric):
-    py = FewShotSegmenter(artifacts)
+def test_episode_matches_python_runtime(cpp_seg, seg, episode, shots, record_metric):
     cpp_seg.lib.fssam2_reset(cpp_seg.handle)
     for image, mask in episode.supports[:shots]:
-        py.add_support(image, mask)
         cpp_seg.add_support(load_image(image), load_mask(mask))
-    expected = py.segment(episode.query)
+    expected = seg.segment(episode.query, seg.encode_supports(episode.supports[:shots]))
     mask, logits, res = cpp_seg.segment(load_image(episode.query))
     assert res.num_supports == shots
     iou = (mask & expected.mask).sum() / max((mask | expected.mask).sum(), 1)
@@ -357,7 +355,10 @@ def _variant(artifacts: Path, dest: Path, edit) -> Path:
     return dest
 
 
-def test_schema_1_manifest_loads(lib, artifacts, episode, tmp_path):
+def test_schema_1_manifest_loads(lib, seg, artifacts, episode, tmp_path):
+    """A schema-1 manifest (no precisions, no flavours: the standard graphs) segments as the schema-2 one does: the
+    C++ runtime on the schema-1 copy against the Python runtime on the artifacts themselves."""
+
     def to_v1(m, _):
         m["schema_version"] = 1
         for key in ("calibration", "fidelity"):
@@ -365,10 +366,14 @@ def test_schema_1_manifest_loads(lib, artifacts, episode, tmp_path):
         for g in m["graphs"].values():
             g.pop("precision", None), g.pop("flavours", None)
 
-    seg = CppSegmenter(lib, _variant(artifacts, tmp_path / "v1", to_v1))
-    seg.add_support(load_image(episode.supports[0][0]), load_mask(episode.supports[0][1]))
-    seg.segment(load_image(episode.query))
-    seg.close()
+    v1 = CppSegmenter(lib, _variant(artifacts, tmp_path / "v1", to_v1))
+    v1.add_support(load_image(episode.supports[0][0]), load_mask(episode.supports[0][1]))
+    mask, logits, res = v1.segment(load_image(episode.query))
+    v1.close()
+    expected = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
+    assert res.num_supports == 1 and abs(res.score - expected.score) <= 1e-4
+    assert np.abs(logits - expected.logits).max() <= 1e-4, np.abs(logits - expected.logits).max()
+    _same_masks(mask, expected.mask, expected.logits)
 
 
 def test_flavour_selection(lib, artifacts, tmp_path):
@@ -511,7 +516,7 @@ def test_c_api_contract_under_tsan(cpp_build, artifacts, bad_artifacts):
     assert "ThreadSanitizer" not in out
 
 
-def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
+def test_tools_and_example(cpp_build, artifacts, seg, episode, tmp_path):
     out = tmp_path / "pred.png"
     supports = [a for image, mask in episode.supports[:2] for a in ("--support", str(image), str(mask))]
     proc = subprocess.run(
@@ -529,10 +534,7 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    py = FewShotSegmenter(artifacts)
-    for image, mask in episode.supports[:2]:
-        py.add_support(image, mask)
-    expected = py.segment(episode.query).mask
+    expected = seg.segment(episode.query, seg.encode_supports(episode.supports[:2])).mask
     got = np.asarray(Image.open(out)) > 0
     assert got.shape == expected.shape
     assert (got & expected).sum() / max((got | expected).sum(), 1) >= 0.999
@@ -605,11 +607,6 @@ def test_tools_and_example(cpp_build, artifacts, episode, tmp_path):
 # Support sets across languages (docs/support-sets.md): Python's SupportSet against libfssam2's.
 
 
-def _python_set(artifacts: Path, episode, shots: int) -> tuple[FewShotSegmenter, SupportSet]:
-    py = FewShotSegmenter(artifacts)
-    return py, py.encode_supports(episode.supports[:shots])
-
-
 def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1e-4) -> None:
     """Masks identical except where the logit is within the runtimes' float tolerance of 0 (ORT versions differ)."""
     differ = a != b
@@ -617,9 +614,9 @@ def _same_masks(a: np.ndarray, b: np.ndarray, logits: np.ndarray, tol: float = 1
     assert 0.05 < a.mean() < 0.95, f"degenerate mask ({a.mean():.3f} foreground): the comparison would not see errors"
 
 
-def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode, tmp_path, record_metric):
+def test_support_set_written_by_python_loads_in_cpp(cpp_seg, seg, artifacts, episode, tmp_path, record_metric):
     """A set written by Python gives C++ the Python masks, and C++ writes it back unchanged."""
-    py, support_set = _python_set(artifacts, episode, 2)
+    py, support_set = seg, seg.encode_supports(episode.supports[:2])
     path = tmp_path / "py.fssam2"
     support_set.save(path)
     handle = cpp_seg.load_set(path)
@@ -642,10 +639,10 @@ def test_support_set_written_by_python_loads_in_cpp(cpp_seg, artifacts, episode,
     assert again.stat().st_mode & 0o777 == 0o644
 
 
-def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode, tmp_path):
+def test_support_set_written_by_cpp_loads_in_python(cpp_seg, seg, artifacts, episode, tmp_path):
     """C++ encodes and writes the spec's file: its metadata, per-support facts and tokens are Python's, and Python
     segments with it as C++ does."""
-    py, support_set = _python_set(artifacts, episode, 3)
+    py, support_set = seg, seg.encode_supports(episode.supports[:3])
     handle = cpp_seg.encode([(load_image(i), load_mask(m)) for i, m in episode.supports[:3]])
     path = tmp_path / "cpp.fssam2"
     try:
@@ -667,8 +664,8 @@ def test_support_set_written_by_cpp_loads_in_python(cpp_seg, artifacts, episode,
     _same_masks(mask, expected.mask, expected.logits)
 
 
-def test_support_set_from_other_artifacts_is_refused(cpp_seg, artifacts, episode, tmp_path):
-    _, support_set = _python_set(artifacts, episode, 1)
+def test_support_set_from_other_artifacts_is_refused(cpp_seg, seg, artifacts, episode, tmp_path):
+    support_set = seg.encode_supports(episode.supports[:1])
     memory = support_set.memory
 
     def refused(name: str, **kw) -> str:
@@ -738,7 +735,7 @@ def test_one_handle_from_python_threads(cpp_seg, artifacts, episode):
 
 
 def _provider_options(lib, artifacts: Path, options, graph: str) -> list:
-    """fssam2_provider_options parsed into runtime.ort_gpu.ort_provider_list's shape."""
+    """fssam2_provider_options parsed into runtime.backends.ort_gpu.ort_provider_list's shape."""
     needed = C.c_size_t()
     lib.fssam2_provider_options(str(artifacts).encode(), C.byref(options), graph.encode(), None, 0, C.byref(needed))
     buf = C.create_string_buffer(needed.value)
@@ -763,7 +760,7 @@ PROVIDER_OPTION_CASES = [
 
 
 def test_provider_option_cases_cover_every_ort_provider():
-    from runtime.backends import ORT_PROVIDERS
+    from runtime.backends.ort import ORT_PROVIDERS
 
     assert {case[0] for case in PROVIDER_OPTION_CASES} == set(ORT_PROVIDERS)
 
@@ -771,11 +768,11 @@ def test_provider_option_cases_cover_every_ort_provider():
 @pytest.mark.parametrize("provider,device_id,max_shots,cache,workspace", PROVIDER_OPTION_CASES)
 def test_provider_options_equal_python(lib, artifacts, provider, device_id, max_shots, cache, workspace):
     """The C options give ORT the same providers, TensorRT EP caches, workspace and memory-axis profiles as the
-    Python backend (runtime.ort_gpu / runtime.profiles), per graph; written, not run on a GPU."""
-    from runtime.backends import ORT_PROVIDERS
-    from runtime.manifest import load_manifest
-    from runtime.ort_gpu import ORT_TRT_CACHE_DIR, ort_provider_list
-    from runtime.profiles import input_profiles, memory_dim_ranges
+    Python backend (runtime.backends.ort_gpu / runtime.engine.profiles), per graph; written, not run on a GPU."""
+    from runtime.backends.ort import ORT_PROVIDERS
+    from runtime.backends.ort_gpu import ORT_TRT_CACHE_DIR, ort_provider_list
+    from runtime.engine.manifest import load_manifest
+    from runtime.engine.profiles import input_profiles, memory_dim_ranges
 
     manifest = load_manifest(artifacts, verify_files=False)
     opts = Options()

@@ -13,28 +13,25 @@ import pytest
 from graph_edits import edit_outputs, rerecord
 
 from runtime import cli as runtime_cli
-from runtime import fidelity
-from runtime.manifest import MANIFEST_NAME, load_manifest
-from runtime.synthetic import synthetic_episodes
+from runtime.engine.manifest import MANIFEST_NAME, load_manifest
+from runtime.tools import fidelity
+from runtime.tools.synthetic import synthetic_episodes
 
 SIZE = 128
 EXPORT = ["--model", "sam2.1_hiera_t", "--random-init", "--seed", "0", "--image-size", str(SIZE), "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    from calibration.export_cli import main
-
-    out = tmp_path_factory.mktemp("gate") / "fp32"
-    assert main(EXPORT + ["--out", str(out), "--no-ort-optimize"]) == 0
-    return out
+def fp32(artifacts_128):
+    """The shared 128^2 FP32 export; `_variant` edits copies of it (an edited graph's flavours are dropped)."""
+    return artifacts_128
 
 
 def _variant(
     src, dst, add: dict[str, np.ndarray | float], precision: str = "fp16", scale: dict[str, float] | None = None
 ):
     """Copy of the artifacts `src` whose mask decoder's outputs are edited by `edit_outputs`, labelled `precision`."""
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*_cache"))  # not the shared export's caches
     edit_outputs(dst / "mask_decoder.onnx", add, scale)
     rerecord(dst, "mask_decoder", precision=precision)
     manifest = json.loads((dst / MANIFEST_NAME).read_text())

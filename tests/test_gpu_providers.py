@@ -9,17 +9,18 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 import pytest
-from trt_fakes import BoundCpuBackend
+from cpu_device_backend import BoundCpuBackend
 
-from runtime import FewShotSegmenter, OrtBackend, ProviderUnavailableError, create_backend
-from runtime.backends import ORT_PROVIDERS
-from runtime.device import DeviceCopies, DeviceTensor, is_support_array
-from runtime.fidelity import recording_segmenter, run_episode
-from runtime.manifest import Episode, GraphSpec, TensorSpec, load_manifest
-from runtime.ort_gpu import ort_provider_list, tensorrt_ep_options
-from runtime.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
-from runtime.synthetic import Episode as Episode_
-from runtime.trt_backend import DeviceInfo, EngineMismatchError, check_engine_compat
+from runtime import FewShotSegmenter, ProviderUnavailableError, RuntimeOptions, create_backend
+from runtime.backends import OrtBackend
+from runtime.backends.device import DeviceCopies, DeviceTensor, is_support_array
+from runtime.backends.ort import ORT_PROVIDERS
+from runtime.backends.ort_gpu import ort_provider_list, tensorrt_ep_options
+from runtime.backends.tensorrt import DeviceInfo, EngineMismatchError, check_engine_compat
+from runtime.engine.manifest import Episode, GraphSpec, TensorSpec, load_manifest
+from runtime.engine.profiles import MEMORY_AXIS, ShotLimitError, check_memory_length, input_profiles, memory_dim_ranges
+from runtime.tools.fidelity import recording_segmenter, run_episode
+from runtime.tools.synthetic import Episode as Episode_
 
 EPISODE = Episode(20.0, -10.0, tokens_per_support=256, low_res_size=64)
 ATTENTION = GraphSpec(
@@ -121,16 +122,16 @@ def test_gpu_providers_disable_cpu_fallback_in_the_options_passed(artifacts, tmp
     backend = OrtBackend(
         provider, dims=memory_dim_ranges(manifest.episode, max_shots=2), trt_cache_dir=tmp_path, cache=False
     )
-    backend.load(artifacts / spec.file, spec)  # IO bindings are made per call, so the fake session loads
+    backend.load(artifacts / spec.file, spec, "image_encoder")  # IO bindings are per call: the fake session loads
     session = _CapturedSession.made[-1]
     assert session.options.get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
     assert "CPUExecutionProvider" not in [p if isinstance(p, str) else p[0] for p in session.providers]
     for dropped in wanted:  # each requested EP missing from the session in turn
         _CapturedSession.active = [ep for ep in wanted if ep != dropped] + ["CPUExecutionProvider"]
         with pytest.raises(ProviderUnavailableError, match=f"missing \\['{dropped}'\\]"):
-            backend.load(artifacts / spec.file, spec)
+            backend.load(artifacts / spec.file, spec, "image_encoder")
     _CapturedSession.active = ["CPUExecutionProvider"]
-    OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec)
+    OrtBackend("cpu", cache=False).load(artifacts / spec.file, spec, "image_encoder")
     with pytest.raises(RuntimeError):
         _CapturedSession.made[-1].options.get_session_config_entry("session.disable_cpu_ep_fallback")  # not set
 
@@ -142,7 +143,7 @@ def test_real_onnxruntime_refuses_cpu_nodes_with_the_gpu_options(artifacts, monk
     spec = load_manifest(artifacts).graphs["mask_decoder"]
     with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="CPU fallback is disabled"):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
-        OrtBackend("cuda", cache=False).load(artifacts / spec.file, spec)
+        OrtBackend("cuda", cache=False).load(artifacts / spec.file, spec, "mask_decoder")
 
 
 def test_engine_compat_refuses_other_tensorrt_or_gpu():
@@ -209,16 +210,16 @@ def test_device_tensor_read_racing_a_spill_gets_its_own_values():
 
 
 def test_create_backend_names_every_provider(artifacts, episode, tmp_path, capsys):
-    assert create_backend("cpu").provider == "cpu"
+    assert create_backend(RuntimeOptions("cpu")).provider == "cpu"
     with pytest.raises(ValueError, match="unknown provider"):
-        create_backend("gpu0")
+        RuntimeOptions("gpu0")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         from runtime import cli
 
         with pytest.raises(ProviderUnavailableError, match="tensorrt-native.*tensorrt"):
-            create_backend("tensorrt-native")
+            create_backend(RuntimeOptions("tensorrt-native"))
         rc = cli.main(
             [
                 "segment",
@@ -247,9 +248,7 @@ def test_ort_io_binding_path_matches_plain_cpu(artifacts, episode):
     feats = backend.graphs["image_encoder"].run({"image": np.zeros((1, 3, size, size), np.float32)})
     assert isinstance(feats["image_embed"], DeviceTensor) and isinstance(feats["high_res_feat0"], DeviceTensor)
     assert backend.graphs["image_encoder"].providers == ["CPUExecutionProvider"]  # reported as OrtGraph does
-    for seg in (plain, bound):
-        seg.add_support(*episode.supports[0])
-    a, b = plain.segment(episode.query), bound.segment(episode.query)
+    a, b = (s.segment(episode.query, s.encode_supports(episode.supports[:1])) for s in (plain, bound))
     assert isinstance(b.low_res_logits, np.ndarray)  # outputs no graph consumes come back as host arrays
     np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, atol=1e-5)
     assert b.score == pytest.approx(a.score, abs=1e-5)
@@ -271,10 +270,13 @@ def test_ort_support_sets_are_uploaded_once_and_dropped_with_the_set(artifacts, 
     del a, b
     gc.collect()
     assert len(copies) == 0  # dropped with the sets
-    seg.add_support(*episode.supports[0])
-    seg.segment(episode.query)
-    seg.add_support(*episode.supports[1])  # a new default set: the one-support set's copies go with it
-    seg.segment(episode.query)
+    one = seg.encode_supports(episode.supports[:1])
+    seg.segment(episode.query, one)
+    two = one + seg.encode_support(*episode.supports[1])  # a new set; `one`'s copies go when it does
+    seg.segment(episode.query, two)
+    assert len(copies) == 4
+    del one
+    gc.collect()
     assert len(copies) == 2
 
 
@@ -351,13 +353,13 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
     manifest = load_manifest(artifacts)
     spec = manifest.graphs["memory_attention"]
     with pytest.raises(ValueError, match="num_memory_tokens.*create_backend"):
-        create_backend("tensorrt").load(artifacts / spec.file, spec)
+        create_backend(RuntimeOptions("tensorrt")).load(artifacts / spec.file, spec, "memory_attention")
     backend = OrtBackend(
         "tensorrt", dims=memory_dim_ranges(manifest.episode, max_shots=3), trt_cache_dir=tmp_path / "cache"
     )
     with warnings.catch_warnings(), pytest.raises(ProviderUnavailableError, match="tensorrt.*CPU fallback is disabled"):
         warnings.simplefilter("ignore")  # onnxruntime warns that it lacks the provider
-        backend.load(artifacts / spec.file, spec)
+        backend.load(artifacts / spec.file, spec, "memory_attention")
     assert (tmp_path / "cache").is_dir()
 
 
@@ -378,7 +380,7 @@ def test_tensorrt_ep_load_path_without_the_ep(artifacts, tmp_path, monkeypatch):
 def test_missing_cuda_provider_says_what_to_uninstall(monkeypatch, installed, says):
     """The hint follows the installed ONNX Runtime distributions (metadata faked); it never suggests adding
     onnxruntime-gpu beside another build."""
-    import runtime.versions as versions
+    import runtime.engine.versions as versions
 
     def version(dist):
         if dist not in installed:

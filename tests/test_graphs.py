@@ -7,7 +7,7 @@ import torch
 
 from fssam2_export.graphs import padding_point
 from fssam2_export.reference import image_tensor, mask_tensor
-from runtime.manifest import GRAPH_NAMES, load_manifest
+from runtime.engine.manifest import GRAPH_NAMES, load_manifest
 
 BOUND = 1e-4  # max-abs, FP32
 

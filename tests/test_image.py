@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fssam2_export.reference import image_tensor, mask_tensor
-from runtime.image import load_image, preprocess_image, resize_bilinear, resize_mask
+from runtime.engine.image import load_image, preprocess_image, resize_bilinear, resize_mask
 
 
 @pytest.mark.parametrize(

@@ -14,24 +14,18 @@ import pytest
 from image_fakes import bomb_png, png, truncated
 from PIL import Image
 
-from runtime import FewShotSegmenter
+from runtime.apps.label import collect_inputs
 from runtime.cli import main
-from runtime.errors import InputError
-from runtime.label import collect_inputs
+from runtime.engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def seg(artifacts_128):
-    return FewShotSegmenter(artifacts_128)
-
-
-@pytest.fixture(scope="module")
-def set_files(seg, episode, tmp_path_factory):
+def set_files(seg_128, episode, tmp_path_factory):
     d = tmp_path_factory.mktemp("sets")
-    cats = seg.encode_supports(episode.supports[:2]).save(d / "cats.fssam2")
-    dogs = seg.encode_supports(episode.supports[2:4]).save(d / "dogs.fssam2")
+    cats = seg_128.encode_supports(episode.supports[:2]).save(d / "cats.fssam2")
+    dogs = seg_128.encode_supports(episode.supports[2:4]).save(d / "dogs.fssam2")
     return {"cat": cats, "dog": dogs}
 
 
@@ -80,13 +74,13 @@ def _summary(text: str) -> tuple[int, int, int]:
 
 
 def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(
-    seg, set_files, collection, tmp_path, capsys
+    seg_128, set_files, collection, tmp_path, capsys
 ):
     root, good, bad = collection
     out = tmp_path / "out"
     args = [
         "--artifacts",
-        str(seg.artifacts_dir),
+        str(seg_128.artifacts_dir),
         "--class",
         f"cat={set_files['cat']}",
         "--class",
@@ -110,7 +104,7 @@ def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(
     seen_labels = set()
     for rel, rgb in good.items():
         r = records[rel]
-        expected = seg.segment(rgb, sets)
+        expected = seg_128.segment(rgb, sets)
         with Image.open(out / r["mask"]) as im:
             assert im.mode == "P"
             labels = np.asarray(im)
@@ -133,13 +127,13 @@ def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(
     assert pq.read_table(out / "results.parquet").to_pylist() == list(records.values())
 
 
-def test_one_class_mask_and_pixel_limit(seg, set_files, collection, tmp_path, capsys):
+def test_one_class_mask_and_pixel_limit(seg_128, set_files, collection, tmp_path, capsys):
     root, good, _ = collection
     out = tmp_path / "out"
     rc, text = _label(
         [
             "--artifacts",
-            str(seg.artifacts_dir),
+            str(seg_128.artifacts_dir),
             "--class",
             f"cat={set_files['cat']}",
             "--images",
@@ -158,11 +152,11 @@ def test_one_class_mask_and_pixel_limit(seg, set_files, collection, tmp_path, ca
 
     cats = SupportSet.load(set_files["cat"])
     mask = np.asarray(Image.open(out / "masks" / "n0.png"))
-    np.testing.assert_array_equal(mask, seg.segment(good["noise/n0.png"], cats).mask.astype(np.uint8) * 255)
+    np.testing.assert_array_equal(mask, seg_128.segment(good["noise/n0.png"], cats).mask.astype(np.uint8) * 255)
     assert 0 < (mask > 0).mean() < 1
 
 
-def test_resume_after_a_killed_job(seg, set_files, collection, tmp_path, capsys):
+def test_resume_after_a_killed_job(seg_128, set_files, collection, tmp_path, capsys):
     """A job killed (SIGKILL) mid-way: the table lists only images whose mask exists; the re-run skips those
     (their files untouched) and does the rest; the result equals an uninterrupted run."""
     root, good, _ = collection
@@ -176,7 +170,7 @@ def test_resume_after_a_killed_job(seg, set_files, collection, tmp_path, capsys)
     out = tmp_path / "out"
     args = [
         "--artifacts",
-        str(seg.artifacts_dir),
+        str(seg_128.artifacts_dir),
         "--class",
         f"cat={set_files['cat']}",
         "--images",
@@ -217,19 +211,19 @@ def test_resume_after_a_killed_job(seg, set_files, collection, tmp_path, capsys)
 
     cats = SupportSet.load(set_files["cat"])
     for rel, rgb in good.items():
-        expected = seg.segment(rgb, cats).mask.astype(np.uint8) * 255
+        expected = seg_128.segment(rgb, cats).mask.astype(np.uint8) * 255
         for p in ("a", "b"):
             np.testing.assert_array_equal(
                 np.asarray(Image.open(out / "masks" / p / Path(rel).with_suffix(".png"))), expected
             )
 
 
-def test_rerun_redoes_what_is_incomplete_and_refuses_another_job(seg, set_files, collection, tmp_path, capsys):
+def test_rerun_redoes_what_is_incomplete_and_refuses_another_job(seg_128, set_files, collection, tmp_path, capsys):
     root, good, _ = collection
     out = tmp_path / "out"
     args = [
         "--artifacts",
-        str(seg.artifacts_dir),
+        str(seg_128.artifacts_dir),
         "--class",
         f"cat={set_files['cat']}",
         "--images",

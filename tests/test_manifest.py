@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from runtime import FewShotSegmenter, ManifestError, load_manifest
-from runtime.manifest import file_sha256
+from runtime.engine.manifest import file_sha256
 
 
 @pytest.fixture
@@ -43,8 +43,7 @@ def test_schema_1_manifest_still_loads_and_runs(copied, episode):
     _edit(copied, to_v1)
     seg = FewShotSegmenter(copied)
     assert seg.manifest.schema_version == 1 and seg.manifest.graphs["image_encoder"].precision == "fp32"
-    seg.add_support(*episode.supports[0])
-    assert seg.segment(episode.query).mask.any()
+    assert seg.segment(episode.query, seg.encode_supports(episode.supports[:1])).mask.any()
 
 
 def test_flavour_is_picked_per_provider(copied):
@@ -70,11 +69,14 @@ def test_flavour_is_picked_per_provider(copied):
     class Recording:
         name, provider = "recording", "cpu"
 
-        def load(self, path, spec):
-            from runtime import OrtBackend
+        def precision_for(self, graph, spec):
+            return spec.precision
+
+        def load(self, path, spec, graph):
+            from runtime.backends import OrtBackend
 
             loaded.append(path.name)
-            return OrtBackend("cpu").load(path, spec)
+            return OrtBackend("cpu").load(path, spec, graph)
 
     FewShotSegmenter(copied, backend=Recording())
     assert "mask_decoder.cpu.onnx" in loaded and "mask_decoder.onnx" not in loaded

@@ -17,11 +17,12 @@ pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO run
 
 from graph_edits import rerecord  # noqa: E402
 
-from runtime import FewShotSegmenter, ProviderUnavailableError, create_backend, load_manifest, ov_backend  # noqa: E402
+from runtime import FewShotSegmenter, ProviderUnavailableError, RuntimeOptions, create_backend, load_manifest  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
-from runtime.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
-from runtime.ov_backend import OpenVinoBackend  # noqa: E402
-from runtime.synthetic import synthetic_episodes  # noqa: E402
+from runtime.backends import openvino_tuning  # noqa: E402
+from runtime.backends.openvino import OpenVinoBackend  # noqa: E402
+from runtime.tools.fidelity import GateThresholds, iou, pearson, run_episode  # noqa: E402
+from runtime.tools.synthetic import synthetic_episodes  # noqa: E402
 
 GRAPH = "memory_encoder"  # small and quick to compile
 
@@ -69,8 +70,11 @@ def test_bf16_is_within_the_bf16_gate(needs_bf16, results):
 
 
 def _load(art, backend, spec=None):
-    spec = spec or load_manifest(art, verify_files=False).graphs[GRAPH]
-    return backend.load(art / spec.file, spec), spec
+    """`backend.load` of `spec` (default GRAPH's) in `art`, told the graph's name as the segmenter would."""
+    graphs = load_manifest(art, verify_files=False).graphs
+    spec = spec or graphs[GRAPH]
+    graph = next(name for name, g in graphs.items() if g.file == spec.file)
+    return backend.load(art / spec.file, spec, graph), spec
 
 
 def _feeds(spec):
@@ -94,7 +98,7 @@ def test_cache_builds_then_hits_and_rebuilds_on_a_changed_key(tmp_path, art, mon
     newer.version = "9999.0"  # an OpenVINO upgrade
     assert _load(art, newer)[0].cache == "built"
     with monkeypatch.context() as patch:
-        patch.setitem(ov_backend.TUNING, (GRAPH, "fp32"), ov_backend.Tuning({"SNIPPETS_MODE": "DISABLE"}))
+        patch.setitem(openvino_tuning.TUNING, (GRAPH, "fp32"), openvino_tuning.Tuning({"SNIPPETS_MODE": "DISABLE"}))
         assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache))[0].cache == "built"  # another tuning
     blobs = sorted(cache.glob("*.blob"))
     assert len(blobs) == 4, [b.name for b in blobs]
@@ -141,15 +145,19 @@ def test_tuning_applies_per_graph_and_is_in_the_cache_key(needs_bf16, results, a
     spec = load_manifest(art, verify_files=False).graphs["memory_attention"]
     cache = tmp_path / "cache"
     assert _load(art, OpenVinoBackend(precision="fp32", cache_dir=cache), spec)[0].cache == "built"
-    monkeypatch.setattr("runtime.ov_backend.TUNING", {})  # below: another precision, then another tuning, rebuild
+    monkeypatch.setattr(
+        "runtime.backends.openvino_tuning.TUNING", {}
+    )  # below: another precision, then another tuning, rebuild
     assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0].cache == "built"
     monkeypatch.undo()
     rebuilt = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
     assert rebuilt.cache == "built" and "Subgraph" not in _layer_types(rebuilt)
     hit = _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0]
     assert hit.cache == "hit" and "Subgraph" not in _layer_types(hit)
-    tuning = ov_backend.TUNING[("memory_attention", "bf16")]
-    monkeypatch.setitem(ov_backend.TUNING, ("memory_attention", "bf16"), dataclasses.replace(tuning, query_block=64))
+    tuning = openvino_tuning.TUNING[("memory_attention", "bf16")]
+    monkeypatch.setitem(
+        openvino_tuning.TUNING, ("memory_attention", "bf16"), dataclasses.replace(tuning, query_block=64)
+    )
     assert _load(art, OpenVinoBackend(precision="bf16", cache_dir=cache), spec)[0].cache == "built"  # another block
 
 
@@ -175,7 +183,7 @@ def _blocked_against_whole(attention, art, tmp_path, block: int) -> tuple[int, f
     model = backend.read_model(art / spec.file, [], tmp_path)
     whole = backend.compile_model(model.clone(), "fp32").create_infer_request()
     blocked_model = model.clone()
-    blocked = ov_backend.block_attention(blocked_model, block)
+    blocked = openvino_tuning.block_attention(blocked_model, block)
     request = backend.compile_model(blocked_model, "fp32").create_infer_request()
     diffs = []
     for k in (1, 3):
@@ -208,24 +216,26 @@ def test_block_attention_leaves_islands_and_short_queries_whole(attention, art, 
     stays whole, as does every attention when a block holds all 256 query tokens."""
     backend, spec, _ = attention
     model = backend.read_model(art / spec.file, [], tmp_path)
-    assert ov_backend.block_attention(model.clone(), 256) == 0
+    assert openvino_tuning.block_attention(model.clone(), 256) == 0
     softmax = next(
         op.get_friendly_name()
         for op in model.get_ordered_ops()
         if op.get_type_name() == "Softmax" and "cross_attn" in op.get_friendly_name()
     )
     island = backend.read_model(art / spec.file, [softmax], tmp_path)
-    assert ov_backend.block_attention(island, 96) == 3
+    assert openvino_tuning.block_attention(island, 96) == 3
 
 
 def test_loaded_memory_attention_runs_its_blocks_at_every_k(needs_bf16, attention, art, monkeypatch):
     """BF16 memory attention loaded with a query block of 64 runs the blocked ops (named `.../block<i>` in the
     runtime model) on one compiled model for K = 1 and 3, close to FP32 (BF16 drift only)."""
     backend, spec, with_memory = attention
-    tuning = ov_backend.TUNING[("memory_attention", "bf16")]
-    monkeypatch.setitem(ov_backend.TUNING, ("memory_attention", "bf16"), dataclasses.replace(tuning, query_block=64))
+    tuning = openvino_tuning.TUNING[("memory_attention", "bf16")]
+    monkeypatch.setitem(
+        openvino_tuning.TUNING, ("memory_attention", "bf16"), dataclasses.replace(tuning, query_block=64)
+    )
     graph = _load(art, OpenVinoBackend(precision="bf16", cache=False), spec)[0]
-    ran = ov_backend.runtime_precisions(graph.compiled)
+    ran = openvino_tuning.runtime_precisions(graph.compiled)
     assert sum(name.endswith("/block3") for name in ran) == 4 and "bf16" in ran.values()
     fp32 = _load(art, backend, spec)[0]
     for k in (1, 3):
@@ -268,7 +278,7 @@ def test_int8_weights_in_7_bits_halve_symmetric_weights_only(tmp_path):
     path = tmp_path / "qdq.onnx"
     w = _qdq_matmul(path)
     model = OpenVinoBackend(precision="fp32", cache=False).read_model(path, [], tmp_path)
-    assert ov_backend.int8_weights_in_7_bits(model) == 1
+    assert openvino_tuning.int8_weights_in_7_bits(model) == 1
     int8 = [
         op.get_data()
         for op in model.get_ordered_ops()
@@ -292,40 +302,40 @@ def test_int8_on_a_saturating_cpu_runs_7_bit_weights(tmp_path):
     for seven in (False, True):
         workdir = tmp_path / str(seven)
         workdir.mkdir()
-        model = backend.read_model(path, [], workdir, ov_backend.Tuning(int8_weights_7bit=seven))  # as `load` does
+        model = backend.read_model(path, [], workdir, openvino_tuning.Tuning(int8_weights_7bit=seven))  # as `load` does
         compiled = backend.compile_model(model, "fp32")
-        assert "i8" in ov_backend.runtime_precisions(compiled).values(), "OpenVINO did not run INT8"
+        assert "i8" in openvino_tuning.runtime_precisions(compiled).values(), "OpenVINO did not run INT8"
         weights = np.clip(np.round(w / 2), -64, 63) * np.float32(0.02) if seven else w * np.float32(0.01)
         exact = xq @ weights + 0.5 * (5 - 3)
         got = compiled.create_infer_request().infer({"x": x})["y"]
         errors[seven] = float(np.abs(got - exact).max() / np.abs(exact).max())
     assert errors[True] < 1e-5, errors
-    assert (errors[False] > 0.1) if ov_backend.int8_saturates() else (errors[False] < 1e-5), errors
+    assert (errors[False] > 0.1) if openvino_tuning.int8_saturates() else (errors[False] < 1e-5), errors
 
 
 def test_a_loaded_int8_graph_says_int8_and_its_float_precision(tmp_path):
     """`graph.precision` of an INT8 (QDQ) graph is "int8+fp32", read back from what ran (its i8 ops), whatever the
     manifest declares; an FP32 graph's is "fp32" (test_fp32_matches_the_cpu_runtime)."""
-    from runtime.manifest import GraphSpec, TensorSpec
+    from runtime.engine.manifest import GraphSpec, TensorSpec
 
     path = tmp_path / "mask_decoder.onnx"
     _qdq_matmul(path)
     io = [TensorSpec("x", [1, 16, 256], "float32")], [TensorSpec("y", [1, 16, 64], "float32")]
     spec = GraphSpec(path.name, "0" * 64, *io, precision="int8")
     backend = OpenVinoBackend(precision="fp32", cache=False)
-    assert backend.load(path, spec).precision == "int8+fp32"
-    assert backend.load(path, dataclasses.replace(spec, precision="fp32")).precision == "int8+fp32"
+    assert backend.load(path, spec, "mask_decoder").precision == "int8+fp32"
+    assert backend.load(path, dataclasses.replace(spec, precision="fp32"), "mask_decoder").precision == "int8+fp32"
 
 
 def test_int8_graphs_get_7_bit_weights_only_where_int8_saturates(art, monkeypatch):
     spec = load_manifest(art, verify_files=False).graphs["mask_decoder"]
     int8 = dataclasses.replace(spec, precision="int8")
     for saturates in (True, False):
-        monkeypatch.setattr(ov_backend, "int8_saturates", lambda saturates=saturates: saturates)
+        monkeypatch.setattr(openvino_tuning, "int8_saturates", lambda saturates=saturates: saturates)
         backend = OpenVinoBackend(precision="fp32", cache=False)
         assert backend.tuning_for("mask_decoder", "fp32", int8).int8_weights_7bit == saturates
         assert not backend.tuning_for("mask_decoder", "fp32", spec).int8_weights_7bit
-    assert ov_backend.Tuning(int8_weights_7bit=True).key() != ov_backend.Tuning().key()  # blobs do not mix
+    assert openvino_tuning.Tuning(int8_weights_7bit=True).key() != openvino_tuning.Tuning().key()  # blobs do not mix
 
 
 def test_an_int8_exports_mask_decoder_compiles_fp32_unless_a_precision_is_given(art):
@@ -369,12 +379,12 @@ import gc, sys
 from pathlib import Path
 import numpy as np
 from runtime import load_manifest
-from runtime.ov_backend import OpenVinoBackend
+from runtime.backends.openvino import OpenVinoBackend
 art, cache, graph = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 spec = load_manifest(art, verify_files=False).graphs[graph]
 feeds = {t.name: np.random.default_rng(0).standard_normal(t.shape).astype(t.dtype) for t in spec.inputs}
-built = OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec)
-hits = [OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec) for _ in range(2)]
+built = OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec, graph)
+hits = [OpenVinoBackend(precision="fp32", cache_dir=cache).load(art / spec.file, spec, graph) for _ in range(2)]
 del hits[0]  # one graph released while another still runs from its own map
 gc.collect()
 junk = [np.full(1 << 20, 7, np.uint8) for _ in range(64)]  # reuse freed memory
@@ -401,7 +411,7 @@ def test_a_cache_hit_runs_from_its_mapped_blob_and_exits_cleanly(tmp_path, art):
 def test_missing_openvino_is_a_clear_error(monkeypatch, art, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(ProviderUnavailableError, match=r"pip install 'fssam2\[openvino\]'"):
-        create_backend("openvino")
+        create_backend(RuntimeOptions("openvino"))
     rc = runtime_cli.main(
         ["check", "--artifacts", str(art), "--reference", str(art), "--provider", "openvino", "--episodes", "1"]
     )
@@ -418,7 +428,7 @@ def test_without_bf16_the_provider_runs_and_reports_fp32(no_bf16, art):
     with pytest.raises(ProviderUnavailableError, match="not available"):
         OpenVinoBackend(device="NPU-that-is-not-there")
     with pytest.raises(ValueError, match="precisions apply to the openvino provider only"):
-        create_backend("cpu", precisions={"*": "bf16"})
+        create_backend(RuntimeOptions("cpu", precision={"*": "bf16"}))
 
 
 def test_bench_says_which_precision_each_graph_ran_in(no_bf16, art, tmp_path, capsys):
@@ -478,7 +488,7 @@ def test_one_openvino_segmenter_from_many_threads(results, episode):
     """Concurrent calls on one OpenVINO segmenter are bit-identical to serial calls. Checked in FP32: in BF16 OpenVINO
     is not bit-reproducible even serially (its kernels for a dynamic shape change over the first calls; logits move by
     ~5e-3), and random-init sets differ too little for a tolerance to see a mix-up."""
-    from trt_fakes import assert_threads_match_serial
+    from thread_checks import assert_threads_match_serial
 
     seg = results[0]["fp32"]
     one, two = seg.encode_supports(episode.supports[:1]), seg.encode_supports(episode.supports[1:3])

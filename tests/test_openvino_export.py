@@ -15,10 +15,11 @@ pytestmark = pytest.mark.usefixtures("openvino_bf16")  # BF16 where OpenVINO run
 
 from calibration import pipeline  # noqa: E402
 from calibration.export_cli import main as export_main  # noqa: E402
-from runtime import FewShotSegmenter, ManifestError, create_backend, load_manifest  # noqa: E402
-from runtime.fidelity import GateThresholds  # noqa: E402
-from runtime.manifest import Flavour, file_sha256  # noqa: E402
-from runtime.ov_backend import OpenVinoBackend, openvino_flavour, runtime_precisions  # noqa: E402
+from runtime import FewShotSegmenter, ManifestError, load_manifest  # noqa: E402
+from runtime.backends.openvino import OpenVinoBackend, openvino_flavour  # noqa: E402
+from runtime.backends.openvino_tuning import runtime_precisions  # noqa: E402
+from runtime.engine.manifest import Flavour, file_sha256  # noqa: E402
+from runtime.tools.fidelity import GateThresholds  # noqa: E402
 
 KEPT_FP32 = "memory_encoder"  # --module-precision memory_encoder=fp32
 # a Deconvolution with its bias fused in OpenVINO's CPU plugin
@@ -67,7 +68,7 @@ def test_bf16_export_keeps_fp32_graphs_and_adds_gated_openvino_flavours(bf16, ar
 
 
 def test_default_precision_follows_the_flavour(bf16):
-    seg = FewShotSegmenter(bf16, backend=create_backend("openvino"))
+    seg = FewShotSegmenter(bf16, provider="openvino")
     assert {n: g.precision for n, g in seg.graphs.items()} == {
         n: "fp32" if n == KEPT_FP32 else "bf16" for n in seg.graphs
     }
@@ -93,22 +94,24 @@ def test_an_island_runs_fp32_in_bf16_graph_and_changes_the_cache_key(needs_bf16,
     backend = OpenVinoBackend(precision="bf16", cache_dir=tmp_path / "cache")
     path, plain = _with_islands(artifacts_128, tmp_path, [])
     _, marked = _with_islands(artifacts_128, tmp_path, [ISLAND])
-    without = backend.load(path, plain)
+    without = backend.load(path, plain, "mask_decoder")
     assert runtime_precisions(without.compiled)[ISLAND] == "bf16", "positive control: the node runs bf16 unmarked"
-    island = backend.load(path, marked)
+    island = backend.load(path, marked, "mask_decoder")
     assert island.cache == "built", "islands change the cache key"
     assert runtime_precisions(island.compiled)[ISLAND] == "f32" and island.fp32_nodes == [ISLAND]
     assert island.precision == "bf16"
-    assert backend.load(path, marked).cache == "hit"
-    monkeypatch.setattr("runtime.ov_backend.ISLANDS_VERSION", 0)
-    assert backend.load(path, marked).cache == "built", "a blob marked the old way is rebuilt"
-    assert backend.load(path, plain).cache == "hit", "graphs without islands keep their blobs"
+    assert backend.load(path, marked, "mask_decoder").cache == "hit"
+    monkeypatch.setattr("runtime.backends.openvino_tuning.ISLANDS_VERSION", 0)
+    assert backend.load(path, marked, "mask_decoder").cache == "built", "a blob marked the old way is rebuilt"
+    assert backend.load(path, plain, "mask_decoder").cache == "hit", "graphs without islands keep their blobs"
     monkeypatch.undo()
-    assert OpenVinoBackend(precision="fp32", cache=False).load(path, marked).fp32_nodes == [], "no islands in FP32"
+    assert OpenVinoBackend(precision="fp32", cache=False).load(path, marked, "mask_decoder").fp32_nodes == [], (
+        "no islands in FP32"
+    )
 
     _, unknown = _with_islands(artifacts_128, tmp_path, [ISLAND, "/no/such/node"])
     with pytest.raises(ManifestError, match="/no/such/node"):
-        OpenVinoBackend(precision="bf16", cache=False).load(path, unknown)
+        OpenVinoBackend(precision="bf16", cache=False).load(path, unknown, "mask_decoder")
 
 
 def test_an_island_on_a_gemm_runs_its_fullyconnected_fp32(needs_bf16, artifacts_128, tmp_path):
@@ -146,7 +149,7 @@ def test_tightened_gate_adds_islands_then_fails_naming_graph_and_node(
     after ISLAND_ROUNDS or when an island did not help (`dropped`: a Gemm's mark lost in OpenVINO's bias fusion, as
     without `_unfusable`), and the gate fails with the diagnosis and the islands in the report."""
     if dropped:
-        monkeypatch.setattr("runtime.ov_backend._unfusable", lambda model, marked: set())
+        monkeypatch.setattr("runtime.backends.openvino_tuning._unfusable", lambda model, marked: set())
     tight = dataclasses.replace(GateThresholds.for_precision("bf16"), logits_pearson=0.999999)
     with pytest.raises(pipeline.GateError, match=r"first diverging node .* pearson [\d.]+\); FP32 islands") as err:
         pipeline.convert_artifacts(

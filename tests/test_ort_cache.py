@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime import OrtBackend, load_manifest
-from runtime.ort_cache import CACHE_DIRNAME
+from runtime import load_manifest
+from runtime.backends import OrtBackend
+from runtime.backends.cache import CACHE_DIRNAME
 
 GRAPH = "memory_encoder"  # small and quick to optimise
 
@@ -29,7 +30,7 @@ def _feeds(spec):
 
 def _load(art, **kw):
     spec = load_manifest(art, verify_files=False).graphs[GRAPH]
-    return OrtBackend("cpu", **kw).load(art / spec.file, spec), spec
+    return OrtBackend("cpu", **kw).load(art / spec.file, spec, GRAPH), spec
 
 
 def test_first_load_builds_then_hits_with_identical_outputs(art):
@@ -71,7 +72,7 @@ def test_changed_source_graph_gets_its_own_entry(art):
     _load(art)
     spec = load_manifest(art, verify_files=False).graphs[GRAPH]
     changed = type(spec)(**{**spec.__dict__, "sha256": "0" * 64})  # same file name, other contents
-    graph = OrtBackend("cpu").load(art / spec.file, changed)
+    graph = OrtBackend("cpu").load(art / spec.file, changed, GRAPH)
     assert graph.cache == "built"
     assert len(list((art / CACHE_DIRNAME).glob("*.onnx"))) == 2
 

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fssam2_export.onnx_passes import check_tensorrt_compat
 from fssam2_export.ort_fusion import FusionError, check_parity, fuse_attention
-from runtime.manifest import load_manifest
+from runtime.engine.manifest import load_manifest
 
 H, D, DV, SQ = 2, 8, 4, 6
 

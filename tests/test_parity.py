@@ -19,10 +19,7 @@ def segmenter(artifacts):
 
 @pytest.mark.parametrize("k", [1, 5])
 def test_runtime_matches_reference_episode(segmenter, tiny_model, episode, record_metric, k):
-    segmenter.reset()
-    for image, mask in episode.supports[:k]:
-        segmenter.add_support(image, mask)
-    got = segmenter.segment(episode.query)
+    got = segmenter.segment(episode.query, segmenter.encode_supports(episode.supports[:k]))
     ref = reference_episode(tiny_model.model, episode.supports[:k], episode.query)
     assert got.mask.shape == ref.mask.shape == got.logits.shape
     iou, err = _iou(got.mask, ref.mask), float(np.abs(got.logits - ref.logits).max())
@@ -35,12 +32,10 @@ def test_runtime_matches_reference_episode(segmenter, tiny_model, episode, recor
 
 
 def test_supports_are_encoded_once_and_reused(segmenter, episode):
-    segmenter.reset()
     segmenter.clear_timings()
-    for image, mask in episode.supports[:3]:
-        segmenter.add_support(image, mask)
-    first = segmenter.segment(episode.query)
-    second = segmenter.segment(episode.query)
+    supports = segmenter.encode_supports(episode.supports[:3])
+    first = segmenter.segment(episode.query, supports)
+    second = segmenter.segment(episode.query, supports)
     t = segmenter.timings()
     assert t["memory_encoder"].calls == 3  # not re-run per query
     assert t["image_encoder"].calls == 3 + 2
@@ -49,15 +44,10 @@ def test_supports_are_encoded_once_and_reused(segmenter, episode):
 
 
 def test_more_supports_change_the_prediction(segmenter, episode):
-    segmenter.reset()
-    segmenter.add_support(*episode.supports[0])
-    one = segmenter.segment(episode.query).logits
-    segmenter.add_support(*episode.supports[1])
-    two = segmenter.segment(episode.query).logits
-    assert segmenter.num_supports == 2
-    assert not np.allclose(one, two)
-    segmenter.reset()
-    assert segmenter.num_supports == 0
+    one = segmenter.encode_supports(episode.supports[:1])
+    two = one + segmenter.encode_support(*episode.supports[1])
+    assert (one.shots, two.shots) == (1, 2)  # a new set: the one handed out is unchanged
+    assert not np.allclose(segmenter.segment(episode.query, one).logits, segmenter.segment(episode.query, two).logits)
 
 
 def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episode, tmp_path):
@@ -73,8 +63,7 @@ def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episod
     m = seg.manifest
     assert not m.model.random_init and m.model.seed is None and m.model.checkpoint_sha256
     assert m.preprocess.image_size == 128 and m.episode.tokens_per_support == 64
-    seg.add_support(*episode.supports[0])
-    got = seg.segment(episode.query)
+    got = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
     ref = reference_episode(
         build_model("sam2.1_hiera_t", checkpoint=ckpt, image_size=128).model, episode.supports[:1], episode.query
     )
@@ -82,29 +71,33 @@ def test_official_checkpoint_feeds_export_and_reference_alike(tiny_model, episod
 
 
 def test_injected_backend_is_used(artifacts, episode):
-    from runtime import OrtBackend
+    """An injected backend loads each graph told its name, and its graphs run the episode."""
+    from runtime import DelegatingGraph
+    from runtime.backends import OrtBackend
 
     class Recording:
         name, provider = "recording", "cpu"
 
         def __init__(self):
-            self.inner, self.loaded, self.runs = OrtBackend("cpu"), [], []
+            self.inner, self.loaded, self.runs = OrtBackend("cpu"), {}, []
 
-        def load(self, path, spec):
-            graph = self.inner.load(path, spec)
-            self.loaded.append(path.name)
+        def precision_for(self, graph, spec):
+            return self.inner.precision_for(graph, spec)
+
+        def load(self, path, spec, graph):
+            self.loaded[graph] = path.name
             runs = self.runs
 
-            class G:
+            class Counted(DelegatingGraph):
                 def run(self, feeds):
-                    runs.append(path.name.split(".")[0])
-                    return graph.run(feeds)
+                    runs.append(graph)
+                    return self.inner.run(feeds)
 
-            return G()
+            return Counted(self.inner.load(path, spec, graph))
 
     backend = Recording()
     seg = FewShotSegmenter(artifacts, backend=backend)
-    seg.add_support(*episode.supports[0])
-    seg.segment(episode.query)
-    assert sorted(backend.loaded) == sorted(g.artifact_for("cpu").file for g in seg.manifest.graphs.values())
+    seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
+    assert backend.loaded == {n: g.artifact_for("cpu").file for n, g in seg.manifest.graphs.items()}
+    assert {n: g.providers for n, g in seg.graphs.items()} == dict.fromkeys(backend.loaded, ["CPUExecutionProvider"])
     assert backend.runs == ["image_encoder", "memory_encoder", "image_encoder", "memory_attention", "mask_decoder"]

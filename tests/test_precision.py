@@ -46,8 +46,9 @@ def _export(tmp_path_factory, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    return _export(tmp_path_factory, "fp32")
+def fp32(artifacts_128):
+    """The FP32 reference: the shared 128^2 export (what ARGS give without --precision)."""
+    return artifacts_128
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +180,9 @@ def test_capture_collects_the_minmax_ranges_of_its_calls(fp32):
     feeds, for the first `max_calls` calls of each graph only; the graph outputs are the plain graph's."""
     from calibration.capture import _Reader
     from calibration.ranges import RangeBackend
-    from runtime.backends import OrtBackend
-    from runtime.fidelity import recording_segmenter, run_episode
-    from runtime.synthetic import synthetic_episodes
+    from runtime.backends.ort import OrtBackend
+    from runtime.tools.fidelity import recording_segmenter, run_episode
+    from runtime.tools.synthetic import synthetic_episodes
 
     manifest = load_manifest(fp32)
     plain_seg, plain_rec = recording_segmenter(fp32, OrtBackend("cpu"))
@@ -221,8 +222,7 @@ def test_fp16_export_keeps_blocked_ops_fp32(fp16, episode):
         assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights), name
     _assert_gate_passed_on_real_masks(fp16, ["standard"])  # ORT CPU has no FP16 fused attention: no .mha flavours
     seg = FewShotSegmenter(fp16)
-    seg.add_support(*episode.supports[0])
-    result = seg.segment(episode.query)
+    result = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
     assert result.mask.shape == result.logits.shape and np.isfinite(result.logits).all()
 
 
@@ -255,9 +255,7 @@ def test_int8_export_is_tensorrt_qdq_with_a_cpu_flavour(int8, episode):
     assert len(fused) == cpu_attention.meta["fused_attentions"] == 8
     _assert_gate_passed_on_real_masks(int8, ["standard", "cpu"])
     seg = FewShotSegmenter(int8)
-    for s in episode.supports[:2]:
-        seg.add_support(*s)
-    assert seg.segment(episode.query).mask.any()
+    assert seg.segment(episode.query, seg.encode_supports(episode.supports[:2])).mask.any()
 
 
 def _cpu_flavour_weights(tmp_path) -> np.ndarray:

@@ -16,9 +16,9 @@ require("fastapi", "the service needs FastAPI (pip install 'fssam2[serve]')", "F
 from ray import serve  # noqa: E402
 
 from bench import load_test  # noqa: E402
-from runtime import FewShotSegmenter  # noqa: E402
-from runtime.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
-from runtime.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
+from runtime import RuntimeOptions  # noqa: E402
+from runtime.apps.label import Labeler, LabelJob, collect_inputs, run_local  # noqa: E402
+from runtime.apps.label_ray import RayOptions, actor_resources, run_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def seg(artifacts_128):
-    return FewShotSegmenter(artifacts_128)
-
-
-@pytest.fixture(scope="module")
-def sets(seg, episode):
-    return {"cat": seg.encode_supports(episode.supports[:2]), "dog": seg.encode_supports(episode.supports[2:4])}
+def sets(seg_128, episode):
+    return {"cat": seg_128.encode_supports(episode.supports[:2]), "dog": seg_128.encode_supports(episode.supports[2:4])}
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +60,12 @@ def _masks(out: Path) -> dict[str, np.ndarray]:
     return {p.relative_to(out).as_posix(): np.asarray(Image.open(p)) for p in sorted(out.glob("masks/*.png"))}
 
 
-def test_ray_data_label_job_equals_one_machine_and_resumes(cluster, seg, sets, photos, tmp_path):
+def test_ray_data_label_job_equals_one_machine_and_resumes(cluster, seg_128, sets, photos, tmp_path):
     items = collect_inputs(str(photos))
     local_job, ray_job = LabelJob(tmp_path / "local", tuple(sets)), LabelJob(tmp_path / "ray", tuple(sets))
-    local = run_local(Labeler(seg, sets, local_job), items, progress=False)
+    local = run_local(Labeler(seg_128, sets, local_job), items, progress=False)
     options = RayOptions(workers=2, threads_per_worker=1)
-    remote = run_ray(seg.artifacts_dir, sets, ray_job, items, options, progress=False)
+    remote = run_ray(seg_128.artifacts_dir, sets, ray_job, items, options, progress=False)
     assert (local.done, local.failed, remote.done, remote.failed) == (5, 2, 5, 2)
     assert _table(local_job.out) == _table(ray_job.out)
     a, b = _masks(local_job.out), _masks(ray_job.out)
@@ -88,7 +83,7 @@ def test_ray_data_label_job_equals_one_machine_and_resumes(cluster, seg, sets, p
     journal.write_text("\n".join(lines[:-2]) + "\n")
     (ray_job.out / ok[0]["mask"]).unlink()
     kept = {r["key"]: (ray_job.out / r["mask"]).stat().st_mtime_ns for r in ok[1:]}
-    again = run_ray(seg.artifacts_dir, sets, ray_job, items, options, progress=False)
+    again = run_ray(seg_128.artifacts_dir, sets, ray_job, items, options, progress=False)
     assert again.skipped == len(kept) and again.done + again.failed + again.skipped == len(items)
     assert all((ray_job.out / "masks" / Path(k).with_suffix(".png")).stat().st_mtime_ns == t for k, t in kept.items())
     assert _table(ray_job.out) == _table(local_job.out)
@@ -100,10 +95,10 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
     import httpx
     from fastapi.testclient import TestClient
 
-    from runtime.serve import ServeConfig, Service, create_app
-    from runtime.serve_ray import RayServeOptions, start
+    from runtime.apps.serve import ServeConfig, Service, create_app
+    from runtime.apps.serve_ray import RayServeOptions, start
 
-    config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), threads=1)
+    config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), RuntimeOptions(threads=1))
     port = load_test.free_port()
     start(config, RayServeOptions(port=port, replicas=2))
     url = f"http://127.0.0.1:{port}"
@@ -130,8 +125,8 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
 
 def test_resource_options_reach_ray():
     """GPUs per worker / replica and autoscaling as Ray is given them (GPU runs: written, not run on a GPU)."""
-    from runtime.serve import ServeConfig
-    from runtime.serve_ray import RayServeOptions, Replica, deployment_options
+    from runtime.apps.serve import ServeConfig
+    from runtime.apps.serve_ray import RayServeOptions, Replica, deployment_options
 
     assert actor_resources(RayOptions(threads_per_worker=4, gpus_per_worker=1)) == {"num_cpus": 4, "num_gpus": 1}
     assert actor_resources(RayOptions()) == {"num_cpus": 1}

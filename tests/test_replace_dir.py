@@ -1,8 +1,8 @@
-"""runtime.outputs.replace_dir / recover_dir: a whole copy survives a crash at any step."""
+"""runtime.engine.files.replace_dir / recover_dir: a whole copy survives a crash at any step."""
 
 import pytest
 
-from runtime.outputs import recover_dir, replace_dir
+from runtime.engine.files import recover_dir, replace_dir
 
 
 def _dir(path, text):

@@ -28,8 +28,8 @@ def test_segment_in_fresh_interpreter_without_torch(artifacts, episode):
         sys.modules["torch"] = None  # any 'import torch' now raises ImportError
         from runtime import FewShotSegmenter
         seg = FewShotSegmenter({str(artifacts)!r})
-        seg.add_support({str(episode.supports[0][0])!r}, {str(episode.supports[0][1])!r})
-        r = seg.segment({str(episode.query)!r})
+        cats = seg.encode_supports([({str(episode.supports[0][0])!r}, {str(episode.supports[0][1])!r})])
+        r = seg.segment({str(episode.query)!r}, cats)
         loaded = [m for m in sys.modules if m.split(".")[0] in {sorted(FORBIDDEN)!r} and sys.modules[m] is not None]
         assert not loaded, loaded
         print("ok", r.mask.shape)

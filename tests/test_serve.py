@@ -16,18 +16,13 @@ require("fastapi", "the service needs FastAPI (pip install 'fssam2[serve]')", "F
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bench import load_test  # noqa: E402
-from runtime import FewShotSegmenter, SupportSet  # noqa: E402
-from runtime.guard import ImageLimits  # noqa: E402
-from runtime.outputs import rle_decode  # noqa: E402
-from runtime.serve import ServeConfig, Service, create_app  # noqa: E402
-from runtime.store import set_digest  # noqa: E402
+from runtime import SupportSet  # noqa: E402
+from runtime.apps.guard import ImageLimits  # noqa: E402
+from runtime.apps.render import rle_decode  # noqa: E402
+from runtime.apps.serve import ServeConfig, Service, create_app  # noqa: E402
+from runtime.apps.store import set_digest  # noqa: E402
 
 LIMITS = ImageLimits(max_bytes=400_000, max_pixels=200_000)
-
-
-@pytest.fixture(scope="module")
-def seg(artifacts_128):
-    return FewShotSegmenter(artifacts_128)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +59,8 @@ def set_ids(client, episode):
     return ids
 
 
-def test_sets_are_content_addressed_and_persist(client, set_ids, seg, episode, artifacts_128, store):
-    assert set_ids["cat"] == set_digest(seg.encode_supports(episode.supports[:2]))
+def test_sets_are_content_addressed_and_persist(client, set_ids, seg_128, episode, artifacts_128, store):
+    assert set_ids["cat"] == set_digest(seg_128.encode_supports(episode.supports[:2]))
     again = client.post("/v1/support-sets", files=_set_files(episode.supports[:2]))
     assert again.json()["id"] == set_ids["cat"]
     info = client.get(f"/v1/support-sets/{set_ids['dog']}").json()
@@ -83,10 +78,10 @@ def test_sets_are_content_addressed_and_persist(client, set_ids, seg, episode, a
     assert client.delete(f"/v1/support-sets/{extra}").status_code == 404
 
 
-def test_segment_answers_equal_direct_segmentation(client, set_ids, seg, episode, store):
+def test_segment_answers_equal_direct_segmentation(client, set_ids, seg_128, episode, store):
     cats, dogs = (SupportSet.load(store / f"{set_ids[n]}.fssam2") for n in ("cat", "dog"))
     query = open(episode.query, "rb").read()
-    expected = seg.segment(episode.query, cats)
+    expected = seg_128.segment(episode.query, cats)
     r = client.post("/v1/segment", files={"query": query}, data={"set": [set_ids["cat"]]})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     mask = np.asarray(Image.open(io.BytesIO(r.content)))
@@ -95,7 +90,7 @@ def test_segment_answers_equal_direct_segmentation(client, set_ids, seg, episode
     [c] = json.loads(r.headers["x-fssam2-classes"])
     assert c["score"] == pytest.approx(expected.score) and c["area"] == int(expected.mask.sum())
 
-    both = seg.segment(episode.query, {"cat": cats, "dog": dogs})
+    both = seg_128.segment(episode.query, {"cat": cats, "dog": dogs})
     fields = [f"cat={set_ids['cat']}", f"dog={set_ids['dog']}"]
     r = client.post("/v1/segment", files={"query": query}, data={"set": fields})
     labels = np.asarray(Image.open(io.BytesIO(r.content)))
@@ -110,10 +105,10 @@ def test_segment_answers_equal_direct_segmentation(client, set_ids, seg, episode
     assert [c["name"] for c in body["classes"]] == ["cat", "dog"]
 
 
-def test_user_mistakes_get_4xx_json_errors(client, set_ids, episode, store, seg):
+def test_user_mistakes_get_4xx_json_errors(client, set_ids, episode, store, seg_128):
     query = open(episode.query, "rb").read()
     image, mask = (open(p, "rb").read() for p in episode.supports[0])
-    other = seg.encode_supports(episode.supports[:1])
+    other = seg_128.encode_supports(episode.supports[:1])
     from dataclasses import replace
 
     foreign = replace(other, fingerprint=replace(other.fingerprint, weights="sha256:ab12"))
@@ -172,7 +167,7 @@ def test_user_mistakes_get_4xx_json_errors(client, set_ids, episode, store, seg)
 
 def test_token_and_readiness(artifacts_128, store, monkeypatch):
     from runtime.cli import parser
-    from runtime.serve import config_from_args
+    from runtime.cli.serve import config_from_args
 
     monkeypatch.setenv("FSSAM2_TOKEN", "s3cret")
     args = parser().parse_args(["serve", "--artifacts", str(artifacts_128), "--store", str(store)])

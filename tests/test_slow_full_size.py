@@ -21,8 +21,7 @@ def test_tiny_1024_export_and_parity(tmp_path, episode, record_metric):
     assert report.manifest.episode.tokens_per_support == 64 * 64
 
     seg = FewShotSegmenter(report.out_dir)
-    seg.add_support(*episode.supports[0])
-    got = seg.segment(episode.query)
+    got = seg.segment(episode.query, seg.encode_supports(episode.supports[:1]))
     ref = reference_episode(loaded.model, episode.supports[:1], episode.query)
     iou = np.logical_and(got.mask, ref.mask).sum() / max(np.logical_or(got.mask, ref.mask).sum(), 1)
     err = float(np.abs(got.logits - ref.logits).max())

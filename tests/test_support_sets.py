@@ -9,12 +9,7 @@ import numpy as np
 import pytest
 
 from runtime import Error, FewShotSegmenter, InputError, MultiClassSegmentation, SupportSet, SupportSetError
-from runtime.segmenter import label_map
-
-
-@pytest.fixture(scope="module")
-def seg(artifacts):
-    return FewShotSegmenter(artifacts)
+from runtime.engine.results import label_map
 
 
 @pytest.fixture(scope="module")
@@ -52,22 +47,6 @@ def test_combining_sets_equals_encoding_together(seg, episode, sets):
     other = dataclasses.replace(dogs, fingerprint=dataclasses.replace(dogs.fingerprint, weights="sha256:ab12"))
     with pytest.raises(SupportSetError, match="weights: set 0 random-init:seed=0 != set 1 sha256:ab12"):
         cats + other
-
-
-def test_default_set_path_equals_explicit_set(seg, episode, sets):
-    seg.reset()
-    for image, mask in episode.supports[:2]:
-        seg.add_support(image, mask)
-    held = seg.support_set
-    assert seg.num_supports == 2 and held.shots == 2
-    a, b = seg.segment(episode.query), seg.segment(episode.query, sets[0])
-    assert a.logits.tobytes() == b.logits.tobytes()
-    seg.add_support(*episode.supports[2])
-    assert held.shots == 2 and seg.num_supports == 3  # sets handed out never change
-    seg.reset()
-    assert seg.support_set is None
-    with pytest.raises(InputError, match="before any add_support"):
-        seg.segment(episode.query)
 
 
 def test_save_load_round_trip(seg, sets, tmp_path):
@@ -198,7 +177,8 @@ def test_n_way_equals_n_one_way_runs_with_one_image_encoding(artifacts, episode,
 def test_threads_give_serial_results(artifacts, episode, backend):
     """One segmenter, four threads, the same and different sets, 1-way and N-way, supports encoded meanwhile:
     bit-identical to serial."""
-    from trt_fakes import BoundCpuBackend, assert_threads_match_serial, mixed_jobs
+    from cpu_device_backend import BoundCpuBackend
+    from thread_checks import assert_threads_match_serial, mixed_jobs
 
     seg = FewShotSegmenter(artifacts, backend=BoundCpuBackend() if backend == "io-binding" else None)
     assert assert_threads_match_serial(seg, mixed_jobs(seg, episode)) == 12

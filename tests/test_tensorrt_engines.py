@@ -17,15 +17,8 @@ try:
     import polygraphy  # noqa: F401
 except ImportError:
     unavailable("engine builds are driven through polygraphy (pip install polygraphy)", "FSSAM2_REQUIRE_POLYGRAPHY")
-from trt_fakes import (
-    DEVICE,
-    TRT_VERSION,
-    FakeCuda,
-    FakeRuntime,
-    assert_threads_match_serial,
-    install_fake_polygraphy,
-    mixed_jobs,
-)
+from thread_checks import assert_threads_match_serial, mixed_jobs
+from trt_fakes import DEVICE, TRT_VERSION, FakeCuda, FakeRuntime, install_fake_polygraphy
 
 from fssam2_export.engines import (
     TIMING_CACHE,
@@ -37,11 +30,11 @@ from fssam2_export.engines import (
     comparison_feeds,
     strongly_typed_flag,
 )
-from runtime import FewShotSegmenter, ManifestError
-from runtime.device import DeviceTensor
-from runtime.manifest import GRAPH_NAMES, load_manifest
-from runtime.profiles import ShotLimitError, memory_dim_ranges
-from runtime.trt_backend import DeviceInfo, EngineMismatchError, TensorRTBackend
+from runtime import DelegatingGraph, FewShotSegmenter, ManifestError
+from runtime.backends.device import DeviceTensor
+from runtime.backends.tensorrt import DeviceInfo, EngineMismatchError, TensorRTBackend
+from runtime.engine.manifest import GRAPH_NAMES, load_manifest
+from runtime.engine.profiles import ShotLimitError, memory_dim_ranges
 
 MAX_SHOTS = 3
 
@@ -82,7 +75,7 @@ def native_graphs(root, *names):
     backend = TensorRTBackend(runtime=FakeRuntime(cuda), cuda=cuda)
     manifest = load_manifest(root)
     graphs = {
-        n: backend.load(root / manifest.graphs[n].artifact_for(backend.provider).file, manifest.graphs[n])
+        n: backend.load(root / manifest.graphs[n].artifact_for(backend.provider).file, manifest.graphs[n], n)
         for n in names
     }
     return graphs, manifest, cuda
@@ -220,20 +213,18 @@ class _FlippedDecoder:
     def __init__(self, inner):
         self.inner, self.name, self.provider = inner, "flipped", inner.provider
 
-    def load(self, path, spec):
-        graph = self.inner.load(path, spec)
-        if "mask_decoder" not in path.name:
-            return graph
+    def precision_for(self, graph, spec):
+        return self.inner.precision_for(graph, spec)
 
-        class Flipped:
-            def run(self, feeds):
-                out = graph.run(feeds)
-                return out | {"low_res_logits": -np.asarray(out["low_res_logits"])}
+    def load(self, path, spec, graph):
+        loaded = self.inner.load(path, spec, graph)
+        return _Flipped(loaded) if graph == "mask_decoder" else loaded
 
-            def __getattr__(self, attr):
-                return getattr(graph, attr)
 
-        return Flipped()
+class _Flipped(DelegatingGraph):
+    def run(self, feeds):
+        out = self.inner.run(feeds)
+        return out | {"low_res_logits": -np.asarray(out["low_res_logits"])}
 
 
 def test_end_to_end_gate_fails_engines_that_flip_masks(artifacts, tmp_path, monkeypatch):
@@ -269,10 +260,9 @@ def test_native_backend_matches_cpu_runtime(engine_dir, episode):
     seg, cuda = native(out)
     assert seg.backend.name == "tensorrt-native"
     mallocs = cuda.mallocs
-    for s in (cpu, seg):
-        for image, mask in episode.supports[:MAX_SHOTS]:
-            s.add_support(image, mask)
-    want, got = cpu.segment(episode.query), seg.segment(episode.query)
+    want = cpu.segment(episode.query, cpu.encode_supports(episode.supports[:MAX_SHOTS]))
+    supports = seg.encode_supports(episode.supports[:MAX_SHOTS])
+    got = seg.segment(episode.query, supports)
     np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-5)
     assert np.array_equal(got.mask, want.mask) and got.score == pytest.approx(want.score, abs=1e-5)
     assert (
@@ -280,15 +270,15 @@ def test_native_backend_matches_cpu_runtime(engine_dir, episode):
     )  # graph buffers were allocated at load; the support set's memory + memory_pos now
     # a second query allocates nothing and copies to the host only what nobody on the device consumes: the decoder's three outputs
     cuda.dtoh_sizes.clear()
-    seg.segment(episode.query)
+    seg.segment(episode.query, supports)
     assert cuda.mallocs == mallocs + 2
     dec = seg.manifest.graphs["mask_decoder"].outputs
     assert sorted(cuda.dtoh_sizes) == sorted(int(np.prod(t.shape)) * 4 for t in dec)
-    for s in (cpu, seg):  # reset reaches the device bank: the same K with another support
-        s.reset()
-        s.add_support(*episode.supports[MAX_SHOTS])
+    other = [episode.supports[MAX_SHOTS]]  # another set reaches the device: the same K with another support
     np.testing.assert_allclose(
-        seg.segment(episode.query).low_res_logits, cpu.segment(episode.query).low_res_logits, atol=1e-5
+        seg.segment(episode.query, seg.encode_supports(other)).low_res_logits,
+        cpu.segment(episode.query, cpu.encode_supports(other)).low_res_logits,
+        atol=1e-5,
     )
 
 
@@ -428,7 +418,7 @@ def test_outputs_outliving_their_graph_are_copied_out_first(engine_dir):
 
 
 def _gpu_stack_missing() -> str | None:
-    from runtime.trt_backend import CudaRuntime
+    from runtime.backends.tensorrt import CudaRuntime
 
     try:
         import tensorrt  # noqa: F401
@@ -449,9 +439,6 @@ def test_real_tensorrt_engines_match_cpu(artifacts, episode, tmp_path):
     shutil.copytree(artifacts, out)
     build_engines(out, EngineSettings(max_shots=2), progress=False)
     cpu, gpu = FewShotSegmenter(out), FewShotSegmenter(out, provider="tensorrt-native")
-    for s in (cpu, gpu):
-        for image, mask in episode.supports[:2]:
-            s.add_support(image, mask)
-    want, got = cpu.segment(episode.query), gpu.segment(episode.query)
+    want, got = (s.segment(episode.query, s.encode_supports(episode.supports[:2])) for s in (cpu, gpu))
     assert (want.mask == got.mask).mean() > 0.99
     np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, atol=1e-2)

@@ -103,7 +103,7 @@ def test_few_steps_lower_the_loss_and_change_only_lora(fixed_batch):
 
 def test_merged_model_equals_peft_model(tmp_path, record_metric):
     """merge_and_unload leaves sam2's own modules and keys, and the same episode output (max-abs <= 1e-5)."""
-    from runtime.synthetic import write_episode
+    from runtime.tools.synthetic import write_episode
 
     sam = _model()
     base_keys = set(sam.state_dict())

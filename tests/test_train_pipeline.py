@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from fssam2_export.models import build_model, hydra_overrides
 from fssam2_export.reference import reference_episode
-from runtime.manifest import load_manifest
+from runtime.engine.manifest import load_manifest
 from training.cli import main
 from training.datasets import build_dataset
 from training.evaluate import EvalReport

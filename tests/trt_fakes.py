@@ -1,9 +1,7 @@
-"""Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU, and
-`BoundCpuBackend`: ORT's GPU path (IO binding) with the CPU as its device; `assert_threads_match_serial`
-drives a segmenter from many threads.
+"""Stand-ins for TensorRT, CUDA and polygraphy's TensorRT parts, for machines without a GPU.
 
 `FakeCuda` is device memory in numpy with byte counters; `FakeRuntime`/`FakeEngine` implement the
-small interface `runtime.trt_backend` needs (tensors, set_input_shape, set_address, output_shape,
+small interface `runtime.backends.tensorrt` needs (tensors, set_input_shape, set_address, output_shape,
 execute) by running the ONNX graph named in the "engine" bytes with onnxruntime on that memory.
 `install_fake_polygraphy` patches the polygraphy calls `fssam2_export.engines` makes so a build
 writes such engines; the comparison still runs polygraphy's real Comparator and OnnxrtRunner.
@@ -15,15 +13,12 @@ import json
 import sys
 import types
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from runtime.manifest import GraphSpec
-from runtime.ort_gpu import OrtDeviceGraph
-from runtime.profiles import InputProfile
-from runtime.trt_backend import DeviceInfo, TensorInfo
+from runtime.backends.tensorrt import DeviceInfo, TensorInfo
+from runtime.engine.profiles import InputProfile
 
 TRT_VERSION = "10.3.0"
 DEVICE = DeviceInfo("Fake Orin", "8.7")
@@ -193,66 +188,3 @@ def install_fake_polygraphy(monkeypatch, *, perturb=None, version: str = TRT_VER
     monkeypatch.setattr(ptrt, "EngineFromBytes", lambda blob: blob)
     monkeypatch.setattr(ptrt, "TrtRunner", FakeTrtRunner)
     return log
-
-
-class BoundCpuBackend:
-    """OrtBackend's GPU path (IO binding, device-resident outputs and support sets) with "cpu" as the device."""
-
-    name, provider = "ort-iobinding-cpu", "cpu"
-
-    def __init__(self):
-        self.consumed: set[str] = set()
-        self.graphs: dict[str, OrtDeviceGraph] = {}
-
-    def load(self, path: Path, spec: GraphSpec):
-        self.consumed.update(t.name for t in spec.inputs)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = Path(spec.file).stem  # `path` may be a flavour's file
-        self.graphs[name] = OrtDeviceGraph(session, spec, owner=self, device="cpu", consumed=self.consumed)
-        return self.graphs[name]
-
-
-def mixed_jobs(seg, episode) -> list:
-    """(query, support) jobs for the thread tests: two sets, the same set twice, an N-way call, and supports that
-    are encoded in the call."""
-    cats, dogs = seg.encode_supports(episode.supports[:2]), seg.encode_supports(episode.supports[2:3])
-    other = episode.supports[4][0]
-    return [
-        (episode.query, cats),
-        (other, dogs),
-        (episode.query, {"cat": cats, "dog": dogs}),
-        (other, episode.supports[3:4]),
-    ]
-
-
-def assert_threads_match_serial(seg, jobs, threads: int = 4, repeats: int = 3) -> int:
-    """Run (query, support) jobs serially, then `repeats` times each from `threads` threads at once (started
-    together at a barrier): every threaded result must be bit-identical to its serial one. A support given as a
-    list of (image, mask) pairs is encoded in the call. Returns the calls made."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    def logits(result):
-        parts = [result] if hasattr(result, "logits") else [result[n] for n in result] + [result]
-        return [
-            p.label_map.tobytes() if not hasattr(p, "logits") else p.logits.tobytes() + p.low_res_logits.tobytes()
-            for p in parts
-        ]
-
-    def segment(query, support):
-        return seg.segment(query, seg.encode_supports(support) if isinstance(support, list) else support)
-
-    serial = [logits(segment(*job)) for job in jobs]
-    work = [i for _ in range(repeats) for i in range(len(jobs))]
-    barrier = threading.Barrier(threads)
-
-    def call(n):
-        if n < threads:
-            barrier.wait()
-        return logits(segment(*jobs[work[n]]))
-
-    with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(call, range(len(work))))
-    for n, got in enumerate(results):
-        assert got == serial[work[n]], f"call {n} (job {work[n]}) differs from its serial result"
-    return len(results)

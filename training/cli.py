@@ -8,7 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fssam2_export.models import DEFAULT_IMAGE_SIZE, MODEL_CONFIGS, CheckpointError
-from runtime.outputs import write_atomic
+from runtime.cli import add_runtime_options, options_from_args
+from runtime.engine.files import write_atomic
 
 from .baseline import BASELINES
 from .datasets import BENCHMARKS, GENERATED, DatasetLayoutError, build_dataset
@@ -97,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
         help="N-way episodes: N classes of the fold with --shots supports each, one query (PANet's protocol)",
     )
     ev.add_argument("--episodes", type=int, help="default: 1000 (PASCAL, COCO), every test image (FSS-1000)")
-    ev.add_argument("--provider", default="cpu", help="runtime provider for --artifacts")
+    add_runtime_options(ev)  # how the torch-free runtime runs --artifacts
     ev.add_argument("--device", default="auto")
     ev.add_argument(
         "--amp", choices=("auto", "bf16", "off"), default="auto", help="auto: bf16 on a GPU that has it, FP32 on CPUs"
@@ -199,8 +200,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         predict = BASELINES[args.baseline]()
         source = {"kind": "baseline", "baseline": args.baseline}
     elif args.artifacts:
-        predict = runtime_predictor(args.artifacts, args.provider)
-        source = {"kind": "runtime", "artifacts": str(Path(args.artifacts).resolve()), "provider": args.provider}
+        options = options_from_args(args)
+        predict = runtime_predictor(args.artifacts, options)
+        source = {"kind": "runtime", "artifacts": str(Path(args.artifacts).resolve()), "provider": options.provider}
     else:
         base = BaseModelSpec.from_args(
             args.model or "sam2.1_hiera_b+",

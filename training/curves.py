@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.outputs import write_atomic
+from runtime.engine.files import write_atomic
 
 
 def read_log(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:

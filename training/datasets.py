@@ -33,8 +33,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from runtime import shapes
-from runtime.synthetic import Episode, class_image
+from runtime.tools import shapes
+from runtime.tools.synthetic import Episode, class_image
 
 from .splits import read_classwise, read_names
 
@@ -445,7 +445,7 @@ class FssDataset(FewShotDataset):
 
 
 class SyntheticDataset(FewShotDataset):
-    """Generated in memory (runtime.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
+    """Generated in memory (runtime.tools.synthetic.class_image): 20 classes in 4 folds of 5 like PASCAL-5i,
     40 images per class, half of them with a second object of another class. `val` queries are images 36-39
     of the training classes (never used in `trn`); 100 test episodes by default."""
 
@@ -500,7 +500,7 @@ class SyntheticDataset(FewShotDataset):
 
 
 class ShapesDataset(FewShotDataset):
-    """The `shapes` benchmark (runtime.shapes): 20 classes, each a shape family x texture family with colours drawn
+    """The `shapes` benchmark (runtime.tools.shapes): 20 classes, each a shape family x texture family with colours drawn
     per instance, in 4 folds of 5 like PASCAL-5i. `trn` images are unlimited (episode i of epoch e draws fresh image
     indices from its generator; an epoch is 4000 episodes); `val` and `test` draw from fixed pools of 40 / 60
     images per class (their own seed streams); 500 test episodes by default."""
@@ -553,7 +553,7 @@ class ShapesDataset(FewShotDataset):
 
 
 class InstancesDataset(FewShotDataset):
-    """Class-agnostic pretraining episodes (runtime.shapes.instance_image, the analogue of SAM2's video objects):
+    """Class-agnostic pretraining episodes (runtime.tools.shapes.instance_image, the analogue of SAM2's video objects):
     the supports and the query are views of one object (a blob that is no class of `shapes`) in different scenes,
     among distractors that copy its outline or its look. One pseudo-class (0, "the object"); one fold (0).
     Objects of `trn` are unlimited, `val` and `test` have their own objects (100 episodes each by default)."""

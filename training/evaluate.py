@@ -26,7 +26,7 @@ from .datasets import FewShotDataset, WaysEpisode
 from .metrics import IoUAccumulator, episode_areas, foreground_areas
 
 if TYPE_CHECKING:
-    from runtime import FewShotSegmenter
+    from runtime import FewShotSegmenter, RuntimeOptions
 
 Predictor = Callable[[WaysEpisode], np.ndarray]  # -> label map (H, W) at the query's size, see `label_map`
 
@@ -95,11 +95,11 @@ def torch_predictor(model: torch.nn.Module, amp: bool = False) -> Predictor:
     return predict
 
 
-def runtime_predictor(artifacts: str | Path, provider: str = "cpu") -> Predictor:
-    """Exported graphs through the torch-free runtime."""
+def runtime_predictor(artifacts: str | Path, options: RuntimeOptions | None = None) -> Predictor:
+    """Exported graphs through the torch-free runtime, run as `options` say (default: ONNX Runtime on the CPU)."""
     from runtime import FewShotSegmenter
 
-    seg = FewShotSegmenter(artifacts, provider=provider)
+    seg = FewShotSegmenter(artifacts, options)
     return lambda ep: segment_ways(seg, ep.supports, ep.query)
 
 

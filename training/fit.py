@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fssam2_export.reference import episode_forward
-from runtime.outputs import recover_dir, replace_dir
+from runtime.engine.files import recover_dir, replace_dir
 
 from .batches import Augment, TrainEpisodes, decoder_loss, episode_loss, prepare
 from .curves import write_curves
@@ -115,7 +115,7 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes BF16 natively (AMX-BF16 or AVX512_BF16), where oneDNN's autocast pays off."""
-    from runtime.ort_cache import cpu_flags
+    from runtime.backends.cache import cpu_flags
 
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 

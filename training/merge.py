@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from fssam2_export.models import TRAINING_RECORD_SUFFIX
-from runtime.manifest import file_sha256
-from runtime.outputs import write_atomic
-from runtime.versions import dist_version
+from runtime.engine.files import write_atomic
+from runtime.engine.manifest import file_sha256
+from runtime.engine.versions import dist_version
 
 from .lora import load_lora, merge_lora
 from .run import adapters_dir, load_weights, read_config, weights_path

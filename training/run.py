@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from fssam2_export.models import LoadedModel, build_model
-from runtime.manifest import file_sha256
+from runtime.engine.manifest import file_sha256
 
 from .lora import DEFAULT_LORA, LoraSpec, load_lora
 

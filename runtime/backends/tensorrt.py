@@ -30,10 +30,19 @@ from typing import Protocol
 
 import numpy as np
 
+from ..engine.backend import register_backend
+from ..engine.errors import (
+    BackendError,
+    CudaError,
+    EngineMismatchError,
+    InputError,
+    ManifestError,
+    ProviderUnavailableError,
+)
+from ..engine.manifest import GraphSpec, Manifest
+from ..engine.options import RuntimeOptions
+from ..engine.profiles import MEMORY_AXIS, InputProfile, check_memory_length
 from .device import DeviceCopies, DeviceTensor, is_support_array
-from .errors import BackendError, CudaError, EngineMismatchError, ManifestError, ProviderUnavailableError
-from .manifest import GraphSpec
-from .profiles import MEMORY_AXIS, InputProfile, check_memory_length
 
 PROVIDER = "tensorrt-native"
 ENGINE_KIND = "tensorrt-engine"
@@ -97,6 +106,14 @@ def check_engine_compat(file: str, meta: Mapping, tensorrt_version: str, device:
         )
 
 
+@register_backend(PROVIDER)
+def _from_options(options: RuntimeOptions, manifest: Manifest | None) -> TensorRTBackend:
+    """The engines carry their own profiles and precision: only the device is taken from `options`."""
+    if options.precision:
+        raise InputError(f"precisions apply to the openvino provider only, not {options.provider!r}")
+    return TensorRTBackend(device_id=options.device_id)
+
+
 class TensorRTBackend:
     """TensorRT engines from the manifest's `tensorrt-engine` flavours, on one GPU and one CUDA stream."""
 
@@ -123,7 +140,11 @@ class TensorRTBackend:
         self.lock = threading.RLock()  # one stream, buffers read across graphs: runs are serialised (module doc)
         self.consumed: set[str] = set()  # input names of every loaded graph: outputs feeding them stay on the device
 
-    def load(self, path: Path, spec: GraphSpec) -> TrtGraph:
+    def precision_for(self, graph: str, spec: GraphSpec) -> str:
+        """The precision the manifest records for the graph's engine (that of the ONNX it was built from)."""
+        return spec.artifact_for(PROVIDER).precision
+
+    def load(self, path: Path, spec: GraphSpec, graph: str) -> TrtGraph:
         flavour = spec.artifact_for(PROVIDER)
         if flavour.kind != ENGINE_KIND:
             raise ManifestError(
@@ -133,7 +154,9 @@ class TensorRTBackend:
         check_engine_compat(flavour.file, flavour.meta, self.runtime.version, self.device)
         engine = self.runtime.deserialize(Path(path).read_bytes())
         self.consumed.update(t.name for t in spec.inputs)
-        return TrtGraph(self, engine, spec, label=f"{flavour.file} (TensorRT {self.runtime.version})")
+        return TrtGraph(
+            self, engine, spec, label=f"{flavour.file} (TensorRT {self.runtime.version})", precision=flavour.precision
+        )
 
     def download(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         with self.lock:
@@ -158,8 +181,11 @@ class TensorRTBackend:
 class TrtGraph:
     """One engine with its device buffers (allocated once, at the profile's max shapes)."""
 
-    def __init__(self, backend: TensorRTBackend, engine: Engine, spec: GraphSpec, label: str):
+    def __init__(self, backend: TensorRTBackend, engine: Engine, spec: GraphSpec, label: str, precision: str):
         self._b, self._engine, self._label = backend, engine, label
+        self.providers = ["TensorRT"]  # the engine itself, no ONNX Runtime
+        self.precision = precision
+        self.cache = "off"  # engines are built ahead (fssam2-engines), not cached at load
         self._inputs = [t for t in engine.tensors if t.is_input]
         self._outputs = [t for t in engine.tensors if not t.is_input]
         self.profiles = {t.name: t.profile for t in self._inputs if t.profile is not None}

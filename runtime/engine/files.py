@@ -1,17 +1,12 @@
-"""Writing results: atomic files, PNG masks and palette label maps (the colours of `image.overlay`), RLE masks."""
+"""Writing files so that a crash never leaves half of one: atomic file writes and a safe directory replace (used by
+every stage: support sets, caches, exports, checkpoints, label outputs)."""
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
-
-from .image import label_palette
 
 
 def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
@@ -66,39 +61,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def save_png(array: np.ndarray, path: str | Path, palette: bool = False) -> Path:
-    """Write a mask (or, with `palette`, a uint8 label map as a palette PNG whose pixel values are the labels)
-    atomically."""
-    return write_atomic(path, png_bytes(array, palette))
-
-
-def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
-    """Encode an image or mask or, with `palette`, a uint8 label map as PNG bytes."""
-    im = Image.fromarray(array)
-    if palette:
-        im = Image.frombytes("P", im.size, np.ascontiguousarray(array, np.uint8).tobytes())
-        im.putpalette(label_palette(255))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """COCO-style uncompressed RLE: {"size": [H, W], "counts": [...]}: run lengths in column-major order,
-    starting with a (possibly empty) run of zeros."""
-    flat = np.asarray(mask, bool).ravel(order="F")
-    changes = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": list(mask.shape), "counts": counts}
-
-
-def rle_decode(rle: dict) -> np.ndarray:
-    """Inverse of `rle_encode`."""
-    h, w = rle["size"]
-    values = np.arange(len(rle["counts"])) % 2 == 1
-    return np.repeat(values, rle["counts"]).reshape((h, w), order="F")

@@ -6,7 +6,7 @@ the mask decoder, per set (one class, or N classes with one image encoding).
 
 Threading: one segmenter may be called from many threads at once, with the same or different sets;
 each call's results are bit-identical to a serial call (openvino in BF16 excepted: docs/support-sets.md).
-The segmenter's only mutable state is the default set `add_support` builds (swapped under a lock) and the
+The segmenter holds no support state (a set is a value the caller keeps); its only mutable state is the
 timing totals.
 
 Timing is off unless asked for: `profile=True` keeps per-module totals (`timings()`), `on_timing`
@@ -21,67 +21,24 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
-from .backends import Backend, Graph, create_backend
+from .backend import Backend, Graph, create_backend
 from .errors import InputError, ManifestError
 from .image import ImageLike, load_image, load_mask, postprocess_logits, preprocess_image, resize_mask
 from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest, verify_file
-from .profiles import DEFAULT_MAX_SHOTS
+from .options import RuntimeOptions
+from .results import MAX_CLASSES, MultiClassSegmentation, Segmentation, label_map
 from .support_set import Fingerprint, SupportSet
 
 TimingListener = Callable[[str, float], None]
 _UNTIMED = nullcontext()
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    mask: np.ndarray  # (H, W) bool, in the query's own size
-    logits: np.ndarray  # (H, W) float32 mask logits; mask = logits > 0
-    score: float  # the decoder's predicted IoU of the mask
-    object_score: float  # object-presence logit (> 0: object predicted present)
-    low_res_logits: np.ndarray  # (h, w) float32 decoder output before upsampling
-
-
-@dataclass(frozen=True)
-class MultiClassSegmentation(Mapping[str, Segmentation]):
-    """N-way result: each class's `Segmentation` (by name, in the order the classes were given) and a label map.
-
-    `label_map[y, x]` is 0 (background) where no class has a positive logit, else 1 + the index of the class
-    with the highest logit; on equal logits the class given first wins. Class masks are each class's own
-    `logits > 0` and may overlap; the label map resolves overlaps by the highest logit."""
-
-    classes: dict[str, Segmentation]
-    label_map: np.ndarray  # (H, W) uint8 in the query's size: 0 background, i + 1 = the i-th class
-
-    def __getitem__(self, name: str) -> Segmentation:
-        return self.classes[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-    def label(self, name: str) -> int:
-        """The label map value of class `name`."""
-        return list(self.classes).index(name) + 1
-
-
-MAX_CLASSES = 255  # the label map is uint8 (a palette PNG)
-
-
-def label_map(logits: list[np.ndarray]) -> np.ndarray:
-    """Per pixel: 1 + the index of the class with the highest positive logit (first class on ties), else 0."""
-    stack = np.stack(logits)
-    best = stack.argmax(axis=0)  # the first maximum on ties; NaN counts as the maximum and is not positive
-    positive = np.take_along_axis(stack, best[None], axis=0)[0] > 0
-    return np.where(positive, best + 1, 0).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -97,47 +54,48 @@ class ModuleTiming:
 class FewShotSegmenter:
     """Few-shot segmenter over an fssam2 artifacts directory.
 
-    >>> seg = FewShotSegmenter("artifacts/")          # provider="cpu" | "cuda" | "tensorrt" | "tensorrt-native"
+    >>> seg = FewShotSegmenter("artifacts/")          # RuntimeOptions(): ONNX Runtime on the CPU
+    >>> seg = FewShotSegmenter("artifacts/", RuntimeOptions("openvino", threads=4))   # or provider="openvino"
     >>> cats = seg.encode_supports([(image, mask), (image2, mask2)])   # SupportSet, any K >= 1
     >>> result = seg.segment(query, cats)               # Segmentation in the query's own size
     >>> results = seg.segment(query, {"cat": cats, "dog": dogs})       # MultiClassSegmentation
-    >>> seg.add_support(image, mask); seg.segment(query)               # the default set (a new set per add_support)
     """
 
     def __init__(
         self,
         artifacts_dir: str | Path,
-        provider: str = "cpu",
-        backend: Backend | None = None,
+        options: RuntimeOptions | None = None,
         *,
-        max_shots: int = DEFAULT_MAX_SHOTS,
+        provider: str | None = None,
+        backend: Backend | None = None,
         profile: bool = False,
         on_timing: TimingListener | None = None,
     ):
-        """`max_shots`: the largest K ORT's TensorRT EP builds its profile for (engines carry their own)."""
+        """The graphs run as `options` say (default `RuntimeOptions()`: ONNX Runtime on the CPU); `provider="..."` is
+        short for `RuntimeOptions(provider=...)`. Or hand in a `backend` you made (a wrapper, a fake, a remote one):
+        then neither options nor a provider, which it would not use."""
+        if backend is not None and (options is not None or provider is not None):
+            raise InputError("give a backend or runtime options (or a provider), not both: the backend is already made")
+        if options is not None and provider is not None:
+            raise InputError(f"give options or provider={provider!r}, not both: options name their provider")
+        if options is not None and not isinstance(options, RuntimeOptions):
+            raise InputError(
+                f"options must be a RuntimeOptions, got {type(options).__name__} (a provider name: provider={options!r})"
+            )
         self.artifacts_dir = Path(artifacts_dir)
         self.manifest: Manifest = load_manifest(self.artifacts_dir, verify_files=False)  # _load verifies what runs
-        self.backend = backend if backend is not None else create_backend(provider, self.manifest, max_shots=max_shots)
+        self.options = None if backend is not None else options or RuntimeOptions(provider or "cpu")
+        self.backend = backend if backend is not None else create_backend(self.options, self.manifest)
         self._profile, self._listener = profile, on_timing
         self._timings: dict[str, list[float]] = {}  # name -> [calls, total_ms]
-        self._lock = threading.Lock()  # guards the default set and the timing totals
+        self._lock = threading.Lock()  # guards the timing totals
         self._graphs: dict[str, Graph] = {name: self._load(name) for name in GRAPH_NAMES}
         self.fingerprint = Fingerprint.of(self.manifest)
-        self._default: SupportSet | None = None
 
     @property
     def graphs(self) -> Mapping[str, Graph]:
         """The loaded graphs by name (what the backend returned)."""
         return dict(self._graphs)
-
-    @property
-    def support_set(self) -> SupportSet | None:
-        """The default set: the supports added with `add_support` since the last `reset` (None if none)."""
-        return self._default
-
-    @property
-    def num_supports(self) -> int:
-        return 0 if self._default is None else self._default.shots
 
     def encode_supports(self, pairs: Iterable[tuple[ImageLike, ImageLike]]) -> SupportSet:
         """Encode annotated supports, (image, mask) pairs, into a new SupportSet (K = len(pairs) >= 1)."""
@@ -150,17 +108,6 @@ class FewShotSegmenter:
         """Encode one annotated support into a one-support SupportSet."""
         with self._timed("support"):
             return self._encode_support(image, mask)
-
-    def add_support(self, image: ImageLike, mask: ImageLike) -> None:
-        """Encode one support and add it to the default set (a new set: sets already handed out are unchanged)."""
-        one = self.encode_support(image, mask)
-        with self._lock:
-            self._default = one if self._default is None else self._default + one
-
-    def reset(self) -> None:
-        """Forget the default set's supports (the graphs stay loaded; device copies go with the set)."""
-        with self._lock:
-            self._default = None
 
     def _encode_support(self, image: ImageLike, mask: ImageLike) -> SupportSet:
         rgb, m = load_image(image), load_mask(mask)
@@ -189,15 +136,17 @@ class FewShotSegmenter:
             fingerprint=self.fingerprint,
         )
 
-    def segment(self, query: ImageLike, support: SupportSet | Mapping[str, SupportSet] | None = None):
+    @overload
+    def segment(self, query: ImageLike, support: SupportSet) -> Segmentation: ...
+
+    @overload
+    def segment(self, query: ImageLike, support: Mapping[str, SupportSet]) -> MultiClassSegmentation: ...
+
+    def segment(
+        self, query: ImageLike, support: SupportSet | Mapping[str, SupportSet]
+    ) -> Segmentation | MultiClassSegmentation:
         """Segment `query` with one support set (-> Segmentation) or N named sets (-> MultiClassSegmentation,
-        one image encoding for all classes). Without `support`: the default set built by `add_support`."""
-        if support is None:
-            support = self._default
-            if support is None:
-                raise InputError(
-                    "segment() called before any add_support(): add at least one annotated support or pass a SupportSet"
-                )
+        one image encoding for all classes). Sets come from `encode_supports` (or `SupportSet.load`)."""
         if isinstance(support, SupportSet):
             sets = {"": support}
         elif isinstance(support, Mapping):
@@ -274,7 +223,7 @@ class FewShotSegmenter:
         with self._timed(f"verify:{name}"):
             verify_file(self.artifacts_dir, name, artifact.file, artifact.sha256)
         with self._timed(f"load:{name}"):
-            return self.backend.load(self.artifacts_dir / artifact.file, spec)
+            return self.backend.load(self.artifacts_dir / artifact.file, spec, name)
 
     def _encode_image(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
         pre = self.manifest.preprocess

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .outputs import write_atomic
+from ..engine.files import write_atomic
 
-CACHE_DIRNAME = ".ort_cache"  # ONNX Runtime's; other kinds (`runtime.ov_backend`) use .<kind>_cache
+CACHE_DIRNAME = ".ort_cache"  # ONNX Runtime's; other kinds (`runtime.backends.openvino`) use .<kind>_cache
 
 
 @dataclass(frozen=True)

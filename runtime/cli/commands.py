@@ -9,29 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
+from ..apps.render import overlay
+from ..apps.render import save_png as _save_png
+from ..engine.backend import create_backend
+from ..engine.errors import Error, FidelityError, InputError
+from ..engine.files import write_atomic
+from ..engine.image import load_image
+from ..engine.manifest import load_manifest
+from ..engine.profiles import DEFAULT_MAX_SHOTS
+from ..engine.results import MultiClassSegmentation
+from ..engine.segmenter import FewShotSegmenter
+from ..engine.support_set import SupportSet
+from ..tools.fidelity import GateThresholds, compare_artifacts
+from ..tools.synthetic import synthetic_episodes
 from . import label, serve
-from .backends import PROVIDERS, create_backend
-from .errors import Error, FidelityError, InputError
-from .fidelity import GateThresholds, compare_artifacts
-from .image import load_image, overlay
-from .manifest import load_manifest
-from .outputs import save_png as _save_png
-from .outputs import write_atomic
-from .profiles import DEFAULT_MAX_SHOTS
-from .segmenter import FewShotSegmenter, MultiClassSegmentation
-from .support_set import SupportSet
-from .synthetic import synthetic_episodes
+from .common import add_runtime_options, options_from_args
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fssam2", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    providers = dict(
-        default="cpu",
-        choices=PROVIDERS,
-        help="cpu/cuda/tensorrt: ONNX Runtime (and its EPs); tensorrt-native: the manifest's TensorRT engines; "
-        "openvino: OpenVINO on the CPU (pip install 'fssam2[openvino]')",
-    )
     sup = sub.add_parser("support", help="encode K annotated supports into a support-set file (docs/support-sets.md)")
     sup.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
     sup.add_argument(
@@ -43,8 +40,7 @@ def parser() -> argparse.ArgumentParser:
         help="an annotated support (repeat for K shots); mask nonzero = object",
     )
     sup.add_argument("--out", required=True, help="support-set file to write, e.g. cats.fssam2")
-    sup.add_argument("--provider", **providers)
-    _backend_options(sup)
+    add_runtime_options(sup)
     seg = sub.add_parser("segment", help="segment a query image from K annotated supports, a support set, or N classes")
     seg.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
     src = seg.add_mutually_exclusive_group(required=True)
@@ -76,9 +72,8 @@ def parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--overlay", help="also write the query with each class tinted in its colour, outlined, with a legend"
     )
-    seg.add_argument("--provider", **providers)
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
-    _backend_options(seg)
+    add_runtime_options(seg)
     info = sub.add_parser(
         "info", help="print an artifacts directory's manifest summary and graph I/O, or what a support set holds"
     )
@@ -92,8 +87,7 @@ def parser() -> argparse.ArgumentParser:
     chk.add_argument("--episodes", type=int, default=16, help="synthetic K-shot episodes")
     chk.add_argument("--seed", type=int, default=0)
     chk.add_argument("--shots", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"), help="K range")
-    chk.add_argument("--provider", default="cpu", choices=PROVIDERS, help="runs the provider's flavours of --artifacts")
-    _backend_options(chk)
+    add_runtime_options(chk)  # the provider's flavours of --artifacts are judged, run as it runs them
     chk.add_argument(
         "--min-iou", type=float, help="gate: min mean mask IoU (default by precision: 0.99 fp16, 0.98 bf16, 0.97 int8)"
     )
@@ -112,7 +106,6 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--artifacts", nargs="+", required=True, help="one or more artifacts directories (sizes, precisions)"
     )
-    b.add_argument("--providers", nargs="+", default=["cpu"], choices=PROVIDERS)
     b.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="K values to sweep")
     b.add_argument("--queries", type=int, default=20, help="timed queries per K (and per N of --ways)")
     b.add_argument(
@@ -123,10 +116,9 @@ def parser() -> argparse.ArgumentParser:
         help="class counts N: one N-way query timed against N one-way queries (none: skip)",
     )
     b.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed series")
-    b.add_argument("--supports", type=int, default=5, help="timed add_support calls")
+    b.add_argument("--supports", type=int, default=5, help="timed support encodings")
     b.add_argument("--input-size", default="1024x768", help="WxH of the synthetic images")
-    _backend_options(b)
-    b.add_argument("--no-cache", action="store_true", help="do not use the pre-optimised ORT model cache")
+    add_runtime_options(b, sweep=True)
     b.add_argument("--out", help="write the report as JSON")
     b.add_argument("--plot", help="write a PNG chart (needs matplotlib: pip install 'fssam2[bench]')")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -135,39 +127,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _backend_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="inference threads (ONNX Runtime intra-op / OpenVINO; default: the library's choice)",
-    )
-    p.add_argument(
-        "--ov-precision",
-        type=precision_spec,
-        metavar="SPEC",
-        help="openvino: inference precision, bf16|fp16|fp32 for all graphs and/or GRAPH=PREC,... "
-        "(default: the export's openvino flavours, else bf16 where the CPU offers it, else fp32; "
-        "an INT8 export's mask decoder fp32)",
-    )
-
-
-def precision_spec(text: str) -> dict[str, str]:
-    """'bf16' -> {'*': 'bf16'}; 'bf16,mask_decoder=fp32' -> {'*': 'bf16', 'mask_decoder': 'fp32'}."""
-    spec = {}
-    for item in filter(None, text.split(",")):
-        graph, _, precision = item.rpartition("=")
-        spec[graph or "*"] = precision
-    return spec
-
-
-def _backend(args, manifest, max_shots: int = DEFAULT_MAX_SHOTS):
-    return create_backend(
-        args.provider, manifest, max_shots=max_shots, intra_op_threads=args.threads, precisions=args.ov_precision
-    )
-
-
 def _support(args) -> int:
-    seg = FewShotSegmenter(args.artifacts, backend=_backend(args, load_manifest(args.artifacts, verify_files=False)))
+    seg = FewShotSegmenter(args.artifacts, options_from_args(args))
     support_set = seg.encode_supports(args.support)
     support_set.save(args.out)
     print(
@@ -184,10 +145,8 @@ def _segment(args) -> int:
     files = classes or ({"": args.support_set} if args.support_set else {})
     loaded = {name: SupportSet.load(path) for name, path in files.items()}  # checked against the artifacts below
     shots = max(s.shots for s in loaded.values()) if loaded else len(args.support)
-    manifest = load_manifest(args.artifacts, verify_files=False)
-    seg = FewShotSegmenter(
-        args.artifacts, backend=_backend(args, manifest, max(DEFAULT_MAX_SHOTS, shots)), profile=args.profile
-    )
+    options = options_from_args(args, max_shots=max(DEFAULT_MAX_SHOTS, shots))
+    seg = FewShotSegmenter(args.artifacts, options, profile=args.profile)
     for name, s in loaded.items():
         s.fingerprint.check(seg.fingerprint, files[name])
     if classes:
@@ -270,9 +229,9 @@ def _check(args) -> int:
         raise FidelityError(
             f"--reference {args.reference} is not an FP32 export; the fidelity gate measures against FP32"
         )
-    backend = _backend(args, manifest)
+    backend = create_backend(options_from_args(args), manifest)
     precisions = {g.precision for g in manifest.graphs.values()} | {
-        backend.precision_for(n, g) for n, g in manifest.graphs.items() if hasattr(backend, "precision_for")
+        backend.precision_for(n, g) for n, g in manifest.graphs.items()
     }
     thresholds = GateThresholds.for_precisions(precisions)
     thresholds = thresholds.with_overrides(
@@ -289,7 +248,7 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
-    from . import bench
+    from ..tools import bench
 
     try:
         w, h = (int(v) for v in args.input_size.lower().split("x"))
@@ -310,17 +269,10 @@ def _bench(args) -> int:
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install 'fssam2[bench]'") from None
     settings = bench.BenchSettings(
-        sorted(set(args.shots)),
-        args.queries,
-        args.warmup,
-        args.supports,
-        (w, h),
-        args.threads,
-        not args.no_cache,
-        args.ov_precision,
-        sorted(set(args.ways)),
+        sorted(set(args.shots)), args.queries, args.warmup, args.supports, (w, h), sorted(set(args.ways))
     )
-    report = bench.run_bench([Path(a) for a in args.artifacts], args.providers, settings, show_progress=not args.quiet)
+    runs = [options_from_args(args, p) for p in args.providers]
+    report = bench.run_bench([Path(a) for a in args.artifacts], runs, settings, show_progress=not args.quiet)
     print(bench.format_table(report))
     if args.out:
         bench.write_json(report, Path(args.out))
@@ -345,7 +297,3 @@ def main(argv: list[str] | None = None) -> int:
     except (Error, OSError) as e:  # OSError: an output that cannot be written
         print(f"fssam2: error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,12 +12,11 @@ restart loses nothing. User mistakes get a 4xx JSON body {"error": {"code", "mes
 
 One process holds one segmenter; requests run on FastAPI's thread pool and at most `concurrency` of them call
 the segmenter at once (the others wait: the `queue` gauge). The segmenter is called from several threads
-under the runtime's threading contract (runtime/segmenter.py module docstring).
+under the runtime's threading contract (runtime/engine/segmenter.py module docstring).
 """
 
 import hmac
 import json
-import os
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -26,9 +25,10 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from .errors import Error, InputError, SupportSetError
+from ..engine.errors import Error, InputError, SupportSetError
+from ..engine.options import RuntimeOptions
 from .guard import ImageLimitError, ImageLimits, decode_image, decode_mask
-from .outputs import png_bytes, rle_encode
+from .render import png_bytes, rle_encode
 from .store import SetStore, UnknownSetError
 
 TOKEN_ENV = "FSSAM2_TOKEN"
@@ -38,13 +38,12 @@ TOKEN_ENV = "FSSAM2_TOKEN"
 class ServeConfig:
     artifacts: str
     store: str
-    provider: str = "cpu"
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)  # how the segmenter runs its graphs
     token: str | None = None  # bearer token required on /v1/* and /metrics; None: no auth
     limits: ImageLimits = field(default_factory=ImageLimits)
     max_classes: int = 16  # sets per /v1/segment request
     max_shots: int = 16  # supports per created set
     concurrency: int = 2  # segmenter calls at once in one process
-    threads: int | None = None  # ONNX Runtime intra-op threads (None: ORT's choice)
 
 
 class ApiError(Error):
@@ -115,17 +114,10 @@ class Service:
 
     def load(self) -> None:
         """Load the artifacts (verifying their hashes); /readyz answers 200 afterwards."""
-        from .backends import create_backend
-        from .manifest import load_manifest
-        from .segmenter import FewShotSegmenter
+        from ..engine.segmenter import FewShotSegmenter
 
         try:
-            backend = create_backend(
-                self.config.provider,
-                load_manifest(self.config.artifacts, verify_files=False),
-                intra_op_threads=self.config.threads,
-            )
-            self.seg = FewShotSegmenter(self.config.artifacts, backend=backend, on_timing=self.metrics.on_timing)
+            self.seg = FewShotSegmenter(self.config.artifacts, self.config.options, on_timing=self.metrics.on_timing)
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
             raise
@@ -379,81 +371,3 @@ def _describe(set_id: str, s) -> dict:
         "image_size": f.image_size,
         "memory_dtype": f.memory_dtype,
     }
-
-
-def add_parser(sub) -> None:
-    from .backends import PROVIDERS
-
-    p = sub.add_parser("serve", help="serve segmentation over HTTP (FastAPI; --ray: Ray Serve)")
-    p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
-    p.add_argument("--store", default="fssam2-sets", help="directory of the support sets (shared by all replicas)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--provider", default="cpu", choices=PROVIDERS)
-    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)")
-    p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="per uploaded file")
-    p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="per image, checked before decoding")
-    p.add_argument("--max-classes", type=int, default=ServeConfig.max_classes, help="sets per segment request")
-    p.add_argument("--max-shots", type=int, default=ServeConfig.max_shots, help="supports per created set")
-    p.add_argument(
-        "--concurrency", type=int, default=ServeConfig.concurrency, help="segmenter calls at once per process"
-    )
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per process")
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="auto",
-        metavar="ADDRESS",
-        help="serve with Ray Serve: 'auto' (default) joins the running cluster, 'local' starts one",
-    )
-    p.add_argument("--replicas", type=int, default=1, help="--ray: replicas (ignored with --max-replicas)")
-    p.add_argument("--max-replicas", type=int, help="--ray: autoscale between --min-replicas and this")
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--gpus-per-replica", type=float, default=0.0)
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
-
-
-def config_from_args(args) -> ServeConfig:
-    if min(args.concurrency, args.max_classes, args.max_shots, args.max_bytes, args.max_pixels) < 1:
-        raise InputError("--concurrency, --max-classes, --max-shots, --max-bytes and --max-pixels must be >= 1")
-    return ServeConfig(
-        os.path.abspath(args.artifacts),
-        os.path.abspath(args.store),
-        args.provider,
-        args.token or os.environ.get(TOKEN_ENV) or None,
-        ImageLimits(args.max_bytes, args.max_pixels),
-        args.max_classes,
-        args.max_shots,
-        args.concurrency,
-        args.threads,
-    )
-
-
-def command(args) -> int:
-    from .label import require
-
-    config = config_from_args(args)
-    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
-        require(module, "serve")
-    if args.ray:
-        require("ray.serve", "ray")
-        from .serve_ray import RayServeOptions, run_ray_serve
-
-        return run_ray_serve(
-            config,
-            RayServeOptions(
-                args.ray,
-                args.host,
-                args.port,
-                args.replicas,
-                args.min_replicas,
-                args.max_replicas,
-                args.gpus_per_replica,
-                args.cpus_per_replica,
-            ),
-        )
-    import uvicorn
-
-    service = Service(config)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
-    return 0

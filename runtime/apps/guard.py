@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
-from .image import load_mask
+from ..engine.errors import InputError
+from ..engine.image import load_mask
 
 
 class ImageLimitError(InputError):

@@ -2,7 +2,7 @@
 
 Images differ in size and aspect ratio so resizing paths are exercised. `synthetic_episodes` makes seeded
 in-memory episodes (calibration, the fidelity gate, checks); `write_episode` writes one single-class episode to
-disk (`python -m runtime.synthetic --out example/ --shots 2`); `class_image` draws image `index` of class
+disk (`python -m runtime.tools.synthetic --out example/ --shots 2`); `class_image` draws image `index` of class
 `class_id` (with an optional object of another class) as a label map, deterministically, for the episodic dataset
 that `training/` meta-trains on.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import InputError
+from ..engine.errors import InputError
 
 # Seed streams: calibration and the gate draw episodes from different streams of the same seed.
 CALIBRATION_STREAM, CHECK_STREAM = 0, 1

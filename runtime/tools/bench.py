@@ -1,7 +1,7 @@
 """`fssam2 bench`: latency of the runtime's own support and query paths, per module.
 
 Measurements come from the segmenter's timing hook (`on_timing`): every graph run, pre/post-processing,
-session load and the whole `add_support` / `segment` calls. Glue = a phase's wall time minus the modules
+session load and the whole `encode_support` / `segment` calls. Glue = a phase's wall time minus the modules
 measured inside it (feed checks, dict handling, the memory bank). Inputs are synthetic (noise image,
 elliptic mask): latency does not depend on image content. N-way: one `segment(query, {N sets})` call
 against N one-way `segment(query, set)` calls (the work N separate segmenters would do), timed alternately
@@ -20,18 +20,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .backends import create_backend
-from .manifest import GRAPH_NAMES, Manifest, load_manifest
-from .ort_cache import cpu_flags
-from .outputs import write_atomic
-from .progress import progress as progress_bar
-from .segmenter import FewShotSegmenter
+from ..backends.cache import cpu_flags
+from ..engine.files import write_atomic
+from ..engine.manifest import GRAPH_NAMES, load_manifest
+from ..engine.options import RuntimeOptions
+from ..engine.progress import progress as progress_bar
+from ..engine.segmenter import FewShotSegmenter
 
 SCHEMA = "fssam2-bench/1"
 SUPPORT_MODULES = ("preprocess", "image_encoder", "memory_encoder")
@@ -201,7 +201,12 @@ class RunResult:
     support: dict[str, Stats] = field(default_factory=dict)
     shots: list[dict] = field(default_factory=list)
     ways: list[dict] = field(default_factory=list)  # N-way query vs N one-way queries, per N
+    options: dict = field(default_factory=dict)  # the RuntimeOptions it ran with
     error: str | None = None
+
+
+def _as_json(options: RuntimeOptions) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
 
 
 @dataclass(frozen=True)
@@ -209,34 +214,25 @@ class BenchSettings:
     shots: list[int]
     queries: int
     warmup: int
-    supports: int  # timed add_support calls for the support phase
+    supports: int  # timed support encodings for the support phase
     input_size: tuple[int, int]  # (width, height) of the synthetic images
-    threads: int | None
-    cache: bool
-    precisions: dict[str, str] | None = None  # openvino: inference precision by graph ("*": all)
     ways: list[int] = field(default_factory=lambda: [1, 3])  # class counts N for the N-way comparison
 
 
 def _load(
-    artifacts: Path, manifest: Manifest, provider: str, s: BenchSettings, rec: PhaseRecorder
+    artifacts: Path, options: RuntimeOptions, rec: PhaseRecorder
 ) -> tuple[FewShotSegmenter, dict[str, float], float]:
     """(segmenter, session load ms per graph and total, ms spent checking the files' sha256)."""
-    backend = create_backend(
-        provider,
-        manifest,
-        max_shots=max(s.shots),
-        intra_op_threads=s.threads,
-        cache=s.cache,
-        precisions=s.precisions if provider == "openvino" else None,
-    )
-    seg = FewShotSegmenter(artifacts, backend=backend, on_timing=rec)
+    seg = FewShotSegmenter(artifacts, options, on_timing=rec)
     loads = {g: v[-1] for g, v in rec.take("load").items()}
     return seg, loads | {"total": sum(loads.values())}, sum(v[-1] for v in rec.take("verify").values())
 
 
-def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunResult:
-    """Benchmark one artifacts directory on one provider over all K in `s.shots`."""
-    result = RunResult(str(artifacts), provider)
+def run_one(artifacts: Path, options: RuntimeOptions, s: BenchSettings, progress) -> RunResult:
+    """Benchmark one artifacts directory run as `options` say over all K in `s.shots`."""
+    provider = options.provider
+    options = replace(options, max_shots=max(s.shots))  # the TensorRT EP profile covers the sweep's K
+    result = RunResult(str(artifacts), provider, options=_as_json(options))
     manifest = load_manifest(artifacts, verify_files=False)  # the segmenters check the files they run
     result.model, result.image_size, result.precision = (
         manifest.model.name,
@@ -244,24 +240,19 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
         manifest.precision,
     )
     rec = PhaseRecorder()
-    _, result.load_ms["first"], result.manifest_verify_ms = _load(
-        artifacts, manifest, provider, s, rec
-    )  # may build the ORT cache
-    seg, result.load_ms["warm"], _ = _load(artifacts, manifest, provider, s, rec)
+    _, result.load_ms["first"], result.manifest_verify_ms = _load(artifacts, options, rec)  # may build the cache
+    seg, result.load_ms["warm"], _ = _load(artifacts, options, rec)
     result.files = {g: manifest.graphs[g].artifact_for(provider).file for g in GRAPH_NAMES}
-    result.providers_used = {g: getattr(seg.graphs[g], "providers", []) for g in GRAPH_NAMES}
-    result.cache = {g: getattr(seg.graphs[g], "cache", "off") for g in GRAPH_NAMES}
-    result.graph_precisions = {
-        g: getattr(seg.graphs[g], "precision", manifest.graphs[g].precision) for g in GRAPH_NAMES
-    }
+    result.providers_used = {g: list(seg.graphs[g].providers) for g in GRAPH_NAMES}
+    result.cache = {g: seg.graphs[g].cache for g in GRAPH_NAMES}
+    result.graph_precisions = {g: seg.graphs[g].precision for g in GRAPH_NAMES}
     w, h = s.input_size
     images = [synthetic_input(w, h, seed) for seed in range(max(s.shots) + 1)]
     query = images[-1][0]
 
     for i in range(s.warmup + s.supports):
         rec.phase = "support" if i >= s.warmup else None
-        seg.add_support(*images[i % max(s.shots)])
-        seg.reset()
+        seg.encode_support(*images[i % max(s.shots)])
         progress.update()
     sup = rec.take("support")
     result.support = {k: Stats.of(v) for k, v in sup.items()}
@@ -270,12 +261,10 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
     mem_channels = manifest.graphs["memory_attention"].inputs[2].shape[2]
     for k in s.shots:
         rec.phase = None
-        seg.reset()
-        for image, mask in images[:k]:
-            seg.add_support(image, mask)
+        supports = seg.encode_supports(images[:k])
         for i in range(s.warmup + s.queries):
             rec.phase = "query" if i >= s.warmup else None
-            seg.segment(query)
+            seg.segment(query, supports)
             progress.update()
         q = rec.take("query")
         stats = {name: Stats.of(v) for name, v in q.items()}
@@ -312,28 +301,27 @@ def run_one(artifacts: Path, provider: str, s: BenchSettings, progress) -> RunRe
     return result
 
 
-def run_bench(artifacts: list[Path], providers: list[str], s: BenchSettings, show_progress: bool = True) -> dict:
-    """All (artifacts, provider) pairs over all K; returns the JSON-ready report."""
+def run_bench(artifacts: list[Path], runs: list[RuntimeOptions], s: BenchSettings, show_progress: bool = True) -> dict:
+    """Every artifacts directory run as each of `runs` (one per provider) over all K; returns the JSON-ready report."""
     total = (
-        len(artifacts)
-        * len(providers)
-        * ((s.warmup + s.supports) + (len(s.shots) + len(s.ways)) * (s.warmup + s.queries))
+        len(artifacts) * len(runs) * ((s.warmup + s.supports) + (len(s.shots) + len(s.ways)) * (s.warmup + s.queries))
     )
-    runs = []
+    results = []
     with progress_bar(total=total, unit="call", enabled=show_progress) as progress:
         for a in artifacts:
-            for p in providers:
-                progress.set_description(f"{Path(a).name}/{p}")
+            for options in runs:
+                progress.set_description(f"{Path(a).name}/{options.provider}")
                 try:
-                    runs.append(run_one(Path(a), p, s, progress))
+                    results.append(run_one(Path(a), options, s, progress))
                 except Exception as e:  # one failing configuration must not lose the others' figures
-                    runs.append(RunResult(str(a), p, error=f"{type(e).__name__}: {e}"))
+                    results.append(RunResult(str(a), options.provider, error=f"{type(e).__name__}: {e}"))
+    precisions = next((dict(o.precision) for o in runs if o.precision), None)
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": asdict(s),
+        "settings": asdict(s) | {"threads": runs[0].threads, "cache": runs[0].cache, "precisions": precisions},
         "environment": environment(),
-        "runs": [asdict(r) for r in runs],
+        "runs": [asdict(r) for r in results],
     }
 
 
@@ -353,7 +341,7 @@ def format_table(report: dict) -> str:
             f"(cache: {', '.join(f'{g} {c}' for g, c in r['cache'].items())}); sha256 of the files run {r['manifest_verify_ms']:.0f} ms"
         )
         lines.append(f"  precision per graph: {', '.join(f'{g} {p}' for g, p in r['graph_precisions'].items())}")
-        blocks = [("support (one add_support)", r["support"])] + [
+        blocks = [("support (one encode_support)", r["support"])] + [
             (f"query, K={k['shots']}", k["query"]) for k in r["shots"]
         ]
         for name, stats in blocks:

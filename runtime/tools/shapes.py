@@ -12,7 +12,7 @@ object (a jittered polygon that is none of the class shapes) placed twice in dif
 that copy its texture or its outline.
 
 `write_episode` writes a held-out episode (a novel class, a query with a distractor) to disk for the demo:
-`python -m runtime.shapes --out example/ --shots 2`. Everything is a pure function of its integer arguments (numpy
+`python -m runtime.tools.shapes --out example/ --shots 2`. Everything is a pure function of its integer arguments (numpy
 `default_rng` streams), numpy + Pillow only.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import InputError
+from ..engine.errors import InputError
 from .synthetic import EpisodeFiles
 
 SHAPES = ("disk", "triangle", "square", "star", "cross", "ring", "crescent", "hexagon", "arrow", "ell")
@@ -40,7 +40,7 @@ STREAMS = {"trn": 11, "val": 12, "test": 13, "instance": 14}
 def class_parts(class_id: int) -> tuple[str, str]:
     """(shape, texture) of a class: classes s and s + 10 share shape s, with textures s % 4 and (s + 2) % 4."""
     if not 0 <= class_id < NUM_CLASSES:
-        raise ValueError(f"shapes: class must be 0..{NUM_CLASSES - 1}, got {class_id}")
+        raise InputError(f"shapes: class must be 0..{NUM_CLASSES - 1}, got {class_id}")
     s = class_id % len(SHAPES)
     t = s % len(TEXTURES) if class_id < len(SHAPES) else (s + 2) % len(TEXTURES)
     return SHAPES[s], TEXTURES[t]
@@ -48,7 +48,7 @@ def class_parts(class_id: int) -> tuple[str, str]:
 
 def test_classes(fold: int) -> list[int]:
     if fold not in range(FOLDS):
-        raise ValueError(f"shapes: fold must be 0..{FOLDS - 1}, got {fold}")
+        raise InputError(f"shapes: fold must be 0..{FOLDS - 1}, got {fold}")
     return [5 * fold + i for i in range(5)]
 
 
@@ -106,7 +106,7 @@ def _polygon(shape: str, r: float, rng: np.random.Generator) -> list[np.ndarray]
         a = np.sort(rng.uniform(0, 2 * np.pi, n))
         rad = r * rng.uniform(0.5, 1.1, n)
         return [np.stack([rad * np.cos(a), rad * np.sin(a)], 1)]
-    raise ValueError(f"unknown shape {shape!r}")
+    raise InputError(f"unknown shape {shape!r}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Appearance:
         elif self.texture == "shaded":  # one colour shading smoothly into the other across the object
             t = (0.5 + 0.5 * np.sin(u / (4 * p) + 6 * self.phase)).astype(np.float32)
         else:
-            raise ValueError(f"unknown texture {self.texture!r}")
+            raise InputError(f"unknown texture {self.texture!r}")
         a, b = (np.array(c, np.float32) for c in self.colors)
         return a * t[..., None] + b * (1 - t[..., None])
 
@@ -231,10 +231,10 @@ def class_image(class_id: int, index: int, split: str, fold: int, seed: int = 0)
     uint8 label map (0 background, c + 1 where class c is visible). Training and validation images show only
     the fold's training classes; test images any class."""
     if split not in ("trn", "val", "test"):
-        raise ValueError(f"shapes: split must be trn, val or test, got {split!r}")
+        raise InputError(f"shapes: split must be trn, val or test, got {split!r}")
     novel = test_classes(fold)
     if split != "test" and class_id in novel:
-        raise ValueError(f"shapes: class {class_id} is a test class of fold {fold}; {split} images never show it")
+        raise InputError(f"shapes: class {class_id} is a test class of fold {fold}; {split} images never show it")
     pool = [c for c in range(NUM_CLASSES) if c != class_id and (split == "test" or c not in novel)]
     rng = np.random.default_rng((seed, STREAMS[split], fold, class_id, index))
     h, w = (int(v) for v in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, 2))

@@ -1,16 +1,9 @@
-"""Inference backends behind one small interface.
+"""The ONNX Runtime backend: providers `cpu`, `cuda` and `tensorrt` (ONNX Runtime and its execution providers).
 
-A backend turns a graph file + its manifest spec into a `Graph` whose `run(feeds)` maps input names
-to arrays and returns output names to arrays; its `provider` names which of the graph's flavours
-(manifest schema 2) the segmenter hands it. Providers: `cpu`, `cuda`, `tensorrt` (ONNX Runtime and its
-execution providers), `tensorrt-native` (TensorRT engines, `runtime.trt_backend`) and `openvino`
-(OpenVINO's CPU plugin, BF16 on AMX where the CPU has it, `runtime.ov_backend`); `create_backend` makes the
-right one. Any object with the same `load` method (a remote server, a mock) can be injected.
-
-For the "cpu" and "cuda" providers the ONNX Runtime backend loads a pre-optimised copy of each graph
-from a cache (`runtime.ort_cache`), made on first use. On GPU providers, an output that another loaded
-graph consumes stays on the device (`runtime.device.DeviceTensor`) and the memory bank is kept there
-between queries (IO binding, `runtime.ort_gpu`).
+For the "cpu" and "cuda" providers it loads a pre-optimised copy of each graph from a cache
+(`runtime.backends.cache`), made on first use. On GPU providers, an output that another loaded graph consumes stays
+on the device (`runtime.backends.device.DeviceTensor`) and the memory bank is kept there between queries (IO binding,
+`runtime.backends.ort_gpu`). It refuses to run elsewhere than asked: no silent CPU fallback.
 """
 
 from __future__ import annotations
@@ -21,16 +14,17 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from .errors import BackendError, InputError, ProviderUnavailableError
-from .manifest import GraphSpec, Manifest, source_sha256
-from .ort_cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
+from ..engine.backend import register_backend
+from ..engine.errors import BackendError, InputError, ProviderUnavailableError
+from ..engine.manifest import GraphSpec, Manifest, source_sha256
+from ..engine.options import RuntimeOptions
+from ..engine.profiles import DimRange, input_profiles, memory_dim_ranges
+from ..engine.versions import dist_version
+from .cache import CacheEntry, CacheKey, cache_entry, machine_fingerprint
 from .ort_gpu import DEFAULT_WORKSPACE_BYTES, ORT_TRT_CACHE_DIR, OrtDeviceGraph, ort_provider_list
-from .profiles import DEFAULT_MAX_SHOTS, DimRange, input_profiles, memory_dim_ranges
-from .versions import dist_version
 
 ORT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -42,48 +36,26 @@ ORT_PROVIDERS = {
 # forbids listing CPUExecutionProvider, hence not in ORT_PROVIDERS). libfssam2 sets the same entry.
 NO_CPU_FALLBACK = ("session.disable_cpu_ep_fallback", "1")
 CACHED_PROVIDERS = ("cpu", "cuda")  # the TensorRT EP builds engines instead (its own engine cache)
-PROVIDERS = (*ORT_PROVIDERS, "tensorrt-native", "openvino")
 
 
-class Graph(Protocol):
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-class Backend(Protocol):
-    name: str
-    provider: str  # picks each graph's flavour in the manifest (GraphSpec.artifact_for)
-
-    def load(self, path: Path, spec: GraphSpec) -> Graph: ...
-
-
-def create_backend(
-    provider: str,
-    manifest: Manifest | None = None,
-    *,
-    max_shots: int = DEFAULT_MAX_SHOTS,
-    intra_op_threads: int | None = None,
-    device_id: int = 0,
-    cache: bool = True,
-    precisions: Mapping[str, str] | None = None,
-) -> Backend:
-    """The backend for `provider`. ORT's TensorRT EP gets profiles for K = 1..max_shots from the manifest;
-    `tensorrt-native` takes its profiles from the engines themselves; `cache` as in `OrtBackend`.
-    `precisions` (openvino only): inference precision by graph name, "*" for all (default: bf16 where offered)."""
-    if precisions and provider != "openvino":
-        raise InputError(f"precisions apply to the openvino provider only, not {provider!r}")
-    if provider == "openvino":
-        from .ov_backend import OpenVinoBackend
-
-        per_graph = {g: p for g, p in (precisions or {}).items() if g != "*"}
-        return OpenVinoBackend(
-            precision=(precisions or {}).get("*", "auto"), precisions=per_graph, threads=intra_op_threads, cache=cache
-        )
-    if provider == "tensorrt-native":
-        from .trt_backend import TensorRTBackend
-
-        return TensorRTBackend(device_id=device_id)
-    dims = memory_dim_ranges(manifest.episode, max_shots) if manifest is not None and provider == "tensorrt" else None
-    return OrtBackend(provider, intra_op_threads, dims=dims, device_id=device_id, cache=cache)
+@register_backend(*ORT_PROVIDERS)
+def _from_options(options: RuntimeOptions, manifest: Manifest | None) -> OrtBackend:
+    """ORT's TensorRT EP gets profiles for K = 1..options.max_shots from the manifest."""
+    if options.precision:
+        raise InputError(f"precisions apply to the openvino provider only, not {options.provider!r}")
+    dims = (
+        memory_dim_ranges(manifest.episode, options.max_shots)
+        if manifest is not None and options.provider == "tensorrt"
+        else None
+    )
+    return OrtBackend(
+        options.provider,
+        options.threads,
+        dims=dims,
+        device_id=options.device_id,
+        cache=options.cache,
+        cache_dir=options.cache_dir,
+    )
 
 
 @functools.cache
@@ -96,11 +68,12 @@ def _register_shared_cpu_arena() -> None:
 
 
 class OrtGraph:
-    def __init__(self, session, output_names: list[str], cache: str = "off"):
+    def __init__(self, session, output_names: list[str], cache: str = "off", precision: str = "fp32"):
         self._session = session
         self._outputs = output_names
         self.providers: list[str] = session.get_providers()  # what ORT actually runs it on
         self.cache = cache  # "hit" (pre-optimised model loaded), "built" (saved now) or "off"
+        self.precision = precision  # the graph's, as exported (OrtBackend.precision_for)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self._session.run(self._outputs, dict(feeds))))
@@ -137,11 +110,11 @@ def gpu_install_hint() -> str:
 class OrtBackend:
     """ONNX Runtime with provider `cpu`, `cuda` or `tensorrt`; refuses to run elsewhere than asked.
 
-    `cache` (default on) keeps ORT-optimised copies of the graphs for `cpu`/`cuda` (see `runtime.ort_cache`);
+    `cache` (default on) keeps ORT-optimised copies of the graphs for `cpu`/`cuda` (see `runtime.backends.cache`);
     `cache_dir` overrides where (default `<artifacts>/.ort_cache`, else the user cache).
     With `shared_arena` (default) every session draws host memory from one CPU arena registered in ORT's
     environment, so the process peaks at the largest graph's working set instead of the sum of one arena
-    per graph. GPU providers run through IO binding (`runtime.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
+    per graph. GPU providers run through IO binding (`runtime.backends.ort_gpu.OrtDeviceGraph`). `dims` gives the dynamic axes'
     ranges (`profiles.memory_dim_ranges`); the TensorRT EP needs them for its profiles. Its engine and timing
     caches go to `trt_cache_dir` (default: `ort_trt_cache/` beside the graphs)."""
 
@@ -245,7 +218,7 @@ class OrtBackend:
             except ValueError as e:
                 raise InputError(
                     f"{path.name}: the TensorRT EP needs a range for every dynamic axis ({e}); "
-                    "make the backend with create_backend('tensorrt', manifest, max_shots=K)"
+                    "make the backend with create_backend(RuntimeOptions('tensorrt', max_shots=K), manifest)"
                 ) from e
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +231,12 @@ class OrtBackend:
         )
         return providers, profiles
 
-    def load(self, path: Path, spec: GraphSpec) -> Graph:
+    def precision_for(self, graph: str, spec: GraphSpec) -> str:
+        """The graph's exported precision (a flavour ORT runs instead, e.g. the CPU's dynamic INT8, is reported as the
+        standard graph's)."""
+        return spec.precision
+
+    def load(self, path: Path, spec: GraphSpec, graph: str) -> OrtGraph | OrtDeviceGraph:
         providers, profiles = self._provider_list(path, spec)
         entry = self._entry(path, spec) if self._cache else None
         if entry is not None:
@@ -273,7 +251,7 @@ class OrtBackend:
             )
         self._consumed.update(t.name for t in spec.inputs)
         if self.provider == "cpu":
-            return OrtGraph(session, [o.name for o in spec.outputs], status)
+            return OrtGraph(session, [o.name for o in spec.outputs], status, self.precision_for(graph, spec))
         return OrtDeviceGraph(
             session,
             spec,
@@ -284,4 +262,5 @@ class OrtBackend:
             profiles=profiles,
             label=Path(path).stem,
             cache=status,
+            precision=self.precision_for(graph, spec),
         )

@@ -8,8 +8,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from .errors import InputError
-from .support_set import SUFFIX, TENSORS, SupportSet
+from ..engine.errors import InputError
+from ..engine.support_set import SUFFIX, TENSORS, SupportSet
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 

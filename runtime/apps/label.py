@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Error, InputError
+from ..engine.errors import Error, InputError
+from ..engine.files import write_atomic
+from ..engine.progress import progress as progress_bar
+from ..engine.support_set import SupportSet
 from .guard import ImageLimits, decode_image, read_bytes
-from .image import overlay as draw_overlay
-from .outputs import save_png, write_atomic
-from .progress import progress as progress_bar
+from .render import overlay as draw_overlay
+from .render import save_png
 from .store import set_digest
-from .support_set import SupportSet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 JOURNAL, JOB_FILE, PARQUET = "results.jsonl", "job.json", "results.parquet"
@@ -268,103 +269,3 @@ def run_job(
 def run_local(labeler: Labeler, items: list[Item], **kwargs) -> Summary:
     """The one-machine path: images one after another through one segmenter."""
     return run_job(items, labeler.job, labeler.sets, lambda todo: map(labeler, todo), **kwargs)
-
-
-def require(module: str, extra: str) -> None:
-    """Import `module` or say which extra installs it."""
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        raise InputError(f"this needs {module}: pip install 'fssam2[{extra}]' ({e})") from None
-
-
-def add_parser(sub) -> None:
-    from .backends import PROVIDERS
-
-    p = sub.add_parser(
-        "label", help="segment every image of a collection with support sets (resumable; --ray: Ray Data)"
-    )
-    p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
-    p.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        required=True,
-        metavar="NAME=SET",
-        help="a class and its support-set file (.fssam2); repeat for N classes (label i = i-th --class)",
-    )
-    p.add_argument("--images", required=True, help="a directory, a .txt/.lst list file or a glob ('photos/**/*.jpg')")
-    p.add_argument("--out", required=True, help="output directory (masks/, overlays/, results.jsonl, job.json)")
-    p.add_argument("--overlay", action="store_true", help="also write overlays/<image>.png")
-    p.add_argument(
-        "--table",
-        choices=("jsonl", "parquet"),
-        default="jsonl",
-        help="results table format (results.jsonl is always written: it is the job's journal)",
-    )
-    p.add_argument("--provider", default="cpu", choices=PROVIDERS)
-    p.add_argument(
-        "--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)"
-    )
-    p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="larger files fail")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="auto",
-        metavar="ADDRESS",
-        help="run on Ray Data: 'auto' (default) joins the running cluster, 'local' starts one",
-    )
-    p.add_argument("--workers", type=int, default=2, help="--ray: segmenter actors")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per actor")
-    p.add_argument("--threads-per-worker", type=int, default=1, help="--ray: CPUs per actor (ONNX Runtime threads)")
-
-
-def class_files(specs: list[str]) -> dict[str, str]:
-    """NAME=SET arguments (`--class`) -> {name: path}, in the order given (label i = the i-th class)."""
-    classes: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"--class takes NAME=SET (e.g. cat=cats.fssam2), got {spec!r}")
-        if name in classes:
-            raise InputError(f"--class {name!r} given twice")
-        classes[name] = path
-    if len(classes) > 255:
-        raise InputError(f"at most 255 classes (the label PNG is 8-bit), got {len(classes)}")
-    return classes
-
-
-def _parse_classes(specs: list[str], model) -> dict[str, SupportSet]:
-    return {name: SupportSet.load(path, model) for name, path in class_files(specs).items()}
-
-
-def command(args) -> int:
-    """Exit code 0: every image labelled; 1: some failed (see the table); 2: the job could not run."""
-    from .manifest import load_manifest
-    from .support_set import Fingerprint
-
-    if args.workers < 1 or args.threads_per_worker < 1 or args.gpus_per_worker < 0:
-        raise InputError("--workers and --threads-per-worker must be >= 1, --gpus-per-worker >= 0")
-    manifest = load_manifest(args.artifacts, verify_files=False)
-    sets = _parse_classes(args.classes, Fingerprint.of(manifest))
-    job = LabelJob(Path(args.out), tuple(sets), args.overlay, ImageLimits(args.max_bytes, args.max_pixels))
-    items = collect_inputs(args.images)
-    options = dict(progress=not args.quiet, table=args.table)
-    if args.ray:
-        require("ray.data", "ray")
-        from .label_ray import RayOptions, run_ray
-
-        ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.threads_per_worker, args.provider)
-        summary = run_ray(args.artifacts, sets, job, items, ray_options, **options)
-    else:
-        from .segmenter import FewShotSegmenter
-
-        summary = run_local(
-            Labeler(FewShotSegmenter(args.artifacts, provider=args.provider), sets, job), items, **options
-        )
-    print(f"fssam2 label: {summary.line()}")
-    print(f"fssam2 label: table {job.out / (PARQUET if args.table == 'parquet' else JOURNAL)}")
-    return 1 if summary.failed else 0

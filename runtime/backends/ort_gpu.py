@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.manifest import GraphSpec
+from ..engine.profiles import MEMORY_AXIS, InputProfile, check_memory_length
 from .device import DeviceCopies, DeviceTensor, is_support_array
-from .manifest import GraphSpec
-from .profiles import MEMORY_AXIS, InputProfile, check_memory_length
 
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 ORT_TRT_CACHE_DIR = "ort_trt_cache"  # ORT TensorRT EP engine + timing cache, beside the graphs
@@ -90,10 +90,12 @@ class OrtDeviceGraph:
         profiles: Mapping[str, InputProfile] | None = None,
         label: str = "",
         cache: str = "off",
+        precision: str | None = None,
     ):
         self._session = session
         self.providers: list[str] = session.get_providers()  # what ORT actually runs it on
         self.cache = cache  # ORT cache status, as OrtGraph.cache
+        self.precision = precision or spec.precision  # as OrtGraph.precision
         self._outputs = [o.name for o in spec.outputs]
         self._dtypes = {o.name: o.dtype for o in spec.outputs}
         self._device, self._device_id = device, device_id

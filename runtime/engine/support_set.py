@@ -168,7 +168,7 @@ class SupportSet:
         """Write the set as a safetensors file, atomically (temporary file in the same directory, then rename)."""
         from safetensors.numpy import save
 
-        from .outputs import write_atomic
+        from .files import write_atomic
 
         return write_atomic(path, save({n: getattr(self, n) for n in TENSORS}, metadata=self.metadata()))
 

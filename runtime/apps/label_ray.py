@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine.options import RuntimeOptions
+from ..engine.support_set import SupportSet
 from .label import Item, Labeler, LabelJob, Summary, run_job
-from .support_set import SupportSet
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ class RayOptions:
     address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
     workers: int = 2  # actors in the pool
     gpus_per_worker: float = 0.0
-    threads_per_worker: int = 1  # CPUs reserved per actor = ONNX Runtime intra-op threads
-    provider: str = "cpu"
+    threads_per_worker: int = 1  # CPUs reserved per actor
+    options: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(threads=1))  # each actor's segmenter
 
 
 def actor_resources(options: RayOptions) -> dict:
@@ -38,16 +39,13 @@ def actor_resources(options: RayOptions) -> dict:
 class _Worker:
     """One actor: a segmenter over the artifacts and the sets fetched from the object store."""
 
-    def __init__(self, artifacts: str, provider: str, threads: int, sets_box: list, job: LabelJob):
+    def __init__(self, artifacts: str, options: RuntimeOptions, sets_box: list, job: LabelJob):
         import ray
 
-        from .backends import create_backend
-        from .manifest import load_manifest
-        from .segmenter import FewShotSegmenter
+        from ..engine.segmenter import FewShotSegmenter
 
         sets: Mapping[str, SupportSet] = ray.get(sets_box[0])
-        backend = create_backend(provider, load_manifest(artifacts, verify_files=False), intra_op_threads=threads)
-        self.labeler = Labeler(FewShotSegmenter(artifacts, backend=backend), sets, job)
+        self.labeler = Labeler(FewShotSegmenter(artifacts, options), sets, job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [self.labeler(Item(str(p), str(k))) for p, k in zip(batch["path"], batch["key"])]
@@ -80,8 +78,7 @@ def run_ray(
                 compute=ray.data.ActorPoolStrategy(size=options.workers),
                 fn_constructor_kwargs={
                     "artifacts": str(artifacts),
-                    "provider": options.provider,
-                    "threads": options.threads_per_worker,
+                    "options": options.options,
                     "sets_box": [sets_ref],
                     "job": job,
                 },

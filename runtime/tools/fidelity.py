@@ -12,7 +12,7 @@ every candidate on it:
   of the IoU (an IoU of two full masks says nothing).
 
 `GateThresholds` + `FidelityReport.verdict()` turn a report into pass / fail / refused (too few judgeable
-episodes). The episodes judged are `runtime.synthetic.synthetic_episodes` or a benchmark's (calibration).
+episodes). The episodes judged are `runtime.tools.synthetic.synthetic_episodes` or a benchmark's (calibration).
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, Graph, OrtBackend
-from .errors import FidelityError
-from .manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
-from .progress import progress as progress_bar
-from .segmenter import FewShotSegmenter, Segmentation
+from ..backends.ort import OrtBackend
+from ..engine.backend import Backend, DelegatingGraph, Graph
+from ..engine.errors import FidelityError
+from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, load_manifest
+from ..engine.progress import progress as progress_bar
+from ..engine.results import Segmentation
+from ..engine.segmenter import FewShotSegmenter
 from .synthetic import Episode
 
 
@@ -39,9 +41,8 @@ def run_episode(seg: FewShotSegmenter, episode: Episode):
 class RecordingBackend:
     """Wraps a backend; keeps every loaded graph and, while `recording`, each call's feeds per graph."""
 
-    def __init__(self, inner: Backend, graph_of: Mapping[str, str]):
+    def __init__(self, inner: Backend):
         self.inner, self.name, self.provider = inner, f"recording-{inner.name}", inner.provider
-        self._graph_of = graph_of  # file name -> graph name
         self.graphs: dict[str, Graph] = {}
         self.calls: dict[str, list[dict[str, np.ndarray]]] = {n: [] for n in GRAPH_NAMES}
         self.results: dict[str, list[dict[str, np.ndarray]]] = {n: [] for n in GRAPH_NAMES}
@@ -52,24 +53,25 @@ class RecordingBackend:
             for calls in store.values():
                 calls.clear()
 
-    def load(self, path: Path, spec: GraphSpec) -> Graph:
-        name = self._graph_of[path.name]
-        graph = self.inner.load(path, spec)
-        self.graphs[name] = graph
-        backend = self
+    def precision_for(self, graph: str, spec: GraphSpec) -> str:
+        return self.inner.precision_for(graph, spec)
 
-        class Recorded:
-            def run(self, feeds):
-                out = graph.run(feeds)
-                if backend.recording:
-                    backend.calls[name].append(dict(feeds))
-                    backend.results[name].append(out)
-                return out
+    def load(self, path: Path, spec: GraphSpec, graph: str) -> Graph:
+        self.graphs[graph] = self.inner.load(path, spec, graph)
+        return _Recorded(self.graphs[graph], self, graph)
 
-            def __getattr__(self, attr):  # the rest is the wrapped graph's: providers, cache, support_copies
-                return getattr(graph, attr)
 
-        return Recorded()
+class _Recorded(DelegatingGraph):
+    def __init__(self, inner: Graph, backend: RecordingBackend, graph: str):
+        super().__init__(inner)
+        self._backend, self._graph = backend, graph
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.inner.run(feeds)
+        if self._backend.recording:
+            self._backend.calls[self._graph].append(dict(feeds))
+            self._backend.results[self._graph].append(out)
+        return out
 
 
 class ProviderFiles:
@@ -80,16 +82,17 @@ class ProviderFiles:
         self.inner, self.provider = inner, provider
         self.name = f"{inner.name}-standard" if provider == "standard" else f"{inner.name}-as-{provider}"
 
-    def load(self, path: Path, spec: GraphSpec) -> Graph:
-        return self.inner.load(path, spec)
+    def precision_for(self, graph: str, spec: GraphSpec) -> str:
+        return self.inner.precision_for(graph, spec)
+
+    def load(self, path: Path, spec: GraphSpec, graph: str) -> Graph:
+        return self.inner.load(path, spec, graph)
 
 
 def recording_segmenter(
     artifacts: str | Path, backend: Backend | None = None
 ) -> tuple[FewShotSegmenter, RecordingBackend]:
-    manifest = load_manifest(artifacts, verify_files=False)  # FewShotSegmenter verifies the files below
-    files = {f.file: name for name, g in manifest.graphs.items() for f in [g.standard, *g.flavours]}
-    rec = RecordingBackend(backend or OrtBackend("cpu"), files)
+    rec = RecordingBackend(backend or OrtBackend("cpu"))
     return FewShotSegmenter(artifacts, backend=rec), rec
 
 
@@ -278,9 +281,7 @@ class FidelityReport:
     episodes: list[EpisodeFidelity]
     thresholds: GateThresholds | None = None
     diagnosis: dict = field(default_factory=dict)  # filled by the exporter: worst node of the worst graph
-    graph_precisions: dict[str, str] = field(
-        default_factory=dict
-    )  # what each graph ran in (the backend's, else the manifest's)
+    graph_precisions: dict[str, str] = field(default_factory=dict)  # what each graph ran in (`Graph.precision`)
     planned_episodes: int | None = None  # episodes it was to run; more than len(episodes) when the gate stopped early
     islands: dict = field(default_factory=dict)  # filled by the BF16 export: FP32 islands found, in how many rounds
 
@@ -540,9 +541,7 @@ def compare_candidates(
             [],
             thresholds,
             planned_episodes=len(episodes),
-            graph_precisions={
-                n: getattr(rec.graphs[n], "precision", g.precision) for n, g in seg.manifest.graphs.items()
-            },
+            graph_precisions={n: rec.graphs[n].precision for n in seg.manifest.graphs},
         )
         for key, (seg, rec) in runs.items()
     }

@@ -1,0 +1,82 @@
+"""`fssam2 serve`: its arguments and the command (the service itself is `runtime.apps.serve`, on Ray `serve_ray`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..apps.guard import ImageLimits
+from ..apps.serve import TOKEN_ENV, ServeConfig, Service, create_app
+from ..engine.errors import InputError
+from .common import add_runtime_options, options_from_args, require
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve segmentation over HTTP (FastAPI; --ray: Ray Serve)")
+    p.add_argument("--artifacts", required=True, help="directory written by fssam2-export")
+    p.add_argument("--store", default="fssam2-sets", help="directory of the support sets (shared by all replicas)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)")
+    p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="per uploaded file")
+    p.add_argument("--max-pixels", type=int, default=ImageLimits.max_pixels, help="per image, checked before decoding")
+    p.add_argument("--max-classes", type=int, default=ServeConfig.max_classes, help="sets per segment request")
+    p.add_argument("--max-shots", type=int, default=ServeConfig.max_shots, help="supports per created set")
+    p.add_argument(
+        "--concurrency", type=int, default=ServeConfig.concurrency, help="segmenter calls at once per process"
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="serve with Ray Serve: 'auto' (default) joins the running cluster, 'local' starts one",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="--ray: replicas (ignored with --max-replicas)")
+    p.add_argument("--max-replicas", type=int, help="--ray: autoscale between --min-replicas and this")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    add_runtime_options(p)  # per process (replica); --threads: its inference threads
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    if min(args.concurrency, args.max_classes, args.max_shots, args.max_bytes, args.max_pixels) < 1:
+        raise InputError("--concurrency, --max-classes, --max-shots, --max-bytes and --max-pixels must be >= 1")
+    return ServeConfig(
+        os.path.abspath(args.artifacts),
+        os.path.abspath(args.store),
+        options_from_args(args),
+        args.token or os.environ.get(TOKEN_ENV) or None,
+        ImageLimits(args.max_bytes, args.max_pixels),
+        args.max_classes,
+        args.max_shots,
+        args.concurrency,
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+        require(module, "serve")
+    if args.ray:
+        require("ray.serve", "ray")
+        from ..apps.serve_ray import RayServeOptions, run_ray_serve
+
+        return run_ray_serve(
+            config,
+            RayServeOptions(
+                args.ray,
+                args.host,
+                args.port,
+                args.replicas,
+                args.min_replicas,
+                args.max_replicas,
+                args.gpus_per_replica,
+                args.cpus_per_replica,
+            ),
+        )
+    import uvicorn
+
+    uvicorn.run(create_app(Service(config)), host=args.host, port=args.port, log_level="warning")
+    return 0
