@@ -1,10 +1,10 @@
-"""The `shapes` benchmark and its pretraining episodes (runtime.shapes, training.datasets), and the non-learned
+"""The `shapes` benchmark and its pretraining episodes (runtime.tools.shapes, training.datasets), and the non-learned
 colour baseline that the benchmark must defeat."""
 
 import numpy as np
 import pytest
 
-from runtime import shapes
+from runtime.tools import shapes
 from training.baseline import color_histogram_predictor, color_log_odds
 from training.datasets import IGNORE, build_dataset
 from training.evaluate import run_episodes
