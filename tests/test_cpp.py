@@ -639,6 +639,31 @@ def test_support_set_written_by_python_loads_in_cpp(cpp_seg, seg, artifacts, epi
     assert again.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_take_the_umask_mode(cpp_build, cpp_seg, seg, episode, artifacts, tmp_path, mask):
+    """libfssam2's set writer and the tool's mask PNG make files with 0666 less the umask, as Python's writes do
+    (not mkstemp's 0600, nor a fixed 0644 that ignores a stricter umask)."""
+    path = seg.encode_supports(episode.supports[:1]).save(tmp_path / "py.fssam2")
+    handle = cpp_seg.load_set(path)
+    old = os.umask(mask)
+    try:
+        cpp_seg.save_set(handle, tmp_path / "cpp.fssam2")
+    finally:
+        os.umask(old)
+        cpp_seg.free_set(handle)
+    tool = [str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), "--support-set", str(path)]
+    proc = subprocess.run(
+        [*tool, "--query", str(episode.query), "--out", str(tmp_path / "mask.png")],
+        capture_output=True,
+        text=True,
+        umask=mask,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("cpp.fssam2", "mask.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpp.fssam2", "mask.png", "py.fssam2"]
+
+
 def test_support_set_written_by_cpp_loads_in_python(cpp_seg, seg, artifacts, episode, tmp_path):
     """C++ encodes and writes the spec's file: its metadata, per-support facts and tokens are Python's, and Python
     segments with it as C++ does."""

@@ -2,6 +2,7 @@
 completes, resume after a killed job (nothing redone that was complete, nothing lost), the journal's rules."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,6 +68,11 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
+def _modes(out: Path) -> set[int]:
+    """The permission bits of every file under `out`."""
+    return {q.stat().st_mode & 0o777 for q in out.rglob("*") if q.is_file()}
+
+
 def _summary(text: str) -> tuple[int, int, int]:
     m = re.search(r"(\d+) done, (\d+) skipped \(complete\), (\d+) failed", text)
     assert m, text
@@ -125,27 +131,33 @@ def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(
     import pyarrow.parquet as pq
 
     assert pq.read_table(out / "results.parquet").to_pylist() == list(records.values())
+    assert _modes(out) == {0o644}  # masks, overlays, the tables, job.json: readable by others (umask 022)
 
 
 def test_one_class_mask_and_pixel_limit(seg_128, set_files, collection, tmp_path, capsys):
     root, good, _ = collection
     out = tmp_path / "out"
-    rc, text = _label(
-        [
-            "--artifacts",
-            str(seg_128.artifacts_dir),
-            "--class",
-            f"cat={set_files['cat']}",
-            "--images",
-            str(root / "noise" / "*.png"),
-            "--out",
-            str(out),
-            "--max-pixels",
-            "11000",
-        ],
-        capsys,
-    )
+    old_umask = os.umask(0o027)
+    try:
+        rc, text = _label(
+            [
+                "--artifacts",
+                str(seg_128.artifacts_dir),
+                "--class",
+                f"cat={set_files['cat']}",
+                "--images",
+                str(root / "noise" / "*.png"),
+                "--out",
+                str(out),
+                "--max-pixels",
+                "11000",
+            ],
+            capsys,
+        )
+    finally:
+        os.umask(old_umask)
     assert rc == 1 and _summary(text) == (2, 0, 1)
+    assert _modes(out) == {0o640}  # the umask's mode, not mkstemp's 0600
     records = {r["key"]: r for r in _records(out)}
     assert "15000 pixels, more than the limit of 11000" in records["n2.png"]["error"]
     from runtime import SupportSet

@@ -66,6 +66,7 @@ def test_sets_are_content_addressed_and_persist(client, set_ids, seg_128, episod
     info = client.get(f"/v1/support-sets/{set_ids['dog']}").json()
     assert info["shots"] == 2 and info["weights"] == "random-init:seed=0" and info["image_size"] == 128
     assert sorted(client.get("/v1/support-sets").json()["ids"]) == sorted(set_ids.values())
+    assert (store / f"{set_ids['cat']}.fssam2").stat().st_mode & 0o777 == 0o644  # readable by other processes
     restarted = Service(ServeConfig(str(artifacts_128), str(store)))  # a new process over the same store
     assert restarted.store.get(set_ids["cat"]).shots == 2
     extra = client.post("/v1/support-sets", files=_set_files(episode.supports[4:5])).json()["id"]
