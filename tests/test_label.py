@@ -168,6 +168,47 @@ def test_one_class_mask_and_pixel_limit(seg_128, set_files, collection, tmp_path
     assert 0 < (mask > 0).mean() < 1
 
 
+class _Poisoned:
+    """The real segmenter, except that images of some sizes raise what a backend, memory or a decoder can."""
+
+    def __init__(self, seg, faults: dict[tuple[int, int], Exception]):
+        self.seg, self.faults = seg, faults
+
+    def __getattr__(self, name):
+        return getattr(self.seg, name)
+
+    def segment(self, rgb, sets):
+        if rgb.shape[:2] in self.faults:
+            raise self.faults[rgb.shape[:2]]
+        return self.seg.segment(rgb, sets)
+
+
+def test_poison_images_fail_alone(seg_128, set_files, collection, tmp_path, capsys, monkeypatch):
+    """Whatever one image raises (ONNX Runtime's own error, a MemoryError on a huge image, a Pillow error outside
+    the guard) becomes its failed record with the reason; the others are labelled and the exit code is 1."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+    from PIL import UnidentifiedImageError
+
+    root, good, bad = collection
+    faults = {
+        (90, 120): Fail("[ONNXRuntimeError] : 1 : FAIL : bad allocation"),
+        (64, 64): MemoryError(),
+        (150, 100): UnidentifiedImageError("cannot identify"),
+    }
+    monkeypatch.setattr("runtime.cli.label.FewShotSegmenter", lambda *a, **k: _Poisoned(seg_128, faults))
+    out = tmp_path / "out"
+    args = ["--artifacts", str(seg_128.artifacts_dir), "--class", f"cat={set_files['cat']}", "--out", str(out)]
+    rc, text = _label([*args, "--images", str(root)], capsys)
+    assert rc == 1 and _summary(text) == (len(good) - 3, 0, 3 + len(bad)), text
+    records = {r["key"]: r for r in _records(out)}
+    assert {k: records[k]["error"] for k in ("noise/n0.png", "noise/n1.png", "noise/n2.png")} == {
+        "noise/n0.png": "Fail: [ONNXRuntimeError] : 1 : FAIL : bad allocation",
+        "noise/n1.png": "MemoryError: ",
+        "noise/n2.png": "UnidentifiedImageError: cannot identify",
+    }
+    assert all(records[k]["status"] == "ok" for k in good if k.startswith("ep/"))
+
+
 def test_resume_after_a_killed_job(seg_128, set_files, collection, tmp_path, capsys):
     """A job killed (SIGKILL) mid-way: the table lists only images whose mask exists; the re-run skips those
     (their files untouched) and does the rest; the result equals an uninterrupted run."""

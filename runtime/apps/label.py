@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.errors import Error, InputError
+from ..engine.errors import InputError
 from ..engine.files import write_atomic
 from ..engine.progress import progress as progress_bar
 from ..engine.support_set import SupportSet
@@ -133,7 +133,7 @@ class Labeler:
             one = len(self.job.classes) == 1
             save_png(labels * np.uint8(255) if one else labels, self.job.mask_path(item.key), palette=not one)
             record["mask"] = self.job.mask_path(item.key).relative_to(self.job.out).as_posix()
-        except Error as e:
+        except Exception as e:  # any failure on one image (a backend's own error, MemoryError) is its failed record
             record.update(status="failed", error=f"{type(e).__name__}: {e}")
         record["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         return record
