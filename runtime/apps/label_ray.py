@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine.manifest import load_manifest
 from ..engine.options import RuntimeOptions
 from ..engine.support_set import SupportSet
-from .label import Item, Labeler, LabelJob, Summary, run_job
+from .label import Item, Labeler, LabelJob, Summary, model_identity, run_job
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def run_ray(
             for row in out.iter_rows():
                 yield json.loads(row["record"])
 
-        return run_job(items, job, sets, process, **kwargs)
+        model = model_identity(load_manifest(artifacts, verify_files=False), options.options.provider)
+        return run_job(items, job, sets, process, model, **kwargs)
     finally:
         if started:
             ray.shutdown()

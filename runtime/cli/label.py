@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..apps.guard import ImageLimits
-from ..apps.label import JOURNAL, PARQUET, Labeler, LabelJob, collect_inputs, run_local
+from ..apps.label import FINGERPRINTS, JOURNAL, PARQUET, Labeler, LabelJob, collect_inputs, run_local
 from ..engine.errors import InputError
 from ..engine.manifest import load_manifest
 from ..engine.segmenter import FewShotSegmenter
@@ -41,6 +41,13 @@ def add_parser(sub) -> None:
         "--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)"
     )
     p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="larger files fail")
+    p.add_argument(
+        "--fingerprint",
+        choices=FINGERPRINTS,
+        default="stat",
+        help="how a resumed job knows an image is unchanged: size and mtime (default), or its sha256 (reads every "
+        "image on each run)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--ray",
@@ -83,7 +90,8 @@ def command(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.artifacts, verify_files=False)
     model = Fingerprint.of(manifest)
     sets = {name: SupportSet.load(path, model) for name, path in class_files(args.classes).items()}
-    job = LabelJob(Path(args.out), tuple(sets), args.overlay, ImageLimits(args.max_bytes, args.max_pixels))
+    limits = ImageLimits(args.max_bytes, args.max_pixels)
+    job = LabelJob(Path(args.out), tuple(sets), args.overlay, limits, args.fingerprint)
     items = collect_inputs(args.images)
     run = dict(progress=not args.quiet, table=args.table)
     if args.ray:
