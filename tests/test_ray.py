@@ -125,14 +125,16 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
 
 def test_resource_options_reach_ray():
     """GPUs per worker / replica and autoscaling as Ray is given them (GPU runs: written, not run on a GPU)."""
+    from runtime.apps.admission import Limits
     from runtime.apps.serve import ServeConfig
     from runtime.apps.serve_ray import RayServeOptions, Replica, deployment_options
 
     assert actor_resources(RayOptions(threads_per_worker=4, gpus_per_worker=1)) == {"num_cpus": 4, "num_gpus": 1}
     assert actor_resources(RayOptions()) == {"num_cpus": 1}
-    config = ServeConfig("art", "store", concurrency=3)
+    config = ServeConfig("art", "store", admission=Limits(concurrency=3, max_queue=5))
     fixed = deployment_options(config, RayServeOptions(replicas=4, gpus_per_replica=0.5))
     assert fixed["num_replicas"] == 4 and fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert (fixed["max_ongoing_requests"], fixed["max_queued_requests"]) == (8, 5)  # Serve's 503 past the queue
     auto = deployment_options(config, RayServeOptions(min_replicas=2, max_replicas=8))
     assert "num_replicas" not in auto and auto["autoscaling_config"] == {
         "min_replicas": 2,

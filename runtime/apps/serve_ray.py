@@ -52,7 +52,7 @@ def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
             "autoscaling_config": {
                 "min_replicas": options.min_replicas,
                 "max_replicas": options.max_replicas,
-                "target_ongoing_requests": config.concurrency,
+                "target_ongoing_requests": config.admission.concurrency,
             }
         }
         if options.max_replicas
@@ -62,7 +62,14 @@ def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
         "num_cpus": options.cpus_per_replica,
         **({"num_gpus": options.gpus_per_replica} if options.gpus_per_replica else {}),
     }
-    return {"name": "fssam2", "ray_actor_options": actor, "max_ongoing_requests": 4 * config.concurrency, **scaling}
+    limits = config.admission
+    return {
+        "name": "fssam2",
+        "ray_actor_options": actor,
+        "max_ongoing_requests": limits.concurrency + limits.max_queue,  # the replica's own admission queue decides
+        "max_queued_requests": limits.max_queue,  # per proxy / handle, waiting for a replica; beyond: Serve's 503
+        **scaling,
+    }
 
 
 def application(config: ServeConfig, options: RayServeOptions):
@@ -76,7 +83,8 @@ def start(config: ServeConfig, options: RayServeOptions, blocking: bool = False)
 
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False)
-    serve.start(http_options={"host": options.host, "port": options.port})
+    timeout = config.admission.queue_timeout + config.admission.timeout
+    serve.start(http_options={"host": options.host, "port": options.port, "request_timeout_s": timeout})
     serve.run(application(config, options), name="fssam2", route_prefix="/", blocking=blocking)
 
 
