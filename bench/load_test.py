@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             from ray import serve
 
             from runtime import RuntimeOptions
+            from runtime.apps.admission import Limits
             from runtime.apps.serve import ServeConfig
             from runtime.apps.serve_ray import RayServeOptions, start
 
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                     artifacts,
                     os.path.abspath(store),
                     RuntimeOptions(threads=args.threads),
-                    concurrency=args.server_concurrency,
+                    admission=Limits(concurrency=args.server_concurrency),
                 )
                 start(config, RayServeOptions(port=port, replicas=args.replicas))
                 url = f"http://127.0.0.1:{port}"
