@@ -1,7 +1,9 @@
 """Scaling out on a local Ray cluster (127.0.0.1, 2 CPUs, one cluster for the module): the label job on
-Ray Data and the service on Ray Serve (2 replicas) give the same results as the one-machine paths."""
+Ray Data and the service on Ray Serve (2 replicas) give the same results as the one-machine paths; `--ray` as
+ray.init() does, paths resolved for actors, Serve applications under their own prefix."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +31,18 @@ def cluster():
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_port(cluster):
+    """Serve's proxy on a free port for the module (a running Serve keeps its first options), as
+    `serve_ray.start` starts it with the default limits."""
+    from runtime.apps.admission import Limits
+
+    port, limits = load_test.free_port(), Limits()
+    timeout = limits.queue_timeout + limits.timeout
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": timeout})
+    return port
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +105,28 @@ def test_ray_data_label_job_equals_one_machine_and_resumes(cluster, seg_128, set
         np.testing.assert_array_equal(m, a[name])
 
 
-def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_path):
+def test_ray_label_joins_as_ray_init_does_and_resolves_paths(cluster, seg_128, sets, photos, tmp_path, monkeypatch):
+    """`--ray` alone calls ray.init() with no address (join or start), quietly; relative --artifacts, --out and
+    --cache-dir reach the actors resolved (they do not share the driver's working directory)."""
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.chdir(tmp_path)
+    from runtime.cli import parser
+
+    args = parser().parse_args(["label", "--artifacts", "a", "--class", "c=s", "--images", "i", "--out", "o", "--ray"])
+    assert args.ray == "" and RayOptions().address is None
+    items = collect_inputs(os.path.relpath(photos, tmp_path))
+    artifacts = os.path.relpath(seg_128.artifacts_dir, tmp_path)
+    options = RayOptions(workers=1, options=RuntimeOptions(threads=1, cache_dir="cache"))
+    summary = run_ray(artifacts, sets, LabelJob(Path("out"), tuple(sets)), items, options, progress=False)
+    assert (summary.done, summary.failed) == (5, 2)
+    assert calls[0]["address"] is None and calls[0]["log_to_driver"] is False and calls[-1] == "shutdown"
+    assert (tmp_path / "out" / "masks" / "query.png").exists() and any((tmp_path / "cache").iterdir())
+
+
+def test_ray_serve_two_replicas_equal_one_process(cluster, serve_port, artifacts_128, tmp_path):
     import httpx
     from fastapi.testclient import TestClient
 
@@ -99,9 +134,8 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
     from runtime.apps.serve_ray import RayServeOptions, start
 
     config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), RuntimeOptions(threads=1))
-    port = load_test.free_port()
-    start(config, RayServeOptions(port=port, replicas=2))
-    url = f"http://127.0.0.1:{port}"
+    start(config, RayServeOptions(port=serve_port, replicas=2))
+    url = f"http://127.0.0.1:{serve_port}"
     load_test.wait_ready(url, 180)
     set_a, set_b, queries = load_test.synthetic_images()
     with httpx.Client(base_url=url, timeout=60) as c:
@@ -121,6 +155,39 @@ def test_ray_serve_two_replicas_equal_one_process(cluster, artifacts_128, tmp_pa
     result = load_test.run_level(url, "ray", cases, 4, 12, 120)
     assert (result.sent, result.answered, result.lost, result.wrong) == (12, 12, 0, 0)
     serve.delete("fssam2")
+
+
+def test_ray_serve_under_a_prefix_deletes_only_its_app(cluster, serve_port, artifacts_128, tmp_path, monkeypatch):
+    """`--route-prefix` puts the API (token checked there too) under a prefix beside another Serve app; on exit
+    the command deletes its own application only, never the other (no serve.shutdown())."""
+    import httpx
+
+    from runtime.apps import serve_ray
+    from runtime.apps.serve import ServeConfig
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Other:
+        def __call__(self, request) -> str:
+            return "other"
+
+    serve.run(Other.bind(), name="other", route_prefix="/other")
+    url, seen = f"http://127.0.0.1:{serve_port}", {}
+
+    def wait():
+        for what, path, headers in (
+            ("ready", "/seg/readyz", {}),
+            ("no token", "/seg/v1/support-sets", {}),
+            ("token", "/seg/v1/support-sets", {"Authorization": "Bearer tok"}),
+        ):
+            seen[what] = httpx.get(url + path, headers=headers, timeout=30).status_code
+
+    monkeypatch.setattr(serve_ray, "_wait", wait)
+    config = ServeConfig(str(artifacts_128), str(tmp_path / "store"), RuntimeOptions(threads=1), token="tok")
+    options = serve_ray.RayServeOptions(port=serve_port, name="seg", route_prefix="/seg")
+    assert serve_ray.run_ray_serve(config, options) == 0
+    assert seen == {"ready": 200, "no token": 401, "token": 200}
+    assert "seg" not in serve.status().applications and httpx.get(f"{url}/other", timeout=30).text == "other"
+    serve.delete("other")
 
 
 def test_resource_options_reach_ray():

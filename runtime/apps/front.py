@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
+from starlette.routing import get_route_path
 
 ACCESS_LOG = logging.getLogger("fssam2.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -82,7 +83,7 @@ class FrontDoor:
             )
             await send_with_id({"type": "http.response.body", "body": body})
 
-        door, path = self.door, scope["path"]
+        door, path = self.door, get_route_path(scope)  # without a mount's or Ray Serve's route prefix
         try:
             length = headers.get("content-length", "")
             if door.token is not None and door.protected(path) and not _authorized(door.token, headers):

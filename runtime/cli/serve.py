@@ -49,10 +49,14 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--ray",
         nargs="?",
-        const="auto",
+        const="",
         metavar="ADDRESS",
-        help="serve with Ray Serve: 'auto' (default) joins the running cluster, 'local' starts one",
+        help="serve with Ray Serve: alone, join the cluster $RAY_ADDRESS or `ray start` names, else start one (as "
+        "ray.init() does); 'auto' joins or fails, 'local' starts one, or HOST:PORT",
     )
+    p.add_argument("--app-name", default="fssam2", help="--ray: the Serve application, the only one deleted on exit")
+    p.add_argument("--route-prefix", default="/", help="--ray: the application's route prefix on Serve's proxy")
+    p.add_argument("--verbose", action="store_true", help="--ray: show Ray's and Serve's own log lines")
     p.add_argument("--replicas", type=int, default=1, help="--ray: replicas (ignored with --max-replicas)")
     p.add_argument("--max-replicas", type=int, help="--ray: autoscale between --min-replicas and this")
     p.add_argument("--min-replicas", type=int, default=1)
@@ -91,14 +95,14 @@ def command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
         require(module, "serve")
-    if args.ray:
+    if args.ray is not None:
         require("ray.serve", "ray")
         from ..apps.serve_ray import RayServeOptions, run_ray_serve
 
         return run_ray_serve(
             config,
             RayServeOptions(
-                args.ray,
+                args.ray or None,
                 args.host,
                 args.port,
                 args.replicas,
@@ -106,6 +110,9 @@ def command(args: argparse.Namespace) -> int:
                 args.max_replicas,
                 args.gpus_per_replica,
                 args.cpus_per_replica,
+                args.app_name,
+                args.route_prefix,
+                args.verbose,
             ),
         )
     import uvicorn
