@@ -74,6 +74,7 @@ def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
         "ray_actor_options": actor,
         "max_ongoing_requests": limits.concurrency + limits.max_queue,  # the replica's own admission queue decides
         "max_queued_requests": limits.max_queue,  # per proxy / handle, waiting for a replica; beyond: Serve's 503
+        "backpressure_config": {"retry_after_s": 1},  # that 503's Retry-After, as the replicas' own (admission.py)
         **scaling,
     }
 
