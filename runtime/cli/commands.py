@@ -14,7 +14,7 @@ from ..apps.render import save_png as _save_png
 from ..engine.backend import create_backend
 from ..engine.errors import Error, FidelityError, InputError
 from ..engine.files import write_atomic
-from ..engine.image import load_image
+from ..engine.image import load_image, load_mask
 from ..engine.manifest import load_manifest
 from ..engine.profiles import DEFAULT_MAX_SHOTS
 from ..engine.results import MultiClassSegmentation
@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--overlay", help="also write the query with each class tinted in its colour, outlined, with a legend"
+    )
+    seg.add_argument(
+        "--truth", metavar="MASK", help="the query's ground-truth mask (nonzero = object): print the mask's IoU with it"
     )
     seg.add_argument("--profile", action="store_true", help="print per-module latency")
     add_runtime_options(seg)
@@ -141,6 +144,9 @@ def _support(args) -> int:
 def _segment(args) -> int:
     if args.class_masks and not args.classes:
         raise InputError("--class-masks needs --class")
+    if args.truth and args.classes:
+        raise InputError("--truth scores one class's mask; give --support or --support-set, not --class")
+    truth = load_mask(args.truth) if args.truth else None
     classes = label.class_files(args.classes) if args.classes else {}
     files = classes or ({"": args.support_set} if args.support_set else {})
     loaded = {name: SupportSet.load(path) for name, path in files.items()}  # checked against the artifacts below
@@ -180,6 +186,14 @@ def _segment(args) -> int:
             f"predicted IoU {result.score:.3f}, object score {result.object_score:+.2f} "
             f"({sets.shots}-shot, {m.model.name} @ {m.preprocess.image_size}px)"
         )
+        if truth is not None:
+            if truth.shape != result.mask.shape:
+                raise InputError(
+                    f"--truth is {truth.shape[1]}x{truth.shape[0]}, the query {query.shape[1]}x{query.shape[0]}"
+                )
+            union = int((truth | result.mask).sum())
+            iou = (truth & result.mask).sum() / union if union else 1.0
+            print(f"IoU with {args.truth}: {iou:.3f} ({int(truth.sum())} px object)")
     if m.model.random_init:
         print("note: random-init weights; the mask is numerically valid but not meaningful")
     if args.profile:
