@@ -1,13 +1,17 @@
 """Bounded load test of `fssam2 serve`: the one-process service and Ray Serve, loopback only.
 
     python -m bench.load_test --artifacts ART [--requests 48] [--concurrency 1 4 16] [--time-limit 300]
-                              [--targets process ray] [--replicas 2] [--out load.json]
+                              [--targets process ray] [--replicas 2] [--retries N] [--kill-replica-after N]
+                              [--out load.json]
 
 Each target is started here on 127.0.0.1 (the one-process service as a `fssam2 serve` subprocess, killed by
 PID at the end; Ray Serve on a local Ray cluster, shut down at the end), gets two support sets through
 POST /v1/support-sets, then, per concurrency level, `--requests` segment requests (one set, the other, both
 as N-way) from that many client threads. Every answer is checked against the same query segmented in this
-process with the same sets: a request is `lost` (no answer, or not 200) or `wrong` (a mask that differs).
+process with the same sets: a request is `lost` (no answer at all), `failed` (answered, but not 200: an error
+the client can read) or `wrong` (a mask that differs). With `--retries N` a request that got no answer or a
+5xx is sent again (after `Retry-After`, at most 2 s) up to N times; `retried` counts those answered 200 in the
+end. `--kill-replica-after N` (Ray Serve) kills one replica as each level's N-th request ends, as a crash would.
 Requests not started before `--time-limit` (per level) are counted as `unsent`. Prints throughput and
 p50 / p99 latency per target and level; no timing asserts.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import socket
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,8 +49,10 @@ class LevelResult:
     target: str
     concurrency: int
     sent: int
-    answered: int
-    lost: int
+    answered: int  # with a 200
+    lost: int  # no answer
+    failed: int  # an answer other than 200 (after any retries)
+    retried: int  # answered 200 after at least one retry
     wrong: int
     unsent: int
     seconds: float
@@ -125,17 +133,35 @@ def create_sets(client, sets_images) -> list[str]:
 
 
 def run_level(
-    url: str, target: str, cases: list[Case], concurrency: int, count: int, time_limit: float, token: str | None = None
+    url: str,
+    target: str,
+    cases: list[Case],
+    concurrency: int,
+    count: int,
+    time_limit: float,
+    token: str | None = None,
+    retries: int = 0,
+    failures: list | None = None,
+    on_answer: Callable[[int], None] | None = None,
 ) -> LevelResult:
-    """`count` requests from `concurrency` threads, cycling through `cases`; each answer checked."""
+    """`count` requests from `concurrency` threads, cycling through `cases`; each answer checked. `failures`
+    collects (status, body) of every attempt not answered 200 (status None: no answer, body the error), retried or
+    not; `on_answer(n)` is called as the n-th request ends."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     local = threading.local()
     clients: list = []
     deadline = time.perf_counter() + time_limit
+    ended = itertools.count(1)
 
     def one(i: int):
+        outcome = send(i)
+        if on_answer is not None and outcome[0] != "unsent":
+            on_answer(next(ended))
+        return outcome
+
+    def send(i: int):
         if time.perf_counter() > deadline:
             return "unsent", 0.0
         if not hasattr(local, "client"):
@@ -143,17 +169,29 @@ def run_level(
             clients.append(local.client)
         case = cases[i % len(cases)]
         t0 = time.perf_counter()
-        try:
-            r = local.client.post(
-                "/v1/segment", files={"query": ("q.png", case.query, "image/png")}, data={"set": list(case.sets)}
-            )
-        except httpx.HTTPError:
-            return "lost", time.perf_counter() - t0
+        for attempt in range(retries + 1):
+            try:
+                r = local.client.post(
+                    "/v1/segment", files={"query": ("q.png", case.query, "image/png")}, data={"set": list(case.sets)}
+                )
+            except httpx.HTTPError as e:
+                r = None
+                if failures is not None:
+                    failures.append((None, f"{type(e).__name__}: {e}"[:300]))
+            if r is not None and r.status_code != 200 and failures is not None:
+                failures.append((r.status_code, r.text[:300]))
+            if attempt == retries or (r is not None and r.status_code < 500):
+                break
+            wait = r.headers.get("retry-after", "") if r is not None else ""
+            time.sleep(min(float(wait) if wait.isdigit() else 0.5, 2.0))
         ms = (time.perf_counter() - t0) * 1e3
-        if r.status_code != 200:
+        if r is None:
             return "lost", ms
+        if r.status_code != 200:
+            return "failed", ms
         got = decode_answer(r.content)
-        return ("ok" if got.shape == case.expected.shape and np.array_equal(got, case.expected) else "wrong"), ms
+        ok = got.shape == case.expected.shape and np.array_equal(got, case.expected)
+        return ("ok" if ok else "wrong") + ("+retried" if attempt else ""), ms
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -161,8 +199,9 @@ def run_level(
     seconds = time.perf_counter() - t0
     for c in clients:
         c.close()
-    kinds = [k for k, _ in outcomes]
-    ms = [m for k, m in outcomes if k in ("ok", "wrong")]
+    retried = sum(k.endswith("+retried") for k, _ in outcomes)
+    kinds = [k.removesuffix("+retried") for k, _ in outcomes]
+    ms = [m for (_, m), k in zip(outcomes, kinds) if k in ("ok", "wrong")]
     p50, p99 = np.percentile(ms, [50, 99]) if ms else (float("nan"), float("nan"))
     answered = kinds.count("ok") + kinds.count("wrong")
     return LevelResult(
@@ -171,6 +210,8 @@ def run_level(
         count - kinds.count("unsent"),
         answered,
         kinds.count("lost"),
+        kinds.count("failed"),
+        retried,
         kinds.count("wrong"),
         kinds.count("unsent"),
         round(seconds, 3),
@@ -222,9 +263,46 @@ def start_process(artifacts: str, store: str, port: int, extra: list[str]) -> su
     return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
 
 
+def kill_replica(app: str) -> str:
+    """Kill one replica (actor) of the Ray Serve application `app` as a crash would; Serve starts another.
+    Returns the actor's name."""
+    import ray
+
+    replicas = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::{app}#")
+    ]
+    if not replicas:
+        raise RuntimeError(f"no replica of the Serve application {app!r} to kill")
+    victim = replicas[0]
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]))
+    return victim["name"]
+
+
+def wait_replicas(app: str, timeout: float) -> None:
+    """Until every replica of the Ray Serve application `app` (deployment of the same name) is running."""
+    from ray import serve
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = serve.status().applications[app].deployments[app].replica_states
+        if set(states) == {"RUNNING"}:
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"replicas of {app!r} not all running after {timeout} s: {states}")
+
+
 def run_target(
-    target: str, url: str, artifacts: str, levels: list[int], count: int, time_limit: float
+    target: str,
+    url: str,
+    artifacts: str,
+    levels: list[int],
+    count: int,
+    time_limit: float,
+    retries: int = 0,
+    kill_after: int | None = None,
 ) -> list[LevelResult]:
+    """Sets created, expected answers computed, a warm-up, then one `run_level` per level; with `kill_after`, a
+    Ray Serve replica of the application `fssam2` is killed as the level's `kill_after`-th request ends."""
     import httpx
 
     set_a, set_b, queries = synthetic_images()
@@ -232,7 +310,23 @@ def run_target(
         ids = create_sets(client, [set_a, set_b])
     cases = make_cases(artifacts, ids, [set_a, set_b], queries)
     run_level(url, target, cases, 1, 2, time_limit)  # warm-up
-    return [run_level(url, target, cases, c, count, time_limit) for c in levels]
+    results = []
+    for i, c in enumerate(levels):
+        if kill_after is not None and i:
+            wait_replicas("fssam2", 300)  # the replica killed at the level before is back
+
+        def kill(n: int) -> None:
+            if n == kill_after:
+                print(f"killed {kill_replica('fssam2')} as request {n} of {count} ended", file=sys.stderr)
+
+        failures: list = []
+        results.append(
+            run_level(url, target, cases, c, count, time_limit, retries=retries, failures=failures, on_answer=kill)
+        )
+        for status, body in {status: body for status, body in failures}.items():
+            n = sum(s == status for s, _ in failures)
+            print(f"{target} at {c}: {n} attempt(s) answered {status or 'nothing'}, e.g. {body!r}", file=sys.stderr)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=2, help="Ray Serve replicas")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process / replica")
     p.add_argument("--server-concurrency", type=int, default=2, help="segmenter calls at once per process / replica")
+    p.add_argument("--retries", type=int, default=0, help="resend a request that got no answer or a 5xx")
+    p.add_argument(
+        "--kill-replica-after", type=int, metavar="N", help="ray: kill a replica as each level's N-th request ends"
+    )
     p.add_argument("--store", help="support-set store (default: a temporary directory)")
     p.add_argument("--out", help="write the results as JSON")
     args = p.parse_args(argv)
@@ -262,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_ready(url, 300, proc)
-                results += run_target("process", url, artifacts, args.concurrency, args.requests, args.time_limit)
+                results += run_target(
+                    "process", url, artifacts, args.concurrency, args.requests, args.time_limit, args.retries
+                )
             finally:
                 proc.kill()
                 proc.wait()
@@ -271,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             from ray import serve
 
             from runtime import RuntimeOptions
+            from runtime.apps.admission import Limits
             from runtime.apps.serve import ServeConfig
             from runtime.apps.serve_ray import RayServeOptions, start
 
@@ -287,27 +388,34 @@ def main(argv: list[str] | None = None) -> int:
                     artifacts,
                     os.path.abspath(store),
                     RuntimeOptions(threads=args.threads),
-                    concurrency=args.server_concurrency,
+                    admission=Limits(concurrency=args.server_concurrency),
                 )
                 start(config, RayServeOptions(port=port, replicas=args.replicas))
                 url = f"http://127.0.0.1:{port}"
                 wait_ready(url, 300)
                 results += run_target(
-                    f"ray-serve x{args.replicas}", url, artifacts, args.concurrency, args.requests, args.time_limit
+                    f"ray-serve x{args.replicas}",
+                    url,
+                    artifacts,
+                    args.concurrency,
+                    args.requests,
+                    args.time_limit,
+                    args.retries,
+                    args.kill_replica_after,
                 )
             finally:
-                serve.shutdown()
+                serve.shutdown()  # the cluster this command started, and nothing else
                 ray.shutdown()
     print(format_table(results))
     if args.out:
         Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    return 1 if any(r.lost or r.wrong for r in results) else 0
+    return 1 if any(r.lost or r.failed or r.wrong for r in results) else 0
 
 
 def format_table(results: list[LevelResult]) -> str:
-    head = f"{'target':<14} {'conc':>4} {'sent':>5} {'ok':>5} {'lost':>4} {'wrong':>5} {'unsent':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}"
+    head = f"{'target':<14} {'conc':>4} {'sent':>5} {'ok':>5} {'lost':>4} {'failed':>6} {'retried':>7} {'wrong':>5} {'unsent':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}"
     rows = [
-        f"{r.target:<14} {r.concurrency:>4} {r.sent:>5} {r.answered - r.wrong:>5} {r.lost:>4} {r.wrong:>5} "
+        f"{r.target:<14} {r.concurrency:>4} {r.sent:>5} {r.answered - r.wrong:>5} {r.lost:>4} {r.failed:>6} {r.retried:>7} {r.wrong:>5} "
         f"{r.unsent:>6} {r.throughput:>7.2f} {r.p50_ms:>8.0f} {r.p99_ms:>8.0f}"
         for r in results
     ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from runtime.engine.files import recover_dir, replace_dir
+from runtime.engine.files import create_temp_dir, recover_dir, replace_dir
 from runtime.engine.manifest import (
     GRAPH_NAMES,
     MANIFEST_NAME,
@@ -147,8 +146,7 @@ def export_artifacts(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are meant to be shared
+    tmp = create_temp_dir(out.parent, f".{out.name}.partial-")  # the umask's mode: artifacts are meant to be shared
     table = None
     try:
         if convert is None:

@@ -10,6 +10,7 @@ ASan/UBSan). Needs cmake, a C++17 compiler, nlohmann-json3-dev, libstb-dev and t
 from __future__ import annotations
 
 import ctypes as C
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import PIL
 import pytest
 import support_set_files
 from conftest import unavailable
+from image_fakes import blocky_grey, oriented_jpeg
 from PIL import Image
 
 from bench.libfssam2 import (
@@ -424,6 +426,43 @@ def test_tools_and_example(cpp_build, artifacts, seg, episode, tmp_path):
     )
 
 
+def test_exif_orientation_gives_the_python_masks(cpp_build, seg, episode, artifacts, tmp_path):
+    """A phone JPEG stores its pixels sideways and an EXIF Orientation tag (1-8): the C++ tool turns them upright as
+    the Python runtime does, so both segment the same pixels (flat 8x8 blocks: both JPEG decoders give them back
+    exactly) and give the same mask; a PNG's eXIf chunk too."""
+    upright = blocky_grey(load_image(episode.query))
+    rgb = np.repeat(upright[..., None], 3, axis=2)
+    support_set = seg.encode_supports(episode.supports[:2])
+    support_set.save(tmp_path / "s.fssam2")
+    expected = seg.segment(rgb, support_set)
+    tool = [
+        str(cpp_build / "fssam2_segment"),
+        "--artifacts",
+        str(artifacts),
+        "--support-set",
+        str(tmp_path / "s.fssam2"),
+    ]
+    files = {f"o{o}.jpg": oriented_jpeg(upright, o) for o in range(1, 9)}
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ROTATE_270 turns it upright
+    buf = io.BytesIO()
+    sideways.save(buf, format="PNG", exif=exif.tobytes())
+    files["o6.png"] = buf.getvalue()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        np.testing.assert_array_equal(load_image(tmp_path / name), rgb, err_msg=name)  # Python reads it upright
+        proc = subprocess.run(
+            [*tool, "--query", str(tmp_path / name), "--out", str(tmp_path / f"{name}.mask.png")],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        mask = np.asarray(Image.open(tmp_path / f"{name}.mask.png")) > 0
+        assert mask.shape == expected.mask.shape, name
+        _same_masks(mask, expected.mask, expected.logits)
+
+
 # Support sets across languages (docs/support-sets.md): Python's SupportSet against libfssam2's.
 
 
@@ -457,6 +496,31 @@ def test_support_set_written_by_python_loads_in_cpp(cpp_seg, seg, artifacts, epi
         np.testing.assert_array_equal(theirs[name], value, err_msg=name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.fssam2", "py.fssam2"], "temporary files left behind"
     assert again.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_take_the_umask_mode(cpp_build, cpp_seg, seg, episode, artifacts, tmp_path, mask):
+    """libfssam2's set writer and the tool's mask PNG make files with 0666 less the umask, as Python's writes do
+    (not mkstemp's 0600, nor a fixed 0644 that ignores a stricter umask)."""
+    path = seg.encode_supports(episode.supports[:1]).save(tmp_path / "py.fssam2")
+    handle = cpp_seg.load_set(path)
+    old = os.umask(mask)
+    try:
+        cpp_seg.save_set(handle, tmp_path / "cpp.fssam2")
+    finally:
+        os.umask(old)
+        cpp_seg.free_set(handle)
+    tool = [str(cpp_build / "fssam2_segment"), "--artifacts", str(artifacts), "--support-set", str(path)]
+    proc = subprocess.run(
+        [*tool, "--query", str(episode.query), "--out", str(tmp_path / "mask.png")],
+        capture_output=True,
+        text=True,
+        umask=mask,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("cpp.fssam2", "mask.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpp.fssam2", "mask.png", "py.fssam2"]
 
 
 def test_support_set_written_by_cpp_loads_in_python(cpp_seg, seg, artifacts, episode, tmp_path):

@@ -34,3 +34,24 @@ def test_preprocess_matches_reference(episode):
         image_tensor(rgb, 256).numpy(),
         atol=1e-6,
     )
+
+
+def test_files_are_read_upright_by_their_exif_orientation(tmp_path):
+    """A phone stores pixels sideways and an EXIF Orientation tag (1-8): images and masks read from files (the
+    engine's loaders, and the guard that `fssam2 label` / `fssam2 serve` decode untrusted bytes with) come out the
+    way they are shown."""
+    from image_fakes import blocky_grey, oriented_jpeg
+
+    from runtime.apps.guard import ImageLimits, decode_image, decode_mask
+    from runtime.engine.image import load_mask
+
+    rng = np.random.default_rng(2)
+    upright = blocky_grey(rng.integers(0, 256, (40, 72, 3), dtype=np.uint8))  # not square: turns show
+    rgb = np.repeat(upright[..., None], 3, axis=2)
+    for o in range(1, 9):
+        data = oriented_jpeg(upright, o)
+        (tmp_path / f"{o}.jpg").write_bytes(data)
+        np.testing.assert_array_equal(load_image(tmp_path / f"{o}.jpg"), rgb, err_msg=f"orientation {o}")
+        np.testing.assert_array_equal(load_mask(tmp_path / f"{o}.jpg"), upright != 0, err_msg=f"orientation {o}")
+        np.testing.assert_array_equal(decode_image(data, "q", ImageLimits()), rgb, err_msg=f"orientation {o}")
+        np.testing.assert_array_equal(decode_mask(data, "m", ImageLimits()), upright != 0, err_msg=f"orientation {o}")

@@ -2,6 +2,7 @@
 completes, resume after a killed job (nothing redone that was complete, nothing lost), the journal's rules."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -67,6 +68,11 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
+def _modes(out: Path) -> set[int]:
+    """The permission bits of every file under `out`."""
+    return {q.stat().st_mode & 0o777 for q in out.rglob("*") if q.is_file()}
+
+
 def _summary(text: str) -> tuple[int, int, int]:
     m = re.search(r"(\d+) done, (\d+) skipped \(complete\), (\d+) failed", text)
     assert m, text
@@ -125,27 +131,33 @@ def test_label_n_classes_equals_direct_segmentation_and_records_bad_images(
     import pyarrow.parquet as pq
 
     assert pq.read_table(out / "results.parquet").to_pylist() == list(records.values())
+    assert _modes(out) == {0o644}  # masks, overlays, the tables, job.json: readable by others (umask 022)
 
 
 def test_one_class_mask_and_pixel_limit(seg_128, set_files, collection, tmp_path, capsys):
     root, good, _ = collection
     out = tmp_path / "out"
-    rc, text = _label(
-        [
-            "--artifacts",
-            str(seg_128.artifacts_dir),
-            "--class",
-            f"cat={set_files['cat']}",
-            "--images",
-            str(root / "noise" / "*.png"),
-            "--out",
-            str(out),
-            "--max-pixels",
-            "11000",
-        ],
-        capsys,
-    )
+    old_umask = os.umask(0o027)
+    try:
+        rc, text = _label(
+            [
+                "--artifacts",
+                str(seg_128.artifacts_dir),
+                "--class",
+                f"cat={set_files['cat']}",
+                "--images",
+                str(root / "noise" / "*.png"),
+                "--out",
+                str(out),
+                "--max-pixels",
+                "11000",
+            ],
+            capsys,
+        )
+    finally:
+        os.umask(old_umask)
     assert rc == 1 and _summary(text) == (2, 0, 1)
+    assert _modes(out) == {0o640}  # the umask's mode, not mkstemp's 0600
     records = {r["key"]: r for r in _records(out)}
     assert "15000 pixels, more than the limit of 11000" in records["n2.png"]["error"]
     from runtime import SupportSet
@@ -154,6 +166,47 @@ def test_one_class_mask_and_pixel_limit(seg_128, set_files, collection, tmp_path
     mask = np.asarray(Image.open(out / "masks" / "n0.png"))
     np.testing.assert_array_equal(mask, seg_128.segment(good["noise/n0.png"], cats).mask.astype(np.uint8) * 255)
     assert 0 < (mask > 0).mean() < 1
+
+
+class _Poisoned:
+    """The real segmenter, except that images of some sizes raise what a backend, memory or a decoder can."""
+
+    def __init__(self, seg, faults: dict[tuple[int, int], Exception]):
+        self.seg, self.faults = seg, faults
+
+    def __getattr__(self, name):
+        return getattr(self.seg, name)
+
+    def segment(self, rgb, sets):
+        if rgb.shape[:2] in self.faults:
+            raise self.faults[rgb.shape[:2]]
+        return self.seg.segment(rgb, sets)
+
+
+def test_poison_images_fail_alone(seg_128, set_files, collection, tmp_path, capsys, monkeypatch):
+    """Whatever one image raises (ONNX Runtime's own error, a MemoryError on a huge image, a Pillow error outside
+    the guard) becomes its failed record with the reason; the others are labelled and the exit code is 1."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+    from PIL import UnidentifiedImageError
+
+    root, good, bad = collection
+    faults = {
+        (90, 120): Fail("[ONNXRuntimeError] : 1 : FAIL : bad allocation"),
+        (64, 64): MemoryError(),
+        (150, 100): UnidentifiedImageError("cannot identify"),
+    }
+    monkeypatch.setattr("runtime.cli.label.FewShotSegmenter", lambda *a, **k: _Poisoned(seg_128, faults))
+    out = tmp_path / "out"
+    args = ["--artifacts", str(seg_128.artifacts_dir), "--class", f"cat={set_files['cat']}", "--out", str(out)]
+    rc, text = _label([*args, "--images", str(root)], capsys)
+    assert rc == 1 and _summary(text) == (len(good) - 3, 0, 3 + len(bad)), text
+    records = {r["key"]: r for r in _records(out)}
+    assert {k: records[k]["error"] for k in ("noise/n0.png", "noise/n1.png", "noise/n2.png")} == {
+        "noise/n0.png": "Fail: [ONNXRuntimeError] : 1 : FAIL : bad allocation",
+        "noise/n1.png": "MemoryError: ",
+        "noise/n2.png": "UnidentifiedImageError: cannot identify",
+    }
+    assert all(records[k]["status"] == "ok" for k in good if k.startswith("ep/"))
 
 
 def test_resume_after_a_killed_job(seg_128, set_files, collection, tmp_path, capsys):
@@ -205,7 +258,7 @@ def test_resume_after_a_killed_job(seg_128, set_files, collection, tmp_path, cap
     assert _summary(text) == (2 * len(good) - len(listed), len(listed), 0)
     assert all((out / "masks" / Path(k).with_suffix(".png")).stat().st_mtime_ns == t for k, t in before.items())
     records = _records(out)
-    assert sorted(r["key"] for r in records) == sorted(f"{p}/{rel}" for p in ("a", "b") for rel in good)
+    assert sorted(r["key"] for r in records) == sorted(f"copies/{p}/{rel}" for p in ("a", "b") for rel in good)
     assert not list(out.glob("masks/**/.*.tmp"))
     from runtime import SupportSet
 
@@ -214,7 +267,7 @@ def test_resume_after_a_killed_job(seg_128, set_files, collection, tmp_path, cap
         expected = seg_128.segment(rgb, cats).mask.astype(np.uint8) * 255
         for p in ("a", "b"):
             np.testing.assert_array_equal(
-                np.asarray(Image.open(out / "masks" / p / Path(rel).with_suffix(".png"))), expected
+                np.asarray(Image.open(out / "masks" / "copies" / p / Path(rel).with_suffix(".png"))), expected
             )
 
 
@@ -254,7 +307,7 @@ def test_collect_inputs(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     assert [i.key for i in collect_inputs(str(tmp_path))] == ["x/a.png", "x/b.jpg", "y/a.png"]
     assert [i.key for i in collect_inputs(str(tmp_path / "*" / "a.png"))] == ["x/a.png", "y/a.png"]
-    assert [i.key for i in collect_inputs(str(tmp_path / "**" / "*.jpg"))] == ["b.jpg"]
+    assert [i.key for i in collect_inputs(str(tmp_path / "**" / "*.jpg"))] == ["x/b.jpg"]  # from the glob's base
     (tmp_path / "list.txt").write_text("x/a.png\n\n# skipped\ny/a.png\n")
     assert [i.path for i in collect_inputs(str(tmp_path / "list.txt"))] == [
         str(tmp_path / "x/a.png"),
@@ -265,3 +318,89 @@ def test_collect_inputs(tmp_path):
         collect_inputs(str(tmp_path / "x"))
     with pytest.raises(InputError, match="no images found"):
         collect_inputs(str(tmp_path / "nothing*"))
+
+
+def test_keys_stay_when_inputs_are_added(tmp_path):
+    """Keys (and so output names) are relative to the --images base, not to the images' common directory: an image
+    added from a sibling folder renames nothing; an image outside the base keeps its absolute path as key."""
+    for rel in ("photos/x/a.png", "photos/x/b.png", "photos/y/c.png", "elsewhere/d.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    listing = tmp_path / "photos" / "list.txt"
+    listing.write_text("x/a.png\nx/b.png\n")
+    assert [i.key for i in collect_inputs(str(listing))] == ["x/a.png", "x/b.png"]
+    listing.write_text("x/a.png\nx/b.png\ny/c.png\n../elsewhere/d.png\n")
+    keys = [i.key for i in collect_inputs(str(listing))]
+    assert keys == [(tmp_path / "elsewhere/d.png").as_posix().lstrip("/"), "x/a.png", "x/b.png", "y/c.png"]
+    assert [i.key for i in collect_inputs(str(tmp_path / "photos" / "x" / "*.png"))] == ["a.png", "b.png"]
+    assert [i.key for i in collect_inputs(str(tmp_path / "photos" / "*" / "*.png"))] == [
+        "x/a.png",
+        "x/b.png",
+        "y/c.png",
+    ]
+
+
+def test_resume_is_keyed_by_content_and_job(seg_128, set_files, collection, tmp_path, capsys):
+    """A re-run redoes an image overwritten under the same name (an unreadable one fails and loses its old mask),
+    prunes the rows of images no longer listed, and refuses the classes in another order, naming what differs."""
+    root, good, _ = collection
+    photos = tmp_path / "photos"
+    sources = {
+        "x/a.png": "noise/n0.png",
+        "x/b.png": "noise/n1.png",
+        "x/c.png": "ep/img0.png",
+        "y/d.png": "ep/query.png",
+    }
+    for rel, src in sources.items():
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / src, photos / rel)
+    listing = photos / "list.txt"
+    listing.write_text("x/a.png\nx/b.png\nx/c.png\n")
+    out = tmp_path / "out"
+    classes = ["--class", f"cat={set_files['cat']}", "--class", f"dog={set_files['dog']}"]
+    args = ["--artifacts", str(seg_128.artifacts_dir), *classes, "--images", str(listing), "--out", str(out)]
+    rc, text = _label([*args, "--table", "parquet"], capsys)
+    assert rc == 0 and _summary(text) == (3, 0, 0), text
+    job = json.loads((out / "job.json").read_text())
+    assert [name for name, _ in job["classes"]] == ["cat", "dog"]
+    assert (job["provider"], job["weights"], job["image_size"]) == ("cpu", "random-init:seed=0", 128)
+    assert job["graphs"].startswith("sha256:")
+
+    time.sleep(0.01)
+    shutil.copy(root / "ep" / "img1.png", photos / "x" / "a.png")  # overwritten: another picture, same name
+    (photos / "x" / "b.png").write_bytes(b"overwritten by something that is not an image")
+    listing.write_text("x/a.png\nx/b.png\ny/d.png\n")  # x/c.png dropped, y/d.png added from a sibling folder
+    rc, text = _label([*args, "--table", "parquet"], capsys)
+    assert rc == 1 and _summary(text) == (2, 0, 1), text
+    records = {r["key"]: r for r in _records(out)}
+    assert sorted(records) == ["x/a.png", "x/b.png", "y/d.png"]  # x/c.png's row pruned, no key moved
+    from runtime import SupportSet
+
+    sets = {n: SupportSet.load(p) for n, p in set_files.items()}
+    expected = seg_128.segment(good["ep/img1.png"], sets).label_map
+    np.testing.assert_array_equal(np.asarray(Image.open(out / records["x/a.png"]["mask"])), expected)
+    assert records["x/b.png"]["status"] == "failed" and not (out / "masks" / "x" / "b.png").exists()
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out / "results.parquet").to_pylist() == list(records.values())
+
+    swapped = ["--class", f"dog={set_files['dog']}", "--class", f"cat={set_files['cat']}"]
+    rc, text = _label(
+        ["--artifacts", str(seg_128.artifacts_dir), *swapped, "--images", str(listing), "--out", str(out)], capsys
+    )
+    assert rc == 2 and 'holds the outputs of another job (classes: [["cat"' in text, text
+
+
+def test_journal_refuses_another_provider_and_drops_a_stale_table(tmp_path, seg_128, set_files):
+    from runtime import SupportSet
+    from runtime.apps.label import Journal, LabelJob, job_description, model_identity
+
+    sets = {"cat": SupportSet.load(set_files["cat"])}
+    job = LabelJob(tmp_path, ("cat",))
+    model = model_identity(seg_128.manifest, "cpu")
+    Journal(job, job_description(sets, False, model), []).close()
+    (tmp_path / "results.parquet").write_bytes(b"a table of an earlier run")
+    with pytest.raises(InputError, match='provider: "cpu" -> "openvino"'):
+        Journal(job, job_description(sets, False, {**model, "provider": "openvino"}), [])
+    Journal(job, job_description(sets, False, model), []).close()
+    assert not (tmp_path / "results.parquet").exists()  # written again at the end of the run, never stale

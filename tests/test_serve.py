@@ -66,6 +66,7 @@ def test_sets_are_content_addressed_and_persist(client, set_ids, seg_128, episod
     info = client.get(f"/v1/support-sets/{set_ids['dog']}").json()
     assert info["shots"] == 2 and info["weights"] == "random-init:seed=0" and info["image_size"] == 128
     assert sorted(client.get("/v1/support-sets").json()["ids"]) == sorted(set_ids.values())
+    assert (store / f"{set_ids['cat']}.fssam2").stat().st_mode & 0o777 == 0o644  # readable by other processes
     restarted = Service(ServeConfig(str(artifacts_128), str(store)))  # a new process over the same store
     assert restarted.store.get(set_ids["cat"]).shots == 2
     extra = client.post("/v1/support-sets", files=_set_files(episode.supports[4:5])).json()["id"]
@@ -215,3 +216,166 @@ def test_server_process_under_bounded_load(artifacts_128, tmp_path, monkeypatch)
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_errors_reach_metrics_with_request_ids_and_access_logs(artifacts_128, seg_128, set_ids, store, caplog):
+    """A failure nothing handles is a 500 JSON answer that the metrics count; every answer carries an X-Request-ID
+    (the client's if it sent a plain one) and one JSON access-log line."""
+    service = Service(ServeConfig(str(artifacts_128), str(store)))
+
+    class Broken:
+        fingerprint = seg_128.fingerprint
+
+        def segment(self, *args):
+            raise RuntimeError("the GPU fell off the bus")
+
+    service.seg = Broken()
+    query = png(np.zeros((40, 60, 3), np.uint8))
+    with TestClient(create_app(service, load_on_startup=False), raise_server_exceptions=False) as c:
+        with caplog.at_level("INFO", logger="fssam2.access"):
+            r = c.post(
+                "/v1/segment", files={"query": query}, data={"set": [set_ids["cat"]]}, headers={"X-Request-ID": "abc-1"}
+            )
+        assert (r.status_code, r.json()["error"]["code"]) == (500, "internal") and "fell off" in r.text
+        assert r.headers["x-request-id"] == "abc-1"
+        assert len(c.get("/healthz", headers={"X-Request-ID": "bad id\n"}).headers["x-request-id"]) == 32  # new one
+        metrics = c.get("/metrics").text
+    assert 'fssam2_requests_total{route="/v1/segment",status="500"} 1.0' in metrics
+    assert 'fssam2_errors_total{code="internal",route="/v1/segment"} 1.0' in metrics
+    failure, line = (json.loads(r.message) for r in caplog.records if r.name == "fssam2.access")
+    assert failure["request_id"] == "abc-1" and "fell off the bus" in failure["traceback"]
+    assert (line["request_id"], line["route"], line["status"], line["method"]) == ("abc-1", "/v1/segment", 500, "POST")
+
+
+def test_body_limit_names_and_store_quota(artifacts_128, seg_128, episode, tmp_path):
+    """A body over --max-body is refused (413) as it arrives, with or without Content-Length; class names are
+    bounded before they are echoed in a header; the store's quota (507) and expiry (404) apply."""
+    import os
+
+    store = tmp_path / "store"
+    config = ServeConfig(
+        str(artifacts_128), str(store), limits=LIMITS, max_body=300_000, store_max_sets=1, store_ttl=60
+    )
+    service = Service(config)
+    service.seg = seg_128
+    with TestClient(create_app(service, load_on_startup=False)) as c:
+        r = c.post("/v1/segment", content=b"x" * 300_001, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "too_large") and "300001 bytes" in r.text
+        chunks = (b"x" * 100_000 for _ in range(5))  # no Content-Length: chunked
+        r = c.post("/v1/segment", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "too_large"), r.text
+        first = c.post("/v1/support-sets", files=_set_files(episode.supports[:1]))
+        assert first.status_code == 201, first.text
+        second = c.post("/v1/support-sets", files=_set_files(episode.supports[1:2]))
+        assert (second.status_code, second.json()["error"]["code"]) == (507, "store_full")
+        query = open(episode.query, "rb").read()
+        r = c.post("/v1/segment", files={"query": query}, data={"set": [f"{'n' * 65}={first.json()['id']}"]})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_input") and "1 to 64" in r.text
+        path = store / f"{first.json()['id']}.fssam2"
+        os.utime(path, (path.stat().st_atime - 61, path.stat().st_mtime - 61))  # a set last created 61 s ago
+        assert c.get(f"/v1/support-sets/{first.json()['id']}").status_code == 404 and not path.exists()
+        assert c.post("/v1/support-sets", files=_set_files(episode.supports[1:2])).status_code == 201
+
+
+def test_label_map_memory_is_one_map_not_a_stack():
+    """N-way results: the label map costs one float32 and one uint8 map of the image, whatever N (it stacked N)."""
+    import tracemalloc
+
+    from runtime.engine.results import label_map
+
+    logits = [np.random.default_rng(i).normal(size=(500, 500)).astype(np.float32) for i in range(8)]
+    tracemalloc.start()
+    try:
+        label_map(logits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 500 * 500 * 3, peak  # the stack alone was 8 maps of 1 MB
+
+
+@pytest.fixture(scope="module")
+def limited_server(artifacts_128, tmp_path_factory):
+    """`fssam2 serve` as a process on 127.0.0.1 with one segmenter slot, two queue places and a token."""
+    port = load_test.free_port()
+    extra = ["--threads", "1", "--concurrency", "1", "--max-queue", "2", "--token", "tok"]
+    proc = load_test.start_process(str(artifacts_128), str(tmp_path_factory.mktemp("store")), port, extra)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        load_test.wait_ready(url, 180, proc)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_overload_gets_fast_503s_and_probes_answer(limited_server, artifacts_128, record_metric):
+    """60 concurrent requests against --concurrency 1 --max-queue 2: those beyond the queue get a fast 503 with
+    Retry-After, the others their correct masks, and /healthz answers within a second all along."""
+    import threading
+
+    import httpx
+
+    url, auth = limited_server, {"Authorization": "Bearer tok"}
+    set_a, set_b, queries = load_test.synthetic_images()
+    with httpx.Client(base_url=url, timeout=60, headers=auth) as c:
+        ids = load_test.create_sets(c, [set_a, set_b])
+    case = load_test.make_cases(str(artifacts_128), ids, [set_a, set_b], queries[:1])[0]  # one set
+    probes, done = [], threading.Event()
+
+    def probe():
+        with httpx.Client(base_url=url, timeout=10) as c:
+            while not done.is_set() and len(probes) < 200:
+                t0 = time.perf_counter()
+                assert c.get("/healthz").status_code == 200
+                probes.append(time.perf_counter() - t0)
+                time.sleep(0.05)
+
+    def one(_):
+        with httpx.Client(base_url=url, timeout=60, headers=auth) as c:
+            t0 = time.perf_counter()
+            r = c.post(
+                "/v1/segment", files={"query": ("q.png", case.query, "image/png")}, data={"set": list(case.sets)}
+            )
+            return r, time.perf_counter() - t0
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(60) as pool:
+            answers = list(pool.map(one, range(60)))
+    finally:
+        done.set()
+        prober.join(30)
+    refused = [(r, s) for r, s in answers if r.status_code == 503]
+    ok = [r for r, _ in answers if r.status_code == 200]
+    assert len(refused) + len(ok) == 60 and len(refused) >= 40, [r.status_code for r, _ in answers]
+    assert all(r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1" for r, _ in refused)
+    assert all(np.array_equal(load_test.decode_answer(r.content), case.expected) for r in ok)
+    slowest_503, slowest_probe = max(s for _, s in refused), max(probes)
+    record_metric("serve overload: 503 answers of 60", len(refused))
+    record_metric("serve overload: slowest 503 (s)", slowest_503)
+    record_metric("serve overload: slowest /healthz (s)", slowest_probe)
+    assert slowest_503 < 2 and slowest_probe < 1 and len(probes) >= 3, (slowest_503, slowest_probe, len(probes))
+
+
+def test_big_unauthenticated_post_is_refused_unread(limited_server):
+    """A 200 MB POST without the token is answered 401 after its headers, the body never read; with the token, a
+    body over --max-body is answered 413 the same way."""
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(limited_server)
+    for auth, status in (("", b"401"), ("Authorization: Bearer tok\r\n", b"413")):
+        with socket.create_connection((where.hostname, where.port), timeout=10) as s:
+            head = (
+                "POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                f"{auth}Content-Length: {200 * 2**20}\r\n\r\n"
+            )
+            t0 = time.perf_counter()
+            part = b'--b\r\nContent-Disposition: form-data; name="query"; filename="q.png"\r\n\r\n'
+            s.sendall(head.encode() + part + b"x" * 65536)  # 64 KiB of the 200 MB: the rest is never sent
+            answer = s.recv(4096)
+            assert answer.split(b" ")[1] == status, answer
+            assert time.perf_counter() - t0 < 5

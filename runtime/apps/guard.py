@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..engine.errors import InputError
-from ..engine.image import load_mask
+from ..engine.image import load_mask, upright
 
 
 class ImageLimitError(InputError):
@@ -56,10 +56,9 @@ def _open(data: bytes, what: str, limits: ImageLimits) -> Image.Image:
     if min(w, h) < 1:
         raise InputError(f"{what}: empty image ({w}x{h})")
     try:
-        im.load()  # decode now: truncated files fail here, not later
+        return upright(im)  # decode now (truncated files fail here, not later), turned by its EXIF orientation
     except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"{what}: cannot decode image ({e})") from e
-    return im
 
 
 def decode_image(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:

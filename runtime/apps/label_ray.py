@@ -9,23 +9,27 @@ record; the driver journals the records as they arrive, so resuming works as on 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..engine.manifest import load_manifest
 from ..engine.options import RuntimeOptions
 from ..engine.support_set import SupportSet
-from .label import Item, Labeler, LabelJob, Summary, run_job
+from .label import Item, Labeler, LabelJob, Summary, model_identity, run_job
+from .ray_connect import absolute, connect
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
+    address: str | None = None  # None: join or start (ray.init()); "auto": join; "local": start one; or host:port
     workers: int = 2  # actors in the pool
     gpus_per_worker: float = 0.0
     threads_per_worker: int = 1  # CPUs reserved per actor
     options: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(threads=1))  # each actor's segmenter
+    verbose: bool = False  # Ray's own INFO lines and progress bars
 
 
 def actor_resources(options: RayOptions) -> dict:
@@ -55,14 +59,16 @@ class _Worker:
 def run_ray(
     artifacts: str, sets: Mapping[str, SupportSet], job: LabelJob, items: list[Item], options: RayOptions, **kwargs
 ) -> Summary:
-    """Run the job on a Ray cluster; same outputs, journal and summary as `label.run_local`."""
+    """Run the job on a Ray cluster; same outputs, journal and summary as `label.run_local`. Paths reach the
+    actors absolute: they do not share the driver's working directory."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    artifacts, job = os.path.abspath(artifacts), replace(job, out=job.out.absolute())
+    started = connect(options.address, options.verbose)
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images, not blocks
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = options.verbose  # ours counts images, not blocks
+        context.print_on_execution_start = options.verbose
         sets_ref = ray.put(dict(sets))
 
         def process(todo: list[Item]) -> Iterator[dict]:
@@ -78,7 +84,7 @@ def run_ray(
                 compute=ray.data.ActorPoolStrategy(size=options.workers),
                 fn_constructor_kwargs={
                     "artifacts": str(artifacts),
-                    "options": options.options,
+                    "options": absolute(options.options),
                     "sets_box": [sets_ref],
                     "job": job,
                 },
@@ -87,7 +93,8 @@ def run_ray(
             for row in out.iter_rows():
                 yield json.loads(row["record"])
 
-        return run_job(items, job, sets, process, **kwargs)
+        model = model_identity(load_manifest(artifacts, verify_files=False), options.options.provider)
+        return run_job(items, job, sets, process, model, **kwargs)
     finally:
         if started:
             ray.shutdown()

@@ -11,16 +11,19 @@ one after another inside the replica anyway; requests already overlap in a repli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, replace
 
 from ray import serve
 
+from .ray_connect import absolute, connect
 from .serve import ServeConfig, Service, create_app
 
 
 @dataclass(frozen=True)
 class RayServeOptions:
-    address: str = "auto"  # "auto": join the running cluster; "local": start one; or host:port
+    address: str | None = None  # None: join or start (ray.init()); "auto": join; "local": start one; or host:port
     host: str = "127.0.0.1"
     port: int = 8080
     replicas: int = 1
@@ -28,6 +31,9 @@ class RayServeOptions:
     max_replicas: int | None = None  # set: autoscale between min_replicas and max_replicas
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
+    name: str = "fssam2"  # the Serve application (and deployment): the only one deleted on exit
+    route_prefix: str = "/"  # where Serve's proxy routes to it: /v1/segment is then <prefix>/v1/segment
+    verbose: bool = False  # Ray's and Serve's INFO lines
 
 
 @serve.ingress()
@@ -52,7 +58,7 @@ def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
             "autoscaling_config": {
                 "min_replicas": options.min_replicas,
                 "max_replicas": options.max_replicas,
-                "target_ongoing_requests": config.concurrency,
+                "target_ongoing_requests": config.admission.concurrency,
             }
         }
         if options.max_replicas
@@ -62,7 +68,15 @@ def deployment_options(config: ServeConfig, options: RayServeOptions) -> dict:
         "num_cpus": options.cpus_per_replica,
         **({"num_gpus": options.gpus_per_replica} if options.gpus_per_replica else {}),
     }
-    return {"name": "fssam2", "ray_actor_options": actor, "max_ongoing_requests": 4 * config.concurrency, **scaling}
+    limits = config.admission
+    return {
+        "name": options.name,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": limits.concurrency + limits.max_queue,  # the replica's own admission queue decides
+        "max_queued_requests": limits.max_queue,  # per proxy / handle, waiting for a replica; beyond: Serve's 503
+        "backpressure_config": {"retry_after_s": 1},  # that 503's Retry-After, as the replicas' own (admission.py)
+        **scaling,
+    }
 
 
 def application(config: ServeConfig, options: RayServeOptions):
@@ -70,21 +84,40 @@ def application(config: ServeConfig, options: RayServeOptions):
     return serve.deployment(Replica, **deployment_options(config, options)).bind(config)
 
 
-def start(config: ServeConfig, options: RayServeOptions, blocking: bool = False) -> None:
-    """Start (or join) Ray, start Serve's proxy on host:port and deploy the application at '/'."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False)
-    serve.start(http_options={"host": options.host, "port": options.port})
-    serve.run(application(config, options), name="fssam2", route_prefix="/", blocking=blocking)
+def start(config: ServeConfig, options: RayServeOptions) -> None:
+    """Join or start Ray, start (or reuse) Serve's proxy on host:port and deploy the application at its prefix.
+    Paths reach the replicas absolute."""
+    config = replace(
+        config,
+        artifacts=os.path.abspath(config.artifacts),
+        store=os.path.abspath(config.store),
+        options=absolute(config.options),
+    )
+    connect(options.address, options.verbose)
+    timeout = config.admission.queue_timeout + config.admission.timeout
+    logs = {"log_level": "INFO" if options.verbose else "WARNING"}
+    serve.start(
+        http_options={"host": options.host, "port": options.port, "request_timeout_s": timeout}, logging_config=logs
+    )
+    serve.run(application(config, options), name=options.name, route_prefix=options.route_prefix, logging_config=logs)
 
 
 def run_ray_serve(config: ServeConfig, options: RayServeOptions) -> int:
+    """Serve until interrupted, then delete this application only: other Serve apps on the cluster keep running."""
+    import ray
+
     try:
-        start(config, options, blocking=True)
+        start(config, options)
+        _wait()
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        # not connected (a failed join): nothing to delete, and serve.status() would start a cluster to say so
+        if ray.is_initialized() and options.name in serve.status().applications:
+            serve.delete(options.name)
     return 0
+
+
+def _wait() -> None:
+    while True:
+        time.sleep(3600)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -25,7 +27,11 @@ def set_digest(s: SupportSet) -> str:
 
 
 class UnknownSetError(InputError):
-    """No support set with this id in the store."""
+    """No support set with this id in the store (or it expired)."""
+
+
+class StoreFullError(InputError):
+    """The store holds its quota of sets; a new one is refused until some are deleted or expire."""
 
 
 class SetStore:
@@ -33,14 +39,25 @@ class SetStore:
 
     Loaded sets are kept (up to `cache_size`, least recently used dropped): a set is read once per process,
     and device backends, which keep a set's tokens on the device while the set object lives, upload it once.
-    Sets are immutable (the id is their content hash), so a cached set is valid while its file exists."""
+    Sets are immutable (the id is their content hash), so a cached set is valid while its file exists.
+    `max_sets`: a new set beyond it is refused (`StoreFullError`); `ttl`: seconds a set lives after it was last
+    created (uploading the same supports again renews it), then it is unknown and deleted."""
 
-    def __init__(self, root: str | Path, cache_size: int = 64):
+    def __init__(self, root: str | Path, cache_size: int = 64, max_sets: int | None = None, ttl: float | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: OrderedDict[str, SupportSet] = OrderedDict()
         self._cache_size = cache_size
+        self.max_sets, self.ttl = max_sets, ttl
         self._lock = threading.Lock()
+
+    def _gone(self, path: Path) -> bool:
+        """Missing, or older than the time to live."""
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return self.ttl is not None and mtime < time.time() - self.ttl
 
     def path(self, set_id: str) -> Path:
         if not _DIGEST.match(set_id):
@@ -49,17 +66,27 @@ class SetStore:
 
     def put(self, s: SupportSet) -> str:
         set_id = set_digest(s)
-        if not self.path(set_id).exists():
-            s.save(self.path(set_id))
+        path = self.path(set_id)
+        if path.exists():
+            os.utime(path)  # created again: its time to live starts over
+            return set_id
+        if self.ttl is not None:
+            for old in self.root.glob(f"*{SUFFIX}"):
+                if self._gone(old):
+                    old.unlink(missing_ok=True)
+        if self.max_sets is not None and len(self.ids()) >= self.max_sets:
+            raise StoreFullError(f"the store holds {self.max_sets} sets, its limit: delete some first")
+        s.save(path)
         return set_id  # not cached: the next get reads the file, as every other process does
 
     def get(self, set_id: str) -> SupportSet:
         """The set `set_id` (whichever model made it: the segmenter refuses sets of another model)."""
         path = self.path(set_id)
-        if not path.exists():
+        if self._gone(path):
+            path.unlink(missing_ok=True)
             with self._lock:
                 self._cache.pop(set_id, None)
-            raise UnknownSetError(f"unknown support set {set_id}")
+            raise UnknownSetError(f"unknown support set {set_id} (never created, deleted or expired)")
         with self._lock:
             s = self._cache.get(set_id)
             if s is not None:

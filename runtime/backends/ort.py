@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..engine.backend import register_backend
 from ..engine.errors import BackendError, InputError, ProviderUnavailableError
+from ..engine.files import create_temp
 from ..engine.manifest import GraphSpec, Manifest, source_sha256
 from ..engine.options import RuntimeOptions
 from ..engine.profiles import DimRange, input_profiles, memory_dim_ranges
@@ -197,7 +197,7 @@ class OrtBackend:
             except BackendError as e:  # complete but unreadable (disk corruption): rebuild it
                 warnings.warn(f"rebuilding unreadable ORT cache entry {entry.model}: {e}", stacklevel=3)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{entry.model.name}.", suffix=".onnx", dir=entry.model.parent)
+            fd, tmp = create_temp(entry.model.parent, f".{entry.model.name}.", ".onnx")  # umask's mode, shareable
         except OSError as e:  # a read-only directory that held a valid entry
             warnings.warn(f"cannot rewrite ORT cache entry {entry.model} ({e}); optimising in memory", stacklevel=3)
             return self._session(path, self._options(), providers), "off"

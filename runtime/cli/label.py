@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..apps.guard import ImageLimits
-from ..apps.label import JOURNAL, PARQUET, Labeler, LabelJob, collect_inputs, run_local
+from ..apps.label import FINGERPRINTS, JOURNAL, PARQUET, Labeler, LabelJob, collect_inputs, run_local
 from ..engine.errors import InputError
 from ..engine.manifest import load_manifest
 from ..engine.segmenter import FewShotSegmenter
@@ -41,14 +41,23 @@ def add_parser(sub) -> None:
         "--max-pixels", type=int, default=ImageLimits.max_pixels, help="larger images fail (checked before decoding)"
     )
     p.add_argument("--max-bytes", type=int, default=ImageLimits.max_bytes, help="larger files fail")
+    p.add_argument(
+        "--fingerprint",
+        choices=FINGERPRINTS,
+        default="stat",
+        help="how a resumed job knows an image is unchanged: size and mtime (default), or its sha256 (reads every "
+        "image on each run)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--ray",
         nargs="?",
-        const="auto",
+        const="",
         metavar="ADDRESS",
-        help="run on Ray Data: 'auto' (default) joins the running cluster, 'local' starts one",
+        help="run on Ray Data: alone, join the cluster $RAY_ADDRESS or `ray start` names, else start one (as "
+        "ray.init() does); 'auto' joins or fails, 'local' starts one, or HOST:PORT",
     )
+    p.add_argument("--verbose", action="store_true", help="--ray: show Ray's own log lines and progress bars")
     p.add_argument("--workers", type=int, default=2, help="--ray: segmenter actors")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per actor")
     p.add_argument(
@@ -83,15 +92,18 @@ def command(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.artifacts, verify_files=False)
     model = Fingerprint.of(manifest)
     sets = {name: SupportSet.load(path, model) for name, path in class_files(args.classes).items()}
-    job = LabelJob(Path(args.out), tuple(sets), args.overlay, ImageLimits(args.max_bytes, args.max_pixels))
+    limits = ImageLimits(args.max_bytes, args.max_pixels)
+    job = LabelJob(Path(args.out), tuple(sets), args.overlay, limits, args.fingerprint)
     items = collect_inputs(args.images)
     run = dict(progress=not args.quiet, table=args.table)
-    if args.ray:
+    if args.ray is not None:
         require("ray.data", "ray")
         from ..apps.label_ray import RayOptions, run_ray
 
         actor_options = replace(options, threads=options.threads or args.threads_per_worker)
-        ray_options = RayOptions(args.ray, args.workers, args.gpus_per_worker, args.threads_per_worker, actor_options)
+        ray_options = RayOptions(
+            args.ray or None, args.workers, args.gpus_per_worker, args.threads_per_worker, actor_options, args.verbose
+        )
         summary = run_ray(args.artifacts, sets, job, items, ray_options, **run)
     else:
         summary = run_local(Labeler(FewShotSegmenter(args.artifacts, options), sets, job), items, **run)

@@ -1,19 +1,48 @@
 """Writing files so that a crash never leaves half of one: atomic file writes and a safe directory replace (used by
-every stage: support sets, caches, exports, checkpoints, label outputs)."""
+every stage: support sets, caches, exports, checkpoints, label outputs).
+
+Files and directories made here get the mode the process umask gives (0644 / 0755 under umask 022), as `open`
+and `mkdir` would: unlike `tempfile.mkstemp` / `mkdtemp` (0600 / 0700), so that a teammate, a web server or
+another node on a shared filesystem can read what was written."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 
+def create_temp(directory: str | Path, prefix: str, suffix: str = ".tmp") -> tuple[int, Path]:
+    """A new file `<directory>/<prefix><random><suffix>` opened for writing: (fd, path). Made with mode 0666 less
+    the umask (`O_CREAT | O_EXCL`: never an existing file), not mkstemp's 0600."""
+    for _ in range(100):
+        path = Path(directory) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {directory}")
+
+
+def create_temp_dir(directory: str | Path, prefix: str) -> Path:
+    """A new directory `<directory>/<prefix><random>` with mode 0777 less the umask (not mkdtemp's 0700)."""
+    for _ in range(100):
+        path = Path(directory) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}* in {directory}")
+
+
 def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
-    """Write `data` to `path` atomically: a temporary file in the same directory, fsynced, then renamed."""
+    """Write `data` to `path` atomically: a temporary file in the same directory, fsynced, then renamed; the file
+    gets the umask's mode (0644 under 022)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = create_temp(target.parent, f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

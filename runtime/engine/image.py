@@ -3,6 +3,7 @@
 Matches FS-SAM2's data path: Pillow bicubic resize to the square model size, scale to [0, 1],
 normalise with the manifest's mean/std; support masks resized with torch's 'nearest' rule;
 decoder logits upsampled bilinearly (torch semantics) to the model size, then to the query's size.
+Files are turned upright by their EXIF orientation when read.
 """
 
 from __future__ import annotations
@@ -10,19 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import InputError
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
 
+def upright(im: Image.Image) -> Image.Image:
+    """`im` turned the way its EXIF orientation says it is shown (phones store pixels sideways and a tag), in place;
+    decodes it. Every file the runtime reads goes through here (libfssam2's tools apply the same 8 orientations)."""
+    ImageOps.exif_transpose(im, in_place=True)
+    return im
+
+
 def load_image(src: ImageLike) -> np.ndarray:
-    """Return an RGB uint8 (H, W, 3) array from a path, a PIL image or such an array."""
+    """Return an RGB uint8 (H, W, 3) array from a path (turned upright by its EXIF orientation), a PIL image or
+    such an array."""
     if isinstance(src, (str, Path)):
         try:
             with Image.open(src) as im:
-                return np.asarray(im.convert("RGB"))
+                return np.asarray(upright(im).convert("RGB"))
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read image {src}: {e}") from e
     if isinstance(src, Image.Image):
@@ -43,11 +52,12 @@ def _mask_array(im: Image.Image) -> np.ndarray:
 
 
 def load_mask(src: ImageLike) -> np.ndarray:
-    """Return a bool (H, W) mask; nonzero = foreground. Accepts a path, a PIL image or a 2-D array."""
+    """Return a bool (H, W) mask; nonzero = foreground. Accepts a path (turned upright by its EXIF orientation), a
+    PIL image or a 2-D array."""
     if isinstance(src, (str, Path)):
         try:
             with Image.open(src) as im:
-                arr = _mask_array(im)
+                arr = _mask_array(upright(im))
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read mask {src}: {e}") from e
     elif isinstance(src, Image.Image):

@@ -46,8 +46,14 @@ MAX_CLASSES = 255  # the label map is uint8 (a palette PNG)
 
 
 def label_map(logits: list[np.ndarray]) -> np.ndarray:
-    """Per pixel: 1 + the index of the class with the highest positive logit (first class on ties), else 0."""
-    stack = np.stack(logits)
-    best = stack.argmax(axis=0)  # the first maximum on ties; NaN counts as the maximum and is not positive
-    positive = np.take_along_axis(stack, best[None], axis=0)[0] > 0
-    return np.where(positive, best + 1, 0).astype(np.uint8)
+    """Per pixel: 1 + the index of the class with the highest positive logit (first class on ties), else 0.
+    NaN counts as the maximum (as argmax does) and is not positive. Class by class: memory is one float32 and one
+    uint8 map of the image, not a stack of N."""
+    best = np.array(logits[0], np.float32)
+    labels = np.ones(best.shape, np.uint8)
+    for i, x in enumerate(logits[1:], 2):
+        better = (x > best) | (np.isnan(x) & ~np.isnan(best))
+        np.copyto(best, x, where=better)
+        labels[better] = i
+    labels[~(best > 0)] = 0
+    return labels

@@ -1,12 +1,14 @@
 #include "support_set.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
-#include <sys/stat.h>
+#include <random>
 #include <unistd.h>
 
 #include "error.hpp"
@@ -25,6 +27,21 @@ constexpr int FORMAT_VERSION = 1;
 constexpr uint64_t MAX_HEADER = 100u << 20;  // safetensors' own limit
 
 [[noreturn]] void bad(const std::string &message) { throw Error(FSSAM2_ERR_SUPPORT_SET, message); }
+
+// A new file `<path>.tmp.<random>` (name in `tmp`) opened for writing with mode 0666 less the process umask, as
+// Python's runtime.engine.files writes (mkstemp would make it 0600: a set is a shareable data file). -1: errno set.
+int create_temp(const std::string &path, std::string &tmp) {
+    static std::atomic<unsigned> counter{0};
+    std::random_device rd;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        char suffix[32];
+        std::snprintf(suffix, sizeof suffix, ".tmp.%08x%04x", rd(), counter++ & 0xffffu);
+        tmp = path + suffix;
+        const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    return -1;
+}
 
 std::string shape_str(const std::vector<int64_t> &shape) {
     std::string s = "[";
@@ -111,10 +128,10 @@ void save_support_set(const SupportSet &set, const std::string &path, const char
     text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as safetensors writes it
     const uint64_t n = text.size();
 
-    std::string tmp = path + ".tmp.XXXXXX";
-    const int fd = mkstemp(tmp.data());
+    std::string tmp;
+    const int fd = create_temp(path, tmp);
     if (fd < 0) throw Error(FSSAM2_ERR_IO, "cannot write " + path + ": " + std::strerror(errno));
-    bool ok = ::fchmod(fd, 0644) == 0;  // mkstemp makes it 0600; a set is a shareable data file
+    bool ok = true;
     const auto put = [&](const void *p, size_t bytes) {
         for (const char *q = static_cast<const char *>(p); ok && bytes;) {
             const ssize_t w = ::write(fd, q, bytes);
