@@ -81,10 +81,13 @@ def _median(values) -> float:
 def torch_model(artifacts: Path):
     """The PyTorch model the artifacts were exported from (checkpoint, or random-init seed), FP32."""
     m = load_manifest(artifacts, verify_files=False)
+    size, fallback = m.preprocess.image_size, m.model.stability_fallback
     if m.model.random_init:
-        loaded = build_model(m.model.name, random_init=True, seed=m.model.seed, image_size=m.preprocess.image_size)
+        loaded = build_model(
+            m.model.name, random_init=True, seed=m.model.seed, image_size=size, stability_fallback=fallback
+        )
     else:
-        loaded = build_model(m.model.name, checkpoint=m.model.checkpoint, image_size=m.preprocess.image_size)
+        loaded = build_model(m.model.name, checkpoint=m.model.checkpoint, image_size=size, stability_fallback=fallback)
     return loaded.model.eval()
 
 

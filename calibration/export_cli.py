@@ -43,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for --random-init")
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size, a multiple of 32")
     p.add_argument(
+        "--stability-fallback",
+        choices=("on", "off"),
+        help="SAM2's stability-based multimask fallback in the mask decoder graph (default: as the checkpoint's "
+        "training record says, else on, SAM2's default; docs/precision.md#learned-weights)",
+    )
+    p.add_argument(
         "--precision",
         default="fp32",
         choices=PRECISIONS,
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             random_init=args.random_init,
             seed=args.seed,
             image_size=args.image_size,
+            stability_fallback=None if args.stability_fallback is None else args.stability_fallback == "on",
         )
         t1 = time.perf_counter()
         report = export_artifacts(

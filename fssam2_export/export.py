@@ -214,6 +214,7 @@ def _export_into(loaded: LoadedModel, tmp: Path, opset: int, progress: bool):
             checkpoint=str(src.checkpoint) if src.checkpoint else None,
             checkpoint_sha256=src.checkpoint_sha256,
             training=src.training_record,
+            stability_fallback=src.stability_fallback,
         ),
         preprocess=Preprocess(s, list(IMAGENET_MEAN), list(IMAGENET_STD), "bicubic", "nearest"),
         episode=Episode(MASK_LOGIT_SCALE, MASK_LOGIT_BIAS, tokens_per_support=e * e, low_res_size=s // 4),

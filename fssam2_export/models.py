@@ -48,6 +48,7 @@ class ModelSource:
     checkpoint: Path | None
     checkpoint_sha256: str | None
     training_record: dict | None = None  # the checkpoint's TRAINING_RECORD_SUFFIX file, if there is one
+    stability_fallback: bool = True  # the mask decoder's stability-based multimask fallback (SAM2's default: on)
 
 
 @dataclass
@@ -62,6 +63,11 @@ class LoadedModel:
     @property
     def embed_size(self) -> int:
         return self.source.image_size // 16
+
+
+def recorded_stability_fallback(record: dict | None) -> bool:
+    """The stability fallback a training record asks for (`fssam2-train merge --stability-fallback`); on if none."""
+    return bool(((record or {}).get("inference") or {}).get("stability_fallback", True))
 
 
 def check_image_size(image_size: int) -> None:
@@ -98,8 +104,10 @@ def build_model(
     random_init: bool = False,
     seed: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    stability_fallback: bool | None = None,
 ) -> LoadedModel:
-    """Build `name` (a key of MODEL_CONFIGS) with weights from `checkpoint` xor `random_init`."""
+    """Build `name` (a key of MODEL_CONFIGS) with weights from `checkpoint` xor `random_init`. `stability_fallback`
+    None: as the checkpoint's training record says (`inference.stability_fallback`), else on (SAM2's default)."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
     if (checkpoint is None) == (not random_init):
@@ -121,8 +129,13 @@ def build_model(
         sha = file_sha256(ckpt_path)
         record_path = ckpt_path.with_name(ckpt_path.name + TRAINING_RECORD_SUFFIX)
         record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if stability_fallback is None:
+        stability_fallback = recorded_stability_fallback(record)
+    model.sam_mask_decoder.dynamic_multimask_via_stability = stability_fallback
     model.eval()
-    source = ModelSource(name, config, image_size, random_init, seed if random_init else None, ckpt_path, sha, record)
+    source = ModelSource(
+        name, config, image_size, random_init, seed if random_init else None, ckpt_path, sha, record, stability_fallback
+    )
     return LoadedModel(model, source)
 
 

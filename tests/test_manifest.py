@@ -22,9 +22,9 @@ def _edit(path, fn):
     (path / "manifest.json").write_text(json.dumps(data))
 
 
-def test_export_writes_schema_2_with_per_graph_precision(artifacts):
+def test_export_writes_schema_3_with_per_graph_precision(artifacts):
     m = load_manifest(artifacts)
-    assert m.schema_version == 2
+    assert m.schema_version == 3 and m.model.stability_fallback  # a random-init model: SAM2's default
     assert {g.precision for g in m.graphs.values()} == {"fp32"}
     for g in m.graphs.values():
         assert g.artifact_for("tensorrt").file == g.file and g.artifact_for("tensorrt").sha256 == g.sha256
@@ -35,6 +35,7 @@ def test_export_writes_schema_2_with_per_graph_precision(artifacts):
 def test_schema_1_manifest_still_loads_and_runs(copied, episode):
     def to_v1(d):
         d["schema_version"] = 1
+        d["model"].pop("stability_fallback")
         for k in ("calibration", "fidelity"):
             d.pop(k, None)
         for g in d["graphs"].values():
@@ -42,7 +43,11 @@ def test_schema_1_manifest_still_loads_and_runs(copied, episode):
 
     _edit(copied, to_v1)
     seg = FewShotSegmenter(copied)
-    assert seg.manifest.schema_version == 1 and seg.manifest.graphs["image_encoder"].precision == "fp32"
+    assert (
+        seg.manifest.schema_version == 1
+        and seg.manifest.model.stability_fallback
+        and seg.manifest.graphs["image_encoder"].precision == "fp32"
+    )
     assert seg.segment(episode.query, seg.encode_supports(episode.supports[:1])).mask.any()
 
 

@@ -1,9 +1,18 @@
 """Model building: all configs, explicit weight sources, strict checkpoint loading."""
 
+import json
+
 import pytest
 import torch
 
-from fssam2_export.models import MODEL_CONFIGS, CheckpointError, build_model, hydra_overrides, save_checkpoint
+from fssam2_export.models import (
+    MODEL_CONFIGS,
+    TRAINING_RECORD_SUFFIX,
+    CheckpointError,
+    build_model,
+    hydra_overrides,
+    save_checkpoint,
+)
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
@@ -86,3 +95,17 @@ def test_missing_unexpected_and_foreign_checkpoints(tiny_model, tmp_path):
 
 def test_overrides_size_rope_tables():
     assert "++model.memory_attention.layer.cross_attention.feat_sizes=[32,32]" in hydra_overrides(512)
+
+
+def test_stability_fallback_follows_the_training_record(tiny_model, tmp_path):
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(tiny_model.model, path)
+    record = path.with_name(path.name + TRAINING_RECORD_SUFFIX)
+    for written, override, expected in [(None, None, True), (False, None, False), (False, True, True)]:
+        if written is not None:
+            record.write_text(json.dumps({"inference": {"stability_fallback": written}}))
+        loaded = build_model(
+            "sam2.1_hiera_t", checkpoint=path, image_size=tiny_model.image_size, stability_fallback=override
+        )
+        assert loaded.source.stability_fallback is expected
+        assert loaded.model.sam_mask_decoder.dynamic_multimask_via_stability is expected

@@ -117,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument(
         "--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="floating-point weights as (default fp32)"
     )
+    mg.add_argument(
+        "--stability-fallback",
+        choices=("on", "off"),
+        help="record whether inference (fssam2-export, eval) keeps SAM2's stability-based multimask fallback "
+        "(default: as the run's base model does)",
+    )
     return top
 
 
@@ -233,7 +239,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
-    result = merge_run(args.run, args.out, args.which, args.dtype)
+    result = merge_run(
+        args.run,
+        args.out,
+        args.which,
+        args.dtype,
+        None if args.stability_fallback is None else args.stability_fallback == "on",
+    )
     print(
         f"merge: {result.checkpoint} ({result.num_keys} tensors, sha256 {result.sha256[:12]}...), record {result.record}"
     )

@@ -39,15 +39,21 @@ class MergeResult:
     num_keys: int
 
 
-def merge_run(run: str | Path, out: str | Path, which: str = "best", dtype: str = "fp32") -> MergeResult:
-    """Write the run's `which` model to `out` (.pt or .safetensors), floating-point tensors as `dtype`."""
+def merge_run(
+    run: str | Path, out: str | Path, which: str = "best", dtype: str = "fp32", stability_fallback: bool | None = None
+) -> MergeResult:
+    """Write the run's `which` model to `out` (.pt or .safetensors), floating-point tensors as `dtype`; the record
+    says whether inference keeps SAM2's stability fallback (`stability_fallback`; None: as the base model does)."""
     run, out = Path(run), Path(out)
     if out.suffix not in (".pt", ".pth", ".safetensors"):
         raise ValueError(f"--out {out}: a .pt (sam2's format) or .safetensors checkpoint path")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = read_config(run)
-    sam = config.base.build().model
+    base = config.base.build()
+    sam = base.model
+    if stability_fallback is None:
+        stability_fallback = base.source.stability_fallback
     base_shapes = {k: tuple(v.shape) for k, v in sam.state_dict().items()}
     if config.train == "all":
         load_weights(sam, weights_path(run, which))
@@ -80,6 +86,7 @@ def merge_run(run: str | Path, out: str | Path, which: str = "best", dtype: str 
         "checkpoint_sha256": sha,
         "base": asdict(config.base),
         "dtype": dtype,
+        "inference": {"stability_fallback": stability_fallback},
         "adapters": {
             m: {
                 "config": json.loads((adir / m / "adapter_config.json").read_text()),

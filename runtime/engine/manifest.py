@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .errors import ManifestError
 
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMAS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("image_encoder", "memory_encoder", "memory_attention", "mask_decoder")
 
@@ -79,6 +79,7 @@ class ModelInfo:
     checkpoint: str | None
     checkpoint_sha256: str | None
     training: dict | None = None  # schema 2: a merged FS-SAM2 checkpoint's record (base model, adapters, run), if any
+    stability_fallback: bool = True  # schema 3: SAM2's stability fallback in mask_decoder (absent: on)
 
 
 @dataclass(frozen=True)

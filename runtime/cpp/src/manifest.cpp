@@ -89,9 +89,9 @@ Manifest load_manifest(const std::string &dir) {
     }
     if (!d.is_object()) fail(path + " is not a JSON object");
     const json version = d.value("schema_version", json());
-    if (!version.is_number_integer() || (version.get<int>() != 1 && version.get<int>() != 2))
+    if (!version.is_number_integer() || version.get<int>() < 1 || version.get<int>() > 3)
         fail("manifest schema version " + version.dump() +
-             " is not supported by libfssam2 (reads 1, 2); re-export the artifacts with a matching fssam2");
+             " is not supported by libfssam2 (reads 1, 2, 3); re-export the artifacts with a matching fssam2");
     Manifest m;
     m.schema_version = version.get<int>();
     try {

@@ -103,7 +103,7 @@ FSSAM2_API void fssam2_options_init_sized(fssam2_options *options, uint32_t stru
 FSSAM2_API void fssam2_options_init(fssam2_options *options);
 #define fssam2_options_init(options) fssam2_options_init_sized((options), (uint32_t)sizeof *(options))
 
-/* Load artifacts_dir/manifest.json (schema 1 or 2) and the four graphs. options may be NULL (defaults). */
+/* Load artifacts_dir/manifest.json (schema 1, 2 or 3) and the four graphs. options may be NULL (defaults). */
 FSSAM2_API fssam2_status fssam2_create(const char *artifacts_dir, const fssam2_options *options,
                                        fssam2_segmenter **out);
 FSSAM2_API void fssam2_destroy(fssam2_segmenter *segmenter); /* NULL is fine */
