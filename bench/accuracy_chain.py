@@ -5,7 +5,8 @@ one markdown table of mIoU / FB-IoU per (shots, ways), with each row's differenc
     python -m bench.accuracy_chain --checkpoint models/fssam2-shapes-t128/model.safetensors \\
         [--base runs/base.safetensors] [--episodes 300] [--work chain/] [--write docs/accuracy.md]
 
-Exports go to --work (reused when present, so a rerun only evaluates); `--write` replaces the generated part of a
+Exports go to --work (reused when made from the same weights, so a rerun only evaluates; evaluated cells are
+cached there too, keyed by the weights' and the base's sha256); `--write` replaces the generated part of a
 markdown page (between the CHAIN_BEGIN / CHAIN_END markers) with the table and the command that made it.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -25,6 +25,8 @@ from calibration.export_cli import main as export_main
 from fssam2_export.models import build_model
 from runtime import FewShotSegmenter, RuntimeOptions
 from runtime.backends import OrtBackend
+from runtime.engine.manifest import file_sha256, load_manifest
+from runtime.tools.bench import environment
 from runtime.tools.fidelity import ProviderFiles
 from training.baseline import color_histogram_predictor
 from training.datasets import build_dataset
@@ -37,6 +39,7 @@ EXPORTS = {  # precision -> extra fssam2-export arguments
     "fp32": [],
     "fp16": [],
     "int8": ["--calib-episodes", "64"],
+    "bf16": [],  # the FP32 graphs + OpenVINO BF16 flavours, gated through OpenVINO
 }
 
 
@@ -49,14 +52,41 @@ class Row:
 
 def export(checkpoint: Path, model: str, size: int, precision: str, work: Path, gate_episodes: int) -> Path:
     out = work / f"export-{precision}"
-    if (out / "manifest.json").is_file():
-        return out
+    if (out / "manifest.json").is_file():  # reused only if made from these weights at this size
+        m = load_manifest(out, verify_files=False)
+        if m.model.checkpoint_sha256 == file_sha256(checkpoint) and m.preprocess.image_size == size:
+            return out
     args = ["--model", model, "--checkpoint", str(checkpoint), "--image-size", str(size), "--precision", precision]
-    if precision != "fp32":
-        args += ["--calib-dataset", "shapes", "--gate-episodes", str(gate_episodes), *EXPORTS[precision]]
+    if precision != "fp32":  # the gate runs and reports, but an export it fails is kept: the table shows its cost
+        args += ["--calib-dataset", "shapes", "--gate-episodes", str(gate_episodes), "--no-gate", *EXPORTS[precision]]
     if export_main([*args, "--out", str(out), "--overwrite", "--quiet"]) != 0:
-        raise SystemExit(f"accuracy_chain: the {precision} export failed (its gate report is above)")
+        raise SystemExit(f"accuracy_chain: the {precision} export failed")
     return out
+
+
+def gate_table(exports: dict[str, Path]) -> str:
+    """What the fidelity gate saw on each reduced-precision export (fidelity.json), per file set it judged."""
+    lines = [
+        "| export | files judged | verdict | mask IoU mean (min) | logits correlation min | sign agreement min |",
+        "|---|---|---|---|---|---|",
+    ]
+    for precision, art in exports.items():
+        report = art / "fidelity.json"
+        if not report.is_file():
+            continue
+        for files, r in json.loads(report.read_text()).items():
+            lines.append(
+                f"| {precision} | {files} | {r['verdict']} | {r['mean_mask_iou']:.4f} ({r['min_mask_iou']:.4f}) | "
+                f"{r['min_logits_pearson']:.5f} | {r['min_sign_agreement']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def cpu_kind() -> str:
+    """The CPU model and its matrix units (what BF16 / INT8 rows depend on), e.g. 'AMD EPYC (avx512_bf16, vnni)'."""
+    cpu = environment()["cpu"]
+    units = [name for name, present in cpu.get("matrix_units", {}).items() if present]
+    return f"{cpu['model']} ({', '.join(units) or 'no BF16 / INT8 matrix units'}, {cpu['logical_cores']} cores)"
 
 
 def standard_graphs(artifacts: Path) -> Predictor:
@@ -93,9 +123,9 @@ def rows(args: argparse.Namespace, exports: dict[str, Path]) -> list[Row]:
     if "openvino" in args.providers:
         out += [
             Row(
-                "OpenVINO, FP32 export (auto: BF16 where the CPU has it)",
+                "OpenVINO, BF16 export (BF16 where the CPU has it)",
                 "runtime",
-                lambda: runtime_predictor(exports["fp32"], openvino),
+                lambda: runtime_predictor(exports["bf16"], openvino),
             ),
             Row("OpenVINO, INT8 export", "runtime", lambda: runtime_predictor(exports["int8"], openvino)),
         ]
@@ -153,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
     cache = args.work / "results.json"
-    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    identity = {  # cached cells count only for the same weights, data and size
+        "checkpoint": file_sha256(args.checkpoint),
+        "base": file_sha256(args.base) if args.base else None,
+        "data": [args.dataset, args.fold, args.image_size],
+    }
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    done = saved.get("cells", {}) if saved.get("identity") == identity else {}
     for row in rows(args, exports):
         cells = {}
         predict = None
@@ -165,18 +201,21 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 report = evaluate(predict, data, {"row": row.name}, args.fold, progress=True, ways=ways)
                 done[key] = [report.miou, report.fbiou, time.perf_counter() - t0]
-                cache.write_text(json.dumps(done, indent=1))
+                cache.write_text(json.dumps({"identity": identity, "cells": done}, indent=1))
                 print(
                     f"{row.name:<60} {shots}-shot {ways}-way mIoU {100 * report.miou:6.2f} FB-IoU {100 * report.fbiou:6.2f}"
                 )
             cells[(shots, ways)] = tuple(done[key][:2])
         results[row.name] = cells
-    text = table(results)
+    text = (
+        table(results) + "\n\nWhat the fidelity gate saw on the same model (its held-out training-split episodes):\n\n"
+    )
+    text += gate_table(exports)
     command = "python -m bench.accuracy_chain " + shlex.join(sys.argv[1:] if argv is None else argv)
     note = (
         f"{args.dataset} fold {args.fold} test episodes ({args.episodes} per column, novel classes only), "
         f"{args.image_size}², mIoU (difference to PyTorch FP32 LoRA, points) / FB-IoU, in %. "
-        f"Made by `{command}` on {platform.processor() or platform.machine()}."
+        f"Made by `{command}` on {cpu_kind()}."
     )
     print(note + "\n\n" + text)
     if args.write:
