@@ -50,11 +50,13 @@ class Row:
     make: Callable[[], Predictor]
 
 
-def export(checkpoint: Path, model: str, size: int, precision: str, work: Path, gate_episodes: int) -> Path:
+def export(
+    checkpoint: Path, sha256: str, model: str, size: int, precision: str, work: Path, gate_episodes: int
+) -> Path:
     out = work / f"export-{precision}"
     if (out / "manifest.json").is_file():  # reused only if made from these weights at this size
         m = load_manifest(out, verify_files=False)
-        if m.model.checkpoint_sha256 == file_sha256(checkpoint) and m.preprocess.image_size == size:
+        if m.model.checkpoint_sha256 == sha256 and m.preprocess.image_size == size:
             return out
     args = ["--model", model, "--checkpoint", str(checkpoint), "--image-size", str(size), "--precision", precision]
     if precision != "fp32":  # the gate runs and reports, but an export it fails is kept: the table shows its cost
@@ -177,16 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, help="markdown page whose generated section gets the table")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    exports = {
-        prec: export(args.checkpoint, args.model, args.image_size, prec, args.work, args.gate_episodes)
-        for prec in EXPORTS
-    }
     results: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
     cache = args.work / "results.json"
     identity = {  # cached cells count only for the same weights, data and size
         "checkpoint": file_sha256(args.checkpoint),
         "base": file_sha256(args.base) if args.base else None,
         "data": [args.dataset, args.fold, args.image_size],
+    }
+    exports = {
+        prec: export(
+            args.checkpoint, identity["checkpoint"], args.model, args.image_size, prec, args.work, args.gate_episodes
+        )
+        for prec in EXPORTS
     }
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     done = saved.get("cells", {}) if saved.get("identity") == identity else {}

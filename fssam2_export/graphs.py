@@ -96,6 +96,24 @@ class MaskDecoderGraph(nn.Module):
         )
 
 
+def _decoder_inputs(
+    prompt_encoder: nn.Module,
+    embeddings: torch.Tensor,
+    points: tuple[torch.Tensor, torch.Tensor],
+    high_res_features: list[torch.Tensor],
+) -> dict:
+    """The mask decoder's keyword inputs for the point prompt `points` (no box, no mask prompt)."""
+    sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)
+    return {
+        "image_embeddings": embeddings,
+        "image_pe": prompt_encoder.get_dense_pe(),
+        "sparse_prompt_embeddings": sparse,
+        "dense_prompt_embeddings": dense,
+        "repeat_image": False,
+        "high_res_features": high_res_features,
+    }
+
+
 def decode_single_mask(
     prompt_encoder: nn.Module,
     mask_decoder: nn.Module,
@@ -105,15 +123,8 @@ def decode_single_mask(
 ):
     """SAM2's mask decoder as FS-SAM2 runs it: the point prompt `points` (the padding point: no prompt), one mask
     output. Returns (low-res mask logits, IoU score, object score logits)."""
-    sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)
     masks, iou, _, obj = mask_decoder(
-        image_embeddings=embeddings,
-        image_pe=prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=high_res_features,
+        **_decoder_inputs(prompt_encoder, embeddings, points, high_res_features), multimask_output=False
     )
     return masks, iou, obj
 
@@ -128,14 +139,8 @@ def decode_all_masks(
     """Every output token of SAM2's mask decoder (what training supervises: token 0 is the single-mask output
     `decode_single_mask` returns in training mode, tokens 1-3 the multimask outputs that SAM2's stability fallback
     picks from at inference). Returns (low-res logits (B, 4, h, w), IoU scores (B, 4), object score logits)."""
-    sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)
     masks, iou, _, obj = mask_decoder.predict_masks(
-        image_embeddings=embeddings,
-        image_pe=prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        repeat_image=False,
-        high_res_features=high_res_features,
+        **_decoder_inputs(prompt_encoder, embeddings, points, high_res_features)
     )
     return masks, iou, obj
 
